@@ -1,0 +1,78 @@
+//! Sealing to a public key (the vault's): an ephemeral X25519 key agrees a
+//! one-time AES-256-GCM key with the recipient through HKDF-SHA256, so anyone
+//! can seal and only the holder of the vault secret key can open
+//! (`docs/VAULT.md`, *Envelope*).
+
+use hkdf::Hkdf;
+use sha2::Sha256;
+
+use super::{
+    aead::AeadKey,
+    keys::{Keypair, PublicKey, Secret32},
+    CryptoError,
+};
+
+const INFO: &[u8] = b"p2pfs/envelope/v1";
+
+fn derive(shared: &Secret32, ephemeral: &PublicKey, recipient: &PublicKey) -> AeadKey {
+    let mut salt = [0u8; 64];
+    salt[..32].copy_from_slice(ephemeral.as_bytes());
+    salt[32..].copy_from_slice(recipient.as_bytes());
+    let hk = Hkdf::<Sha256>::new(Some(&salt), shared.expose());
+    let mut okm = [0u8; 32];
+    // 32 bytes is far below HKDF-SHA256's output limit.
+    #[allow(clippy::expect_used)]
+    hk.expand(INFO, &mut okm).expect("HKDF output length");
+    let key = Secret32::from_bytes(okm);
+    zeroize::Zeroize::zeroize(&mut okm);
+    AeadKey::new(&key)
+}
+
+/// Creates a one-time wrapping key for `recipient`; returns the ephemeral
+/// public key to store beside the ciphertext.
+pub fn wrap_key_for(recipient: &PublicKey) -> Result<(PublicKey, AeadKey), CryptoError> {
+    let eph = Keypair::generate()?;
+    let shared = eph.diffie_hellman(recipient)?;
+    Ok((eph.public(), derive(&shared, &eph.public(), recipient)))
+}
+
+/// Recovers the wrapping key from the recipient's key pair and the stored
+/// ephemeral public key.
+pub fn unwrap_key(recipient: &Keypair, ephemeral: &PublicKey) -> Result<AeadKey, CryptoError> {
+    let shared = recipient.diffie_hellman(ephemeral)?;
+    Ok(derive(&shared, ephemeral, &recipient.public()))
+}
+
+/// The nonce used with a one-time wrapping key (each key seals once).
+pub const WRAP_NONCE: [u8; 12] = [0; 12];
+
+/// Derives a 32-byte subkey with HKDF-SHA256.
+pub fn hkdf32(ikm: &Secret32, salt: &[u8], info: &[u8]) -> Secret32 {
+    let hk = Hkdf::<Sha256>::new(Some(salt), ikm.expose());
+    let mut okm = [0u8; 32];
+    #[allow(clippy::expect_used)]
+    hk.expand(info, &mut okm).expect("HKDF output length");
+    let s = Secret32::from_bytes(okm);
+    zeroize::Zeroize::zeroize(&mut okm);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrap_unwrap() {
+        let vault = Keypair::generate().unwrap();
+        let (eph, k) = wrap_key_for(&vault.public()).unwrap();
+        let ct = k.seal(WRAP_NONCE, b"ad", b"file key").unwrap();
+        let k2 = unwrap_key(&vault, &eph).unwrap();
+        assert_eq!(k2.open(WRAP_NONCE, b"ad", &ct).unwrap(), b"file key");
+        let other = Keypair::generate().unwrap();
+        let k3 = unwrap_key(&other, &eph).unwrap();
+        assert_eq!(
+            k3.open(WRAP_NONCE, b"ad", &ct),
+            Err(CryptoError::AuthFailed)
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! Typed errors of the store. Each message says what happened and, where
+//! there is one, what to do next.
+
+use std::{io, path::PathBuf};
+
+use thiserror::Error;
+
+use crate::crypto::CryptoError;
+
+/// Failures of vault and home-directory operations.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// There is no node in this home directory.
+    #[error("no p2pfs node in {home}: run `p2pfs init` first (or pass --home / set P2PFS_HOME)")]
+    NotInitialised {
+        /// The home directory looked at.
+        home: PathBuf,
+    },
+    /// `init` found a node already there.
+    #[error("a p2pfs node already exists in {home}; refusing to overwrite it")]
+    AlreadyInitialised {
+        /// The home directory.
+        home: PathBuf,
+    },
+    /// The passphrase does not open the vault.
+    #[error("wrong passphrase for the vault")]
+    WrongPassphrase,
+    /// A file is damaged or was altered.
+    #[error("{what} is corrupt: {detail}")]
+    Corrupt {
+        /// The file or object concerned.
+        what: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A file was written by a newer p2pfs.
+    #[error("{what} has unsupported format version {version}: upgrade p2pfs")]
+    UnsupportedVersion {
+        /// The file concerned.
+        what: String,
+        /// The version found.
+        version: u16,
+    },
+    /// The disk is full; nothing partial was kept.
+    #[error(
+        "disk full while writing {path}: free some space and try again (nothing partial was kept)"
+    )]
+    DiskFull {
+        /// The file being written.
+        path: PathBuf,
+    },
+    /// Another I/O failure.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// No vault object matches the name or id.
+    #[error("no file named or with id {query} in the vault (see `p2pfs vault list`)")]
+    NotFound {
+        /// What was asked for.
+        query: String,
+    },
+    /// A name matches several objects.
+    #[error("{query} matches several files; use an id:\n{}", candidates.join("\n"))]
+    Ambiguous {
+        /// What was asked for.
+        query: String,
+        /// `id  name` lines of the matches.
+        candidates: Vec<String>,
+    },
+    /// The export destination exists.
+    #[error("{path} already exists: choose another destination or pass --force")]
+    DestinationExists {
+        /// The destination.
+        path: PathBuf,
+    },
+    /// One or more objects failed verification.
+    #[error("{} damaged object(s):\n{}", problems.len(), problems.join("\n"))]
+    Damaged {
+        /// One line per damaged object, naming it.
+        problems: Vec<String>,
+    },
+    /// The source changed while it was read.
+    #[error("{path} changed while it was being read; try again")]
+    SourceChanged {
+        /// The source file.
+        path: PathBuf,
+    },
+    /// A name or argument is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// A cryptographic failure not covered above.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+impl StoreError {
+    /// Wraps an I/O error, turning "no space" into [`StoreError::DiskFull`].
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        let path = path.into();
+        if source.raw_os_error() == Some(libc::ENOSPC)
+            || source.raw_os_error() == Some(libc::EDQUOT)
+        {
+            return StoreError::DiskFull { path };
+        }
+        StoreError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+
+    /// A corruption error.
+    pub fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> Self {
+        StoreError::Corrupt {
+            what: what.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Result alias for the store.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,15 @@
+//! Everything p2pfs keeps on disk: the home directory, the node identity,
+//! the encrypted vault (format, index, staging, crash-safe commit, verify,
+//! rekey) and, later, the trust store.
+//!
+//! This module never touches the network. Layouts are specified in
+//! `docs/VAULT.md`; [`format`] encodes and decodes them, [`vault`] runs the
+//! procedures.
+
+pub mod error;
+pub mod format;
+pub mod fsutil;
+pub mod home;
+pub mod vault;
+
+pub use error::StoreError;
