@@ -11,4 +11,5 @@
 
 pub mod codec;
 pub mod crypto;
+pub mod net;
 pub mod store;

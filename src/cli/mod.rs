@@ -4,7 +4,11 @@
 
 mod passphrase;
 mod progress;
+mod send_cmd;
+mod serve_cmd;
+mod trust_cmd;
 mod vault_cmd;
+mod walk;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -12,6 +16,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use p2pfs::{
     crypto::kdf::KdfParams,
+    net::{receiver::AcceptPolicy, wire::RefuseCode, NetError},
     store::{home::Home, StoreError},
 };
 
@@ -33,6 +38,18 @@ pub mod exit {
     pub const DISK_FULL: u8 = 8;
     /// No such file in the vault, or ambiguous name.
     pub const NOT_FOUND: u8 = 9;
+    /// The peer could not be reached.
+    pub const UNREACHABLE: u8 = 10;
+    /// The receiver refused (not trusted, declined, bad offer).
+    pub const REFUSED: u8 = 11;
+    /// The peer's key differs from the pinned or given one.
+    pub const KEY_CHANGED: u8 = 12;
+    /// The transfer failed verification or integrity checks (tampering).
+    pub const TRANSFER_FAILED: u8 = 13;
+    /// The receiver's disk is full.
+    pub const PEER_DISK_FULL: u8 = 14;
+    /// The connection was lost; running the same command again resumes.
+    pub const CONNECTION_LOST: u8 = 15;
 }
 
 #[derive(Parser)]
@@ -73,6 +90,43 @@ enum Command {
     /// Work with the encrypted vault.
     #[command(subcommand)]
     Vault(vault_cmd::VaultCmd),
+    /// Run this node: receive files into the vault.
+    Serve {
+        /// UDP address to listen on (port 0 picks a free one).
+        #[arg(long, default_value_t = std::net::SocketAddr::from(([0, 0, 0, 0], p2pfs::net::DEFAULT_PORT)))]
+        listen: std::net::SocketAddr,
+        /// Who may send: trusted (default), ask, any.
+        #[arg(long, value_enum, default_value = "trusted")]
+        accept: Accept,
+        /// Do not advertise on the LAN (mDNS).
+        #[arg(long)]
+        no_mdns: bool,
+        /// Node name when `serve` creates the node.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Send files and folders to a peer: PATH... PEER, where PEER is host:port or NODEID@host:port.
+    Send {
+        /// Paths to send, then the peer.
+        #[arg(required = true, num_args = 2.., value_name = "PATH... PEER")]
+        args: Vec<String>,
+        /// Parallel QUIC data streams.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16))]
+        streams: u16,
+        /// NDJSON events on stdout (start, progress, file_done, done, error).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage trusted peers and pinned keys.
+    #[command(subcommand)]
+    Trust(trust_cmd::TrustCmd),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Accept {
+    Trusted,
+    Ask,
+    Any,
 }
 
 /// Everything a command needs from the global flags.
@@ -89,6 +143,30 @@ fn default_home() -> Result<PathBuf> {
     directories::ProjectDirs::from("", "", "p2pfs")
         .map(|d| d.data_dir().to_path_buf())
         .context("cannot find a data directory for this user: pass --home DIR or set P2PFS_HOME")
+}
+
+/// The exit code of a network failure.
+pub fn net_exit_code(e: &NetError) -> u8 {
+    match e {
+        NetError::Unreachable { .. } => exit::UNREACHABLE,
+        NetError::Refused {
+            code: RefuseCode::DiskFull,
+            ..
+        } => exit::PEER_DISK_FULL,
+        NetError::Refused { .. } => exit::REFUSED,
+        NetError::KeyChanged { .. } => exit::KEY_CHANGED,
+        NetError::Tampered(_) | NetError::Handshake(_) | NetError::Protocol(_) => {
+            exit::TRANSFER_FAILED
+        }
+        NetError::FilesFailed { details, .. } if details.contains("disk is full") => {
+            exit::PEER_DISK_FULL
+        }
+        NetError::FilesFailed { .. } => exit::TRANSFER_FAILED,
+        NetError::ConnectionLost(_) | NetError::Timeout(_) => exit::CONNECTION_LOST,
+        NetError::Store(StoreError::SourceChanged { .. }) => exit::FAILURE,
+        NetError::Store(StoreError::DiskFull { .. }) => exit::DISK_FULL,
+        _ => exit::FAILURE,
+    }
 }
 
 fn exit_code(err: &anyhow::Error) -> u8 {
@@ -109,6 +187,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         }
         if let Some(code) = cause.downcast_ref::<vault_cmd::Failed>() {
             return code.0;
+        }
+        if let Some(e) = cause.downcast_ref::<NetError>() {
+            return net_exit_code(e);
         }
     }
     exit::FAILURE
@@ -147,11 +228,32 @@ fn run(cli: Cli) -> Result<()> {
         Command::Init { name } => init(&ctx, name),
         Command::Id { json } => id(&ctx, json),
         Command::Vault(cmd) => vault_cmd::run(&ctx, cmd),
+        Command::Serve {
+            listen,
+            accept,
+            no_mdns: _,
+            name,
+        } => serve_cmd::run(
+            &ctx,
+            listen,
+            match accept {
+                Accept::Trusted => AcceptPolicy::Trusted,
+                Accept::Ask => AcceptPolicy::Ask,
+                Accept::Any => AcceptPolicy::Any,
+            },
+            name,
+        ),
+        Command::Send {
+            args,
+            streams,
+            json,
+        } => send_cmd::run(&ctx, args, streams as usize, json),
+        Command::Trust(cmd) => trust_cmd::run(&ctx, cmd),
     }
 }
 
 /// The default node name: the host name, made valid.
-fn host_name() -> String {
+pub fn host_name() -> String {
     let h = gethostname::gethostname().to_string_lossy().into_owned();
     let mut s: String = h.chars().filter(|c| !c.is_control()).collect();
     while s.len() > 64 {

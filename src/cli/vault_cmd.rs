@@ -11,13 +11,13 @@ use clap::Subcommand;
 use p2pfs::{
     crypto::to_hex,
     store::{
-        format::{validate_name, Kind},
+        format::Kind,
         vault::{id_hex, Entry, Problem, Unlocked, Vault},
         StoreError,
     },
 };
 
-use super::{exit, passphrase, progress, Ctx};
+use super::{exit, passphrase, progress, walk, Ctx};
 
 /// A failure whose message was already printed, with its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -122,82 +122,8 @@ fn unlock<'v>(ctx: &Ctx, vault: &'v Vault) -> Result<Unlocked<'v>> {
     Ok(u)
 }
 
-/// One thing to store: a file or an empty directory, under a vault name.
-struct Item {
-    path: PathBuf,
-    name: String,
-    dir: bool,
-    size: u64,
-}
-
-fn name_of(path: &Path) -> Result<String> {
-    let base = match path.file_name() {
-        Some(b) => PathBuf::from(b),
-        None => fs::canonicalize(path)
-            .with_context(|| format!("cannot resolve {}", path.display()))?
-            .file_name()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("root")),
-    };
-    base.to_str()
-        .map(str::to_owned)
-        .with_context(|| format!("{} is not valid UTF-8", path.display()))
-}
-
-fn walk(path: &Path, name: &str, out: &mut Vec<Item>, skipped: &mut Vec<PathBuf>) -> Result<()> {
-    let meta =
-        fs::symlink_metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if meta.file_type().is_symlink() {
-        skipped.push(path.to_path_buf());
-        return Ok(());
-    }
-    validate_name(name).map_err(|why| anyhow::anyhow!("cannot store {}: {why}", path.display()))?;
-    if meta.is_file() {
-        out.push(Item {
-            path: path.to_path_buf(),
-            name: name.to_owned(),
-            dir: false,
-            size: meta.len(),
-        });
-    } else if meta.is_dir() {
-        let mut children: Vec<_> = fs::read_dir(path)
-            .with_context(|| format!("cannot list {}", path.display()))?
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("cannot list {}", path.display()))?;
-        children.sort_by_key(|e| e.file_name());
-        if children.is_empty() {
-            out.push(Item {
-                path: path.to_path_buf(),
-                name: name.to_owned(),
-                dir: true,
-                size: 0,
-            });
-        }
-        for c in children {
-            let cn = c.file_name();
-            let cn = cn
-                .to_str()
-                .with_context(|| format!("{} is not valid UTF-8", c.path().display()))?;
-            walk(&c.path(), &format!("{name}/{cn}"), out, skipped)?;
-        }
-    } else {
-        skipped.push(path.to_path_buf());
-    }
-    Ok(())
-}
-
 fn import(ctx: &Ctx, vault: &Vault, paths: &[PathBuf]) -> Result<()> {
-    let mut items = Vec::new();
-    let mut skipped = Vec::new();
-    for p in paths {
-        walk(p, &name_of(p)?, &mut items, &mut skipped)?;
-    }
-    for s in &skipped {
-        eprintln!(
-            "p2pfs: skipped {} (symbolic link or special file, not followed)",
-            s.display()
-        );
-    }
+    let items = walk::collect(paths)?;
     let total: u64 = items.iter().map(|i| i.size).sum();
     let pb = progress::bytes(total, ctx.quiet, "importing");
     let mut base = 0u64;

@@ -91,6 +91,11 @@ pub enum StoreError {
         /// The source file.
         path: PathBuf,
     },
+    /// A store (import or transfer) is in progress.
+    #[error(
+        "the vault is busy: an import or a transfer is in progress; try again when it has finished"
+    )]
+    Busy,
     /// A name or argument is not acceptable.
     #[error("{0}")]
     Invalid(String),

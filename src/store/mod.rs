@@ -10,6 +10,8 @@ pub mod error;
 pub mod format;
 pub mod fsutil;
 pub mod home;
+pub mod partial;
+pub mod trust;
 pub mod vault;
 
 pub use error::StoreError;

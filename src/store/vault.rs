@@ -292,6 +292,11 @@ impl Vault {
         self.dir.join("staging")
     }
 
+    /// The staging directory (partials live there).
+    pub(crate) fn staging_dir(&self) -> PathBuf {
+        self.staging()
+    }
+
     fn obj_path(&self, id: &FileId) -> PathBuf {
         self.objects().join(format!("{}.obj", id_hex(id)))
     }
@@ -300,8 +305,8 @@ impl Vault {
         self.objects().join(format!("{}.env", id_hex(id)))
     }
 
-    fn lock(&self, exclusive: bool) -> Result<File> {
-        let p = self.dir.join("lock");
+    fn lock_file(&self, name: &str) -> Result<(File, PathBuf)> {
+        let p = self.dir.join(name);
         let f = fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -309,9 +314,35 @@ impl Vault {
             .truncate(false)
             .open(&p)
             .map_err(|e| StoreError::io("cannot open", &p, e))?;
+        Ok((f, p))
+    }
+
+    /// Takes the store lock: shared for storing, exclusive for cleanup and rekey.
+    fn lock(&self, exclusive: bool) -> Result<File> {
+        let (f, p) = self.lock_file("lock")?;
         if exclusive { f.lock() } else { f.lock_shared() }
             .map_err(|e| StoreError::io("cannot lock", &p, e))?;
         Ok(f)
+    }
+
+    /// Takes the store lock exclusively if no store is in progress, else shared.
+    fn lock_best(&self) -> Result<(File, bool)> {
+        let (f, p) = self.lock_file("lock")?;
+        match f.try_lock() {
+            Ok(()) => Ok((f, true)),
+            Err(fs::TryLockError::WouldBlock) => {
+                f.lock_shared()
+                    .map_err(|e| StoreError::io("cannot lock", &p, e))?;
+                Ok((f, false))
+            }
+            Err(fs::TryLockError::Error(e)) => Err(StoreError::io("cannot lock", &p, e)),
+        }
+    }
+
+    /// The vault public key as the header says now (a rekey may have run
+    /// since this vault was opened).
+    fn current_public_key(&self) -> Result<PublicKey> {
+        Ok(read_header(&self.dir.join("header"))?.vault_pk)
     }
 
     fn scan(&self) -> Result<Scan> {
@@ -528,7 +559,13 @@ impl Vault {
     /// Unlocks the vault with the passphrase: finishes an interrupted rekey,
     /// then reconciles the index with the stored objects.
     pub fn unlock(&self, passphrase: &[u8]) -> Result<Unlocked<'_>> {
-        let lock = self.lock(true)?;
+        // Index writers exclude each other; stores in progress (shared store
+        // lock) only prevent leftover cleanup and rekey.
+        let (index_lock, ip) = self.lock_file("index.lock")?;
+        index_lock
+            .lock()
+            .map_err(|e| StoreError::io("cannot lock", &ip, e))?;
+        let (lock, exclusive) = self.lock_best()?;
         let header = read_header(&self.dir.join("header"))?;
         let kek = derive_kek(passphrase, &header.salt, header.params)?;
         let keypair = open_secret(&kek, &header).map_err(|_| StoreError::WrongPassphrase)?;
@@ -591,9 +628,18 @@ impl Vault {
             records,
             generation: file.generation,
             problems: Vec::new(),
+            exclusive,
             _lock: lock,
+            _index_lock: index_lock,
         };
         if let Some((h, kp)) = next {
+            if !u.exclusive {
+                // Finishing a rekey must not race a store: wait for it.
+                u._lock
+                    .lock()
+                    .map_err(|e| StoreError::io("cannot lock", self.dir.join("lock"), e))?;
+                u.exclusive = true;
+            }
             u.finish_rekey(h, kp)?;
         }
         u.reconcile()?;
@@ -635,11 +681,26 @@ pub struct ObjectWriter<'v> {
     tmp: PathBuf,
     hashes: Vec<Option<[u8; 32]>>,
     committed: bool,
+    keep: bool,
     _lock: File,
 }
 
 impl<'v> ObjectWriter<'v> {
     fn new(vault: &'v Vault, id: FileId, size: u64, chunk_size: u32) -> Result<Self> {
+        let tmp = vault.staging().join(format!("import-{}.obj", id_hex(&id)));
+        Self::create_at(vault, tmp, id, size, chunk_size, false)
+    }
+
+    /// A new staging file at `tmp`; with `keep` it survives a drop (a
+    /// resumable partial).
+    pub(crate) fn create_at(
+        vault: &'v Vault,
+        tmp: PathBuf,
+        id: FileId,
+        size: u64,
+        chunk_size: u32,
+        keep: bool,
+    ) -> Result<Self> {
         let lock = vault.lock(false)?;
         let n = chunk_count(size, chunk_size);
         let header = ObjectHeader {
@@ -647,8 +708,7 @@ impl<'v> ObjectWriter<'v> {
             chunk_size,
             chunk_count: n,
         };
-        let tmp = vault.staging().join(format!("import-{}.obj", id_hex(&id)));
-        let file = fsutil::create_new_private(&tmp)?;
+        let file = fsutil::create_private(&tmp)?;
         let w = ObjectWriter {
             vault,
             header,
@@ -657,12 +717,133 @@ impl<'v> ObjectWriter<'v> {
             tmp,
             hashes: vec![None; n as usize],
             committed: false,
+            keep,
             _lock: lock,
         };
         w.file
             .write_all_at(&header.encode(), 0)
             .map_err(|e| StoreError::io("cannot write", &w.tmp, e))?;
         Ok(w)
+    }
+
+    /// Reopens a kept staging file; `hashes` are the chunks recorded as
+    /// written, each checked against the data on disk (a mismatch is
+    /// dropped and will be sent again).
+    pub(crate) fn reopen(
+        vault: &'v Vault,
+        tmp: PathBuf,
+        id: FileId,
+        size: u64,
+        chunk_size: u32,
+        hashes: Vec<Option<[u8; 32]>>,
+    ) -> Result<Self> {
+        let lock = vault.lock(false)?;
+        let n = chunk_count(size, chunk_size);
+        if hashes.len() as u64 != n {
+            return Err(StoreError::corrupt(
+                tmp.display().to_string(),
+                "chunk count mismatch",
+            ));
+        }
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&tmp)
+            .map_err(|e| StoreError::io("cannot open", &tmp, e))?;
+        let header = ObjectHeader {
+            id,
+            chunk_size,
+            chunk_count: n,
+        };
+        let mut w = ObjectWriter {
+            vault,
+            header,
+            size,
+            file,
+            tmp,
+            hashes,
+            committed: false,
+            keep: true,
+            _lock: lock,
+        };
+        let mut buf = Vec::new();
+        for i in 0..n {
+            if let Some(h) = w.hashes[i as usize] {
+                let len = chunk_plain_len(size, chunk_size, i) + CHUNK_OVERHEAD;
+                buf.resize(len, 0);
+                let ok = w
+                    .file
+                    .read_exact_at(&mut buf, header.chunk_offset(i))
+                    .is_ok()
+                    && sealed_chunk_hash(&buf) == h;
+                if !ok {
+                    w.hashes[i as usize] = None;
+                }
+            }
+        }
+        Ok(w)
+    }
+
+    /// The vault written to.
+    pub fn vault(&self) -> &'v Vault {
+        self.vault
+    }
+
+    /// Which chunks are written (`Some(hash)`).
+    pub fn hashes(&self) -> &[Option<[u8; 32]>] {
+        &self.hashes
+    }
+
+    /// Forgets every written chunk (a transfer starting over).
+    pub fn reset(&mut self) {
+        self.hashes.iter_mut().for_each(|h| *h = None);
+    }
+
+    /// True when every chunk is written.
+    pub fn is_complete(&self) -> bool {
+        self.hashes.iter().all(Option::is_some)
+    }
+
+    /// The object header.
+    pub fn header(&self) -> &ObjectHeader {
+        &self.header
+    }
+
+    /// Plaintext size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Flushes the data to disk.
+    pub fn sync(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| StoreError::io("cannot sync", &self.tmp, e))
+    }
+
+    /// Decrypts every written chunk in order (in memory only) and returns
+    /// the BLAKE3 of the plaintext: the receiver's end-to-end check.
+    pub fn verify_plaintext(&self, key: &FileKey) -> Result<[u8; 32]> {
+        let n = self.header.chunk_count;
+        let id = self.header.id;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; self.header.chunk_size as usize + CHUNK_OVERHEAD];
+        for i in 0..n {
+            let len = chunk_plain_len(self.size, self.header.chunk_size, i) + CHUNK_OVERHEAD;
+            self.file
+                .read_exact_at(&mut buf[..len], self.header.chunk_offset(i))
+                .map_err(|e| StoreError::io("cannot read", &self.tmp, e))?;
+            let pt = key
+                .open_chunk_in_place(&id, i, i + 1 == n, &mut buf[..len])
+                .map_err(|_| {
+                    StoreError::corrupt(
+                        format!("received file {}", id_hex(&id)),
+                        format!("chunk {i} does not authenticate under the file key"),
+                    )
+                })?;
+            hasher.update(pt);
+        }
+        Ok(*hasher.finalize().as_bytes())
     }
 
     /// Writes sealed chunk `index` at its place. Its length must be exact.
@@ -697,11 +878,8 @@ impl<'v> ObjectWriter<'v> {
         self.file
             .sync_all()
             .map_err(|e| StoreError::io("cannot sync", &self.tmp, e))?;
-        let env = seal_envelope(&self.vault.public_key(), id, ct, file_key, meta)?;
-        let env_tmp = self
-            .vault
-            .staging()
-            .join(format!("import-{}.env", id_hex(&id)));
+        let env = seal_envelope(&self.vault.current_public_key()?, id, ct, file_key, meta)?;
+        let env_tmp = self.tmp.with_extension("env");
         let res = (|| {
             let mut f = fsutil::create_private(&env_tmp)?;
             f.write_all(&env)
@@ -727,7 +905,7 @@ impl<'v> ObjectWriter<'v> {
 
 impl Drop for ObjectWriter<'_> {
     fn drop(&mut self) {
-        if !self.committed {
+        if !self.committed && !self.keep {
             let _ = fs::remove_file(&self.tmp);
         }
     }
@@ -741,7 +919,9 @@ pub struct Unlocked<'v> {
     records: Vec<IndexRecord>,
     generation: u64,
     problems: Vec<Problem>,
+    exclusive: bool,
     _lock: File,
+    _index_lock: File,
 }
 
 impl Unlocked<'_> {
@@ -775,7 +955,7 @@ impl Unlocked<'_> {
         let mut probs = Vec::new();
         for rec in &self.records {
             match &rec.state {
-                RecordState::Deleted => {
+                RecordState::Deleted if self.exclusive => {
                     for p in [v.env_path(&rec.id), v.obj_path(&rec.id)] {
                         if p.exists() {
                             fsutil::remove_if_exists(&p)?;
@@ -783,6 +963,7 @@ impl Unlocked<'_> {
                         }
                     }
                 }
+                RecordState::Deleted => {}
                 RecordState::Live {
                     env_digest, meta, ..
                 } => {
@@ -855,14 +1036,18 @@ impl Unlocked<'_> {
             }
         }
         for id in scan.obj.keys() {
-            if !scan.env.contains_key(id) && !known.contains_key(id) {
+            if self.exclusive && !scan.env.contains_key(id) && !known.contains_key(id) {
                 // A store that died between its two renames.
                 fsutil::remove_if_exists(&v.obj_path(id))?;
                 removed = true;
             }
         }
         let staging = v.staging();
-        if let Ok(rd) = fs::read_dir(&staging) {
+        if let Some(rd) = self
+            .exclusive
+            .then(|| fs::read_dir(&staging).ok())
+            .flatten()
+        {
             for e in rd.flatten() {
                 if e.file_name().to_string_lossy().starts_with("import-") {
                     fsutil::remove_if_exists(&e.path())?;
@@ -1149,6 +1334,9 @@ impl Unlocked<'_> {
     /// Replaces the vault key pair and rewraps every file key, crash-safely.
     /// Returns the number of envelopes rewrapped.
     pub fn rekey(&mut self) -> Result<usize> {
+        if !self.exclusive {
+            return Err(StoreError::Busy);
+        }
         let cur = read_header(&self.vault.dir.join("header"))?;
         let kp = Keypair::generate()?;
         let next = seal_secret(&self.kek, cur.params, cur.salt, &kp)?;

@@ -1,0 +1,278 @@
+//! `p2pfs send PATH... PEER`: progress bars or NDJSON events, and the
+//! mapping of the outcome to messages and exit codes.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use p2pfs::{
+    crypto::keys::PublicKey,
+    net::{
+        events::Event,
+        sender::{self, item_for, SendOptions, Target},
+        DEFAULT_PORT,
+    },
+};
+
+use super::{progress, walk, Ctx};
+
+/// A parsed PEER argument.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PeerSpec {
+    /// Key required by `NODEID@…`.
+    pub expected: Option<PublicKey>,
+    /// Host name or address.
+    pub host: String,
+    /// UDP port.
+    pub port: u16,
+}
+
+impl PeerSpec {
+    /// `host:port` as written (the key of address pins).
+    pub fn label(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Parses `[NODEID@]host[:port]` (IPv6 as `[addr]:port`).
+pub fn parse_peer(s: &str) -> Result<PeerSpec> {
+    let (expected, rest) = match s.split_once('@') {
+        Some((id, rest)) => match PublicKey::parse_id(id) {
+            Some(k) => (Some(k), rest),
+            None => bail!(
+                "{id:?} before '@' is not a node id (52 base32 characters, as `p2pfs id` prints)"
+            ),
+        },
+        None => (None, s),
+    };
+    let (host, port) = if let Some(r) = rest.strip_prefix('[') {
+        let (h, tail) = r
+            .split_once(']')
+            .context("missing ']' in an IPv6 address")?;
+        let port = match tail.strip_prefix(':') {
+            Some(p) => p.parse().with_context(|| format!("bad port {p:?}"))?,
+            None => DEFAULT_PORT,
+        };
+        (h.to_owned(), port)
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_owned(),
+                p.parse().with_context(|| format!("bad port {p:?}"))?,
+            ),
+            None => (rest.to_owned(), DEFAULT_PORT),
+        }
+    };
+    if host.is_empty() {
+        bail!("no host in {s:?}: use host:port or NODEID@host:port");
+    }
+    Ok(PeerSpec {
+        expected,
+        host,
+        port,
+    })
+}
+
+async fn resolve(spec: &PeerSpec) -> Result<SocketAddr> {
+    let label = spec.label();
+    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host(label.as_str())
+        .await
+        .with_context(|| format!("cannot resolve {label}: check the name, or use an address"))?
+        .collect();
+    addrs.sort_by_key(|a| a.is_ipv6());
+    addrs
+        .into_iter()
+        .next()
+        .with_context(|| format!("{label} resolves to no address"))
+}
+
+fn human(n: u64) -> String {
+    indicatif::HumanBytes(n).to_string()
+}
+
+pub fn run(ctx: &Ctx, args: Vec<String>, streams: usize, json: bool) -> Result<()> {
+    let Some((peer, paths)) = args.split_last() else {
+        bail!("usage: p2pfs send PATH... PEER");
+    };
+    if paths.is_empty() {
+        bail!("nothing to send: usage: p2pfs send PATH... PEER");
+    }
+    let spec = parse_peer(peer)?;
+    let identity = ctx.home.load_identity()?;
+    let paths: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
+    let entries = walk::collect(&paths)?;
+    let mut items = Vec::with_capacity(entries.len());
+    for e in entries {
+        items.push(
+            item_for(&e.path, e.name, e.dir)
+                .with_context(|| format!("cannot read {}", e.path.display()))?,
+        );
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let addr = resolve(&spec).await?;
+        let target = Target {
+            addr,
+            label: spec.label(),
+            expected: spec.expected,
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let quiet = ctx.quiet;
+        let ui = tokio::spawn(async move {
+            let mut pb = None;
+            let mut last = std::time::Instant::now() - Duration::from_secs(1);
+            while let Some(ev) = rx.recv().await {
+                if json {
+                    if let Some(v) = event_json(&ev, &mut last) {
+                        println!("{v}");
+                    }
+                    continue;
+                }
+                match ev {
+                    Event::Connected { peer, name, first_contact } => {
+                        if first_contact && !quiet {
+                            eprintln!(
+                                "first contact with {name}: pinned its key, fingerprint {} (id {peer})",
+                                peer.fingerprint()
+                            );
+                        }
+                    }
+                    Event::Resuming { name, percent } => {
+                        if !quiet {
+                            eprintln!("resuming {name} at {percent}%");
+                        }
+                    }
+                    Event::Start { bytes, skipped, .. } => {
+                        let b = progress::bytes(bytes, quiet, "sending");
+                        b.set_position(skipped);
+                        pb = Some(b);
+                    }
+                    Event::FileStart { name, .. } => {
+                        if let Some(b) = &pb {
+                            b.set_message(name);
+                        }
+                    }
+                    Event::Progress { done } => {
+                        if let Some(b) = &pb {
+                            b.set_position(done);
+                        }
+                    }
+                    Event::FileFailed { name, message } => {
+                        let line = format!("failed: {name}: {message}");
+                        match &pb {
+                            Some(b) => b.suspend(|| eprintln!("{line}")),
+                            None => eprintln!("{line}"),
+                        }
+                    }
+                    Event::FileDone { .. } => {}
+                    Event::Done { .. } => {
+                        if let Some(b) = pb.take() {
+                            b.finish_and_clear();
+                        }
+                    }
+                }
+            }
+        });
+        let opts = SendOptions {
+            streams,
+            ..SendOptions::default()
+        };
+        let res = sender::send(&identity.keypair, ctx.home.root(), &target, items, &opts, tx).await;
+        let _ = ui.await;
+        match res {
+            Ok(s) => {
+                if json {
+                    return Ok(());
+                }
+                if !ctx.quiet {
+                    println!(
+                        "sent {} file(s) to {} ({}): {} on the wire, {} already there (resumed); committed and verified by the receiver",
+                        s.files,
+                        s.peer_name,
+                        s.peer.fingerprint(),
+                        human(s.bytes_sent),
+                        human(s.bytes_skipped)
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"event": "error", "message": e.to_string(), "code": super::net_exit_code(&e)})
+                    );
+                }
+                Err(e.into())
+            }
+        }
+    })
+}
+
+fn event_json(ev: &Event, last: &mut std::time::Instant) -> Option<serde_json::Value> {
+    use serde_json::json;
+    Some(match ev {
+        Event::Connected {
+            peer,
+            name,
+            first_contact,
+        } => json!({
+            "event": "connected", "peer": peer.to_id(), "fingerprint": peer.fingerprint(),
+            "name": name, "first_contact": first_contact }),
+        Event::Start {
+            files,
+            bytes,
+            skipped,
+        } => json!({
+            "event": "start", "files": files, "bytes_total": bytes, "bytes_skipped": skipped }),
+        Event::Resuming { name, percent } => {
+            json!({ "event": "resuming", "name": name, "percent": percent })
+        }
+        Event::FileStart { .. } => return None,
+        Event::Progress { done } => {
+            if last.elapsed() < Duration::from_millis(250) {
+                return None;
+            }
+            *last = std::time::Instant::now();
+            json!({ "event": "progress", "bytes_done": done })
+        }
+        Event::FileDone { name, size, blake3 } => json!({
+            "event": "file_done", "name": name, "size": size, "blake3": blake3 }),
+        Event::FileFailed { name, message } => {
+            json!({ "event": "file_failed", "name": name, "message": message })
+        }
+        Event::Done {
+            files,
+            bytes_sent,
+            bytes_skipped,
+        } => json!({
+            "event": "done", "files": files, "bytes_sent": bytes_sent, "bytes_skipped": bytes_skipped }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse() {
+        let p = parse_peer("127.0.0.1:5000").unwrap();
+        assert_eq!(
+            (p.host.as_str(), p.port, p.expected),
+            ("127.0.0.1", 5000, None)
+        );
+        assert_eq!(parse_peer("host").unwrap().port, DEFAULT_PORT);
+        assert_eq!(parse_peer("[::1]:7").unwrap().label(), "[::1]:7");
+        let id = "c64dtkvdgjj4wj536zsdhzpnf74spbbyvrb6zyf6meamwwo3gf4q";
+        let p = parse_peer(&format!("{id}@10.0.0.1:9")).unwrap();
+        assert_eq!(p.expected.unwrap().to_id(), id);
+        assert!(parse_peer("nonsense@h:1").is_err());
+        assert!(parse_peer("h:notaport").is_err());
+    }
+}

@@ -1,0 +1,173 @@
+//! `p2pfs serve`: run a receiving node until Ctrl-C / SIGTERM; initialise
+//! the node first on a fresh home when a passphrase is available.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, IsTerminal, Write},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{bail, Context, Result};
+use p2pfs::{
+    crypto::{kdf::KdfParams, keys::PublicKey},
+    net::{
+        endpoint,
+        events::ServerEvent,
+        receiver::{self, AcceptPolicy, Asker, ServerCtx},
+        wire::FileOffer,
+    },
+};
+
+use super::{passphrase, progress, Ctx};
+
+struct TerminalAsker {
+    lock: Mutex<()>,
+}
+
+impl Asker for TerminalAsker {
+    fn ask(&self, peer: &PublicKey, files: &[FileOffer]) -> bool {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let total: u64 = files.iter().map(|f| f.size).sum();
+        eprintln!(
+            "\nnode {} (fingerprint {}) wants to send {} item(s), {}:",
+            peer,
+            peer.fingerprint(),
+            files.len(),
+            indicatif::HumanBytes(total)
+        );
+        for f in files.iter().take(20) {
+            eprintln!(
+                "  {:>10}  {}",
+                indicatif::HumanBytes(f.size).to_string(),
+                f.name.escape_debug()
+            );
+        }
+        if files.len() > 20 {
+            eprintln!("  … and {} more", files.len() - 20);
+        }
+        eprint!("accept? [y/N] ");
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        if std::io::stdin().lock().read_line(&mut line).is_err() {
+            return false;
+        }
+        matches!(line.trim(), "y" | "Y" | "yes")
+    }
+}
+
+pub fn run(
+    ctx: &Ctx,
+    listen: SocketAddr,
+    accept: AcceptPolicy,
+    name: Option<String>,
+) -> Result<()> {
+    if !ctx.home.is_initialised() {
+        let src = passphrase::vault_source(ctx.passphrase_file.as_deref());
+        let pass = passphrase::get(&src, passphrase::Purpose::New).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}\n(no node in {} yet: `p2pfs serve` creates one when it can get a passphrase for the new vault)",
+                ctx.home.root().display()
+            )
+        })?;
+        let ident = ctx.home.init(
+            &name.clone().unwrap_or_else(super::host_name),
+            &pass,
+            KdfParams::DEFAULT,
+        )?;
+        println!(
+            "created node {} in {}",
+            ident.name,
+            ctx.home.root().display()
+        );
+    }
+    if accept == AcceptPolicy::Ask && !std::io::stdin().is_terminal() {
+        bail!("--accept ask needs a terminal to ask on; use --accept trusted or any");
+    }
+    let identity = ctx.home.load_identity()?;
+    let vault: &'static _ = Box::leak(Box::new(ctx.home.vault()?));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let quiet = ctx.quiet;
+    rt.block_on(async move {
+        let ep = endpoint::server(listen)?;
+        let local = ep.local_addr().context("cannot read the listening address")?;
+        println!("p2pfs node {}", identity.name);
+        println!("  id:          {}", identity.id());
+        println!("  fingerprint: {}", identity.id().fingerprint());
+        println!("  listening:   {local} (UDP)");
+        println!(
+            "  accepting:   {}",
+            match accept {
+                AcceptPolicy::Trusted => "trusted peers only (add one with `p2pfs trust add NODEID`)",
+                AcceptPolicy::Ask => "trusted peers, and asks about others",
+                AcceptPolicy::Any => "ANY peer (open drop box)",
+            }
+        );
+        println!("  vault key:   {} (files are stored sealed; reading them needs the passphrase)", vault.public_key().fingerprint());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let server_ctx = Arc::new(ServerCtx {
+            home: ctx.home.clone(),
+            identity,
+            vault,
+            policy: accept,
+            asker: (accept == AcceptPolicy::Ask).then(|| Arc::new(TerminalAsker { lock: Mutex::new(()) }) as Arc<dyn Asker>),
+            events: tx,
+        });
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+            let _ = stop_tx.send(true);
+        });
+        let ui = tokio::spawn(async move {
+            let mut bars: HashMap<PublicKey, indicatif::ProgressBar> = HashMap::new();
+            while let Some(ev) = rx.recv().await {
+                match ev {
+                    ServerEvent::PeerConnected { peer, addr } => println!("peer {} connected from {addr}", peer.fingerprint()),
+                    ServerEvent::PeerRefused { peer, reason } => println!("refused {} ({peer}): {reason}", peer.fingerprint()),
+                    ServerEvent::Offer { peer, files, bytes, held } => {
+                        if held > 0 {
+                            println!("receiving {files} item(s), {} from {} (resuming, {} already here)", indicatif::HumanBytes(bytes), peer.fingerprint(), indicatif::HumanBytes(held));
+                        } else {
+                            println!("receiving {files} item(s), {} from {}", indicatif::HumanBytes(bytes), peer.fingerprint());
+                        }
+                        let b = progress::bytes(bytes, quiet, &peer.fingerprint());
+                        b.set_position(held);
+                        bars.insert(peer, b);
+                    }
+                    ServerEvent::Received { peer, bytes } => {
+                        if let Some(b) = bars.get(&peer) {
+                            b.inc(bytes);
+                        }
+                    }
+                    ServerEvent::Stored { peer, name, size } => {
+                        let line = format!("stored {} ({}) from {}", name.escape_debug(), indicatif::HumanBytes(size), peer.fingerprint());
+                        match bars.get(&peer) {
+                            Some(b) => b.suspend(|| println!("{line}")),
+                            None => println!("{line}"),
+                        }
+                    }
+                    ServerEvent::Failed { peer, message } => {
+                        eprintln!("p2pfs: {}: {message}", peer.map(|p| p.fingerprint()).unwrap_or_else(|| "?".into()));
+                    }
+                    ServerEvent::Closed { peer } => {
+                        if let Some(b) = bars.remove(&peer) {
+                            b.finish_and_clear();
+                        }
+                    }
+                }
+            }
+        });
+        receiver::serve(ep, server_ctx, stop_rx).await?;
+        ui.abort();
+        println!("stopped; interrupted transfers are kept and resume when sent again");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! QUIC endpoints: rustls (ring provider, TLS 1.3 only, ALPN `p2pfs/1`) with
+//! a throwaway self-signed certificate on the server, and a client that
+//! accepts any certificate but checks the handshake signature — the node
+//! identity is proved by Noise, not by TLS (`docs/PROTOCOL.md`).
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::{
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime},
+    DigitallySignedStruct, SignatureScheme,
+};
+
+use super::{NetError, ALPN};
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn setup<E: std::fmt::Display>(e: E) -> NetError {
+    NetError::Setup(e.to_string())
+}
+
+/// Transport settings shared by both ends.
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(30))
+            .unwrap_or(quinn::VarInt::from_u32(30_000).into()),
+    ));
+    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(super::wire::MAX_STREAMS as u32));
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4));
+    t.stream_receive_window(quinn::VarInt::from_u32(8 << 20));
+    t.receive_window(quinn::VarInt::from_u32(64 << 20));
+    t.send_window(64 << 20);
+    Arc::new(t)
+}
+
+/// A server endpoint listening on `addr`.
+pub fn server(addr: SocketAddr) -> Result<quinn::Endpoint, NetError> {
+    let cert = rcgen::generate_simple_self_signed(vec!["p2pfs".to_string()]).map_err(setup)?;
+    let der = CertificateDer::from(cert.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(setup)?
+        .with_no_client_auth()
+        .with_single_cert(vec![der], key)
+        .map_err(setup)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let crypto = QuicServerConfig::try_from(tls).map_err(setup)?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(transport());
+    quinn::Endpoint::server(cfg, addr).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            NetError::Setup(format!("{addr} is already in use: is another p2pfs serve running? Use --listen to pick another port"))
+        }
+        _ => NetError::Setup(format!("cannot listen on {addr}: {e}")),
+    })
+}
+
+#[derive(Debug)]
+struct AnyCert(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // The identity is authenticated by Noise over the exporter value.
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not used".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client endpoint on an ephemeral port of the matching address family.
+pub fn client(for_peer: SocketAddr) -> Result<quinn::Endpoint, NetError> {
+    let p = provider();
+    let mut tls = rustls::ClientConfig::builder_with_provider(p.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(setup)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(p)))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.enable_early_data = false;
+    let crypto = QuicClientConfig::try_from(tls).map_err(setup)?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(transport());
+    let bind: SocketAddr = if for_peer.is_ipv6() {
+        "[::]:0".parse().map_err(setup)?
+    } else {
+        "0.0.0.0:0".parse().map_err(setup)?
+    };
+    let mut ep = quinn::Endpoint::client(bind).map_err(|e| NetError::Setup(e.to_string()))?;
+    ep.set_default_client_config(cfg);
+    Ok(ep)
+}
+
+/// Connects to `addr` within `timeout`.
+pub async fn connect(
+    ep: &quinn::Endpoint,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<quinn::Connection, NetError> {
+    let unreachable = |detail: String| NetError::Unreachable {
+        addr: addr.to_string(),
+        detail,
+    };
+    let connecting = ep
+        .connect(addr, "p2pfs")
+        .map_err(|e| unreachable(e.to_string()))?;
+    match tokio::time::timeout(timeout, connecting).await {
+        Err(_) => Err(unreachable(format!(
+            "no answer within {} s",
+            timeout.as_secs()
+        ))),
+        Ok(Err(quinn::ConnectionError::ConnectionClosed(c)))
+            if c.error_code == quinn::TransportErrorCode::crypto(0x78) =>
+        {
+            Err(NetError::Protocol(
+                "peer speaks another p2pfs protocol version (ALPN): upgrade p2pfs on both ends"
+                    .into(),
+            ))
+        }
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Ok(Ok(c)) => Ok(c),
+    }
+}

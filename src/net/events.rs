@@ -1,0 +1,135 @@
+//! Progress and outcome events sent from the network layer to the user
+//! interface task over a channel.
+
+use crate::crypto::keys::PublicKey;
+
+/// Something the UI may want to show.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Connected and authenticated.
+    Connected {
+        /// Peer node id.
+        peer: PublicKey,
+        /// Peer's name.
+        name: String,
+        /// True when the key was pinned just now (first contact).
+        first_contact: bool,
+    },
+    /// A transfer is starting.
+    Start {
+        /// Number of entries.
+        files: usize,
+        /// Total plaintext bytes.
+        bytes: u64,
+        /// Bytes the receiver already holds (resume).
+        skipped: u64,
+    },
+    /// A file is resumed.
+    Resuming {
+        /// Its name.
+        name: String,
+        /// Percent already held.
+        percent: u8,
+    },
+    /// A file began.
+    FileStart {
+        /// Its name.
+        name: String,
+        /// Its size.
+        size: u64,
+    },
+    /// Bytes progressed (plaintext bytes of chunks sent or received).
+    Progress {
+        /// Bytes done so far, including skipped ones.
+        done: u64,
+    },
+    /// A file was committed and verified by the receiver.
+    FileDone {
+        /// Its name.
+        name: String,
+        /// Its size.
+        size: u64,
+        /// BLAKE3 hex.
+        blake3: String,
+    },
+    /// A file failed.
+    FileFailed {
+        /// Its name.
+        name: String,
+        /// Why.
+        message: String,
+    },
+    /// Everything done.
+    Done {
+        /// Files completed.
+        files: usize,
+        /// Chunk bytes that crossed the wire.
+        bytes_sent: u64,
+        /// Plaintext bytes skipped thanks to resume.
+        bytes_skipped: u64,
+    },
+}
+
+/// The sending half of an event channel.
+pub type EventTx = tokio::sync::mpsc::UnboundedSender<Event>;
+
+/// What a serving node reports.
+#[derive(Debug, Clone)]
+pub enum ServerEvent {
+    /// A peer authenticated.
+    PeerConnected {
+        /// Its node id.
+        peer: PublicKey,
+        /// Its address.
+        addr: String,
+    },
+    /// A peer was refused.
+    PeerRefused {
+        /// Its node id.
+        peer: PublicKey,
+        /// Why.
+        reason: String,
+    },
+    /// An offer was accepted.
+    Offer {
+        /// The sender.
+        peer: PublicKey,
+        /// Entries.
+        files: usize,
+        /// Total bytes.
+        bytes: u64,
+        /// Bytes already held (resume).
+        held: u64,
+    },
+    /// Chunk bytes received from a peer.
+    Received {
+        /// The sender.
+        peer: PublicKey,
+        /// Plaintext bytes in this chunk.
+        bytes: u64,
+    },
+    /// A file was verified and committed to the vault.
+    Stored {
+        /// The sender.
+        peer: PublicKey,
+        /// Its name.
+        name: String,
+        /// Its size.
+        size: u64,
+    },
+    /// A file or connection failed.
+    Failed {
+        /// The sender, when authenticated.
+        peer: Option<PublicKey>,
+        /// What happened.
+        message: String,
+    },
+    /// A connection ended.
+    Closed {
+        /// The sender.
+        peer: PublicKey,
+    },
+}
+
+/// The sending half of a server event channel.
+pub type ServerEventTx = tokio::sync::mpsc::UnboundedSender<ServerEvent>;

@@ -1,0 +1,110 @@
+//! The network layer: QUIC endpoints (quinn + rustls), the Noise
+//! handshake bound to the TLS session, the wire frames, and the sender and
+//! receiver state machines (`docs/PROTOCOL.md`).
+//!
+//! This module never prints: progress and outcomes go to the caller as
+//! [`events::Event`]s over a channel and as typed [`NetError`]s.
+
+pub mod endpoint;
+pub mod events;
+pub mod handshake;
+pub mod receiver;
+pub mod sender;
+pub mod wire;
+
+use thiserror::Error;
+
+use crate::{crypto::keys::PublicKey, store::StoreError};
+
+/// The ALPN protocol id (the protocol version).
+pub const ALPN: &[u8] = b"p2pfs/1";
+/// The default UDP port.
+pub const DEFAULT_PORT: u16 = 47474;
+
+/// Application close codes (`docs/PROTOCOL.md`, *Close codes*).
+pub mod close {
+    /// Finished normally.
+    pub const DONE: u32 = 0;
+    /// Refused.
+    pub const REFUSED: u32 = 1;
+    /// Protocol violation.
+    pub const PROTOCOL: u32 = 2;
+    /// Peer key does not match the pin.
+    pub const KEY_MISMATCH: u32 = 3;
+    /// A chunk MAC failed.
+    pub const TAMPERED: u32 = 4;
+    /// Receiver shutting down.
+    pub const SHUTDOWN: u32 = 5;
+    /// Noise handshake failed.
+    pub const HANDSHAKE: u32 = 6;
+}
+
+/// Failures of network operations.
+#[derive(Debug, Error)]
+pub enum NetError {
+    /// The peer could not be reached in time.
+    #[error("cannot reach {addr}: {detail}. Is `p2pfs serve` running there? Check the address, the UDP port and the firewall")]
+    Unreachable {
+        /// The address tried.
+        addr: String,
+        /// What happened.
+        detail: String,
+    },
+    /// The peer presented another key than the pinned or given one.
+    #[error("PEER KEY CHANGED — POSSIBLE MAN-IN-THE-MIDDLE ATTACK!\n  expected {expected} (fingerprint {})\n  but {addr} answered as {actual} (fingerprint {})\nNothing was sent. If the peer was reinstalled or re-initialised, verify the new fingerprint out of band, then run `p2pfs trust rm {expected}` (or send to NODEID@{addr}) to re-pin.", expected.fingerprint(), actual.fingerprint())]
+    KeyChanged {
+        /// The address.
+        addr: String,
+        /// The key we expected.
+        expected: PublicKey,
+        /// The key it presented.
+        actual: PublicKey,
+    },
+    /// The receiver refused.
+    #[error("refused by the receiver: {message}")]
+    Refused {
+        /// Why.
+        code: wire::RefuseCode,
+        /// Its explanation.
+        message: String,
+    },
+    /// The Noise handshake failed.
+    #[error("authentication failed: {0}")]
+    Handshake(String),
+    /// The peer broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A chunk failed its MAC.
+    #[error("tampered data: {0}")]
+    Tampered(String),
+    /// Some files did not arrive intact.
+    #[error("{failed} file(s) failed:\n{details}")]
+    FilesFailed {
+        /// How many.
+        failed: usize,
+        /// One line each.
+        details: String,
+    },
+    /// The connection was lost.
+    #[error("connection lost: {0} (run the same command again to resume)")]
+    ConnectionLost(String),
+    /// A timeout elapsed.
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    /// A local storage failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Local I/O.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// TLS / QUIC configuration.
+    #[error("network setup: {0}")]
+    Setup(String),
+}
+
+impl NetError {
+    /// Maps a stream I/O error.
+    pub fn io(e: std::io::Error) -> Self {
+        NetError::ConnectionLost(e.to_string())
+    }
+}

@@ -1,0 +1,779 @@
+//! The receiving side (`p2pfs serve`): accepts connections, authenticates
+//! the sender (Noise), applies the accept policy, plans the offer (new or
+//! resumed files), checks every chunk's MAC before writing it, verifies each
+//! file end to end and commits it to the vault — without the vault's secret
+//! key (`docs/PROTOCOL.md`).
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::{sync::mpsc, task::JoinSet};
+use tracing::{debug, info, warn};
+
+use super::{
+    close,
+    events::{ServerEvent, ServerEventTx},
+    handshake::{self, Session, EXPORTER_LABEL},
+    wire::{
+        self, result_code, ChunkHeader, EntryKind, FileOffer, FilePlan, Msg, RefuseCode,
+        CHUNK_HEADER_LEN, DATA_MAGIC,
+    },
+    NetError,
+};
+use crate::{
+    crypto::{
+        chunk::{chunk_count, chunk_plain_len, FileId, FileKey, CHUNK_OVERHEAD},
+        keys::{PublicKey, Secret32},
+        mac::MacKey,
+        random,
+    },
+    store::{
+        format::{Kind, Metadata},
+        home::{Home, Identity},
+        partial::{seal_key_to, Partial, PartialMeta},
+        trust::{Capability, TrustStore},
+        vault::Vault,
+        StoreError,
+    },
+};
+
+/// Who may send to this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptPolicy {
+    /// Only peers in the trust store with the `send` capability.
+    Trusted,
+    /// Ask the local user for peers that are not trusted.
+    Ask,
+    /// Everyone (an open drop box).
+    Any,
+}
+
+/// Asks the local user whether to accept an offer (blocking).
+pub trait Asker: Send + Sync {
+    /// Returns true to accept.
+    fn ask(&self, peer: &PublicKey, files: &[FileOffer]) -> bool;
+}
+
+/// Everything a serving node needs.
+pub struct ServerCtx {
+    /// The node's home.
+    pub home: Home,
+    /// The node's identity.
+    pub identity: Identity,
+    /// The vault (for the life of the process).
+    pub vault: &'static Vault,
+    /// Accept policy.
+    pub policy: AcceptPolicy,
+    /// The terminal prompt for `Ask`.
+    pub asker: Option<Arc<dyn Asker>>,
+    /// Where events go.
+    pub events: ServerEventTx,
+}
+
+/// Serves until `shutdown` turns true; then closes every connection (their
+/// partials are checkpointed) within a bounded time.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    ctx: Arc<ServerCtx>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), NetError> {
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let ctx = ctx.clone();
+                tasks.spawn(async move {
+                    let addr = incoming.remote_address();
+                    match incoming.await {
+                        Ok(conn) => {
+                            if let Err(e) = handle(ctx.clone(), conn, addr).await {
+                                debug!(%addr, "connection ended: {e}");
+                            }
+                        }
+                        Err(e) => debug!(%addr, "QUIC handshake failed: {e}"),
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    endpoint.close(
+        quinn::VarInt::from_u32(close::SHUTDOWN),
+        b"receiver shutting down",
+    );
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
+        warn!("some connections did not finish cleaning up in time");
+    }
+    endpoint.wait_idle().await;
+    Ok(())
+}
+
+fn close_with(conn: &quinn::Connection, code: u32, why: &str) {
+    conn.close(quinn::VarInt::from_u32(code), why.as_bytes());
+}
+
+/// The per-file state of a reception.
+struct FileState {
+    offer: FileOffer,
+    id: FileId,
+    partial: Option<Partial<'static>>,
+    key: Option<FileKey>,
+    end: Option<[u8; 32]>,
+    finished: bool,
+}
+
+struct Transfer {
+    files: Vec<FileState>,
+    chunk_size: u32,
+}
+
+type Shared = Arc<Mutex<Transfer>>;
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Transfer> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn handle(
+    ctx: Arc<ServerCtx>,
+    conn: quinn::Connection,
+    addr: SocketAddr,
+) -> Result<(), NetError> {
+    let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
+        .await
+        .map_err(|_| NetError::Timeout("waiting for the control stream"))?
+        .map_err(|e| NetError::ConnectionLost(e.to_string()))?;
+    let mut prologue = [0u8; 32];
+    conn.export_keying_material(&mut prologue, EXPORTER_LABEL, b"")
+        .map_err(|_| NetError::Setup("TLS exporter unavailable".into()))?;
+    let session = match tokio::time::timeout(
+        Duration::from_secs(10),
+        handshake::respond(&mut recv, &mut send, &ctx.identity.keypair, &prologue),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            close_with(&conn, close::HANDSHAKE, "handshake failed");
+            return Err(e);
+        }
+        Err(_) => {
+            close_with(&conn, close::HANDSHAKE, "handshake timed out");
+            return Err(NetError::Timeout("in the handshake"));
+        }
+    };
+    let peer = session.peer;
+    let _span = tracing::info_span!("conn", peer = %peer.fingerprint(), %addr).entered();
+    drop(_span);
+    let trust = TrustStore::load(ctx.home.root())?;
+    let trusted = trust.allows(&peer, Capability::Send);
+    if ctx.policy == AcceptPolicy::Trusted && !trusted {
+        let message = format!(
+            "node {} does not trust you (your node id {peer}, fingerprint {}). \
+             On the receiving node run: p2pfs trust add {peer}",
+            ctx.identity.name,
+            peer.fingerprint()
+        );
+        let _ = wire::write_msg(
+            &mut send,
+            &Msg::Refused {
+                code: RefuseCode::Untrusted,
+                message,
+            },
+        )
+        .await;
+        let _ = send.finish();
+        let _ = ctx.events.send(ServerEvent::PeerRefused {
+            peer,
+            reason: "not trusted (use `p2pfs trust add`)".into(),
+        });
+        // Let the refusal reach the sender before closing.
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+        close_with(&conn, close::REFUSED, "untrusted");
+        return Ok(());
+    }
+    let _ = ctx.events.send(ServerEvent::PeerConnected {
+        peer,
+        addr: addr.to_string(),
+    });
+    wire::write_msg(
+        &mut send,
+        &Msg::Welcome {
+            version: env!("CARGO_PKG_VERSION").into(),
+            name: ctx.identity.name.clone(),
+        },
+    )
+    .await?;
+    let result = receive(&ctx, &conn, &session, trusted, &mut send, &mut recv).await;
+    match &result {
+        Ok(()) => {}
+        Err(NetError::Tampered(m)) => {
+            close_with(&conn, close::TAMPERED, m);
+            let _ = ctx.events.send(ServerEvent::Failed {
+                peer: Some(peer),
+                message: format!("tampered chunk: {m}; connection dropped"),
+            });
+        }
+        Err(NetError::Protocol(m)) => {
+            close_with(&conn, close::PROTOCOL, m);
+            let _ = ctx.events.send(ServerEvent::Failed {
+                peer: Some(peer),
+                message: format!("protocol error: {m}"),
+            });
+        }
+        Err(e) => {
+            let _ = ctx.events.send(ServerEvent::Failed {
+                peer: Some(peer),
+                message: e.to_string(),
+            });
+        }
+    }
+    let _ = ctx.events.send(ServerEvent::Closed { peer });
+    result
+}
+
+async fn refuse(send: &mut quinn::SendStream, code: RefuseCode, message: String) -> NetError {
+    let _ = wire::write_msg(
+        send,
+        &Msg::Refused {
+            code,
+            message: message.clone(),
+        },
+    )
+    .await;
+    let _ = send.finish();
+    NetError::Refused { code, message }
+}
+
+/// Runs one transfer on an authenticated, authorised connection.
+async fn receive(
+    ctx: &Arc<ServerCtx>,
+    conn: &quinn::Connection,
+    session: &Session,
+    trusted: bool,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> Result<(), NetError> {
+    let peer = session.peer;
+    let msg = tokio::time::timeout(Duration::from_secs(60), wire::read_msg(recv))
+        .await
+        .map_err(|_| NetError::Timeout("waiting for the offer"))??;
+    let (chunk_size, files) = match msg {
+        Some(Msg::Offer { chunk_size, files }) => (chunk_size, files),
+        None => return Ok(()),
+        Some(other) => {
+            return Err(NetError::Protocol(format!(
+                "expected an offer, got {other:?}"
+            )))
+        }
+    };
+    if let Err(why) = wire::validate_offer(chunk_size, &files) {
+        let e = refuse(send, RefuseCode::BadOffer, format!("offer refused: {why}")).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+        return Err(e);
+    }
+    if ctx.policy == AcceptPolicy::Ask && !trusted {
+        let accepted = match &ctx.asker {
+            Some(asker) => {
+                let asker = asker.clone();
+                let list = files.clone();
+                tokio::time::timeout(
+                    Duration::from_secs(300),
+                    tokio::task::spawn_blocking(move || asker.ask(&peer, &list)),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(false)
+            }
+            None => false,
+        };
+        if !accepted {
+            let e = refuse(
+                send,
+                RefuseCode::Declined,
+                "the receiving user declined the transfer".into(),
+            )
+            .await;
+            let _ = ctx.events.send(ServerEvent::PeerRefused {
+                peer,
+                reason: "declined".into(),
+            });
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+            return Err(e);
+        }
+    }
+
+    // Plan: resume what this sender left, start the rest.
+    let vault = ctx.vault;
+    let mut partials: HashMap<(String, u64, [u8; 16]), PartialMeta> = HashMap::new();
+    for m in vault.partials()? {
+        if m.sender != peer {
+            continue;
+        }
+        let wanted = files
+            .iter()
+            .any(|f| f.name == m.name && f.size == m.size && f.token == m.token);
+        let stale = files.iter().any(|f| f.name == m.name);
+        if wanted && m.sealed_key.is_some() {
+            partials.insert((m.name.clone(), m.size, m.token), m);
+        } else if stale {
+            vault.remove_partial(&m.file_id)?;
+        }
+    }
+    let mut plans = Vec::with_capacity(files.len());
+    let mut states = Vec::with_capacity(files.len());
+    let mut held_total = 0u64;
+    for f in &files {
+        let found = partials
+            .remove(&(f.name.clone(), f.size, f.token))
+            .filter(|m| m.chunk_size == chunk_size);
+        let (plan, partial, id) = match found {
+            Some(m) => match vault.resume_partial(&m.file_id) {
+                Ok(p) => {
+                    held_total += p.held_bytes();
+                    let plan = FilePlan::Resume {
+                        file_id: m.file_id,
+                        sealed_key: m.sealed_key.clone().unwrap_or_default(),
+                        have: p.have(),
+                    };
+                    (plan, Some(p), m.file_id)
+                }
+                Err(e) => {
+                    warn!("cannot resume {}: {e}; starting over", f.name);
+                    vault.remove_partial(&m.file_id)?;
+                    let id: FileId = random().map_err(StoreError::from)?;
+                    (FilePlan::New { file_id: id }, None, id)
+                }
+            },
+            None => {
+                let id: FileId = random().map_err(StoreError::from)?;
+                (FilePlan::New { file_id: id }, None, id)
+            }
+        };
+        plans.push(plan);
+        states.push(FileState {
+            offer: f.clone(),
+            id,
+            partial,
+            key: None,
+            end: None,
+            finished: false,
+        });
+    }
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    let _ = ctx.events.send(ServerEvent::Offer {
+        peer,
+        files: files.len(),
+        bytes: total,
+        held: held_total,
+    });
+    wire::write_msg(send, &Msg::Plan { files: plans }).await?;
+
+    let shared: Shared = Arc::new(Mutex::new(Transfer {
+        files: states,
+        chunk_size,
+    }));
+    // Results go out through one writer; anyone may queue one.
+    let (res_tx, mut res_rx) = mpsc::unbounded_channel::<Msg>();
+    let data_conn = conn.clone();
+    let data_ctx = ctx.clone();
+    let data_shared = shared.clone();
+    let data_res = res_tx.clone();
+    let mac = session.mac.clone();
+    let data = tokio::spawn(async move {
+        accept_data(data_conn, data_ctx, data_shared, data_res, mac, peer).await
+    });
+
+    let outcome: Result<(), NetError> = async {
+        let mut done_files = 0usize;
+        let nfiles = files.len();
+        let mut client_done = false;
+        loop {
+            tokio::select! {
+                msg = wire::read_msg(recv), if !client_done => {
+                    match msg? {
+                        None => return Err(NetError::ConnectionLost("sender closed the control stream".into())),
+                        Some(Msg::FileStart { file, wrapped_key, fresh }) => {
+                            file_start(ctx, session, &shared, file, &wrapped_key, fresh)?;
+                            try_finish(ctx, &shared, file as usize, &res_tx, peer);
+                        }
+                        Some(Msg::FileEnd { file, blake3 }) => {
+                            {
+                                let mut t = lock(&shared);
+                                let st = t.files.get_mut(file as usize).ok_or_else(|| NetError::Protocol("file index out of range".into()))?;
+                                st.end = Some(blake3);
+                            }
+                            try_finish(ctx, &shared, file as usize, &res_tx, peer);
+                        }
+                        Some(Msg::Done) => { client_done = true; }
+                        Some(other) => return Err(NetError::Protocol(format!("unexpected message {other:?}"))),
+                    }
+                }
+                r = res_rx.recv() => {
+                    let Some(m) = r else { break };
+                    wire::write_msg(send, &m).await?;
+                    match m {
+                        Msg::FileResult { .. } => done_files += 1,
+                        Msg::Refused { code, message } => {
+                            let _ = send.finish();
+                            let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+                            return Err(NetError::Refused { code, message });
+                        }
+                        _ => {}
+                    }
+                }
+                d = conn.closed() => {
+                    return Err(NetError::ConnectionLost(d.to_string()));
+                }
+            }
+            if client_done && done_files == nfiles {
+                break;
+            }
+        }
+        let _ = send.finish();
+        Ok(())
+    }
+    .await;
+    data.abort();
+    // Whatever is left becomes a resumable partial (or is removed if it
+    // cannot be resumed: no key yet).
+    let leftovers: Vec<Partial<'static>> = {
+        let mut t = lock(&shared);
+        t.files
+            .iter_mut()
+            .filter_map(|f| f.partial.take())
+            .collect()
+    };
+    if !leftovers.is_empty() {
+        let _ = tokio::task::spawn_blocking(move || {
+            for mut p in leftovers {
+                if p.meta.sealed_key.is_some() {
+                    if let Err(e) = p.checkpoint() {
+                        warn!("cannot checkpoint a partial: {e}");
+                    }
+                } else {
+                    let id = p.meta.file_id;
+                    let v = p.vault();
+                    drop(p);
+                    let _ = v.remove_partial(&id);
+                }
+            }
+        })
+        .await;
+    }
+    if outcome.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+    }
+    outcome
+}
+
+fn key_nonce(file: u32) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[8..].copy_from_slice(&file.to_be_bytes());
+    n
+}
+
+/// Associated data of a transported file key.
+pub fn key_ad(id: &FileId) -> Vec<u8> {
+    let mut ad = b"p2pfs/1 file-key".to_vec();
+    ad.extend_from_slice(id);
+    ad
+}
+
+/// Wraps a file key for transport under the session key.
+pub fn wrap_file_key(
+    session: &Session,
+    file: u32,
+    id: &FileId,
+    key: &FileKey,
+) -> Result<Vec<u8>, NetError> {
+    session
+        .wrap
+        .seal(key_nonce(file), &key_ad(id), key.secret().expose())
+        .map_err(|e| NetError::Protocol(e.to_string()))
+}
+
+fn open_or_start<'a>(
+    ctx: &ServerCtx,
+    st: &'a mut FileState,
+    peer: PublicKey,
+    chunk_size: u32,
+) -> Result<&'a mut Partial<'static>, NetError> {
+    if st.partial.is_none() {
+        if st.finished {
+            return Err(NetError::Protocol("chunk for a finished file".into()));
+        }
+        let meta = PartialMeta {
+            sender: peer,
+            file_id: st.id,
+            size: st.offer.size,
+            chunk_size,
+            token: st.offer.token,
+            name: st.offer.name.clone(),
+            sealed_key: None,
+        };
+        st.partial = Some(ctx.vault.start_partial(meta)?);
+    }
+    st.partial
+        .as_mut()
+        .ok_or_else(|| NetError::Protocol("no partial".into()))
+}
+
+fn file_start(
+    ctx: &ServerCtx,
+    session: &Session,
+    shared: &Shared,
+    file: u32,
+    wrapped: &[u8],
+    fresh: bool,
+) -> Result<(), NetError> {
+    let mut t = lock(shared);
+    let chunk_size = t.chunk_size;
+    let st = t
+        .files
+        .get_mut(file as usize)
+        .ok_or_else(|| NetError::Protocol("file index out of range".into()))?;
+    if st.key.is_some() {
+        return Err(NetError::Protocol("file key sent twice".into()));
+    }
+    let raw = session
+        .wrap
+        .open(key_nonce(file), &key_ad(&st.id), wrapped)
+        .map_err(|_| NetError::Tampered("file key does not authenticate".into()))?;
+    let raw = zeroize::Zeroizing::new(raw);
+    let arr: [u8; 32] = raw
+        .as_slice()
+        .try_into()
+        .map_err(|_| NetError::Protocol("file key length".into()))?;
+    let key = FileKey::from_secret(Secret32::from_bytes(arr));
+    let sealed = seal_key_to(&session.peer, &st.id, key.secret()).map_err(StoreError::from)?;
+    let p = open_or_start(ctx, st, session.peer, chunk_size)?;
+    if fresh {
+        p.reset();
+    }
+    p.set_sealed_key(sealed);
+    st.key = Some(key);
+    Ok(())
+}
+
+/// Finishes file `i` if its key, its end and all its chunks are in.
+fn try_finish(
+    ctx: &Arc<ServerCtx>,
+    shared: &Shared,
+    i: usize,
+    res: &mpsc::UnboundedSender<Msg>,
+    peer: PublicKey,
+) {
+    let job = {
+        let mut t = lock(shared);
+        let Some(st) = t.files.get_mut(i) else { return };
+        let ready = !st.finished
+            && st.key.is_some()
+            && st.end.is_some()
+            && st.partial.as_ref().is_some_and(|p| p.is_complete());
+        if !ready {
+            return;
+        }
+        st.finished = true;
+        let (Some(p), Some(k), Some(b)) = (st.partial.take(), st.key.take(), st.end) else {
+            return;
+        };
+        (p, k, b, st.offer.clone())
+    };
+    let ctx = ctx.clone();
+    let res = res.clone();
+    tokio::task::spawn_blocking(move || {
+        let (p, key, blake3, offer) = job;
+        let added_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let meta = Metadata {
+            kind: match offer.kind {
+                EntryKind::File => Kind::File,
+                EntryKind::Dir => Kind::Dir,
+            },
+            size: offer.size,
+            chunk_size: p.meta.chunk_size,
+            blake3,
+            added_ms,
+            mtime: offer.mtime,
+            mode: offer.mode & 0o777,
+            origin: Some(peer),
+            name: offer.name.clone(),
+        };
+        let id = p.meta.file_id;
+        let v = p.vault();
+        let outcome = p.finish(&key, &blake3, &meta);
+        let msg = match outcome {
+            Ok(()) => {
+                info!(name = %offer.name, "stored");
+                let _ = ctx.events.send(ServerEvent::Stored {
+                    peer,
+                    name: offer.name.clone(),
+                    size: offer.size,
+                });
+                Msg::FileResult {
+                    file: i as u32,
+                    ok: true,
+                    code: result_code::OK,
+                    message: String::new(),
+                }
+            }
+            Err(e) => {
+                // A file that fails verification is not kept: resuming it
+                // would only fail again.
+                let _ = v.remove_partial(&id);
+                let code = match e {
+                    StoreError::DiskFull { .. } => result_code::DISK_FULL,
+                    StoreError::Corrupt { .. } => result_code::VERIFY,
+                    _ => result_code::STORE,
+                };
+                let _ = ctx.events.send(ServerEvent::Failed {
+                    peer: Some(peer),
+                    message: format!("{}: {e}", offer.name),
+                });
+                Msg::FileResult {
+                    file: i as u32,
+                    ok: false,
+                    code,
+                    message: e.to_string(),
+                }
+            }
+        };
+        let _ = res.send(msg);
+    });
+}
+
+async fn accept_data(
+    conn: quinn::Connection,
+    ctx: Arc<ServerCtx>,
+    shared: Shared,
+    res: mpsc::UnboundedSender<Msg>,
+    mac: Arc<MacKey>,
+    peer: PublicKey,
+) -> Result<(), NetError> {
+    let mut streams = JoinSet::new();
+    let mut count = 0usize;
+    loop {
+        tokio::select! {
+            s = conn.accept_uni() => {
+                let s = s.map_err(|e| NetError::ConnectionLost(e.to_string()))?;
+                count += 1;
+                if count > wire::MAX_STREAMS {
+                    close_with(&conn, close::PROTOCOL, "too many data streams");
+                    return Err(NetError::Protocol("too many data streams".into()));
+                }
+                let (ctx, shared, res, mac, conn2) = (ctx.clone(), shared.clone(), res.clone(), mac.clone(), conn.clone());
+                streams.spawn(async move {
+                    if let Err(e) = data_stream(s, &ctx, &shared, &res, &mac, peer).await {
+                        let (code, why) = match &e {
+                            NetError::Tampered(m) => (close::TAMPERED, m.clone()),
+                            NetError::Protocol(m) => (close::PROTOCOL, m.clone()),
+                            NetError::Store(StoreError::DiskFull { .. }) => {
+                                let _ = res.send(Msg::Refused { code: RefuseCode::DiskFull, message: "the receiver's disk is full; the transfer is kept as a resumable partial — free space there and run the same send again".into() });
+                                return;
+                            }
+                            other => (close::PROTOCOL, other.to_string()),
+                        };
+                        if !matches!(e, NetError::ConnectionLost(_)) {
+                            warn!("data stream: {why}");
+                            let _ = ctx.events.send(ServerEvent::Failed { peer: Some(peer), message: format!("{why}; connection dropped, nothing of it written") });
+                            close_with(&conn2, code, &why);
+                        }
+                    }
+                });
+            }
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+}
+
+async fn data_stream(
+    mut s: quinn::RecvStream,
+    ctx: &Arc<ServerCtx>,
+    shared: &Shared,
+    res: &mpsc::UnboundedSender<Msg>,
+    mac: &MacKey,
+    peer: PublicKey,
+) -> Result<(), NetError> {
+    let mut magic = [0u8; 4];
+    s.read_exact(&mut magic)
+        .await
+        .map_err(|e| NetError::ConnectionLost(e.to_string()))?;
+    if &magic != DATA_MAGIC {
+        return Err(NetError::Protocol("bad data stream magic".into()));
+    }
+    let mut buf = Vec::new();
+    loop {
+        let mut hb = [0u8; CHUNK_HEADER_LEN];
+        match s.read_exact(&mut hb).await {
+            Ok(()) => {}
+            Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(()),
+            Err(e) => return Err(NetError::ConnectionLost(e.to_string())),
+        }
+        let h = ChunkHeader::decode(&hb);
+        // Bound everything against the plan before reading the body.
+        let (id, size, chunk_size, held) = {
+            let t = lock(shared);
+            let st = t
+                .files
+                .get(h.file as usize)
+                .ok_or_else(|| NetError::Protocol(format!("chunk for unknown file {}", h.file)))?;
+            if st.finished {
+                return Err(NetError::Protocol("chunk for a finished file".into()));
+            }
+            let held = st.partial.as_ref().is_some_and(|p| p.has(h.index));
+            (st.id, st.offer.size, t.chunk_size, held)
+        };
+        if h.index >= chunk_count(size, chunk_size) {
+            return Err(NetError::Protocol(format!(
+                "chunk index {} out of range",
+                h.index
+            )));
+        }
+        let want = chunk_plain_len(size, chunk_size, h.index) + CHUNK_OVERHEAD;
+        if h.len as usize != want {
+            return Err(NetError::Protocol(format!(
+                "chunk {} has length {} (expected {want})",
+                h.index, h.len
+            )));
+        }
+        buf.resize(want, 0);
+        s.read_exact(&mut buf)
+            .await
+            .map_err(|e| NetError::ConnectionLost(e.to_string()))?;
+        // The MAC is checked before anything is written.
+        if mac.verify(&id, h.index, &buf, &h.mac).is_err() {
+            return Err(NetError::Tampered(format!(
+                "chunk {} of file {} failed its MAC",
+                h.index, h.file
+            )));
+        }
+        if held {
+            continue;
+        }
+        {
+            let mut t = lock(shared);
+            let chunk_size = t.chunk_size;
+            let st = &mut t.files[h.file as usize];
+            let p = open_or_start(ctx, st, peer, chunk_size)?;
+            p.write_chunk(h.index, &buf)?;
+        }
+        let _ = ctx.events.send(ServerEvent::Received {
+            peer,
+            bytes: (want - CHUNK_OVERHEAD) as u64,
+        });
+        try_finish(ctx, shared, h.file as usize, res, peer);
+    }
+}

@@ -1,0 +1,363 @@
+//! Frames of the wire protocol (`docs/PROTOCOL.md`): control messages
+//! (length-prefixed postcard) and chunk frames on data streams. Every length
+//! and count a peer declares is bounded here, before anything is allocated.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::NetError;
+use crate::crypto::chunk::{FileId, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use crate::store::format::validate_name;
+
+/// Largest control frame.
+pub const MAX_FRAME: u32 = 64 << 20;
+/// Largest number of entries in one offer.
+pub const MAX_FILES: usize = 1_000_000;
+/// Largest declared file size (2^52 bytes).
+pub const MAX_FILE_SIZE: u64 = 1 << 52;
+/// Magic at the start of every data stream.
+pub const DATA_MAGIC: &[u8; 4] = b"P2D1";
+/// Length of a chunk frame header.
+pub const CHUNK_HEADER_LEN: usize = 4 + 8 + 4 + 32;
+/// Largest number of data streams.
+pub const MAX_STREAMS: usize = 16;
+
+/// What an offered entry is.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// An empty directory.
+    Dir,
+}
+
+/// One entry of an offer.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FileOffer {
+    /// Relative `/`-separated name.
+    pub name: String,
+    /// File or empty directory.
+    pub kind: EntryKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, unix seconds.
+    pub mtime: i64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Identifies the source version (for resume).
+    pub token: [u8; 16],
+}
+
+/// The receiver's plan for one offered entry.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum FilePlan {
+    /// Send everything.
+    New {
+        /// The id the receiver assigned.
+        file_id: FileId,
+    },
+    /// Continue a partial transfer.
+    Resume {
+        /// The partial's id.
+        file_id: FileId,
+        /// The partial's file key sealed to the sender's node key.
+        sealed_key: Vec<u8>,
+        /// Bitmap of chunks already verified.
+        have: Vec<u8>,
+    },
+    /// Not accepted.
+    Reject {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why a receiver refuses.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefuseCode {
+    /// The sender is not trusted.
+    Untrusted,
+    /// The receiver's user declined.
+    Declined,
+    /// The offer is invalid or hostile.
+    BadOffer,
+    /// The receiver is busy.
+    Busy,
+    /// The receiver's disk is full.
+    DiskFull,
+}
+
+/// Control-stream messages. Variants are only ever appended.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    /// Server → client: authorised.
+    Welcome {
+        /// Software version.
+        version: String,
+        /// Receiver's node name.
+        name: String,
+    },
+    /// Either way: refused; the connection closes.
+    Refused {
+        /// Machine-readable reason.
+        code: RefuseCode,
+        /// Human-readable explanation with what to do.
+        message: String,
+    },
+    /// Client → server: what it wants to send.
+    Offer {
+        /// Plaintext bytes per chunk.
+        chunk_size: u32,
+        /// The entries.
+        files: Vec<FileOffer>,
+    },
+    /// Server → client: per-entry plan, same order as the offer.
+    Plan {
+        /// One plan per offered entry.
+        files: Vec<FilePlan>,
+    },
+    /// Client → server: the key of file `file`.
+    FileStart {
+        /// Index in the offer.
+        file: u32,
+        /// The file key under the session's key-transport key.
+        wrapped_key: Vec<u8>,
+        /// True when a partial is discarded and the file starts over.
+        fresh: bool,
+    },
+    /// Client → server: every chunk of `file` was sent.
+    FileEnd {
+        /// Index in the offer.
+        file: u32,
+        /// BLAKE3 of the plaintext.
+        blake3: [u8; 32],
+    },
+    /// Server → client: outcome of one file.
+    FileResult {
+        /// Index in the offer.
+        file: u32,
+        /// Committed and verified.
+        ok: bool,
+        /// Error code when not ok (a `RefuseCode`-like number, 0 when ok).
+        code: u8,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// Client → server: all results received.
+    Done,
+}
+
+/// `FileResult.code` values.
+pub mod result_code {
+    /// Committed and verified.
+    pub const OK: u8 = 0;
+    /// The received data did not verify (BLAKE3 or AEAD).
+    pub const VERIFY: u8 = 1;
+    /// The receiver's disk is full.
+    pub const DISK_FULL: u8 = 2;
+    /// Another storage failure on the receiver.
+    pub const STORE: u8 = 3;
+}
+
+/// Writes one control frame.
+pub async fn write_msg<W: AsyncWrite + Unpin>(w: &mut W, msg: &Msg) -> Result<(), NetError> {
+    let body =
+        postcard::to_allocvec(msg).map_err(|e| NetError::Protocol(format!("encode: {e}")))?;
+    if body.len() > MAX_FRAME as usize {
+        return Err(NetError::Protocol("message too large".into()));
+    }
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&body);
+    w.write_all(&buf).await.map_err(NetError::io)?;
+    Ok(())
+}
+
+/// Reads one control frame; `None` at a clean end of stream.
+pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Msg>, NetError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(NetError::io(e)),
+    }
+    let n = u32::from_be_bytes(len);
+    if n > MAX_FRAME {
+        return Err(NetError::Protocol(format!(
+            "frame of {n} bytes exceeds the limit"
+        )));
+    }
+    let mut body = vec![0u8; n as usize];
+    r.read_exact(&mut body).await.map_err(NetError::io)?;
+    decode_msg(&body).map(Some)
+}
+
+/// Decodes a control message body (also the fuzzing entry point).
+pub fn decode_msg(body: &[u8]) -> Result<Msg, NetError> {
+    postcard::from_bytes(body).map_err(|e| NetError::Protocol(format!("undecodable message: {e}")))
+}
+
+/// Checks an offer against the limits; returns a reason to refuse it.
+pub fn validate_offer(chunk_size: u32, files: &[FileOffer]) -> Result<(), String> {
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+        return Err(format!("chunk size {chunk_size} out of range"));
+    }
+    if files.is_empty() {
+        return Err("empty offer".into());
+    }
+    if files.len() > MAX_FILES {
+        return Err(format!("{} entries (at most {MAX_FILES})", files.len()));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(files.len());
+    for f in files {
+        if let Err(why) = validate_name(&f.name) {
+            return Err(format!(
+                "refused name {:?}: {why}",
+                f.name.escape_debug().to_string()
+            ));
+        }
+        if f.size >= MAX_FILE_SIZE {
+            return Err(format!("{}: declared size {} is absurd", f.name, f.size));
+        }
+        if f.kind == EntryKind::Dir && f.size != 0 {
+            return Err(format!("{}: a directory with a size", f.name));
+        }
+        if !seen.insert(f.name.as_str()) {
+            return Err(format!("{}: offered twice", f.name));
+        }
+    }
+    Ok(())
+}
+
+/// The header of a chunk frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkHeader {
+    /// File index in the offer.
+    pub file: u32,
+    /// Chunk index.
+    pub index: u64,
+    /// Sealed chunk length.
+    pub len: u32,
+    /// HMAC-SHA256 of the chunk.
+    pub mac: [u8; 32],
+}
+
+impl ChunkHeader {
+    /// Encodes the header.
+    pub fn encode(&self) -> [u8; CHUNK_HEADER_LEN] {
+        let mut b = [0u8; CHUNK_HEADER_LEN];
+        b[..4].copy_from_slice(&self.file.to_be_bytes());
+        b[4..12].copy_from_slice(&self.index.to_be_bytes());
+        b[12..16].copy_from_slice(&self.len.to_be_bytes());
+        b[16..].copy_from_slice(&self.mac);
+        b
+    }
+
+    /// Decodes the header.
+    pub fn decode(b: &[u8; CHUNK_HEADER_LEN]) -> Self {
+        let mut mac = [0u8; 32];
+        mac.copy_from_slice(&b[16..]);
+        Self {
+            file: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+            index: u64::from_be_bytes([b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11]]),
+            len: u32::from_be_bytes([b[12], b[13], b[14], b[15]]),
+            mac,
+        }
+    }
+}
+
+/// Bitmap helpers for `FilePlan::Resume::have`.
+pub mod bitmap {
+    /// An all-zero bitmap for `n` bits.
+    pub fn new(n: u64) -> Vec<u8> {
+        vec![0u8; n.div_ceil(8) as usize]
+    }
+    /// Reads bit `i` (false when out of range).
+    pub fn get(b: &[u8], i: u64) -> bool {
+        b.get((i / 8) as usize)
+            .is_some_and(|x| x & (1 << (i % 8)) != 0)
+    }
+    /// Sets bit `i` (ignored when out of range).
+    pub fn set(b: &mut [u8], i: u64) {
+        if let Some(x) = b.get_mut((i / 8) as usize) {
+            *x |= 1 << (i % 8);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(name: &str) -> FileOffer {
+        FileOffer {
+            name: name.into(),
+            kind: EntryKind::File,
+            size: 1,
+            mtime: 0,
+            mode: 0o644,
+            token: [0; 16],
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let m = Msg::Offer {
+            chunk_size: 1 << 20,
+            files: vec![offer("a/b")],
+        };
+        write_msg(&mut a, &m).await.unwrap();
+        drop(a);
+        assert_eq!(read_msg(&mut b).await.unwrap(), Some(m));
+        assert_eq!(read_msg(&mut b).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn oversized_frame_refused_before_allocation() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        assert!(matches!(read_msg(&mut b).await, Err(NetError::Protocol(_))));
+    }
+
+    #[test]
+    fn hostile_offers_refused() {
+        for bad in [
+            "../x",
+            "/etc/x",
+            "a/../../b",
+            "a\u{1b}[2Jb",
+            "",
+            &"x".repeat(5000),
+        ] {
+            assert!(validate_offer(1 << 20, &[offer(bad)]).is_err(), "{bad:?}");
+        }
+        let mut big = offer("big");
+        big.size = u64::MAX;
+        assert!(validate_offer(1 << 20, &[big]).is_err());
+        assert!(validate_offer(1 << 20, &[offer("a"), offer("a")]).is_err());
+        assert!(validate_offer(1, &[offer("a")]).is_err());
+        assert!(validate_offer(1 << 20, &[offer("ok/name.txt")]).is_ok());
+    }
+
+    #[test]
+    fn chunk_header_round_trip() {
+        let h = ChunkHeader {
+            file: 7,
+            index: 1 << 40,
+            len: 1 << 20,
+            mac: [9; 32],
+        };
+        assert_eq!(ChunkHeader::decode(&h.encode()), h);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for i in 0..2000u32 {
+            let bytes: Vec<u8> = (0..(i % 97))
+                .map(|j| (i.wrapping_mul(31) ^ j * 7) as u8)
+                .collect();
+            let _ = decode_msg(&bytes);
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Resumable partial receptions: a staging data file plus a `.part` state
+//! file (`docs/PROTOCOL.md`, *Resume*). The file key of a partial is kept
+//! sealed to the *sender's* node key, so neither this node nor a thief of its
+//! disk can read a partial; only the same sender can continue it.
+
+use std::{fs, path::PathBuf};
+
+use super::{
+    error::{Result, StoreError},
+    format::{validate_name, FormatError, Metadata},
+    fsutil,
+    home::format_error,
+    vault::{id_hex, ObjectWriter, Vault},
+};
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::crypto::{
+    chunk::{
+        chunk_count, chunk_plain_len, FileId, FileKey, MAX_CHUNK_COUNT, MAX_CHUNK_SIZE,
+        MIN_CHUNK_SIZE,
+    },
+    keys::{Keypair, PublicKey, Secret32},
+    wrap::{unwrap_key, wrap_key_for, WRAP_NONCE},
+    CryptoError,
+};
+
+const MAGIC: &[u8; 8] = b"P2PFSPT\0";
+/// Bytes written between two checkpoints.
+pub const CHECKPOINT_BYTES: u64 = 64 << 20;
+
+/// What identifies a partial and how to continue it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartialMeta {
+    /// The sending node.
+    pub sender: PublicKey,
+    /// The object id.
+    pub file_id: FileId,
+    /// Plaintext size.
+    pub size: u64,
+    /// Plaintext bytes per chunk.
+    pub chunk_size: u32,
+    /// Source version token.
+    pub token: [u8; 16],
+    /// Offered name.
+    pub name: String,
+    /// File key sealed to the sender (ephemeral ‖ ciphertext ‖ tag), once known.
+    pub sealed_key: Option<Vec<u8>>,
+}
+
+fn key_ad(id: &FileId) -> Vec<u8> {
+    let mut ad = b"p2pfs/partial-key/v1".to_vec();
+    ad.extend_from_slice(id);
+    ad
+}
+
+/// Seals a file key to the sender's node key.
+pub fn seal_key_to(
+    sender: &PublicKey,
+    id: &FileId,
+    key: &Secret32,
+) -> Result<Vec<u8>, CryptoError> {
+    let (eph, k) = wrap_key_for(sender)?;
+    let mut out = eph.as_bytes().to_vec();
+    out.extend(k.seal(WRAP_NONCE, &key_ad(id), key.expose())?);
+    Ok(out)
+}
+
+/// Opens a partial's sealed key with this (sending) node's identity.
+pub fn open_key(identity: &Keypair, id: &FileId, sealed: &[u8]) -> Result<FileKey, CryptoError> {
+    if sealed.len() != 80 {
+        return Err(CryptoError::AuthFailed);
+    }
+    let mut eph = [0u8; 32];
+    eph.copy_from_slice(&sealed[..32]);
+    let k = unwrap_key(identity, &PublicKey(eph))?;
+    let pt = zeroize::Zeroizing::new(k.open(WRAP_NONCE, &key_ad(id), &sealed[32..])?);
+    let mut a = [0u8; 32];
+    a.copy_from_slice(&pt);
+    Ok(FileKey::from_secret(Secret32::from_bytes(a)))
+}
+
+fn encode_state(m: &PartialMeta, hashes: &[Option<[u8; 32]>]) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.bytes(MAGIC).u16(super::format::VERSION);
+    w.bytes(m.sender.as_bytes())
+        .bytes(&m.file_id)
+        .u64(m.size)
+        .u32(m.chunk_size)
+        .bytes(&m.token)
+        .u16(m.name.len() as u16)
+        .bytes(m.name.as_bytes());
+    match &m.sealed_key {
+        Some(k) => w.u16(k.len() as u16).bytes(k),
+        None => w.u16(0),
+    };
+    w.u64(hashes.len() as u64);
+    for h in hashes {
+        match h {
+            Some(h) => w.u8(1).bytes(h),
+            None => w.u8(0),
+        };
+    }
+    let mut v = w.into_vec();
+    let sum = blake3::hash(&v);
+    v.extend_from_slice(sum.as_bytes());
+    v
+}
+
+type State = (PartialMeta, Vec<Option<[u8; 32]>>);
+
+fn decode_state(bytes: &[u8]) -> Result<State, FormatError> {
+    if bytes.len() < 10 + 32 || &bytes[..8] != MAGIC {
+        return Err(FormatError::BadMagic);
+    }
+    let v = u16::from_be_bytes([bytes[8], bytes[9]]);
+    if v != super::format::VERSION {
+        return Err(FormatError::Version(v));
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 32);
+    if blake3::hash(body).as_bytes() != sum {
+        return Err(FormatError::Checksum);
+    }
+    let mut r = Reader::new(&body[10..]);
+    let sender = PublicKey(r.array("sender")?);
+    let file_id = r.array("file id")?;
+    let size = r.u64("size")?;
+    let chunk_size = r.u32("chunk size")?;
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size)
+        || chunk_count(size, chunk_size) > MAX_CHUNK_COUNT
+    {
+        return Err(DecodeError::Invalid("size").into());
+    }
+    let token = r.array("token")?;
+    let n = r.u16("name length")? as usize;
+    let name = std::str::from_utf8(r.bytes(n, "name")?)
+        .map_err(|_| DecodeError::Invalid("name"))?
+        .to_owned();
+    validate_name(&name).map_err(|_| DecodeError::Invalid("name"))?;
+    let kl = r.u16("key length")? as usize;
+    let sealed_key = match kl {
+        0 => None,
+        80 => Some(r.bytes(80, "sealed key")?.to_vec()),
+        _ => return Err(DecodeError::Invalid("sealed key length").into()),
+    };
+    let count = r.u64("chunk count")?;
+    if count != chunk_count(size, chunk_size) {
+        return Err(DecodeError::Invalid("chunk count").into());
+    }
+    let mut hashes = Vec::with_capacity((count as usize).min(r.remaining()));
+    for _ in 0..count {
+        hashes.push(match r.u8("flag")? {
+            0 => None,
+            1 => Some(r.array("hash")?),
+            _ => return Err(DecodeError::Invalid("flag").into()),
+        });
+    }
+    r.finish()?;
+    Ok((
+        PartialMeta {
+            sender,
+            file_id,
+            size,
+            chunk_size,
+            token,
+            name,
+            sealed_key,
+        },
+        hashes,
+    ))
+}
+
+/// A reception in progress.
+pub struct Partial<'v> {
+    /// Identity and key of the partial.
+    pub meta: PartialMeta,
+    writer: ObjectWriter<'v>,
+    state_path: PathBuf,
+    since_checkpoint: u64,
+}
+
+impl Vault {
+    fn partial_paths(&self, id: &FileId) -> (PathBuf, PathBuf) {
+        let base = self.staging_dir().join(format!("recv-{}", id_hex(id)));
+        (base.with_extension("obj"), base.with_extension("part"))
+    }
+
+    /// Every readable partial in staging (unreadable ones are skipped).
+    pub fn partials(&self) -> Result<Vec<PartialMeta>> {
+        let dir = self.staging_dir();
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(|e| StoreError::io("cannot list", &dir, e))? {
+            let Ok(e) = e else { continue };
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("recv-") && name.ends_with(".part") {
+                if let Ok((m, _)) = fsutil::read_limited(&e.path(), 1 << 30)
+                    .and_then(|b| decode_state(&b).map_err(|x| format_error(&e.path(), x)))
+                {
+                    out.push(m);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a partial's files.
+    pub fn remove_partial(&self, id: &FileId) -> Result<()> {
+        let (obj, part) = self.partial_paths(id);
+        fsutil::remove_if_exists(&part)?;
+        fsutil::remove_if_exists(&obj)
+    }
+
+    /// Starts a new partial.
+    pub fn start_partial(&self, meta: PartialMeta) -> Result<Partial<'_>> {
+        let (obj, part) = self.partial_paths(&meta.file_id);
+        let writer =
+            ObjectWriter::create_at(self, obj, meta.file_id, meta.size, meta.chunk_size, true)?;
+        let mut p = Partial {
+            meta,
+            writer,
+            state_path: part,
+            since_checkpoint: 0,
+        };
+        p.checkpoint()?;
+        Ok(p)
+    }
+
+    /// Reopens a partial found by [`Vault::partials`]; chunks whose data
+    /// does not match the recorded hash are dropped.
+    pub fn resume_partial(&self, id: &FileId) -> Result<Partial<'_>> {
+        let (obj, part) = self.partial_paths(id);
+        let bytes = fsutil::read_limited(&part, 1 << 30)?;
+        let (meta, hashes) = decode_state(&bytes).map_err(|e| format_error(&part, e))?;
+        let writer =
+            ObjectWriter::reopen(self, obj, meta.file_id, meta.size, meta.chunk_size, hashes)?;
+        Ok(Partial {
+            meta,
+            writer,
+            state_path: part,
+            since_checkpoint: 0,
+        })
+    }
+}
+
+impl<'v> Partial<'v> {
+    /// The vault this partial belongs to.
+    pub fn vault(&self) -> &'v Vault {
+        self.writer.vault()
+    }
+
+    /// Writes a (MAC-checked) sealed chunk; checkpoints now and then.
+    pub fn write_chunk(&mut self, index: u64, sealed: &[u8]) -> Result<()> {
+        self.writer.write_chunk(index, sealed)?;
+        self.since_checkpoint += sealed.len() as u64;
+        if self.since_checkpoint >= CHECKPOINT_BYTES {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Makes the chunks written so far durable and records them.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.writer.sync()?;
+        fsutil::write_atomic(
+            &self.state_path,
+            &encode_state(&self.meta, self.writer.hashes()),
+        )?;
+        self.since_checkpoint = 0;
+        Ok(())
+    }
+
+    /// Records the file key (sealed to the sender).
+    pub fn set_sealed_key(&mut self, sealed: Vec<u8>) {
+        self.meta.sealed_key = Some(sealed);
+    }
+
+    /// Starts over (the sender could not continue).
+    pub fn reset(&mut self) {
+        self.writer.reset();
+        self.meta.sealed_key = None;
+    }
+
+    /// Bitmap of chunks held (bit i = byte i/8, mask 1 << i%8).
+    pub fn have(&self) -> Vec<u8> {
+        let h = self.writer.hashes();
+        let mut b = vec![0u8; h.len().div_ceil(8)];
+        for (i, x) in h.iter().enumerate() {
+            if x.is_some() {
+                b[i / 8] |= 1 << (i % 8);
+            }
+        }
+        b
+    }
+
+    /// Plaintext bytes held.
+    pub fn held_bytes(&self) -> u64 {
+        self.writer
+            .hashes()
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.is_some())
+            .map(|(i, _)| chunk_plain_len(self.meta.size, self.meta.chunk_size, i as u64) as u64)
+            .sum()
+    }
+
+    /// True when chunk `i` is held.
+    pub fn has(&self, i: u64) -> bool {
+        self.writer
+            .hashes()
+            .get(i as usize)
+            .is_some_and(Option::is_some)
+    }
+
+    /// True when every chunk is held.
+    pub fn is_complete(&self) -> bool {
+        self.writer.is_complete()
+    }
+
+    /// Verifies the whole file under `key` against `blake3` (decrypting in
+    /// memory only) and commits it to the vault; removes the partial.
+    pub fn finish(self, key: &FileKey, blake3: &[u8; 32], meta: &Metadata) -> Result<()> {
+        let got = self.writer.verify_plaintext(key)?;
+        if &got != blake3 {
+            return Err(StoreError::corrupt(
+                format!("received file {}", meta.name),
+                "BLAKE3 of the received data does not match the sender's",
+            ));
+        }
+        let state = self.state_path.clone();
+        self.writer.commit(key.secret(), meta)?;
+        fsutil::remove_if_exists(&state)
+    }
+}
