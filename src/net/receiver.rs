@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -130,17 +130,6 @@ struct FileState {
     key: Option<FileKey>,
     end: Option<[u8; 32]>,
     finished: bool,
-}
-
-struct Transfer {
-    files: Vec<FileState>,
-    chunk_size: u32,
-}
-
-type Shared = Arc<Mutex<Transfer>>;
-
-fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Transfer> {
-    s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn handle(
@@ -379,20 +368,21 @@ async fn receive(
     });
     wire::write_msg(send, &Msg::Plan { files: plans }).await?;
 
-    let shared: Shared = Arc::new(Mutex::new(Transfer {
-        files: states,
-        chunk_size,
-    }));
-    // Results go out through one writer; anyone may queue one.
+    let infos: Arc<Vec<(FileId, u64)>> = Arc::new(states.iter().map(|s| (s.id, s.offer.size)).collect());
+    // All disk work happens on one blocking thread (the disk actor), so an
+    // fsync never stalls the QUIC tasks; a bounded queue gives backpressure.
+    let (cmd_tx, cmd_rx) = mpsc::channel::<DiskCmd>(32);
     let (res_tx, mut res_rx) = mpsc::unbounded_channel::<Msg>();
-    let data_conn = conn.clone();
-    let data_ctx = ctx.clone();
-    let data_shared = shared.clone();
-    let data_res = res_tx.clone();
-    let mac = session.mac.clone();
-    let data = tokio::spawn(async move {
-        accept_data(data_conn, data_ctx, data_shared, data_res, mac, peer).await
-    });
+    let actor = {
+        let ctx = ctx.clone();
+        let res_tx = res_tx.clone();
+        tokio::task::spawn_blocking(move || disk_actor(&ctx, peer, chunk_size, states, cmd_rx, &res_tx))
+    };
+    drop(res_tx);
+    let data = {
+        let (conn, ctx, infos, cmd_tx, mac) = (conn.clone(), ctx.clone(), infos.clone(), cmd_tx.clone(), session.mac.clone());
+        tokio::spawn(async move { accept_data(conn, ctx, infos, chunk_size, cmd_tx, mac, peer).await })
+    };
 
     let outcome: Result<(), NetError> = async {
         let mut done_files = 0usize;
@@ -404,23 +394,28 @@ async fn receive(
                     match msg? {
                         None => return Err(NetError::ConnectionLost("sender closed the control stream".into())),
                         Some(Msg::FileStart { file, wrapped_key, fresh }) => {
-                            file_start(ctx, session, &shared, file, &wrapped_key, fresh)?;
-                            try_finish(ctx, &shared, file as usize, &res_tx, peer);
+                            let (id, _) = *infos.get(file as usize).ok_or_else(|| NetError::Protocol("file index out of range".into()))?;
+                            let key = unwrap_file_key(session, file, &id, &wrapped_key)?;
+                            if cmd_tx.send(DiskCmd::Start { file, key, fresh }).await.is_err() {
+                                return Err(NetError::ConnectionLost("storage stopped".into()));
+                            }
                         }
                         Some(Msg::FileEnd { file, blake3 }) => {
-                            {
-                                let mut t = lock(&shared);
-                                let st = t.files.get_mut(file as usize).ok_or_else(|| NetError::Protocol("file index out of range".into()))?;
-                                st.end = Some(blake3);
+                            if file as usize >= nfiles {
+                                return Err(NetError::Protocol("file index out of range".into()));
                             }
-                            try_finish(ctx, &shared, file as usize, &res_tx, peer);
+                            if cmd_tx.send(DiskCmd::End { file, blake3 }).await.is_err() {
+                                return Err(NetError::ConnectionLost("storage stopped".into()));
+                            }
                         }
                         Some(Msg::Done) => { client_done = true; }
                         Some(other) => return Err(NetError::Protocol(format!("unexpected message {other:?}"))),
                     }
                 }
                 r = res_rx.recv() => {
-                    let Some(m) = r else { break };
+                    let Some(m) = r else {
+                        return Err(NetError::ConnectionLost("storage stopped".into()));
+                    };
                     wire::write_msg(send, &m).await?;
                     match m {
                         Msg::FileResult { .. } => done_files += 1,
@@ -444,37 +439,164 @@ async fn receive(
         Ok(())
     }
     .await;
+    // Stop the data streams; the actor drains what was verified, then
+    // checkpoints what is left as resumable partials.
     data.abort();
-    // Whatever is left becomes a resumable partial (or is removed if it
-    // cannot be resumed: no key yet).
-    let leftovers: Vec<Partial<'static>> = {
-        let mut t = lock(&shared);
-        t.files
-            .iter_mut()
-            .filter_map(|f| f.partial.take())
-            .collect()
-    };
-    if !leftovers.is_empty() {
-        let _ = tokio::task::spawn_blocking(move || {
-            for mut p in leftovers {
-                if p.meta.sealed_key.is_some() {
-                    if let Err(e) = p.checkpoint() {
-                        warn!("cannot checkpoint a partial: {e}");
-                    }
-                } else {
-                    let id = p.meta.file_id;
-                    let v = p.vault();
-                    drop(p);
-                    let _ = v.remove_partial(&id);
-                }
-            }
-        })
-        .await;
+    let _ = data.await;
+    drop(cmd_tx);
+    if tokio::time::timeout(Duration::from_secs(30), actor).await.is_err() {
+        warn!("storage did not finish in time");
     }
     if outcome.is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
     }
     outcome
+}
+
+/// Work for the disk actor.
+enum DiskCmd {
+    /// The key of a file arrived.
+    Start { file: u32, key: FileKey, fresh: bool },
+    /// A MAC-checked chunk.
+    Chunk { file: u32, index: u64, data: Vec<u8> },
+    /// The sender's BLAKE3 of a file.
+    End { file: u32, blake3: [u8; 32] },
+}
+
+/// Owns every partial of one transfer: writes chunks, checkpoints, verifies
+/// and commits finished files, and reports results.
+fn disk_actor(
+    ctx: &Arc<ServerCtx>,
+    peer: PublicKey,
+    chunk_size: u32,
+    mut files: Vec<FileState>,
+    mut rx: mpsc::Receiver<DiskCmd>,
+    res: &mpsc::UnboundedSender<Msg>,
+) {
+    while let Some(cmd) = rx.blocking_recv() {
+        let file = match &cmd {
+            DiskCmd::Start { file, .. } | DiskCmd::Chunk { file, .. } | DiskCmd::End { file, .. } => *file as usize,
+        };
+        let Some(st) = files.get_mut(file) else { continue };
+        if st.finished {
+            continue;
+        }
+        let step = (|| -> Result<(), StoreError> {
+            match cmd {
+                DiskCmd::Start { key, fresh, .. } => {
+                    let sealed = seal_key_to(&peer, &st.id, key.secret())?;
+                    let p = open_or_start(ctx, st, peer, chunk_size)?;
+                    if fresh {
+                        p.reset();
+                    }
+                    p.set_sealed_key(sealed);
+                    st.key = Some(key);
+                }
+                DiskCmd::Chunk { index, data, .. } => {
+                    let p = open_or_start(ctx, st, peer, chunk_size)?;
+                    if !p.has(index) {
+                        p.write_chunk(index, &data)?;
+                        let _ = ctx.events.send(ServerEvent::Received {
+                            peer,
+                            bytes: (data.len() - CHUNK_OVERHEAD) as u64,
+                        });
+                    }
+                }
+                DiskCmd::End { blake3, .. } => st.end = Some(blake3),
+            }
+            Ok(())
+        })();
+        if let Err(e) = step {
+            let (code, message) = match e {
+                StoreError::DiskFull { .. } => (
+                    RefuseCode::DiskFull,
+                    "the receiver's disk is full; what arrived is kept as a resumable partial — free space there and run the same send again".to_string(),
+                ),
+                other => (RefuseCode::Busy, format!("the receiver cannot store: {other}")),
+            };
+            let _ = ctx.events.send(ServerEvent::Failed { peer: Some(peer), message: message.clone() });
+            let _ = res.send(Msg::Refused { code, message });
+            break;
+        }
+        if let Some(msg) = finish_if_ready(ctx, st, file as u32, peer) {
+            let _ = res.send(msg);
+        }
+    }
+    // Whatever is left becomes a resumable partial, or is removed when it
+    // cannot be resumed (its key never arrived).
+    for st in &mut files {
+        if let Some(mut p) = st.partial.take() {
+            if p.meta.sealed_key.is_some() {
+                if let Err(e) = p.checkpoint() {
+                    warn!("cannot checkpoint a partial: {e}");
+                }
+            } else {
+                let id = p.meta.file_id;
+                let v = p.vault();
+                drop(p);
+                let _ = v.remove_partial(&id);
+            }
+        }
+    }
+}
+
+/// Verifies and commits a file once its key, its end and all its chunks are in.
+fn finish_if_ready(ctx: &ServerCtx, st: &mut FileState, file: u32, peer: PublicKey) -> Option<Msg> {
+    let ready = st.key.is_some() && st.end.is_some() && st.partial.as_ref().is_some_and(|p| p.is_complete());
+    if !ready {
+        return None;
+    }
+    st.finished = true;
+    let (Some(p), Some(key), Some(blake3)) = (st.partial.take(), st.key.take(), st.end) else {
+        return None;
+    };
+    let offer = &st.offer;
+    let added_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let meta = Metadata {
+        kind: match offer.kind {
+            EntryKind::File => Kind::File,
+            EntryKind::Dir => Kind::Dir,
+        },
+        size: offer.size,
+        chunk_size: p.meta.chunk_size,
+        blake3,
+        added_ms,
+        mtime: offer.mtime,
+        mode: offer.mode & 0o777,
+        origin: Some(peer),
+        name: offer.name.clone(),
+    };
+    let id = p.meta.file_id;
+    let v = p.vault();
+    match p.finish(&key, &blake3, &meta) {
+        Ok(()) => {
+            info!(name = %offer.name, "stored");
+            let _ = ctx.events.send(ServerEvent::Stored {
+                peer,
+                name: offer.name.clone(),
+                size: offer.size,
+            });
+            Some(Msg::FileResult { file, ok: true, code: result_code::OK, message: String::new() })
+        }
+        Err(e) => {
+            // A file that fails verification is not kept: resuming it would
+            // only fail again.
+            let _ = v.remove_partial(&id);
+            let code = match e {
+                StoreError::DiskFull { .. } => result_code::DISK_FULL,
+                StoreError::Corrupt { .. } => result_code::VERIFY,
+                _ => result_code::STORE,
+            };
+            let _ = ctx.events.send(ServerEvent::Failed {
+                peer: Some(peer),
+                message: format!("{}: {e}", offer.name),
+            });
+            Some(Msg::FileResult { file, ok: false, code, message: e.to_string() })
+        }
+    }
 }
 
 fn key_nonce(file: u32) -> [u8; 12] {
@@ -508,12 +630,10 @@ fn open_or_start<'a>(
     st: &'a mut FileState,
     peer: PublicKey,
     chunk_size: u32,
-) -> Result<&'a mut Partial<'static>, NetError> {
-    if st.partial.is_none() {
-        if st.finished {
-            return Err(NetError::Protocol("chunk for a finished file".into()));
-        }
-        let meta = PartialMeta {
+) -> Result<&'a mut Partial<'static>, StoreError> {
+    let p = match st.partial.take() {
+        Some(p) => p,
+        None => ctx.vault.start_partial(PartialMeta {
             sender: peer,
             file_id: st.id,
             size: st.offer.size,
@@ -521,145 +641,32 @@ fn open_or_start<'a>(
             token: st.offer.token,
             name: st.offer.name.clone(),
             sealed_key: None,
-        };
-        st.partial = Some(ctx.vault.start_partial(meta)?);
-    }
-    st.partial
-        .as_mut()
-        .ok_or_else(|| NetError::Protocol("no partial".into()))
+        })?,
+    };
+    Ok(st.partial.insert(p))
 }
 
-fn file_start(
-    ctx: &ServerCtx,
-    session: &Session,
-    shared: &Shared,
-    file: u32,
-    wrapped: &[u8],
-    fresh: bool,
-) -> Result<(), NetError> {
-    let mut t = lock(shared);
-    let chunk_size = t.chunk_size;
-    let st = t
-        .files
-        .get_mut(file as usize)
-        .ok_or_else(|| NetError::Protocol("file index out of range".into()))?;
-    if st.key.is_some() {
-        return Err(NetError::Protocol("file key sent twice".into()));
-    }
-    let raw = session
-        .wrap
-        .open(key_nonce(file), &key_ad(&st.id), wrapped)
-        .map_err(|_| NetError::Tampered("file key does not authenticate".into()))?;
-    let raw = zeroize::Zeroizing::new(raw);
+/// Opens a transported file key.
+fn unwrap_file_key(session: &Session, file: u32, id: &FileId, wrapped: &[u8]) -> Result<FileKey, NetError> {
+    let raw = zeroize::Zeroizing::new(
+        session
+            .wrap
+            .open(key_nonce(file), &key_ad(id), wrapped)
+            .map_err(|_| NetError::Tampered("file key does not authenticate".into()))?,
+    );
     let arr: [u8; 32] = raw
         .as_slice()
         .try_into()
         .map_err(|_| NetError::Protocol("file key length".into()))?;
-    let key = FileKey::from_secret(Secret32::from_bytes(arr));
-    let sealed = seal_key_to(&session.peer, &st.id, key.secret()).map_err(StoreError::from)?;
-    let p = open_or_start(ctx, st, session.peer, chunk_size)?;
-    if fresh {
-        p.reset();
-    }
-    p.set_sealed_key(sealed);
-    st.key = Some(key);
-    Ok(())
-}
-
-/// Finishes file `i` if its key, its end and all its chunks are in.
-fn try_finish(
-    ctx: &Arc<ServerCtx>,
-    shared: &Shared,
-    i: usize,
-    res: &mpsc::UnboundedSender<Msg>,
-    peer: PublicKey,
-) {
-    let job = {
-        let mut t = lock(shared);
-        let Some(st) = t.files.get_mut(i) else { return };
-        let ready = !st.finished
-            && st.key.is_some()
-            && st.end.is_some()
-            && st.partial.as_ref().is_some_and(|p| p.is_complete());
-        if !ready {
-            return;
-        }
-        st.finished = true;
-        let (Some(p), Some(k), Some(b)) = (st.partial.take(), st.key.take(), st.end) else {
-            return;
-        };
-        (p, k, b, st.offer.clone())
-    };
-    let ctx = ctx.clone();
-    let res = res.clone();
-    tokio::task::spawn_blocking(move || {
-        let (p, key, blake3, offer) = job;
-        let added_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let meta = Metadata {
-            kind: match offer.kind {
-                EntryKind::File => Kind::File,
-                EntryKind::Dir => Kind::Dir,
-            },
-            size: offer.size,
-            chunk_size: p.meta.chunk_size,
-            blake3,
-            added_ms,
-            mtime: offer.mtime,
-            mode: offer.mode & 0o777,
-            origin: Some(peer),
-            name: offer.name.clone(),
-        };
-        let id = p.meta.file_id;
-        let v = p.vault();
-        let outcome = p.finish(&key, &blake3, &meta);
-        let msg = match outcome {
-            Ok(()) => {
-                info!(name = %offer.name, "stored");
-                let _ = ctx.events.send(ServerEvent::Stored {
-                    peer,
-                    name: offer.name.clone(),
-                    size: offer.size,
-                });
-                Msg::FileResult {
-                    file: i as u32,
-                    ok: true,
-                    code: result_code::OK,
-                    message: String::new(),
-                }
-            }
-            Err(e) => {
-                // A file that fails verification is not kept: resuming it
-                // would only fail again.
-                let _ = v.remove_partial(&id);
-                let code = match e {
-                    StoreError::DiskFull { .. } => result_code::DISK_FULL,
-                    StoreError::Corrupt { .. } => result_code::VERIFY,
-                    _ => result_code::STORE,
-                };
-                let _ = ctx.events.send(ServerEvent::Failed {
-                    peer: Some(peer),
-                    message: format!("{}: {e}", offer.name),
-                });
-                Msg::FileResult {
-                    file: i as u32,
-                    ok: false,
-                    code,
-                    message: e.to_string(),
-                }
-            }
-        };
-        let _ = res.send(msg);
-    });
+    Ok(FileKey::from_secret(Secret32::from_bytes(arr)))
 }
 
 async fn accept_data(
     conn: quinn::Connection,
     ctx: Arc<ServerCtx>,
-    shared: Shared,
-    res: mpsc::UnboundedSender<Msg>,
+    infos: Arc<Vec<(FileId, u64)>>,
+    chunk_size: u32,
+    cmd: mpsc::Sender<DiskCmd>,
     mac: Arc<MacKey>,
     peer: PublicKey,
 ) -> Result<(), NetError> {
@@ -674,21 +681,20 @@ async fn accept_data(
                     close_with(&conn, close::PROTOCOL, "too many data streams");
                     return Err(NetError::Protocol("too many data streams".into()));
                 }
-                let (ctx, shared, res, mac, conn2) = (ctx.clone(), shared.clone(), res.clone(), mac.clone(), conn.clone());
+                let (ctx, infos, cmd, mac, conn2) = (ctx.clone(), infos.clone(), cmd.clone(), mac.clone(), conn.clone());
                 streams.spawn(async move {
-                    if let Err(e) = data_stream(s, &ctx, &shared, &res, &mac, peer).await {
+                    if let Err(e) = data_stream(s, &infos, chunk_size, &cmd, &mac).await {
                         let (code, why) = match &e {
                             NetError::Tampered(m) => (close::TAMPERED, m.clone()),
                             NetError::Protocol(m) => (close::PROTOCOL, m.clone()),
-                            NetError::Store(StoreError::DiskFull { .. }) => {
-                                let _ = res.send(Msg::Refused { code: RefuseCode::DiskFull, message: "the receiver's disk is full; the transfer is kept as a resumable partial — free space there and run the same send again".into() });
-                                return;
-                            }
                             other => (close::PROTOCOL, other.to_string()),
                         };
                         if !matches!(e, NetError::ConnectionLost(_)) {
                             warn!("data stream: {why}");
-                            let _ = ctx.events.send(ServerEvent::Failed { peer: Some(peer), message: format!("{why}; connection dropped, nothing of it written") });
+                            let _ = ctx.events.send(ServerEvent::Failed {
+                                peer: Some(peer),
+                                message: format!("{why}; connection dropped, nothing of it written"),
+                            });
                             close_with(&conn2, code, &why);
                         }
                     }
@@ -699,13 +705,14 @@ async fn accept_data(
     }
 }
 
+/// Reads chunk frames from one data stream: bounds each against the plan,
+/// checks its MAC, and only then hands it to the disk actor.
 async fn data_stream(
     mut s: quinn::RecvStream,
-    ctx: &Arc<ServerCtx>,
-    shared: &Shared,
-    res: &mpsc::UnboundedSender<Msg>,
+    infos: &[(FileId, u64)],
+    chunk_size: u32,
+    cmd: &mpsc::Sender<DiskCmd>,
     mac: &MacKey,
-    peer: PublicKey,
 ) -> Result<(), NetError> {
     let mut magic = [0u8; 4];
     s.read_exact(&mut magic)
@@ -714,7 +721,6 @@ async fn data_stream(
     if &magic != DATA_MAGIC {
         return Err(NetError::Protocol("bad data stream magic".into()));
     }
-    let mut buf = Vec::new();
     loop {
         let mut hb = [0u8; CHUNK_HEADER_LEN];
         match s.read_exact(&mut hb).await {
@@ -723,24 +729,11 @@ async fn data_stream(
             Err(e) => return Err(NetError::ConnectionLost(e.to_string())),
         }
         let h = ChunkHeader::decode(&hb);
-        // Bound everything against the plan before reading the body.
-        let (id, size, chunk_size, held) = {
-            let t = lock(shared);
-            let st = t
-                .files
-                .get(h.file as usize)
-                .ok_or_else(|| NetError::Protocol(format!("chunk for unknown file {}", h.file)))?;
-            if st.finished {
-                return Err(NetError::Protocol("chunk for a finished file".into()));
-            }
-            let held = st.partial.as_ref().is_some_and(|p| p.has(h.index));
-            (st.id, st.offer.size, t.chunk_size, held)
-        };
+        let &(id, size) = infos
+            .get(h.file as usize)
+            .ok_or_else(|| NetError::Protocol(format!("chunk for unknown file {}", h.file)))?;
         if h.index >= chunk_count(size, chunk_size) {
-            return Err(NetError::Protocol(format!(
-                "chunk index {} out of range",
-                h.index
-            )));
+            return Err(NetError::Protocol(format!("chunk index {} out of range", h.index)));
         }
         let want = chunk_plain_len(size, chunk_size, h.index) + CHUNK_OVERHEAD;
         if h.len as usize != want {
@@ -749,31 +742,23 @@ async fn data_stream(
                 h.index, h.len
             )));
         }
-        buf.resize(want, 0);
-        s.read_exact(&mut buf)
+        let mut data = vec![0u8; want];
+        s.read_exact(&mut data)
             .await
             .map_err(|e| NetError::ConnectionLost(e.to_string()))?;
         // The MAC is checked before anything is written.
-        if mac.verify(&id, h.index, &buf, &h.mac).is_err() {
+        if mac.verify(&id, h.index, &data, &h.mac).is_err() {
             return Err(NetError::Tampered(format!(
                 "chunk {} of file {} failed its MAC",
                 h.index, h.file
             )));
         }
-        if held {
-            continue;
-        }
+        if cmd
+            .send(DiskCmd::Chunk { file: h.file, index: h.index, data })
+            .await
+            .is_err()
         {
-            let mut t = lock(shared);
-            let chunk_size = t.chunk_size;
-            let st = &mut t.files[h.file as usize];
-            let p = open_or_start(ctx, st, peer, chunk_size)?;
-            p.write_chunk(h.index, &buf)?;
+            return Err(NetError::ConnectionLost("storage stopped".into()));
         }
-        let _ = ctx.events.send(ServerEvent::Received {
-            peer,
-            bytes: (want - CHUNK_OVERHEAD) as u64,
-        });
-        try_finish(ctx, shared, h.file as usize, res, peer);
     }
 }
