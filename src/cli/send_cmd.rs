@@ -108,7 +108,7 @@ pub fn run(ctx: &Ctx, args: Vec<String>, streams: usize, json: bool) -> Result<(
     for e in entries {
         items.push(
             item_for(&e.path, e.name, e.dir)
-                .with_context(|| format!("cannot read {}", e.path.display()))?,
+                .with_context(|| format!("cannot read {}", walk::shown(&e.path)))?,
         );
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -135,7 +135,7 @@ fn import(ctx: &Ctx, vault: &Vault, paths: &[PathBuf]) -> Result<()> {
             pb.set_message(it.name.clone());
             vault
                 .import_file(&it.path, &it.name, &mut |done| pb.set_position(base + done))
-                .with_context(|| format!("cannot import {}", it.path.display()))?
+                .with_context(|| format!("cannot import {}", walk::shown(&it.path)))?
         };
         base += it.size;
         pb.suspend(|| {
@@ -295,7 +295,7 @@ fn verify(ctx: &Ctx, vault: &Vault, full: bool) -> Result<()> {
     };
     if report.leftovers > 0 {
         eprintln!(
-            "p2pfs: note: {} leftover data file(s) of interrupted stores (removed at the next unlock)",
+            "p2pfs: note: {} data file(s) without an envelope: leftovers of interrupted stores, removed by the next unlocked command (list, export, verify --full)",
             report.leftovers
         );
     }

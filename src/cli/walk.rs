@@ -10,6 +10,12 @@ use std::{
 use anyhow::{Context, Result};
 use p2pfs::store::format::validate_name;
 
+/// A path as it may be shown on a terminal: control and escape characters
+/// escaped, so a hostile file name cannot drive the terminal.
+pub fn shown(path: &Path) -> String {
+    path.to_string_lossy().escape_debug().to_string()
+}
+
 /// One thing to store: a file or an empty directory, under a vault name.
 pub struct Item {
     /// Local path.
@@ -26,24 +32,24 @@ fn name_of(path: &Path) -> Result<String> {
     let base = match path.file_name() {
         Some(b) => PathBuf::from(b),
         None => fs::canonicalize(path)
-            .with_context(|| format!("cannot resolve {}", path.display()))?
+            .with_context(|| format!("cannot resolve {}", shown(path)))?
             .file_name()
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("root")),
     };
     base.to_str()
         .map(str::to_owned)
-        .with_context(|| format!("{} is not valid UTF-8", path.display()))
+        .with_context(|| format!("{} is not valid UTF-8", shown(path)))
 }
 
 fn walk(path: &Path, name: &str, out: &mut Vec<Item>, skipped: &mut Vec<PathBuf>) -> Result<()> {
     let meta =
-        fs::symlink_metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        fs::symlink_metadata(path).with_context(|| format!("cannot read {}", shown(path)))?;
     if meta.file_type().is_symlink() {
         skipped.push(path.to_path_buf());
         return Ok(());
     }
-    validate_name(name).map_err(|why| anyhow::anyhow!("cannot store {}: {why}", path.display()))?;
+    validate_name(name).map_err(|why| anyhow::anyhow!("cannot store {}: {why}", shown(path)))?;
     if meta.is_file() {
         out.push(Item {
             path: path.to_path_buf(),
@@ -53,9 +59,9 @@ fn walk(path: &Path, name: &str, out: &mut Vec<Item>, skipped: &mut Vec<PathBuf>
         });
     } else if meta.is_dir() {
         let mut children: Vec<_> = fs::read_dir(path)
-            .with_context(|| format!("cannot list {}", path.display()))?
+            .with_context(|| format!("cannot list {}", shown(path)))?
             .collect::<Result<_, _>>()
-            .with_context(|| format!("cannot list {}", path.display()))?;
+            .with_context(|| format!("cannot list {}", shown(path)))?;
         children.sort_by_key(|e| e.file_name());
         if children.is_empty() {
             out.push(Item {
@@ -69,7 +75,7 @@ fn walk(path: &Path, name: &str, out: &mut Vec<Item>, skipped: &mut Vec<PathBuf>
             let cn = c.file_name();
             let cn = cn
                 .to_str()
-                .with_context(|| format!("{} is not valid UTF-8", c.path().display()))?;
+                .with_context(|| format!("{} is not valid UTF-8", shown(&c.path())))?;
             walk(&c.path(), &format!("{name}/{cn}"), out, skipped)?;
         }
     } else {
@@ -88,7 +94,7 @@ pub fn collect(paths: &[PathBuf]) -> Result<Vec<Item>> {
     for s in &skipped {
         eprintln!(
             "p2pfs: skipped {} (symbolic link or special file, not followed)",
-            s.display()
+            shown(s)
         );
     }
     Ok(items)

@@ -34,7 +34,7 @@ use crate::{
     store::{
         format::{Kind, Metadata},
         home::{Home, Identity},
-        partial::{seal_key_to, Partial, PartialMeta},
+        partial::{seal_key_to, CheckpointJob, Partial, PartialMeta},
         trust::{Capability, TrustStore},
         vault::Vault,
         StoreError,
@@ -127,7 +127,6 @@ struct FileState {
     offer: FileOffer,
     id: FileId,
     partial: Option<Partial<'static>>,
-    key: Option<FileKey>,
     end: Option<[u8; 32]>,
     finished: bool,
 }
@@ -354,7 +353,6 @@ async fn receive(
             offer: f.clone(),
             id,
             partial,
-            key: None,
             end: None,
             finished: false,
         });
@@ -368,7 +366,8 @@ async fn receive(
     });
     wire::write_msg(send, &Msg::Plan { files: plans }).await?;
 
-    let infos: Arc<Vec<(FileId, u64)>> = Arc::new(states.iter().map(|s| (s.id, s.offer.size)).collect());
+    let infos: Arc<Vec<(FileId, u64)>> =
+        Arc::new(states.iter().map(|s| (s.id, s.offer.size)).collect());
     // All disk work happens on one blocking thread (the disk actor), so an
     // fsync never stalls the QUIC tasks; a bounded queue gives backpressure.
     let (cmd_tx, cmd_rx) = mpsc::channel::<DiskCmd>(32);
@@ -376,12 +375,22 @@ async fn receive(
     let actor = {
         let ctx = ctx.clone();
         let res_tx = res_tx.clone();
-        tokio::task::spawn_blocking(move || disk_actor(&ctx, peer, chunk_size, states, cmd_rx, &res_tx))
+        tokio::task::spawn_blocking(move || {
+            disk_actor(&ctx, peer, chunk_size, states, cmd_rx, &res_tx)
+        })
     };
     drop(res_tx);
     let data = {
-        let (conn, ctx, infos, cmd_tx, mac) = (conn.clone(), ctx.clone(), infos.clone(), cmd_tx.clone(), session.mac.clone());
-        tokio::spawn(async move { accept_data(conn, ctx, infos, chunk_size, cmd_tx, mac, peer).await })
+        let (conn, ctx, infos, cmd_tx, mac) = (
+            conn.clone(),
+            ctx.clone(),
+            infos.clone(),
+            cmd_tx.clone(),
+            session.mac.clone(),
+        );
+        tokio::spawn(
+            async move { accept_data(conn, ctx, infos, chunk_size, cmd_tx, mac, peer).await },
+        )
     };
 
     let outcome: Result<(), NetError> = async {
@@ -396,7 +405,7 @@ async fn receive(
                         Some(Msg::FileStart { file, wrapped_key, fresh }) => {
                             let (id, _) = *infos.get(file as usize).ok_or_else(|| NetError::Protocol("file index out of range".into()))?;
                             let key = unwrap_file_key(session, file, &id, &wrapped_key)?;
-                            if cmd_tx.send(DiskCmd::Start { file, key, fresh }).await.is_err() {
+                            if cmd_tx.send(DiskCmd::Start { file, key: Box::new(key), fresh }).await.is_err() {
                                 return Err(NetError::ConnectionLost("storage stopped".into()));
                             }
                         }
@@ -444,7 +453,10 @@ async fn receive(
     data.abort();
     let _ = data.await;
     drop(cmd_tx);
-    if tokio::time::timeout(Duration::from_secs(30), actor).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(30), actor)
+        .await
+        .is_err()
+    {
         warn!("storage did not finish in time");
     }
     if outcome.is_ok() {
@@ -456,9 +468,17 @@ async fn receive(
 /// Work for the disk actor.
 enum DiskCmd {
     /// The key of a file arrived.
-    Start { file: u32, key: FileKey, fresh: bool },
+    Start {
+        file: u32,
+        key: Box<FileKey>,
+        fresh: bool,
+    },
     /// A MAC-checked chunk.
-    Chunk { file: u32, index: u64, data: Vec<u8> },
+    Chunk {
+        file: u32,
+        index: u64,
+        data: Vec<u8>,
+    },
     /// The sender's BLAKE3 of a file.
     End { file: u32, blake3: [u8; 32] },
 }
@@ -473,11 +493,16 @@ fn disk_actor(
     mut rx: mpsc::Receiver<DiskCmd>,
     res: &mpsc::UnboundedSender<Msg>,
 ) {
+    let syncer = Syncer::start();
     while let Some(cmd) = rx.blocking_recv() {
         let file = match &cmd {
-            DiskCmd::Start { file, .. } | DiskCmd::Chunk { file, .. } | DiskCmd::End { file, .. } => *file as usize,
+            DiskCmd::Start { file, .. }
+            | DiskCmd::Chunk { file, .. }
+            | DiskCmd::End { file, .. } => *file as usize,
         };
-        let Some(st) = files.get_mut(file) else { continue };
+        let Some(st) = files.get_mut(file) else {
+            continue;
+        };
         if st.finished {
             continue;
         }
@@ -490,16 +515,20 @@ fn disk_actor(
                         p.reset();
                     }
                     p.set_sealed_key(sealed);
-                    st.key = Some(key);
+                    p.set_key(*key)?;
                 }
-                DiskCmd::Chunk { index, data, .. } => {
+                DiskCmd::Chunk {
+                    index, mut data, ..
+                } => {
                     let p = open_or_start(ctx, st, peer, chunk_size)?;
                     if !p.has(index) {
-                        p.write_chunk(index, &data)?;
-                        let _ = ctx.events.send(ServerEvent::Received {
-                            peer,
-                            bytes: (data.len() - CHUNK_OVERHEAD) as u64,
-                        });
+                        let plain = (data.len() - CHUNK_OVERHEAD) as u64;
+                        if let Some(job) = p.write_chunk(index, &mut data)? {
+                            syncer.run(job);
+                        }
+                        let _ = ctx
+                            .events
+                            .send(ServerEvent::Received { peer, bytes: plain });
                     }
                 }
                 DiskCmd::End { blake3, .. } => st.end = Some(blake3),
@@ -514,16 +543,20 @@ fn disk_actor(
                 ),
                 other => (RefuseCode::Busy, format!("the receiver cannot store: {other}")),
             };
-            let _ = ctx.events.send(ServerEvent::Failed { peer: Some(peer), message: message.clone() });
+            let _ = ctx.events.send(ServerEvent::Failed {
+                peer: Some(peer),
+                message: message.clone(),
+            });
             let _ = res.send(Msg::Refused { code, message });
             break;
         }
-        if let Some(msg) = finish_if_ready(ctx, st, file as u32, peer) {
+        if let Some(msg) = finish_if_ready(ctx, st, file as u32, peer, &syncer) {
             let _ = res.send(msg);
         }
     }
     // Whatever is left becomes a resumable partial, or is removed when it
     // cannot be resumed (its key never arrived).
+    syncer.barrier();
     for st in &mut files {
         if let Some(mut p) = st.partial.take() {
             if p.meta.sealed_key.is_some() {
@@ -540,16 +573,85 @@ fn disk_actor(
     }
 }
 
+/// Runs checkpoint jobs (fsync + state file) on their own thread so the
+/// disk actor keeps writing meanwhile.
+struct Syncer {
+    tx: Option<std::sync::mpsc::Sender<SyncJob>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+enum SyncJob {
+    Run(CheckpointJob),
+    Barrier(std::sync::mpsc::Sender<()>),
+}
+
+impl Syncer {
+    fn start() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<SyncJob>();
+        let thread = std::thread::spawn(move || {
+            for job in rx {
+                match job {
+                    SyncJob::Run(j) => {
+                        if let Err(e) = j.run() {
+                            warn!("checkpoint failed: {e}");
+                        }
+                    }
+                    SyncJob::Barrier(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn run(&self, job: CheckpointJob) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(SyncJob::Run(job));
+        }
+    }
+
+    /// Waits until every job queued so far has run.
+    fn barrier(&self) {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        if let Some(tx) = &self.tx {
+            if tx.send(SyncJob::Barrier(done_tx)).is_ok() {
+                let _ = done_rx.recv();
+            }
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Verifies and commits a file once its key, its end and all its chunks are in.
-fn finish_if_ready(ctx: &ServerCtx, st: &mut FileState, file: u32, peer: PublicKey) -> Option<Msg> {
-    let ready = st.key.is_some() && st.end.is_some() && st.partial.as_ref().is_some_and(|p| p.is_complete());
+fn finish_if_ready(
+    ctx: &ServerCtx,
+    st: &mut FileState,
+    file: u32,
+    peer: PublicKey,
+    syncer: &Syncer,
+) -> Option<Msg> {
+    let ready = st.end.is_some() && st.partial.as_ref().is_some_and(|p| p.is_complete());
     if !ready {
         return None;
     }
     st.finished = true;
-    let (Some(p), Some(key), Some(blake3)) = (st.partial.take(), st.key.take(), st.end) else {
+    let (Some(p), Some(blake3)) = (st.partial.take(), st.end) else {
         return None;
     };
+    // No checkpoint of this partial may land after its commit.
+    syncer.barrier();
     let offer = &st.offer;
     let added_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -571,7 +673,10 @@ fn finish_if_ready(ctx: &ServerCtx, st: &mut FileState, file: u32, peer: PublicK
     };
     let id = p.meta.file_id;
     let v = p.vault();
-    match p.finish(&key, &blake3, &meta) {
+    let t0 = std::time::Instant::now();
+    let outcome = p.finish(&blake3, &meta);
+    debug!(name = %offer.name, elapsed_ms = t0.elapsed().as_millis() as u64, "verified and committed");
+    match outcome {
         Ok(()) => {
             info!(name = %offer.name, "stored");
             let _ = ctx.events.send(ServerEvent::Stored {
@@ -579,7 +684,12 @@ fn finish_if_ready(ctx: &ServerCtx, st: &mut FileState, file: u32, peer: PublicK
                 name: offer.name.clone(),
                 size: offer.size,
             });
-            Some(Msg::FileResult { file, ok: true, code: result_code::OK, message: String::new() })
+            Some(Msg::FileResult {
+                file,
+                ok: true,
+                code: result_code::OK,
+                message: String::new(),
+            })
         }
         Err(e) => {
             // A file that fails verification is not kept: resuming it would
@@ -594,7 +704,12 @@ fn finish_if_ready(ctx: &ServerCtx, st: &mut FileState, file: u32, peer: PublicK
                 peer: Some(peer),
                 message: format!("{}: {e}", offer.name),
             });
-            Some(Msg::FileResult { file, ok: false, code, message: e.to_string() })
+            Some(Msg::FileResult {
+                file,
+                ok: false,
+                code,
+                message: e.to_string(),
+            })
         }
     }
 }
@@ -647,7 +762,12 @@ fn open_or_start<'a>(
 }
 
 /// Opens a transported file key.
-fn unwrap_file_key(session: &Session, file: u32, id: &FileId, wrapped: &[u8]) -> Result<FileKey, NetError> {
+fn unwrap_file_key(
+    session: &Session,
+    file: u32,
+    id: &FileId,
+    wrapped: &[u8],
+) -> Result<FileKey, NetError> {
     let raw = zeroize::Zeroizing::new(
         session
             .wrap
@@ -733,7 +853,10 @@ async fn data_stream(
             .get(h.file as usize)
             .ok_or_else(|| NetError::Protocol(format!("chunk for unknown file {}", h.file)))?;
         if h.index >= chunk_count(size, chunk_size) {
-            return Err(NetError::Protocol(format!("chunk index {} out of range", h.index)));
+            return Err(NetError::Protocol(format!(
+                "chunk index {} out of range",
+                h.index
+            )));
         }
         let want = chunk_plain_len(size, chunk_size, h.index) + CHUNK_OVERHEAD;
         if h.len as usize != want {
@@ -754,7 +877,11 @@ async fn data_stream(
             )));
         }
         if cmd
-            .send(DiskCmd::Chunk { file: h.file, index: h.index, data })
+            .send(DiskCmd::Chunk {
+                file: h.file,
+                index: h.index,
+                data,
+            })
             .await
             .is_err()
         {

@@ -355,7 +355,7 @@ mod tests {
     fn garbage_never_panics() {
         for i in 0..2000u32 {
             let bytes: Vec<u8> = (0..(i % 97))
-                .map(|j| (i.wrapping_mul(31) ^ j * 7) as u8)
+                .map(|j| (i.wrapping_mul(31) ^ (j * 7)) as u8)
                 .collect();
             let _ = decode_msg(&bytes);
         }

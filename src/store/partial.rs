@@ -175,6 +175,35 @@ pub struct Partial<'v> {
     writer: ObjectWriter<'v>,
     state_path: PathBuf,
     since_checkpoint: u64,
+    verify: Option<Verifier>,
+}
+
+/// The receiver's running end-to-end check: chunks are decrypted (in memory
+/// only) in order as soon as they are present, so the final BLAKE3 is ready
+/// when the last chunk lands.
+struct Verifier {
+    key: FileKey,
+    next: u64,
+    hasher: blake3::Hasher,
+}
+
+/// Makes a partial's chunks durable and records them; may run on another
+/// thread while more chunks are written (it only lists chunks written before
+/// it was made).
+pub struct CheckpointJob {
+    file: fs::File,
+    state_path: PathBuf,
+    state: Vec<u8>,
+}
+
+impl CheckpointJob {
+    /// fsyncs the data, then atomically replaces the state file.
+    pub fn run(self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| StoreError::io("cannot sync", &self.state_path, e))?;
+        fsutil::write_atomic(&self.state_path, &self.state)
+    }
 }
 
 impl Vault {
@@ -218,6 +247,7 @@ impl Vault {
             writer,
             state_path: part,
             since_checkpoint: 0,
+            verify: None,
         };
         p.checkpoint()?;
         Ok(p)
@@ -236,6 +266,7 @@ impl Vault {
             writer,
             state_path: part,
             since_checkpoint: 0,
+            verify: None,
         })
     }
 }
@@ -246,25 +277,74 @@ impl<'v> Partial<'v> {
         self.writer.vault()
     }
 
-    /// Writes a (MAC-checked) sealed chunk; checkpoints now and then.
-    pub fn write_chunk(&mut self, index: u64, sealed: &[u8]) -> Result<()> {
+    /// Writes a (MAC-checked) sealed chunk, advances the running
+    /// verification, and returns a checkpoint job every
+    /// [`CHECKPOINT_BYTES`]. `sealed` is consumed as scratch space.
+    pub fn write_chunk(&mut self, index: u64, sealed: &mut [u8]) -> Result<Option<CheckpointJob>> {
         self.writer.write_chunk(index, sealed)?;
         self.since_checkpoint += sealed.len() as u64;
+        if let Some(v) = &mut self.verify {
+            if v.next == index {
+                let n = self.writer.header().chunk_count;
+                let id = self.meta.file_id;
+                let pt = v
+                    .key
+                    .open_chunk_in_place(&id, index, index + 1 == n, sealed)
+                    .map_err(|_| bad_chunk(&self.meta, index))?;
+                v.hasher.update(pt);
+                v.next += 1;
+            }
+        }
+        self.advance()?;
         if self.since_checkpoint >= CHECKPOINT_BYTES {
-            self.checkpoint()?;
+            return self.checkpoint_job().map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Hashes every present chunk after the verification cursor.
+    fn advance(&mut self) -> Result<()> {
+        let n = self.writer.header().chunk_count;
+        let id = self.meta.file_id;
+        let mut buf = Vec::new();
+        while let Some(v) = &mut self.verify {
+            if v.next >= n || self.writer.hashes()[v.next as usize].is_none() {
+                break;
+            }
+            self.writer.read_chunk(v.next, &mut buf)?;
+            let pt = v
+                .key
+                .open_chunk_in_place(&id, v.next, v.next + 1 == n, &mut buf)
+                .map_err(|_| bad_chunk(&self.meta, v.next))?;
+            v.hasher.update(pt);
+            v.next += 1;
         }
         Ok(())
     }
 
+    /// Sets the file key (in memory only) and starts the running verification.
+    pub fn set_key(&mut self, key: FileKey) -> Result<()> {
+        self.verify = Some(Verifier {
+            key,
+            next: 0,
+            hasher: blake3::Hasher::new(),
+        });
+        self.advance()
+    }
+
+    /// A checkpoint of what is written now.
+    pub fn checkpoint_job(&mut self) -> Result<CheckpointJob> {
+        self.since_checkpoint = 0;
+        Ok(CheckpointJob {
+            file: self.writer.file_handle()?,
+            state_path: self.state_path.clone(),
+            state: encode_state(&self.meta, self.writer.hashes()),
+        })
+    }
+
     /// Makes the chunks written so far durable and records them.
     pub fn checkpoint(&mut self) -> Result<()> {
-        self.writer.sync()?;
-        fsutil::write_atomic(
-            &self.state_path,
-            &encode_state(&self.meta, self.writer.hashes()),
-        )?;
-        self.since_checkpoint = 0;
-        Ok(())
+        self.checkpoint_job()?.run()
     }
 
     /// Records the file key (sealed to the sender).
@@ -276,6 +356,7 @@ impl<'v> Partial<'v> {
     pub fn reset(&mut self) {
         self.writer.reset();
         self.meta.sealed_key = None;
+        self.verify = None;
     }
 
     /// Bitmap of chunks held (bit i = byte i/8, mask 1 << i%8).
@@ -309,15 +390,24 @@ impl<'v> Partial<'v> {
             .is_some_and(Option::is_some)
     }
 
-    /// True when every chunk is held.
+    /// True when every chunk is held and the key is known.
     pub fn is_complete(&self) -> bool {
-        self.writer.is_complete()
+        self.verify.is_some() && self.writer.is_complete()
     }
 
-    /// Verifies the whole file under `key` against `blake3` (decrypting in
-    /// memory only) and commits it to the vault; removes the partial.
-    pub fn finish(self, key: &FileKey, blake3: &[u8; 32], meta: &Metadata) -> Result<()> {
-        let got = self.writer.verify_plaintext(key)?;
+    /// Checks the whole file against the sender's `blake3` (from the running
+    /// verification, or by decrypting it again) and commits it to the vault;
+    /// removes the partial.
+    pub fn finish(mut self, blake3: &[u8; 32], meta: &Metadata) -> Result<()> {
+        let n = self.writer.header().chunk_count;
+        let Some(v) = self.verify.take() else {
+            return Err(StoreError::Invalid("file key missing".into()));
+        };
+        let got = if v.next == n {
+            *v.hasher.finalize().as_bytes()
+        } else {
+            self.writer.verify_plaintext(&v.key)?
+        };
         if &got != blake3 {
             return Err(StoreError::corrupt(
                 format!("received file {}", meta.name),
@@ -325,7 +415,14 @@ impl<'v> Partial<'v> {
             ));
         }
         let state = self.state_path.clone();
-        self.writer.commit(key.secret(), meta)?;
+        self.writer.commit(v.key.secret(), meta)?;
         fsutil::remove_if_exists(&state)
     }
+}
+
+fn bad_chunk(meta: &PartialMeta, index: u64) -> StoreError {
+    StoreError::corrupt(
+        format!("received file {}", meta.name),
+        format!("chunk {index} does not authenticate under the file key"),
+    )
 }

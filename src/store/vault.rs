@@ -9,7 +9,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fs::{self, File},
     io::{Read, Write},
-    os::unix::fs::{FileExt, PermissionsExt},
+    os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::mpsc,
     time::{SystemTime, UNIX_EPOCH},
@@ -312,6 +312,7 @@ impl Vault {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(&p)
             .map_err(|e| StoreError::io("cannot open", &p, e))?;
         Ok((f, p))
@@ -814,6 +815,22 @@ impl<'v> ObjectWriter<'v> {
         self.size
     }
 
+    /// A second handle on the staging file (for syncing from another thread).
+    pub fn file_handle(&self) -> Result<File> {
+        self.file
+            .try_clone()
+            .map_err(|e| StoreError::io("cannot reopen", &self.tmp, e))
+    }
+
+    /// Reads sealed chunk `index` back into `buf` (resized to fit).
+    pub fn read_chunk(&self, index: u64, buf: &mut Vec<u8>) -> Result<()> {
+        let len = chunk_plain_len(self.size, self.header.chunk_size, index) + CHUNK_OVERHEAD;
+        buf.resize(len, 0);
+        self.file
+            .read_exact_at(buf, self.header.chunk_offset(index))
+            .map_err(|e| StoreError::io("cannot read", &self.tmp, e))
+    }
+
     /// Flushes the data to disk.
     pub fn sync(&self) -> Result<()> {
         self.file
@@ -977,7 +994,7 @@ impl Unlocked<'_> {
                         continue;
                     }
                     let p = v.env_path(&rec.id);
-                    match fs::read(&p) {
+                    match fsutil::read_limited(&p, 64 * 1024) {
                         Ok(b) if &crate::crypto::blake3(&b) == env_digest => {}
                         Ok(_) => probs.push((
                             rec.id,
@@ -1040,6 +1057,17 @@ impl Unlocked<'_> {
                 // A store that died between its two renames.
                 fsutil::remove_if_exists(&v.obj_path(id))?;
                 removed = true;
+            }
+        }
+        // Leftovers of an interrupted envelope rewrite (rekey).
+        if self.exclusive {
+            if let Ok(rd) = fs::read_dir(v.objects()) {
+                for e in rd.flatten() {
+                    if e.file_name().to_string_lossy().ends_with(".tmp") {
+                        fsutil::remove_if_exists(&e.path())?;
+                        removed = true;
+                    }
+                }
             }
         }
         let staging = v.staging();
@@ -1255,6 +1283,9 @@ impl Unlocked<'_> {
                             path: dest.to_path_buf(),
                         })
                     }
+                    // File systems without hard links (FAT, exFAT): check,
+                    // then rename; the window between the two is tiny.
+                    Err(_) if dest.symlink_metadata().is_err() => fsutil::rename(&tmp, dest)?,
                     Err(e) => return Err(StoreError::io("cannot create", dest, e)),
                 }
             }
