@@ -136,7 +136,8 @@ pub fn run(ctx: &Ctx, args: Vec<String>, streams: usize, json: bool) -> Result<(
                 }
                 match ev {
                     Event::Connected { peer, name, first_contact } => {
-                        if first_contact && !quiet {
+                        // Security-relevant: shown even with -q.
+                        if first_contact {
                             eprintln!(
                                 "first contact with {name}: pinned its key, fingerprint {} (id {peer})",
                                 peer.fingerprint()

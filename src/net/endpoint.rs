@@ -27,8 +27,8 @@ fn setup<E: std::fmt::Display>(e: E) -> NetError {
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_secs(30))
-            .unwrap_or(quinn::VarInt::from_u32(30_000).into()),
+        quinn::IdleTimeout::try_from(Duration::from_secs(20))
+            .unwrap_or(quinn::VarInt::from_u32(20_000).into()),
     ));
     t.keep_alive_interval(Some(Duration::from_secs(5)));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(super::wire::MAX_STREAMS as u32));

@@ -303,18 +303,21 @@ async fn receive(
 
     // Plan: resume what this sender left, start the rest.
     let vault = ctx.vault;
+    let mut claims = Claims(Vec::new());
     let mut partials: HashMap<(String, u64, [u8; 16]), PartialMeta> = HashMap::new();
     for m in vault.partials()? {
-        if m.sender != peer {
+        if m.sender != peer || !files.iter().any(|f| f.name == m.name) {
             continue;
         }
+        // Take it over from an older connection of this sender first.
+        claim(m.file_id, conn).await?;
+        claims.0.push(m.file_id);
         let wanted = files
             .iter()
             .any(|f| f.name == m.name && f.size == m.size && f.token == m.token);
-        let stale = files.iter().any(|f| f.name == m.name);
-        if wanted && m.sealed_key.is_some() {
+        if wanted {
             partials.insert((m.name.clone(), m.size, m.token), m);
-        } else if stale {
+        } else {
             vault.remove_partial(&m.file_id)?;
         }
     }
@@ -327,24 +330,30 @@ async fn receive(
             .filter(|m| m.chunk_size == chunk_size);
         let (plan, partial, id) = match found {
             Some(m) => match vault.resume_partial(&m.file_id) {
-                Ok(p) => {
+                Ok(p) if p.meta.sealed_key.is_some() => {
                     held_total += p.held_bytes();
                     let plan = FilePlan::Resume {
                         file_id: m.file_id,
-                        sealed_key: m.sealed_key.clone().unwrap_or_default(),
+                        sealed_key: p.meta.sealed_key.clone().unwrap_or_default(),
                         have: p.have(),
                     };
                     (plan, Some(p), m.file_id)
                 }
-                Err(e) => {
-                    warn!("cannot resume {}: {e}; starting over", f.name);
+                other => {
+                    if let Err(e) = other {
+                        warn!("cannot resume {}: {e}; starting over", f.name);
+                    }
                     vault.remove_partial(&m.file_id)?;
                     let id: FileId = random().map_err(StoreError::from)?;
+                    claim(id, conn).await?;
+                    claims.0.push(id);
                     (FilePlan::New { file_id: id }, None, id)
                 }
             },
             None => {
                 let id: FileId = random().map_err(StoreError::from)?;
+                claim(id, conn).await?;
+                claims.0.push(id);
                 (FilePlan::New { file_id: id }, None, id)
             }
         };
@@ -459,6 +468,7 @@ async fn receive(
     {
         warn!("storage did not finish in time");
     }
+    drop(claims);
     if outcome.is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
     }
@@ -535,6 +545,30 @@ fn disk_actor(
             }
             Ok(())
         })();
+        if let Err(StoreError::Corrupt { what, detail }) = step {
+            // Data that passed its MAC but not the file key: an
+            // authenticated but broken or hostile sender. That file is
+            // dropped; the others go on.
+            st.finished = true;
+            if let Some(p) = st.partial.take() {
+                let (id, v) = (p.meta.file_id, p.vault());
+                drop(p);
+                syncer.barrier();
+                let _ = v.remove_partial(&id);
+            }
+            let message = format!("{what}: {detail}; not stored");
+            let _ = ctx.events.send(ServerEvent::Failed {
+                peer: Some(peer),
+                message: message.clone(),
+            });
+            let _ = res.send(Msg::FileResult {
+                file: file as u32,
+                ok: false,
+                code: result_code::VERIFY,
+                message,
+            });
+            continue;
+        }
         if let Err(e) = step {
             let (code, message) = match e {
                 StoreError::DiskFull { .. } => (
@@ -569,6 +603,58 @@ fn disk_actor(
                 drop(p);
                 let _ = v.remove_partial(&id);
             }
+        }
+    }
+}
+
+/// Partials held by a live connection. A sender that comes back (after a
+/// crash or a network loss) while its old connection has not yet timed out
+/// takes its partials over: the old connection is closed and its disk actor
+/// finishes its last checkpoint before the new one resumes. One `serve`
+/// process serves one vault, so a process-wide table is exact.
+static ACTIVE: std::sync::LazyLock<std::sync::Mutex<HashMap<FileId, quinn::Connection>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn active() -> std::sync::MutexGuard<'static, HashMap<FileId, quinn::Connection>> {
+    ACTIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Claims a partial for `conn`, superseding another connection that holds it.
+async fn claim(id: FileId, conn: &quinn::Connection) -> Result<(), NetError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        {
+            let mut a = active();
+            match a.get(&id) {
+                None => {
+                    a.insert(id, conn.clone());
+                    return Ok(());
+                }
+                Some(old) if old.stable_id() == conn.stable_id() => return Ok(()),
+                Some(old) => old.close(
+                    quinn::VarInt::from_u32(close::SHUTDOWN),
+                    b"superseded by a new connection from the same sender",
+                ),
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(NetError::Refused {
+                code: RefuseCode::Busy,
+                message: "an earlier transfer of the same file is still finishing here; try again in a moment".into(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Releases its claims when dropped, after the disk actor has finished.
+struct Claims(Vec<FileId>);
+
+impl Drop for Claims {
+    fn drop(&mut self) {
+        let mut a = active();
+        for id in &self.0 {
+            a.remove(id);
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::crypto::{
 
 const MAGIC: &[u8; 8] = b"P2PFSPT\0";
 /// Bytes written between two checkpoints.
-pub const CHECKPOINT_BYTES: u64 = 64 << 20;
+pub const CHECKPOINT_BYTES: u64 = 32 << 20;
 
 /// What identifies a partial and how to continue it.
 #[derive(Clone, Debug, PartialEq, Eq)]

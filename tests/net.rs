@@ -1,0 +1,631 @@
+//! Send/serve integration tests: two real `p2pfs` processes with separate
+//! homes over real QUIC on loopback, plus a hostile client built from the
+//! library for what an honest sender never does (tampered chunks, hostile
+//! names, absurd sizes).
+
+mod util;
+
+use std::time::{Duration, Instant};
+
+use p2pfs::{
+    crypto::{chunk::FileKey, keys::Keypair},
+    net::{
+        receiver::wrap_file_key,
+        sender::{self, Target},
+        wire::{self, ChunkHeader, EntryKind, FileOffer, FilePlan, Msg, RefuseCode, DATA_MAGIC},
+    },
+};
+use util::*;
+
+/// A running `serve`, stopped (SIGTERM) when dropped.
+struct Server {
+    proc: Option<Proc>,
+    port: u16,
+}
+
+impl Server {
+    fn start(node: &Node, extra: &[&str]) -> Self {
+        Self::start_on(node, 0, extra)
+    }
+
+    fn start_on(node: &Node, port: u16, extra: &[&str]) -> Self {
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["serve", "--listen", &listen, "--no-mdns"];
+        args.extend_from_slice(extra);
+        let mut p = node.spawn(args);
+        assert!(
+            p.wait_for_output("(UDP)", Duration::from_secs(20)),
+            "serve did not start:\n{}\n{}",
+            p.stdout_now(),
+            p.stderr_now()
+        );
+        let out = p.stdout_now();
+        let line = out.lines().find(|l| l.contains("listening:")).unwrap();
+        let port = line
+            .split("127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        Self {
+            proc: Some(p),
+            port,
+        }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn kill9(mut self) -> Run {
+        self.proc.take().unwrap().kill9()
+    }
+
+    fn stop(mut self) -> Run {
+        let mut p = self.proc.take().unwrap();
+        p.signal(libc::SIGTERM);
+        assert!(
+            p.wait_timeout(Duration::from_secs(20)).is_some(),
+            "serve did not stop on SIGTERM"
+        );
+        p.finish()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(p) = self.proc.take() {
+            p.signal(libc::SIGTERM);
+            let mut p = p;
+            if p.wait_timeout(Duration::from_secs(10)).is_none() {
+                p.kill9();
+            }
+        }
+    }
+}
+
+fn nodes() -> (Node, Node) {
+    let (a, b) = Node::pair();
+    a.init("alice");
+    b.init("bob");
+    (a, b)
+}
+
+/// Parses NDJSON events printed by `send --json`.
+fn events(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn event<'a>(evs: &'a [serde_json::Value], kind: &str) -> Option<&'a serde_json::Value> {
+    evs.iter().find(|e| e["event"] == kind)
+}
+
+#[test]
+fn file_tree_and_empty_file_arrive_verified() {
+    let (a, b) = nodes();
+    let srv = Server::start(&b, &["--accept", "any"]);
+    let big = write_random(&a.path("tree/big.bin"), 3 * 1024 * 1024 + 17);
+    let small = write_random(&a.path("tree/sub/small.txt"), 100);
+    let empty = write_random(&a.path("tree/sub/empty"), 0);
+    std::fs::create_dir_all(a.path("tree/emptydir")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", a.path("tree/link")).unwrap();
+    let single = write_random(&a.path("one.dat"), 5000);
+    let r = a
+        .run(["send", "--json", "tree", "one.dat", &srv.addr()])
+        .ok()
+        .says("skipped");
+    let evs = events(&r.stdout);
+    let done = event(&evs, "done").expect("done event");
+    assert_eq!(done["files"], 5, "{r}");
+    assert_eq!(done["bytes_skipped"], 0);
+    assert!(event(&evs, "start").is_some() && event(&evs, "file_done").is_some());
+    let listed = b.list();
+    let names: Vec<&str> = listed.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "one.dat",
+            "tree/big.bin",
+            "tree/emptydir",
+            "tree/sub/empty",
+            "tree/sub/small.txt"
+        ]
+    );
+    for (name, hash) in [
+        ("tree/big.bin", &big),
+        ("tree/sub/small.txt", &small),
+        ("tree/sub/empty", &empty),
+        ("one.dat", &single),
+    ] {
+        let e = b.entry(name);
+        assert_eq!(&e.blake3, hash, "{name}");
+        assert_eq!(e.origin.as_deref(), Some(a.id().id.as_str()));
+        let out = b.export(name, &format!("out-{}", name.replace('/', "_")));
+        assert_eq!(&blake3_file(&out), hash);
+    }
+    assert_eq!(b.entry("tree/emptydir").kind, "dir");
+    // The file_done events carry the sender's BLAKE3.
+    assert!(evs
+        .iter()
+        .any(|e| e["event"] == "file_done" && e["blake3"] == big.as_str()));
+    assert!(b.staging_files().is_empty(), "{:?}", b.staging_files());
+    b.run(["vault", "verify", "--full"]).ok();
+    srv.stop().ok().says("stopped");
+}
+
+#[test]
+fn many_small_files_in_one_transfer() {
+    let (a, b) = nodes();
+    let srv = Server::start(&b, &["--accept", "any"]);
+    for i in 0..300 {
+        write_random(&a.path(&format!("many/f{i:04}")), (i * 37) as u64);
+    }
+    let t = Instant::now();
+    let r = a.run(["send", "--json", "many", &srv.addr()]).ok();
+    assert_eq!(event(&events(&r.stdout), "done").unwrap()["files"], 300);
+    eprintln!("300 small files in {:?}", t.elapsed());
+    let listed = b.list();
+    assert_eq!(listed.len(), 300);
+    for e in &listed {
+        let src = a.path(&e.name);
+        assert_eq!(e.blake3, blake3_file(&src), "{}", e.name);
+    }
+}
+
+#[test]
+fn untrusted_sender_is_refused_until_trusted() {
+    let (a, b) = nodes();
+    let srv = Server::start(&b, &[]);
+    write_random(&a.path("f"), 1000);
+    let a_id = a.id().id;
+    let r = a.run(["send", "f", &srv.addr()]).code_is(11);
+    assert!(r.stderr.contains(&format!("p2pfs trust add {a_id}")), "{r}");
+    assert!(b.list().is_empty());
+    assert!(b.staging_files().is_empty());
+    b.run(["trust", "add", &a_id, "--name", "alice"]).ok();
+    a.run(["send", "f", &srv.addr()]).ok();
+    assert_eq!(b.list().len(), 1);
+    // Trust list shows it.
+    let t: Vec<serde_json::Value> = b.run(["trust", "list", "--json"]).ok().json();
+    assert!(t
+        .iter()
+        .any(|p| p["id"] == a_id.as_str() && p["name"] == "alice"));
+}
+
+#[test]
+fn changed_receiver_key_is_refused_as_possible_mitm() {
+    let (a, b) = nodes();
+    write_random(&a.path("f"), 1000);
+    let srv = Server::start(&b, &["--accept", "any"]);
+    let port = srv.port;
+    let r = a.run(["send", "f", &srv.addr()]).ok();
+    assert!(
+        r.stderr.contains(&b.id().fingerprint),
+        "first contact shows the fingerprint: {r}"
+    );
+    srv.stop();
+    // Another node on the same address.
+    let evil = Node::new();
+    evil.init("bob");
+    let srv2 = Server::start_on(&evil, port, &["--accept", "any"]);
+    let r = a.run(["send", "f", &srv2.addr()]).code_is(12);
+    assert!(r.stderr.contains("MAN-IN-THE-MIDDLE"), "{r}");
+    assert!(r.stderr.contains(&evil.id().fingerprint), "{r}");
+    assert!(r.stderr.contains("trust rm"), "{r}");
+    assert!(evil.list().is_empty(), "nothing may reach the impostor");
+    // NODEID@addr with the wrong id is refused the same way.
+    let other = Node::new();
+    other.init("x");
+    let r = a
+        .run(["send", "f", &format!("{}@{}", other.id().id, srv2.addr())])
+        .code_is(12);
+    assert!(r.stderr.contains("MAN-IN-THE-MIDDLE"), "{r}");
+    // Re-pinning after `trust rm` works.
+    a.run(["trust", "rm", &b.id().id]).ok();
+    a.run(["send", "f", &srv2.addr()]).ok();
+    assert_eq!(evil.list().len(), 1);
+}
+
+#[test]
+fn unreachable_peer_fails_fast_with_a_hint() {
+    let (a, _) = nodes();
+    write_random(&a.path("f"), 10);
+    let port = free_udp_port();
+    let t = Instant::now();
+    let r = a
+        .run(["send", "f", &format!("127.0.0.1:{port}")])
+        .code_is(10);
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(r.stderr.contains("p2pfs serve"), "{r}");
+}
+
+/// Starts `send --json` and waits until it reports `fraction` of `total` sent.
+fn send_until(a: &Node, what: &str, addr: &str, total: u64, fraction: f64) -> Proc {
+    let mut p = a.spawn(["send", "--json", what, addr]);
+    let target = (total as f64 * fraction) as u64;
+    let reached = wait_until(Duration::from_secs(120), || {
+        events(&p.stdout_now())
+            .iter()
+            .any(|e| e["event"] == "progress" && e["bytes_done"].as_u64().unwrap_or(0) >= target)
+    });
+    assert!(
+        reached,
+        "send never reached {target} bytes:\n{}\n{}",
+        p.stdout_now(),
+        p.stderr_now()
+    );
+    assert!(
+        p.try_wait().is_none(),
+        "send ended too early:\n{}",
+        p.stdout_now()
+    );
+    p
+}
+
+fn resumed_send(a: &Node, what: &str, addr: &str, total: u64) -> serde_json::Value {
+    let r = a.run(["send", "--json", what, addr]).ok();
+    let evs = events(&r.stdout);
+    let res = event(&evs, "resuming").unwrap_or_else(|| panic!("no resuming event: {r}"));
+    assert!(res["percent"].as_u64().unwrap() > 0, "{r}");
+    let done = event(&evs, "done").unwrap().clone();
+    let skipped = done["bytes_skipped"].as_u64().unwrap();
+    let sent = done["bytes_sent"].as_u64().unwrap();
+    assert!(skipped > 0, "{r}");
+    // Only the missing part crossed the wire again (plus chunk overhead).
+    assert!(
+        sent <= total - skipped + total / 100 + 4096,
+        "sent {sent} skipped {skipped}: {r}"
+    );
+    done
+}
+
+#[test]
+fn receiver_killed_mid_transfer_resumes() {
+    let (a, b) = nodes();
+    const SIZE: u64 = 200 << 20;
+    let hash = write_random(&a.path("big"), SIZE);
+    let srv = Server::start(&b, &["--accept", "any"]);
+    let port = srv.port;
+    let sender = send_until(&a, "big", &srv.addr(), SIZE, 0.5);
+    srv.kill9();
+    sender.kill9();
+    // Nothing partial is listed; verify passes.
+    assert!(b.list().is_empty());
+    b.run(["vault", "verify"]).ok();
+    let srv = Server::start_on(&b, port, &["--accept", "any"]);
+    resumed_send(&a, "big", &srv.addr(), SIZE);
+    let e = b.entry("big");
+    assert_eq!(e.blake3, hash);
+    assert_eq!(blake3_file(&b.export("big", "out")), hash);
+    assert!(b.staging_files().is_empty(), "{:?}", b.staging_files());
+    b.run(["vault", "verify", "--full"]).ok();
+}
+
+#[test]
+fn sender_killed_mid_transfer_resumes() {
+    let (a, b) = nodes();
+    const SIZE: u64 = 200 << 20;
+    let hash = write_random(&a.path("big"), SIZE);
+    let srv = Server::start(&b, &["--accept", "any"]);
+    let sender = send_until(&a, "big", &srv.addr(), SIZE, 0.5);
+    sender.kill9();
+    // The receiver's old connection is still alive (idle timeout); the
+    // new one from the same sender takes the partial over at once.
+    resumed_send(&a, "big", &srv.addr(), SIZE);
+    assert_eq!(b.entry("big").blake3, hash);
+    assert_eq!(blake3_file(&b.export("big", "out")), hash);
+}
+
+#[test]
+fn changed_source_is_sent_from_scratch_never_mixed() {
+    let (a, b) = nodes();
+    const SIZE: u64 = 200 << 20;
+    write_random(&a.path("big"), SIZE);
+    let srv = Server::start(&b, &["--accept", "any"]);
+    let sender = send_until(&a, "big", &srv.addr(), SIZE, 0.5);
+    sender.kill9();
+    // Same size, new content.
+    let hash = write_random(&a.path("big"), SIZE);
+    let r = a.run(["send", "--json", "big", &srv.addr()]).ok();
+    let evs = events(&r.stdout);
+    assert!(event(&evs, "resuming").is_none(), "{r}");
+    assert_eq!(event(&evs, "done").unwrap()["bytes_skipped"], 0);
+    let listed = b.list();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].blake3, hash);
+    assert_eq!(blake3_file(&b.export("big", "out")), hash);
+    // The stale partial is gone.
+    wait_until(Duration::from_secs(25), || b.staging_files().is_empty());
+    assert!(b.staging_files().is_empty(), "{:?}", b.staging_files());
+}
+
+#[test]
+fn serve_initialises_a_fresh_home_and_stops_cleanly() {
+    let b = Node::new();
+    let srv = Server::start(&b, &["--accept", "any", "--name", "fresh"]);
+    assert_eq!(b.id().name, "fresh");
+    let out = srv.stop().ok();
+    assert!(out.stdout.contains("created node fresh"), "{out}");
+    // Without any passphrase source and no terminal: a clear error, no hang.
+    let mut c = Node::new();
+    c.passphrase = None;
+    let r = c
+        .cmd(["serve", "--listen", "127.0.0.1:0", "--no-mdns"])
+        .run();
+    assert_ne!(r.code(), Some(0));
+    assert!(r.stderr.contains("passphrase"), "{r}");
+    assert!(!c.home.join("identity").exists());
+}
+
+#[test]
+fn receiver_disk_full_is_reported_and_vault_stays_sound() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to mount a small tmpfs");
+        return;
+    }
+    let tmp = tempdir();
+    let mnt = tmp.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("skipped: cannot mount tmpfs");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let a = Node::new();
+    a.init("alice");
+    let b = Node::with_home(mnt.join("home"));
+    b.init("bob");
+    let srv = Server::start(&b, &["--accept", "any"]);
+    write_random(&a.path("big"), 20 << 20);
+    let r = a.run(["send", "big", &srv.addr()]).code_is(14);
+    assert!(r.stderr.contains("disk is full"), "{r}");
+    drop(srv);
+    assert!(b.list().is_empty());
+    b.run(["vault", "verify"]).ok();
+}
+
+// ----------------------------------------------------------- hostile client
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn hostile(port: u16) -> sender::Authenticated {
+    let me = Keypair::generate().unwrap();
+    let target = Target {
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        label: format!("127.0.0.1:{port}"),
+        expected: None,
+    };
+    let mut a = sender::connect(&me, &target, None).await.unwrap();
+    match wire::read_msg(&mut a.recv).await.unwrap() {
+        Some(Msg::Welcome { .. }) => a,
+        other => panic!("expected welcome, got {other:?}"),
+    }
+}
+
+fn offer(name: &str, size: u64) -> FileOffer {
+    FileOffer {
+        name: name.into(),
+        kind: EntryKind::File,
+        size,
+        mtime: 0,
+        mode: 0o644,
+        token: [7; 16],
+    }
+}
+
+async fn offer_and_plan(a: &mut sender::Authenticated, files: Vec<FileOffer>) -> Msg {
+    wire::write_msg(
+        &mut a.send,
+        &Msg::Offer {
+            chunk_size: 1 << 20,
+            files,
+        },
+    )
+    .await
+    .unwrap();
+    wire::read_msg(&mut a.recv).await.unwrap().unwrap()
+}
+
+#[test]
+fn hostile_names_and_sizes_are_refused_and_nothing_is_written() {
+    let (_, b) = nodes();
+    let srv = Server::start(&b, &["--accept", "any"]);
+    let long = "x".repeat(5000);
+    let cases: Vec<Vec<FileOffer>> = vec![
+        vec![offer("../x", 1)],
+        vec![offer("/etc/x", 1)],
+        vec![offer("a/../../b", 1)],
+        vec![offer("a\u{1b}[31mred", 1)],
+        vec![offer("new\nline", 1)],
+        vec![offer("", 1)],
+        vec![offer(&long, 1)],
+        vec![offer("ok", 1), offer("ok", 1)],
+        vec![offer("huge", 1 << 60)],
+        vec![],
+    ];
+    rt().block_on(async {
+        for files in cases {
+            let mut a = hostile(srv.port).await;
+            match offer_and_plan(&mut a, files.clone()).await {
+                Msg::Refused {
+                    code: RefuseCode::BadOffer,
+                    message,
+                } => {
+                    assert!(
+                        message.contains("refused") || message.contains("offer"),
+                        "{message}"
+                    )
+                }
+                other => panic!("{files:?} got {other:?}"),
+            }
+        }
+    });
+    assert!(b.list().is_empty());
+    assert!(b.staging_files().is_empty(), "{:?}", b.staging_files());
+    assert!(b.object_files().is_empty());
+    // Still serving honest peers.
+    let a = Node::new();
+    a.init("a");
+    write_random(&a.path("f"), 10);
+    a.run(["send", "f", &srv.addr()]).ok();
+}
+
+/// Sends one 10-byte file whose chunk is altered by `tamper` after sealing.
+/// With `remac` the MAC is computed over the altered chunk (an authenticated
+/// but hostile sender); without, the MAC no longer matches (a path attacker).
+async fn send_tampered(port: u16, remac: bool) -> (sender::Authenticated, Option<Msg>) {
+    let mut a = hostile(port).await;
+    let Msg::Plan { files } = offer_and_plan(&mut a, vec![offer("t.bin", 10)]).await else {
+        panic!("no plan")
+    };
+    let FilePlan::New { file_id } = files[0].clone() else {
+        panic!("not new")
+    };
+    let key = FileKey::generate().unwrap();
+    let wrapped = wrap_file_key(&a.session, 0, &file_id, &key).unwrap();
+    wire::write_msg(
+        &mut a.send,
+        &Msg::FileStart {
+            file: 0,
+            wrapped_key: wrapped,
+            fresh: false,
+        },
+    )
+    .await
+    .unwrap();
+    let mut sealed = key.seal_chunk(&file_id, 0, true, b"0123456789").unwrap();
+    let good_mac = a.session.mac.tag(&file_id, 0, &sealed);
+    sealed[15] ^= 1;
+    let mac = if remac {
+        a.session.mac.tag(&file_id, 0, &sealed)
+    } else {
+        good_mac
+    };
+    let mut s = a.conn.open_uni().await.unwrap();
+    s.write_all(DATA_MAGIC).await.unwrap();
+    let h = ChunkHeader {
+        file: 0,
+        index: 0,
+        len: sealed.len() as u32,
+        mac,
+    };
+    s.write_all(&h.encode()).await.unwrap();
+    s.write_all(&sealed).await.unwrap();
+    s.finish().unwrap();
+    let b3 = *blake3::hash(b"0123456789").as_bytes();
+    let _ = wire::write_msg(
+        &mut a.send,
+        &Msg::FileEnd {
+            file: 0,
+            blake3: b3,
+        },
+    )
+    .await;
+    let reply = tokio::time::timeout(Duration::from_secs(10), wire::read_msg(&mut a.recv))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    (a, reply)
+}
+
+fn no_chunk_data_on_disk(b: &Node) {
+    assert!(b.list().is_empty());
+    for f in b.staging_files() {
+        let len = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
+        if f.extension().is_some_and(|e| e == "obj") {
+            assert!(len <= 40, "chunk data written to {f:?} ({len} bytes)");
+        }
+    }
+    b.run(["vault", "verify"]).ok();
+}
+
+#[test]
+fn chunk_with_bad_mac_drops_the_connection_before_writing() {
+    let (_, b) = nodes();
+    let srv = Server::start(&b, &["--accept", "any"]);
+    rt().block_on(async {
+        let (a, reply) = send_tampered(srv.port, false).await;
+        assert!(
+            reply.is_none(),
+            "no result for a tampered transfer: {reply:?}"
+        );
+        let why = a.conn.closed().await;
+        match why {
+            quinn::ConnectionError::ApplicationClosed(c) => {
+                assert_eq!(c.error_code.into_inner(), 4, "{c:?}");
+                assert!(String::from_utf8_lossy(&c.reason).contains("MAC"));
+            }
+            other => panic!("unexpected close {other:?}"),
+        }
+    });
+    no_chunk_data_on_disk(&b);
+}
+
+#[test]
+fn chunk_altered_by_the_sender_itself_is_not_stored() {
+    let (_, b) = nodes();
+    let srv = Server::start(&b, &["--accept", "any"]);
+    rt().block_on(async {
+        let (_a, reply) = send_tampered(srv.port, true).await;
+        match reply {
+            Some(Msg::FileResult {
+                ok: false, code, ..
+            }) => assert_eq!(code, wire::result_code::VERIFY),
+            other => panic!("expected a failed result, got {other:?}"),
+        }
+    });
+    assert!(b.list().is_empty());
+    assert!(
+        wait_until(Duration::from_secs(5), || b.staging_files().is_empty()),
+        "{:?}",
+        b.staging_files()
+    );
+    b.run(["vault", "verify"]).ok();
+}
+
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "1 GiB transfer: run with cargo test --release"
+)]
+fn one_gib_file_release_mode() {
+    let (a, b) = nodes();
+    const SIZE: u64 = 1 << 30;
+    let hash = write_random(&a.path("huge"), SIZE);
+    let srv = Server::start(&b, &["--accept", "any"]);
+    let t = Instant::now();
+    a.cmd(["send", "huge", &srv.addr()])
+        .timeout(Duration::from_secs(600))
+        .run()
+        .ok();
+    eprintln!("1 GiB in {:?}", t.elapsed());
+    assert_eq!(b.entry("huge").blake3, hash);
+    b.cmd(["vault", "verify", "--full"])
+        .timeout(Duration::from_secs(600))
+        .run()
+        .ok();
+}
