@@ -3,6 +3,7 @@
 //! logic lives here.
 
 mod passphrase;
+mod peers_cmd;
 mod progress;
 mod send_cmd;
 mod serve_cmd;
@@ -16,7 +17,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use p2pfs::{
     crypto::kdf::KdfParams,
-    net::{receiver::AcceptPolicy, wire::RefuseCode, NetError},
+    net::{discovery::DiscoveryError, receiver::AcceptPolicy, wire::RefuseCode, NetError},
     store::{home::Home, StoreError},
 };
 
@@ -50,6 +51,8 @@ pub mod exit {
     pub const PEER_DISK_FULL: u8 = 14;
     /// The connection was lost; running the same command again resumes.
     pub const CONNECTION_LOST: u8 = 15;
+    /// No node with that name or id answered on the LAN, or the name is ambiguous.
+    pub const PEER_NOT_FOUND: u8 = 16;
 }
 
 #[derive(Parser)]
@@ -105,7 +108,8 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Send files and folders to a peer: PATH... PEER, where PEER is host:port or NODEID@host:port.
+    /// Send files and folders to a peer: PATH... PEER, where PEER is a node name, a node id
+    /// or a unique id prefix (8+ characters) found on the LAN, host:port, or NODEID@host:port.
     Send {
         /// Paths to send, then the peer.
         #[arg(required = true, num_args = 2.., value_name = "PATH... PEER")]
@@ -114,6 +118,15 @@ enum Command {
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16))]
         streams: u16,
         /// NDJSON events on stdout (start, progress, file_done, done, error).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the p2pfs nodes advertised on the LAN (mDNS).
+    Peers {
+        /// How long to listen, in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+        wait: f64,
+        /// JSON output (an array of nodes).
         #[arg(long)]
         json: bool,
     },
@@ -191,6 +204,14 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<NetError>() {
             return net_exit_code(e);
         }
+        if let Some(e) = cause.downcast_ref::<DiscoveryError>() {
+            return match e {
+                DiscoveryError::NotFound { .. } | DiscoveryError::Ambiguous { .. } => {
+                    exit::PEER_NOT_FOUND
+                }
+                _ => exit::FAILURE,
+            };
+        }
     }
     exit::FAILURE
 }
@@ -231,7 +252,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve {
             listen,
             accept,
-            no_mdns: _,
+            no_mdns,
             name,
         } => serve_cmd::run(
             &ctx,
@@ -242,12 +263,14 @@ fn run(cli: Cli) -> Result<()> {
                 Accept::Any => AcceptPolicy::Any,
             },
             name,
+            !no_mdns,
         ),
         Command::Send {
             args,
             streams,
             json,
         } => send_cmd::run(&ctx, args, streams as usize, json),
+        Command::Peers { wait, json } => peers_cmd::run(&ctx, wait, json),
         Command::Trust(cmd) => trust_cmd::run(&ctx, cmd),
     }
 }

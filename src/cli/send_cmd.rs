@@ -1,16 +1,23 @@
-//! `p2pfs send PATH... PEER`: progress bars or NDJSON events, and the
-//! mapping of the outcome to messages and exit codes.
+//! `p2pfs send PATH... PEER`: finds PEER on the LAN when it is a name or
+//! node id, progress bars or NDJSON events, and the mapping of the outcome
+//! to messages and exit codes.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
 use p2pfs::{
     crypto::keys::PublicKey,
     net::{
+        discovery::{self, Lookup, Resolved},
         events::Event,
         sender::{self, item_for, SendOptions, Target},
-        DEFAULT_PORT,
+        NetError, DEFAULT_PORT,
     },
+    store::trust::TrustStore,
 };
 
 use super::{progress, walk, Ctx};
@@ -35,6 +42,31 @@ impl PeerSpec {
             format!("{}:{}", self.host, self.port)
         }
     }
+}
+
+/// How long `send NAME` browses the LAN before giving up.
+const LAN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a PEER argument names.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PeerArg {
+    /// An address: `[NODEID@]host[:port]`, or an IP address.
+    Addr(PeerSpec),
+    /// A node name, node id or id prefix, to find on the LAN.
+    Lan(String),
+}
+
+/// Tells addresses from LAN names: anything with `@`, `:` or `[`, and IP
+/// addresses, are addresses; a bare word is a node name or id (a DNS host
+/// name needs its port: `host:47474`).
+pub fn classify(s: &str) -> Result<PeerArg> {
+    if s.contains(['@', ':', '[']) || s.parse::<IpAddr>().is_ok() {
+        return Ok(PeerArg::Addr(parse_peer(s)?));
+    }
+    if s.trim().is_empty() {
+        bail!("empty PEER: give a node name, a node id, or host:port");
+    }
+    Ok(PeerArg::Lan(s.trim().to_owned()))
 }
 
 /// Parses `[NODEID@]host[:port]` (IPv6 as `[addr]:port`).
@@ -100,7 +132,7 @@ pub fn run(ctx: &Ctx, args: Vec<String>, streams: usize, json: bool) -> Result<(
     if paths.is_empty() {
         bail!("nothing to send: usage: p2pfs send PATH... PEER");
     }
-    let spec = parse_peer(peer)?;
+    let peer = classify(peer)?;
     let identity = ctx.home.load_identity()?;
     let paths: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
     let entries = walk::collect(&paths)?;
@@ -116,11 +148,51 @@ pub fn run(ctx: &Ctx, args: Vec<String>, streams: usize, json: bool) -> Result<(
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
-        let addr = resolve(&spec).await?;
-        let target = Target {
-            addr,
-            label: spec.label(),
-            expected: spec.expected,
+        let (targets, lan_first_contact) = match peer {
+            PeerArg::Addr(spec) => {
+                let addr = resolve(&spec).await?;
+                let target = Target {
+                    addr,
+                    label: spec.label(),
+                    expected: spec.expected,
+                };
+                (vec![target], false)
+            }
+            PeerArg::Lan(query) => {
+                let trust = TrustStore::load(ctx.home.root())?;
+                let found = match find_on_lan(&trust, &query).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        if json {
+                            println!(
+                                "{}",
+                                serde_json::json!({"event": "error", "message": format!("{e:#}"), "code": super::exit_code(&e)})
+                            );
+                        }
+                        return Err(e);
+                    }
+                };
+                let first = &found.candidates[0];
+                let addrs: Vec<SocketAddr> = found.candidates.iter().flat_map(|c| c.socket_addrs()).collect();
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "event": "resolved", "name": first.name, "id": first.id.to_id(),
+                            "fingerprint": first.id.fingerprint(), "expected": found.expected.to_id(),
+                            "addresses": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>() })
+                    );
+                } else if !ctx.quiet {
+                    eprintln!(
+                        "found {} on the LAN (fingerprint {}) at {}",
+                        first.name,
+                        first.id.fingerprint(),
+                        addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" ")
+                    );
+                }
+                let targets = targets_of(&found);
+                (targets, trust.get(&found.expected).is_none())
+            }
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let quiet = ctx.quiet;
@@ -184,7 +256,7 @@ pub fn run(ctx: &Ctx, args: Vec<String>, streams: usize, json: bool) -> Result<(
             streams,
             ..SendOptions::default()
         };
-        let res = sender::send(&identity.keypair, ctx.home.root(), &target, items, &opts, tx).await;
+        let res = send_to_first(&identity.keypair, ctx.home.root(), &targets, items, &opts, tx, lan_first_contact).await;
         let _ = ui.await;
         match res {
             Ok(s) => {
@@ -213,6 +285,103 @@ pub fn run(ctx: &Ctx, args: Vec<String>, streams: usize, json: bool) -> Result<(
                 Err(e.into())
             }
         }
+    })
+}
+
+/// Browses the LAN for `query`, preferring keys pinned for it here.
+async fn find_on_lan(trust: &TrustStore, query: &str) -> Result<Resolved> {
+    let pinned: Vec<PublicKey> = trust.find(query).iter().filter_map(|p| p.key()).collect();
+    let mut lookup = Lookup::new(query, pinned);
+    let t0 = std::time::Instant::now();
+    let found = discovery::browse(LAN_TIMEOUT, |peers| {
+        lookup.settled(peers, std::time::Instant::now())
+    })
+    .await?;
+    tracing::debug!(
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        found = found.len(),
+        "browsed the LAN"
+    );
+    Ok(lookup.resolve(&found, t0.elapsed())?)
+}
+
+/// One target per advertised address of each matching instance, all
+/// requiring the resolved key.
+fn targets_of(r: &Resolved) -> Vec<Target> {
+    let mut out: Vec<Target> = Vec::new();
+    for addr in r.candidates.iter().flat_map(|c| c.socket_addrs()) {
+        if out.iter().all(|t| t.addr != addr) {
+            out.push(Target {
+                addr,
+                label: addr.to_string(),
+                expected: Some(r.expected),
+            });
+        }
+    }
+    out
+}
+
+/// Sends to the first target that authenticates: a target that fails before
+/// the receiver welcomed us (unreachable, wrong key, failed handshake) makes
+/// way for the next. When all fail, a key mismatch is what is reported.
+async fn send_to_first(
+    identity: &p2pfs::crypto::keys::Keypair,
+    home: &std::path::Path,
+    targets: &[Target],
+    items: Vec<sender::Item>,
+    opts: &SendOptions,
+    ui: p2pfs::net::events::EventTx,
+    first_contact: bool,
+) -> Result<sender::Summary, NetError> {
+    let mut key_changed = None;
+    for (i, target) in targets.iter().enumerate() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let send = sender::send(identity, home, target, items.clone(), opts, tx);
+        tokio::pin!(send);
+        let mut welcomed = false;
+        let mut forward = |mut ev: Event| {
+            if let Event::Connected {
+                first_contact: f, ..
+            } = &mut ev
+            {
+                welcomed = true;
+                *f |= first_contact;
+            }
+            let _ = ui.send(ev);
+        };
+        let res = loop {
+            tokio::select! {
+                biased;
+                Some(ev) = rx.recv() => forward(ev),
+                r = &mut send => break r,
+            }
+        };
+        while let Ok(ev) = rx.try_recv() {
+            forward(ev);
+        }
+        let e = match res {
+            Ok(s) => return Ok(s),
+            Err(e) => e,
+        };
+        // After the welcome, or refused by the authenticated receiver: that
+        // is the answer, whatever other addresses would say.
+        if welcomed || matches!(e, NetError::Refused { .. }) {
+            return Err(e);
+        }
+        if i + 1 == targets.len() {
+            return Err(match e {
+                e @ NetError::KeyChanged { .. } => e,
+                e => key_changed.unwrap_or(e),
+            });
+        }
+        tracing::info!(addr = %target.addr, "trying the next address: {e}");
+        if matches!(e, NetError::KeyChanged { .. }) && key_changed.is_none() {
+            key_changed = Some(e);
+        }
+    }
+    Err(NetError::Unreachable {
+        addr: "the peer".into(),
+        detail: "it advertises no address".into(),
     })
 }
 

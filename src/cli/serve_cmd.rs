@@ -1,5 +1,6 @@
 //! `p2pfs serve`: run a receiving node until Ctrl-C / SIGTERM; initialise
-//! the node first on a fresh home when a passphrase is available.
+//! the node first on a fresh home when a passphrase is available; advertise
+//! it on the LAN (mDNS) unless told not to, and withdraw it on shutdown.
 
 use std::{
     collections::HashMap,
@@ -12,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use p2pfs::{
     crypto::{kdf::KdfParams, keys::PublicKey},
     net::{
+        discovery::{self, AdvertEvent},
         endpoint,
         events::ServerEvent,
         receiver::{self, AcceptPolicy, Asker, ServerCtx},
@@ -56,11 +58,24 @@ impl Asker for TerminalAsker {
     }
 }
 
+/// Resolves when `serve` is asked to stop (or the sender is gone).
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 pub fn run(
     ctx: &Ctx,
     listen: SocketAddr,
     accept: AcceptPolicy,
     name: Option<String>,
+    mdns: bool,
 ) -> Result<()> {
     if !ctx.home.is_initialised() {
         let src = passphrase::vault_source(ctx.passphrase_file.as_deref());
@@ -107,6 +122,22 @@ pub fn run(
             }
         );
         println!("  vault key:   {} (files are stored sealed; reading them needs the passphrase)", vault.public_key().fingerprint());
+        // Advertise only once the endpoint is bound, on the port it got.
+        let advert = if mdns {
+            match discovery::advertise(&identity.name, &identity.id(), local) {
+                Ok(a) => {
+                    println!("  discovery:   advertised on the LAN as {:?} (mDNS {}); peers can `p2pfs send FILE {}`", a.instance(), discovery::SERVICE_TYPE, a.instance());
+                    Some(a)
+                }
+                Err(e) => {
+                    eprintln!("p2pfs: warning: not advertised on the LAN: {e}");
+                    None
+                }
+            }
+        } else {
+            println!("  discovery:   off (--no-mdns): peers must give this node's address");
+            None
+        };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let server_ctx = Arc::new(ServerCtx {
             home: ctx.home.clone(),
@@ -117,6 +148,29 @@ pub fn run(
             events: tx,
         });
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let advert_task = advert.map(|mut a| {
+            let stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let stopped = stopped(stop);
+                tokio::pin!(stopped);
+                loop {
+                    tokio::select! {
+                        ev = a.next_event() => match ev {
+                            Some(AdvertEvent::Renamed { instance }) => println!("another node on the LAN already uses this name: advertised as {instance:?} instead"),
+                            Some(AdvertEvent::AddressAdded(ip)) => println!("new address {ip}: announced on the LAN"),
+                            Some(AdvertEvent::AddressRemoved(ip)) => println!("address {ip} is gone"),
+                            None => {
+                                (&mut stopped).await;
+                                break;
+                            }
+                        },
+                        _ = &mut stopped => break,
+                    }
+                }
+                // Withdraw first, so nobody finds a node that is going away.
+                a.shutdown().await;
+            })
+        });
         tokio::spawn(async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
@@ -165,6 +219,9 @@ pub fn run(
             }
         });
         receiver::serve(ep, server_ctx, stop_rx).await?;
+        if let Some(t) = advert_task {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), t).await;
+        }
         ui.abort();
         println!("stopped; interrupted transfers are kept and resume when sent again");
         Ok::<_, anyhow::Error>(())

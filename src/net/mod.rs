@@ -1,10 +1,11 @@
 //! The network layer: QUIC endpoints (quinn + rustls), the Noise
-//! handshake bound to the TLS session, the wire frames, and the sender and
-//! receiver state machines (`docs/PROTOCOL.md`).
+//! handshake bound to the TLS session, the wire frames, the sender and
+//! receiver state machines, and LAN discovery over mDNS (`docs/PROTOCOL.md`).
 //!
 //! This module never prints: progress and outcomes go to the caller as
 //! [`events::Event`]s over a channel and as typed [`NetError`]s.
 
+pub mod discovery;
 pub mod endpoint;
 pub mod events;
 pub mod handshake;

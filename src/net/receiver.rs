@@ -951,10 +951,18 @@ async fn data_stream(
                 h.index, h.len
             )));
         }
-        let mut data = vec![0u8; want];
-        s.read_exact(&mut data)
-            .await
-            .map_err(|e| NetError::ConnectionLost(e.to_string()))?;
+        let mut data = Vec::with_capacity(want);
+        while data.len() < want {
+            match s.read_chunk(want - data.len(), true).await {
+                Ok(Some(c)) => data.extend_from_slice(&c.bytes),
+                Ok(None) => {
+                    return Err(NetError::ConnectionLost(
+                        "data stream ended mid-chunk".into(),
+                    ))
+                }
+                Err(e) => return Err(NetError::ConnectionLost(e.to_string())),
+            }
+        }
         // The MAC is checked before anything is written.
         if mac.verify(&id, h.index, &data, &h.mac).is_err() {
             return Err(NetError::Tampered(format!(
