@@ -629,3 +629,88 @@ fn one_gib_file_release_mode() {
         .run()
         .ok();
 }
+
+/// `serve --accept ask` on a real terminal (a pty from `script`): the user
+/// sees the sender's fingerprint and the file list, and decides.
+#[test]
+fn ask_policy_prompts_on_the_terminal() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let (a, b) = nodes();
+    write_random(&a.path("asked.txt"), 1234);
+    let port = free_udp_port();
+    let bin = env!("CARGO_BIN_EXE_p2pfs");
+    let cmdline = format!("{bin} serve --listen 127.0.0.1:{port} --accept ask --no-mdns");
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &cmdline, "/dev/null"])
+        .env("P2PFS_HOME", &b.home)
+        .env("P2PFS_PASSPHRASE", b.passphrase.as_deref().unwrap())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script(1) from util-linux");
+    let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let out = out.clone();
+        let mut so = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut so, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let seen = |s: &str| out.lock().unwrap().contains(s);
+    assert!(
+        wait_until(Duration::from_secs(20), || seen("(UDP)")),
+        "{}",
+        out.lock().unwrap()
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let mut stdin = child.stdin.take().unwrap();
+    for (answer, expect_ok) in [("n", false), ("y", true)] {
+        let before = out.lock().unwrap().matches("accept?").count();
+        let sender = a.spawn(["send", "asked.txt", &addr]);
+        assert!(
+            wait_until(Duration::from_secs(20), || out
+                .lock()
+                .unwrap()
+                .matches("accept?")
+                .count()
+                > before),
+            "no prompt:\n{}",
+            out.lock().unwrap()
+        );
+        let shown = out.lock().unwrap().clone();
+        assert!(shown.contains(&a.id().fingerprint), "{shown}");
+        assert!(shown.contains("asked.txt"), "{shown}");
+        writeln!(stdin, "{answer}").unwrap();
+        stdin.flush().unwrap();
+        let r = sender.finish();
+        if expect_ok {
+            r.ok();
+        } else {
+            let r = r.code_is(11);
+            assert!(r.stderr.contains("declined"), "{r}");
+            assert!(b.list().is_empty());
+        }
+    }
+    assert_eq!(b.list().len(), 1);
+    // Stop serve itself (script(1) does not forward signals).
+    let _ = Command::new("pkill")
+        .args([
+            "-TERM",
+            "-f",
+            &format!("listen 127.0.0.1:{port} --accept ask"),
+        ])
+        .status();
+    let _ = child.wait();
+    drop(stdin);
+    let _ = reader.join();
+}
