@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     crypto::{
-        chunk::{chunk_count, chunk_plain_len, FileId, FileKey, CHUNK_OVERHEAD},
+        chunk::{chunk_count, chunk_plain_len, sealed_chunk_hash, FileId, FileKey, CHUNK_OVERHEAD},
         keys::{PublicKey, Secret32},
         mac::MacKey,
         random,
@@ -483,11 +483,12 @@ enum DiskCmd {
         key: Box<FileKey>,
         fresh: bool,
     },
-    /// A MAC-checked chunk.
+    /// A MAC-checked chunk and its BLAKE3.
     Chunk {
         file: u32,
         index: u64,
         data: Vec<u8>,
+        leaf: [u8; 32],
     },
     /// The sender's BLAKE3 of a file.
     End { file: u32, blake3: [u8; 32] },
@@ -528,12 +529,12 @@ fn disk_actor(
                     p.set_key(*key)?;
                 }
                 DiskCmd::Chunk {
-                    index, mut data, ..
+                    index, data, leaf, ..
                 } => {
                     let p = open_or_start(ctx, st, peer, chunk_size)?;
                     if !p.has(index) {
                         let plain = (data.len() - CHUNK_OVERHEAD) as u64;
-                        if let Some(job) = p.write_chunk(index, &mut data)? {
+                        if let Some(job) = p.write_chunk(index, data, leaf)? {
                             syncer.run(job);
                         }
                         let _ = ctx
@@ -963,8 +964,14 @@ async fn data_stream(
                 Err(e) => return Err(NetError::ConnectionLost(e.to_string())),
             }
         }
-        // The MAC is checked before anything is written.
-        if mac.verify(&id, h.index, &data, &h.mac).is_err() {
+        // The MAC is checked before anything is written. Its BLAKE3 leaf
+        // is also the vault's ciphertext-digest leaf: computed once, here,
+        // on the network threads.
+        let leaf = sealed_chunk_hash(&data);
+        if mac
+            .verify_leaf(&id, h.index, data.len() as u64, &leaf, &h.mac)
+            .is_err()
+        {
             return Err(NetError::Tampered(format!(
                 "chunk {} of file {} failed its MAC",
                 h.index, h.file
@@ -975,6 +982,7 @@ async fn data_stream(
                 file: h.file,
                 index: h.index,
                 data,
+                leaf,
             })
             .await
             .is_err()

@@ -185,7 +185,13 @@ struct Verifier {
     key: FileKey,
     next: u64,
     hasher: blake3::Hasher,
+    /// Plaintext of chunks that arrived ahead of the cursor (bounded), so
+    /// they need not be read back from disk.
+    ahead: std::collections::BTreeMap<u64, Vec<u8>>,
 }
+
+/// Chunks kept in memory ahead of the verification cursor.
+const AHEAD_MAX: usize = 16;
 
 /// Makes a partial's chunks durable and records them; may run on another
 /// thread while more chunks are written (it only lists chunks written before
@@ -280,19 +286,31 @@ impl<'v> Partial<'v> {
     /// Writes a (MAC-checked) sealed chunk, advances the running
     /// verification, and returns a checkpoint job every
     /// [`CHECKPOINT_BYTES`]. `sealed` is consumed as scratch space.
-    pub fn write_chunk(&mut self, index: u64, sealed: &mut [u8]) -> Result<Option<CheckpointJob>> {
-        self.writer.write_chunk(index, sealed)?;
+    pub fn write_chunk(
+        &mut self,
+        index: u64,
+        mut sealed: Vec<u8>,
+        leaf: [u8; 32],
+    ) -> Result<Option<CheckpointJob>> {
+        self.writer.write_chunk_hashed(index, &sealed, leaf)?;
         self.since_checkpoint += sealed.len() as u64;
         if let Some(v) = &mut self.verify {
-            if v.next == index {
+            if v.next == index || (index > v.next && v.ahead.len() < AHEAD_MAX) {
                 let n = self.writer.header().chunk_count;
                 let id = self.meta.file_id;
-                let pt = v
+                let len = v
                     .key
-                    .open_chunk_in_place(&id, index, index + 1 == n, sealed)
-                    .map_err(|_| bad_chunk(&self.meta, index))?;
-                v.hasher.update(pt);
-                v.next += 1;
+                    .open_chunk_in_place(&id, index, index + 1 == n, &mut sealed)
+                    .map_err(|_| bad_chunk(&self.meta, index))?
+                    .len();
+                if v.next == index {
+                    v.hasher.update(&sealed[12..12 + len]);
+                    v.next += 1;
+                } else {
+                    sealed.copy_within(12..12 + len, 0);
+                    sealed.truncate(len);
+                    v.ahead.insert(index, sealed);
+                }
             }
         }
         self.advance()?;
@@ -311,6 +329,11 @@ impl<'v> Partial<'v> {
             if v.next >= n || self.writer.hashes()[v.next as usize].is_none() {
                 break;
             }
+            if let Some(pt) = v.ahead.remove(&v.next) {
+                v.hasher.update(&pt);
+                v.next += 1;
+                continue;
+            }
             self.writer.read_chunk(v.next, &mut buf)?;
             let pt = v
                 .key
@@ -328,6 +351,7 @@ impl<'v> Partial<'v> {
             key,
             next: 0,
             hasher: blake3::Hasher::new(),
+            ahead: Default::default(),
         });
         self.advance()
     }

@@ -871,6 +871,12 @@ impl<'v> ObjectWriter<'v> {
 
     /// Writes sealed chunk `index` at its place. Its length must be exact.
     pub fn write_chunk(&mut self, index: u64, sealed: &[u8]) -> Result<()> {
+        self.write_chunk_hashed(index, sealed, sealed_chunk_hash(sealed))
+    }
+
+    /// As [`Self::write_chunk`], with the chunk's BLAKE3 already computed
+    /// (by the MAC check of a received chunk).
+    pub fn write_chunk_hashed(&mut self, index: u64, sealed: &[u8], leaf: [u8; 32]) -> Result<()> {
         let want = chunk_plain_len(self.size, self.header.chunk_size, index) + CHUNK_OVERHEAD;
         if index >= self.header.chunk_count || sealed.len() != want {
             return Err(StoreError::Invalid(format!(
@@ -881,7 +887,7 @@ impl<'v> ObjectWriter<'v> {
         self.file
             .write_all_at(sealed, self.header.chunk_offset(index))
             .map_err(|e| StoreError::io("cannot write", &self.tmp, e))?;
-        self.hashes[index as usize] = Some(sealed_chunk_hash(sealed));
+        self.hashes[index as usize] = Some(leaf);
         // Start writeback early so the final fsync finds little left to do
         // and the disk works while we compute.
         self.unflushed += sealed.len() as u64;
