@@ -117,7 +117,7 @@ enum Command {
         /// Parallel QUIC data streams.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16))]
         streams: u16,
-        /// NDJSON events on stdout (start, progress, file_done, done, error).
+        /// NDJSON events on stdout (resolved, connected, start, progress, file_done, done, error).
         #[arg(long)]
         json: bool,
     },

@@ -183,12 +183,17 @@ pub fn run(ctx: &Ctx, args: Vec<String>, streams: usize, json: bool) -> Result<(
                             "addresses": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>() })
                     );
                 } else if !ctx.quiet {
-                    eprintln!(
-                        "found {} on the LAN (fingerprint {}) at {}",
-                        first.name,
-                        first.id.fingerprint(),
-                        addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" ")
-                    );
+                    let at = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" ");
+                    if first.id == found.expected {
+                        eprintln!("found {} on the LAN (fingerprint {}) at {at}", first.name, first.id.fingerprint());
+                    } else {
+                        eprintln!(
+                            "found {} on the LAN at {at}, advertising fingerprint {}, but this node pinned it as {}: checking which key answers",
+                            first.name,
+                            first.id.fingerprint(),
+                            found.expected.fingerprint()
+                        );
+                    }
                 }
                 let targets = targets_of(&found);
                 (targets, trust.get(&found.expected).is_none())
@@ -298,7 +303,7 @@ async fn find_on_lan(trust: &TrustStore, query: &str) -> Result<Resolved> {
     })
     .await?;
     tracing::debug!(
-        elapsed_ms = t0.elapsed().as_millis() as u64,
+        elapsed_us = t0.elapsed().as_micros() as u64,
         found = found.len(),
         "browsed the LAN"
     );

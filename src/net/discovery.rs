@@ -80,9 +80,14 @@ fn ambiguous_message(query: &str, candidates: &[Peer]) -> String {
         candidates.len()
     );
     for p in candidates {
+        let shown = if p.instance == p.name {
+            p.name.clone()
+        } else {
+            format!("{} [{}]", p.name, p.instance)
+        };
         s.push_str(&format!(
             "  {:<20} fingerprint {}  id {}  at {}\n",
-            p.name,
+            shown,
             p.id.fingerprint(),
             p.id,
             p.socket_addrs()

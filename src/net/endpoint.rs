@@ -36,12 +36,6 @@ fn transport() -> Arc<quinn::TransportConfig> {
     t.stream_receive_window(quinn::VarInt::from_u32(8 << 20));
     t.receive_window(quinn::VarInt::from_u32(64 << 20));
     t.send_window(64 << 20);
-    // Probe for larger datagrams than the 1452-byte default ceiling: jumbo
-    // frames on a LAN and loopback both allow far more, and per-packet cost
-    // dominates QUIC's CPU use. Failed probes just keep the smaller size.
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(16_384);
-    t.mtu_discovery_config(Some(mtu));
     Arc::new(t)
 }
 
@@ -61,12 +55,42 @@ pub fn server(addr: SocketAddr) -> Result<quinn::Endpoint, NetError> {
     let crypto = QuicServerConfig::try_from(tls).map_err(setup)?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     cfg.transport_config(transport());
-    quinn::Endpoint::server(cfg, addr).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AddrInUse => {
-            NetError::Setup(format!("{addr} is already in use: is another p2pfs serve running? Use --listen to pick another port"))
-        }
+    let socket = std::net::UdpSocket::bind(addr).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => NetError::Setup(format!(
+            "{addr} is already in use: is another p2pfs serve running? Use --listen to pick another port"
+        )),
         _ => NetError::Setup(format!("cannot listen on {addr}: {e}")),
-    })
+    })?;
+    endpoint(socket, Some(cfg))
+}
+
+/// Builds an endpoint on a bound socket with larger socket buffers: fewer
+/// datagrams dropped while a side is briefly busy (each drop costs a
+/// retransmission and a congestion-window cut).
+fn endpoint(
+    socket: std::net::UdpSocket,
+    server: Option<quinn::ServerConfig>,
+) -> Result<quinn::Endpoint, NetError> {
+    use std::os::fd::AsRawFd;
+    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        let size: libc::c_int = 8 << 20;
+        // SAFETY: a valid socket and a c_int option value of the right size.
+        // A failure only leaves the system default.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    let ep_cfg = quinn::EndpointConfig::default();
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| NetError::Setup("no async runtime".into()))?;
+    quinn::Endpoint::new(ep_cfg, server, socket, runtime)
+        .map_err(|e| NetError::Setup(e.to_string()))
 }
 
 #[derive(Debug)]
@@ -132,7 +156,8 @@ pub fn client(for_peer: SocketAddr) -> Result<quinn::Endpoint, NetError> {
     } else {
         "0.0.0.0:0".parse().map_err(setup)?
     };
-    let mut ep = quinn::Endpoint::client(bind).map_err(|e| NetError::Setup(e.to_string()))?;
+    let socket = std::net::UdpSocket::bind(bind).map_err(|e| NetError::Setup(e.to_string()))?;
+    let mut ep = endpoint(socket, None)?;
     ep.set_default_client_config(cfg);
     Ok(ep)
 }

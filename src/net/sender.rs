@@ -534,6 +534,15 @@ pub async fn send(
     }
     // Wait for the receiver to end the control stream, then close.
     let _ = tokio::time::timeout(Duration::from_secs(5), wire::read_msg(&mut a.recv)).await;
+    let stats = a.conn.stats();
+    tracing::debug!(
+        mtu = stats.path.current_mtu,
+        rtt_us = stats.path.rtt.as_micros() as u64,
+        lost = stats.path.lost_packets,
+        sent_packets = stats.path.sent_packets,
+        cwnd = stats.path.cwnd,
+        "connection statistics"
+    );
     a.conn.close(quinn::VarInt::from_u32(close::DONE), b"done");
     let _ = tokio::time::timeout(Duration::from_secs(2), a.endpoint.wait_idle()).await;
     let bytes_sent = sent.load(Ordering::Relaxed);
