@@ -1,0 +1,487 @@
+#!/usr/bin/env bash
+# bench-net.sh — benchmark (not a test) of a network transfer with
+# `p2pfs send` → `p2pfs serve` against scp (OpenSSH, AES-256-GCM) to a private
+# sshd, on the same file, over loopback, in the same run, under the same
+# conditions.
+#
+# What it does
+#   1. builds p2pfs in release (skip with BENCH_NO_BUILD=1); installs, when
+#      missing, openssh-server and openssh-client (apt-get; `apt-get update`
+#      first only if the plain install fails) and GNU time (Debian package
+#      `time`, for /usr/bin/time). While installing it makes sure no service
+#      gets started (policy-rc.d), so no system sshd appears.
+#   2. makes a fresh temporary directory (default under target/, the same file
+#      system for the input, the receiving vault and the scp destination) with
+#      a random file of BENCH_SIZE_MIB MiB, an sshd host key, a client key
+#      pair and an sshd_config of its own (127.0.0.1 on a free port, root
+#      login by key only, UsePAM no, StrictModes no, pid file in the temp dir).
+#   3. runs BENCH_RUNS repetitions; each run does, in this order:
+#        p2pfs   fresh receiver and sender homes (init is not timed);
+#                `/usr/bin/time p2pfs serve --listen 127.0.0.1:0 --accept any
+#                --no-mdns` in the background; then
+#                `/usr/bin/time p2pfs send -q FILE 127.0.0.1:PORT` (which exits
+#                0 only once the receiver has committed and fsynced the file);
+#                then SIGINT to serve, and GNU time reports its figures.
+#        scp     `/usr/bin/time /usr/sbin/sshd -D` (the private sshd) in the
+#                background; then `/usr/bin/time scp -c aes256-gcm@openssh.com
+#                -o Compression=no FILE root@127.0.0.1:FRESH_PATH`; then
+#                `sync FRESH_PATH DIR` (fsync of the file and its directory,
+#                timed separately); then SIGTERM to that sshd by its pid.
+#      Each timed command runs after an untimed `sync` (so no write-back of an
+#      earlier command runs during it) and after its input was read once.
+#   4. prints the median of each figure over the runs and the verdicts on the
+#      targets: p2pfs throughput >= scp throughput, and peak RSS < 128 MiB for
+#      the sender and for the receiver.
+#
+# How each side is measured (wall, CPU = user + sys, peak RSS, by GNU time,
+# i.e. wait4() rusage: a process plus all its descendants that were waited for)
+#   p2pfs send     the sender process. Wall = the transfer as a user sees it.
+#   p2pfs serve    the receiving daemon over its whole life (start-up, one
+#                  transfer, shutdown; start-up and shutdown are milliseconds).
+#                  Its wall time is meaningless (it idles until stopped).
+#   scp client     scp and the ssh process it forks (ssh does the crypto), so
+#                  CPU is both and RSS the larger of the two.
+#   sshd           a fresh `sshd -D` per run, stopped after the copy. OpenSSH
+#                  forks (and re-executes) a child per connection, which forks
+#                  the session/sftp-server process; each parent reaps its
+#                  child, so when the listener exits GNU time sees the CPU of
+#                  every sshd process of that run, and the largest RSS of them.
+#                  The script waits until the listener has no children left
+#                  before stopping it, so nothing is lost.
+#   scp + fsync    scp wall + the wall of `sync DEST DESTDIR` that follows.
+#                  p2pfs acknowledges only after fsync (data, index, rename,
+#                  directory), scp does not: this row is the like-for-like
+#                  durable figure. The target verdict uses plain scp (the
+#                  stricter comparison); both are printed.
+#   Kernel write-back done by flusher threads is charged to no process.
+#
+# scp mode: OpenSSH >= 9.0 scp speaks SFTP by default (sshd runs
+# `Subsystem sftp internal-sftp`, inside the session process). BENCH_SCP_LEGACY=1
+# adds -O (the old scp/rcp protocol) instead.
+#
+# Page cache: WARM. The input is read once (cat > /dev/null) before every timed
+# transfer; outputs stay cached (the machine has plenty of RAM).
+#
+# Throughput is MiB/s (2^20 bytes per second) of file data, from the median
+# wall time. RSS is in MiB.
+#
+# Settings (environment):
+#   BENCH_SIZE_MIB    size of the test file in MiB                (default 1024)
+#   BENCH_RUNS        repetitions                                 (default 5)
+#   BENCH_TMPDIR      parent of the temporary directory           (default <repo>/target)
+#   BENCH_NO_BUILD    1 = use the existing target/release/p2pfs
+#   BENCH_STREAMS     `p2pfs send --streams N`                    (default: p2pfs's default)
+#   BENCH_SCP_LEGACY  1 = scp -O (legacy protocol) instead of SFTP
+#   BENCH_STRICT      1 = exit 1 when a target is missed          (default: report only)
+#   BENCH_RAW         FILE: also write the per-run figures there (TSV)
+#
+# Usage:  scripts/bench-net.sh
+#         BENCH_SIZE_MIB=256 BENCH_RUNS=3 scripts/bench-net.sh
+#
+# Everything it starts (serve, sshd, and the GNU time wrapping them) is stopped
+# by pid on exit, also on Ctrl-C; the temporary directory is removed. It never
+# touches another sshd.
+
+set -euo pipefail
+export LC_ALL=C
+
+SIZE_MIB=${BENCH_SIZE_MIB:-1024}
+RUNS=${BENCH_RUNS:-5}
+STRICT=${BENCH_STRICT:-0}
+RSS_TARGET_MIB=128
+
+case $SIZE_MIB in '' | *[!0-9]* | 0) echo "BENCH_SIZE_MIB must be a positive integer" >&2; exit 2 ;; esac
+case $RUNS in '' | *[!0-9]* | 0) echo "BENCH_RUNS must be a positive integer" >&2; exit 2 ;; esac
+case ${BENCH_STREAMS:-4} in '' | *[!0-9]* | 0) echo "BENCH_STREAMS must be a positive integer" >&2; exit 2 ;; esac
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PARENT=${BENCH_TMPDIR:-$REPO/target}
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf 'bench-net: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- state for cleanup
+WORK=
+SERVE_TPID= # GNU time wrapping serve
+SERVE_PID=  # p2pfs serve
+SSHD_TPID=  # GNU time wrapping sshd
+SSHD_PID=   # the private sshd listener
+MADE_POLICY_RC=0
+MADE_RUN_SSHD=0
+
+# stop_pid PID SIGNAL WHAT: signal PID, wait up to 10 s, then SIGKILL.
+stop_pid() {
+    local pid=$1 sig=$2 i
+    [ -n "$pid" ] || return 0
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill "-$sig" "$pid" 2>/dev/null || true
+    for i in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+# is_our_sshd PID: the process is an sshd started with our config file.
+is_our_sshd() {
+    [ -n "${1:-}" ] && [ -n "$WORK" ] && [ -r "/proc/$1/cmdline" ] &&
+        tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF -- "$WORK/ssh/sshd_config"
+}
+
+stop_all() {
+    if [ -n "$SERVE_PID" ]; then stop_pid "$SERVE_PID" TERM; fi
+    if [ -n "$SERVE_TPID" ]; then wait "$SERVE_TPID" 2>/dev/null || true; fi
+    if [ -n "$SSHD_PID" ] && is_our_sshd "$SSHD_PID"; then stop_pid "$SSHD_PID" TERM; fi
+    if [ -n "$SSHD_TPID" ]; then wait "$SSHD_TPID" 2>/dev/null || true; fi
+    SERVE_PID= SERVE_TPID= SSHD_PID= SSHD_TPID=
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    stop_all
+    if [ "$MADE_POLICY_RC" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+    if [ "$MADE_RUN_SSHD" = 1 ]; then rmdir /run/sshd 2>/dev/null || true; fi
+    if [ -n "$WORK" ]; then rm -rf -- "$WORK"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- tools
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+    log "installing $* (apt-get)"
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        # keep the package from starting a system sshd
+        printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+        as_root chmod 755 /usr/sbin/policy-rc.d
+        MADE_POLICY_RC=1
+    fi
+    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null 2>&1; then
+        as_root apt-get update -q >/dev/null
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+    fi
+    if [ "$MADE_POLICY_RC" = 1 ]; then as_root rm -f /usr/sbin/policy-rc.d; MADE_POLICY_RC=0; fi
+}
+
+need=()
+[ -x /usr/bin/time ] || need+=(time)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+{ command -v ssh && command -v scp && command -v ssh-keygen; } >/dev/null 2>&1 || need+=(openssh-client)
+if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
+TIME=/usr/bin/time
+SSHD=/usr/sbin/sshd
+[ -x "$TIME" ] && [ -x "$SSHD" ] || die "could not install GNU time / openssh-server"
+command -v pgrep >/dev/null || apt_install procps
+
+if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+    log "building p2pfs (release)"
+    (cd "$REPO" && cargo build --release --quiet --bin p2pfs)
+fi
+P2PFS=$REPO/target/release/p2pfs
+[ -x "$P2PFS" ] || die "no $P2PFS (build failed, or BENCH_NO_BUILD=1 without a build)"
+
+# ---------------------------------------------------------------- work dir
+mkdir -p "$PARENT"
+WORK=$(mktemp -d "$PARENT/bench-net.XXXXXX")
+FILE=$WORK/input.bin
+NAME=input.bin
+RES=$WORK/results.tsv # op <TAB> run <TAB> wall <TAB> user <TAB> sys <TAB> rss_kib
+: >"$RES"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
+log "work dir $WORK ($(df -T "$WORK" | awk 'NR==2 {print $2 " on " $1}'))"
+avail_mib=$(df -Pm "$WORK" | awk 'NR==2 {print $4}')
+[ "$avail_mib" -gt $((SIZE_MIB * 4 + 512)) ] || die "not enough disk space in $WORK (${avail_mib} MiB free)"
+log "creating ${SIZE_MIB} MiB random file"
+head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom >"$FILE"
+sync
+
+export P2PFS_PASSPHRASE=bench-net-passphrase
+unset P2PFS_PASSPHRASE_FILE P2PFS_HOME
+
+# ---------------------------------------------------------------- private sshd
+SSHDIR=$WORK/ssh
+mkdir -m 700 "$SSHDIR"
+ssh-keygen -q -t ed25519 -N '' -C bench-net-host -f "$SSHDIR/host_ed25519"
+ssh-keygen -q -t ed25519 -N '' -C bench-net-client -f "$SSHDIR/client_ed25519"
+cp "$SSHDIR/client_ed25519.pub" "$SSHDIR/authorized_keys"
+
+port_free() {
+    if command -v ss >/dev/null; then
+        [ -z "$(ss -Htln "sport = :$1" 2>/dev/null)" ]
+    else
+        ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    fi
+}
+SSH_PORT=
+for _ in $(seq 1 200); do
+    p=$((20000 + RANDOM % 40000))
+    if port_free "$p"; then SSH_PORT=$p; break; fi
+done
+[ -n "$SSH_PORT" ] || die "no free TCP port found for sshd"
+
+cat >"$SSHDIR/sshd_config" <<EOF
+# private sshd of scripts/bench-net.sh
+ListenAddress 127.0.0.1
+Port $SSH_PORT
+HostKey $SSHDIR/host_ed25519
+PidFile $SSHDIR/sshd.pid
+AuthorizedKeysFile $SSHDIR/authorized_keys
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+UseDNS no
+PrintMotd no
+X11Forwarding no
+Subsystem sftp internal-sftp
+EOF
+if [ ! -d /run/sshd ]; then
+    as_root mkdir -m 755 /run/sshd # privilege separation directory sshd insists on
+    MADE_RUN_SSHD=1
+fi
+"$SSHD" -t -f "$SSHDIR/sshd_config" || die "sshd rejects the generated config"
+
+SCP_OPTS=(-F /dev/null -q -P "$SSH_PORT" -i "$SSHDIR/client_ed25519"
+    -c aes256-gcm@openssh.com -o Compression=no
+    -o IdentitiesOnly=yes -o BatchMode=yes
+    -o StrictHostKeyChecking=no -o UserKnownHostsFile="$SSHDIR/known_hosts")
+if [ "${BENCH_SCP_LEGACY:-0}" = 1 ]; then SCP_OPTS=(-O "${SCP_OPTS[@]}"); SCP_MODE="legacy scp protocol (-O)"; else SCP_MODE="SFTP protocol (scp default)"; fi
+
+# child_of PID: the pid of PID's (only) child, waiting up to 10 s for it.
+child_of() {
+    local c i
+    for i in $(seq 1 100); do
+        c=$(pgrep -P "$1" | head -n1 || true)
+        if [ -n "$c" ]; then echo "$c"; return 0; fi
+        kill -0 "$1" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+start_sshd() { # run
+    rm -f "$SSHDIR/sshd.pid"
+    "$TIME" -f '%e %U %S %M' -o "$WORK/sshd-time.$1" \
+        "$SSHD" -D -f "$SSHDIR/sshd_config" -E "$SSHDIR/sshd.log" </dev/null >/dev/null 2>&1 &
+    SSHD_TPID=$!
+    SSHD_PID=$(child_of "$SSHD_TPID") || die "sshd did not start: $(tail -n 5 "$SSHDIR/sshd.log" 2>/dev/null)"
+    local i
+    for i in $(seq 1 100); do
+        [ -s "$SSHDIR/sshd.pid" ] && [ "$(cat "$SSHDIR/sshd.pid")" = "$SSHD_PID" ] && return 0
+        kill -0 "$SSHD_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    die "sshd did not come up: $(tail -n 5 "$SSHDIR/sshd.log" 2>/dev/null)"
+}
+
+stop_sshd() { # run
+    local i
+    # let the per-connection processes end and be reaped, so their rusage
+    # is in the listener's children figures
+    for i in $(seq 1 100); do
+        [ -z "$(pgrep -P "$SSHD_PID" || true)" ] && break
+        sleep 0.1
+    done
+    is_our_sshd "$SSHD_PID" || die "pid $SSHD_PID is not our sshd any more"
+    stop_pid "$SSHD_PID" TERM
+    wait "$SSHD_TPID" 2>/dev/null || true
+    SSHD_PID= SSHD_TPID=
+    record_time_file "sshd (server, all processes)" "$1" "$WORK/sshd-time.$1"
+}
+
+# ---------------------------------------------------------------- p2pfs serve
+start_serve() { # run home
+    local out=$WORK/serve.out i
+    : >"$out"
+    "$TIME" -f '%e %U %S %M' -o "$WORK/serve-time.$1" \
+        "$P2PFS" --home "$2" -q serve --listen 127.0.0.1:0 --accept any --no-mdns </dev/null >"$out" 2>&1 &
+    SERVE_TPID=$!
+    SERVE_PID=$(child_of "$SERVE_TPID") || die "p2pfs serve did not start: $(cat "$out")"
+    for i in $(seq 1 300); do
+        SERVE_ADDR=$(sed -n 's/^ *listening: *\([0-9.]*:[0-9]*\) (UDP).*/\1/p' "$out" | head -n1)
+        [ -n "$SERVE_ADDR" ] && return 0
+        kill -0 "$SERVE_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    die "p2pfs serve did not print its address: $(cat "$out")"
+}
+
+stop_serve() { # run
+    # serve stops on SIGINT; GNU time ignores SIGINT itself, so signal serve
+    stop_pid "$SERVE_PID" INT
+    wait "$SERVE_TPID" 2>/dev/null || true
+    SERVE_PID= SERVE_TPID=
+    grep -q '^stopped' "$WORK/serve.out" || log "  (serve did not report a clean stop: $(tail -n 2 "$WORK/serve.out"))"
+    record_time_file "p2pfs serve (receiver)" "$1" "$WORK/serve-time.$1"
+}
+
+# ---------------------------------------------------------------- measuring
+# record_time_file OP RUN FILE: append the figures GNU time wrote to FILE
+# (last line; a line "Command exited with…/terminated by…" may precede it).
+record_time_file() {
+    local op=$1 run=$2 wall user sys rss
+    read -r wall user sys rss < <(tail -n 1 "$3")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$op" "$run" "$wall" "$user" "$sys" "$rss" >>"$RES"
+    log "  $(printf '%-30s' "$op") ${user} user, ${sys} sys, $((rss / 1024)) MiB peak"
+}
+
+# measure OP RUN CMD...: run CMD under GNU time, append one result line.
+measure() {
+    local op=$1 run=$2 wall user sys rss
+    shift 2
+    sync
+    if ! "$TIME" -f '%e %U %S %M' -o "$WORK/time.out" "$@" >"$WORK/cmd.out" 2>&1 </dev/null; then
+        echo "command failed ($op, run $run): $*" >&2
+        cat "$WORK/cmd.out" >&2
+        exit 1
+    fi
+    read -r wall user sys rss < <(tail -n 1 "$WORK/time.out")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$op" "$run" "$wall" "$user" "$sys" "$rss" >>"$RES"
+    log "  $(printf '%-30s' "$op") ${wall} s wall, ${user} user, ${sys} sys, $((rss / 1024)) MiB peak"
+}
+
+# timed_sync OP RUN PATH...: the previous result line with OP and the wall time
+# of `sync PATH...` added.
+timed_sync() {
+    local op=$1 run=$2 prev t0 t1
+    shift 2
+    prev=$(tail -n 1 "$RES")
+    t0=$(date +%s.%N)
+    sync -- "$@"
+    t1=$(date +%s.%N)
+    awk -F'\t' -v op="$op" -v t0="$t0" -v t1="$t1" \
+        '{ printf "%s\t%s\t%.3f\t%s\t%s\t%s\n", op, $2, $3 + (t1 - t0), $4, $5, $6 }' <<<"$prev" >>"$RES"
+    log "  $(printf '%-30s' "$op") $(tail -n 1 "$RES" | cut -f3) s wall"
+}
+
+warm() { cat -- "$@" >/dev/null; }
+
+# ---------------------------------------------------------------- runs
+STREAM_ARGS=()
+if [ -n "${BENCH_STREAMS:-}" ]; then STREAM_ARGS=(--streams "$BENCH_STREAMS"); fi
+LOADS=()
+
+for run in $(seq 1 "$RUNS"); do
+    log "run $run/$RUNS (load avg $(cut -d' ' -f1 /proc/loadavg))"
+    LOADS+=("$(cut -d' ' -f1 /proc/loadavg)")
+
+    # (a) p2pfs: fresh receiver and sender homes
+    rhome=$WORK/recv-$run
+    shome=$WORK/send-$run
+    "$P2PFS" --home "$rhome" init --name bench-recv >/dev/null
+    "$P2PFS" --home "$shome" init --name bench-send >/dev/null
+    start_serve "$run" "$rhome"
+    warm "$FILE"
+    measure "p2pfs send (sender)" "$run" "$P2PFS" --home "$shome" -q send "${STREAM_ARGS[@]}" "$FILE" "$SERVE_ADDR"
+    stop_serve "$run"
+    if [ "$run" = 1 ]; then
+        "$P2PFS" --home "$rhome" vault list --json >"$WORK/list.json"
+        grep -q "\"$NAME\"" "$WORK/list.json" || die "the received file is not in the vault: $(cat "$WORK/list.json")"
+        "$P2PFS" --home "$rhome" -q vault export "$NAME" "$WORK/export.bin" >/dev/null
+        cmp -s "$FILE" "$WORK/export.bin" || die "the file exported from the receiving vault differs from the input"
+        rm -f -- "$WORK/export.bin"
+        log "  (run 1: received file is in the vault and exports identical)"
+    fi
+    rm -rf -- "$rhome" "$shome"
+
+    # (b) scp to a fresh path via the private sshd, (c) the same + fsync
+    dest_dir=$WORK/scp-$run
+    mkdir "$dest_dir"
+    start_sshd "$run"
+    warm "$FILE"
+    measure "scp client (scp+ssh)" "$run" scp "${SCP_OPTS[@]}" "$FILE" "root@127.0.0.1:$dest_dir/$NAME"
+    timed_sync "scp + fsync(dest, dir)" "$run" "$dest_dir/$NAME" "$dest_dir"
+    stop_sshd "$run"
+    if [ "$run" = 1 ]; then
+        cmp -s "$FILE" "$dest_dir/$NAME" || die "the scp copy differs from the input"
+    fi
+    rm -rf -- "$dest_dir"
+done
+
+# ---------------------------------------------------------------- report
+# per-run totals of both sides
+awk -F'\t' '
+$1 == "p2pfs send (sender)"          { pw[$2] = $3; pc[$2] += $4 + $5 }
+$1 == "p2pfs serve (receiver)"       { pc[$2] += $4 + $5 }
+$1 == "scp client (scp+ssh)"         { sw[$2] = $3; sc[$2] += $4 + $5 }
+$1 == "sshd (server, all processes)" { sc[$2] += $4 + $5 }
+END {
+    for (r in pw) printf "p2pfs both sides\t%s\t%s\t%s\t0\t0\n", r, pw[r], pc[r]
+    for (r in sw) printf "scp both sides (scp+ssh+sshd)\t%s\t%s\t%s\t0\t0\n", r, sw[r], sc[r]
+}' "$RES" | sort -t $'\t' -k1,1 -k2,2n >"$WORK/totals.tsv"
+cat "$WORK/totals.tsv" >>"$RES"
+
+if [ -n "${BENCH_RAW:-}" ]; then
+    { printf 'op\trun\twall_s\tuser_s\tsys_s\tmaxrss_kib\n'; cat "$RES"; } >"$BENCH_RAW"
+    log "per-run figures written to $BENCH_RAW"
+fi
+
+rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')
+dirty=$(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | head -c1)
+isa=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -x -E 'aes|vaes|vpclmulqdq|avx2|avx512f|sha_ni' | sort | tr '\n' ' ')
+echo
+echo "p2pfs network benchmark — $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "  file:       ${SIZE_MIB} MiB random, $RUNS runs, loopback (127.0.0.1), medians shown"
+echo "  page cache: WARM — the input is read once before every timed transfer; untimed sync before each"
+echo "  machine:    $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1), $(df -T "$WORK" | awk 'NR==2 {print $2}') file system"
+echo "  CPU ISA:    ${isa:-?}"
+echo "  load avg:   $LOAD_START at start, per run: ${LOADS[*]}, $(cut -d' ' -f1-3 /proc/loadavg) at end (other work on the machine skews the figures)"
+echo "  p2pfs:      $rev${dirty:+ (+ uncommitted changes)}, send --streams ${BENCH_STREAMS:-default}"
+echo "  scp:        $(ssh -V 2>&1), -c aes256-gcm@openssh.com -o Compression=no, $SCP_MODE; sshd $(dpkg-query -W -f '${Version}' openssh-server 2>/dev/null || echo '?')"
+echo
+
+awk -F'\t' -v size="$SIZE_MIB" -v rss_target="$RSS_TARGET_MIB" -v strict="$STRICT" '
+function median(list,   a, n, i, j, t) {
+    n = split(list, a, " ")
+    for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+{
+    if (!($1 in seen)) { seen[$1] = 1; order[++nops] = $1 }
+    wall[$1] = wall[$1] " " $3
+    cpu[$1] = cpu[$1] " " ($4 + $5)
+    usr[$1] = usr[$1] " " $4
+    sy[$1] = sy[$1] " " $5
+    rss[$1] = rss[$1] " " ($6 / 1024)
+    maxrss[$1] = ($6 / 1024 > maxrss[$1]) ? $6 / 1024 : maxrss[$1]
+}
+END {
+    printf "%-30s %7s %7s %7s %7s %7s %8s %8s\n", "side / operation", "wall s", "MiB/s", "CPU s", "user s", "sys s", "RSS MiB", "RSS max"
+    printf "%-30s %7s %7s %7s %7s %7s %8s %8s\n", "----------------", "------", "-----", "-----", "------", "-----", "-------", "-------"
+    for (k = 1; k <= nops; k++) {
+        op = order[k]
+        w = median(wall[op]); c = median(cpu[op])
+        server = (op ~ /^(p2pfs serve|sshd)/); total = (op ~ /both sides/)
+        ws = server ? "-" : sprintf("%.2f", w)
+        thr = server ? "-" : sprintf("%.0f", size / w)
+        us = total ? "-" : sprintf("%.2f", median(usr[op]))
+        ss = total ? "-" : sprintf("%.2f", median(sy[op]))
+        rs = total ? "-" : sprintf("%.1f", median(rss[op]))
+        rm = total ? "-" : sprintf("%.1f", maxrss[op])
+        mw[op] = w; mr[op] = maxrss[op]; mc[op] = c
+        printf "%-30s %7s %7s %7.2f %7s %7s %8s %8s\n", op, ws, thr, c, us, ss, rs, rm
+    }
+    print ""
+    print "(medians over runs; MiB/s = file size / median wall; CPU = user + sys; RSS = peak resident set;"
+    print " serve and sshd run for the whole transfer, their wall time is the client row above them)"
+    print ""
+    p = mw["p2pfs send (sender)"]; s = mw["scp client (scp+ssh)"]; sf = mw["scp + fsync(dest, dir)"]
+    ok_thr = (size / p) >= (size / s)
+    printf "p2pfs / scp throughput:            %.2fx  (%.0f vs %.0f MiB/s; target >= 1.0x: %s)\n", s / p, size / p, size / s, ok_thr ? "MET" : "MISSED"
+    printf "p2pfs / (scp + fsync) throughput:  %.2fx  (%.0f vs %.0f MiB/s; both durable, for context)\n", sf / p, size / p, size / sf
+    printf "CPU both sides, p2pfs / scp:       %.2fx  (%.2f vs %.2f s)\n", mc["p2pfs both sides"] / mc["scp both sides (scp+ssh+sshd)"], mc["p2pfs both sides"], mc["scp both sides (scp+ssh+sshd)"]
+    ok_rs = mr["p2pfs send (sender)"] < rss_target
+    ok_rr = mr["p2pfs serve (receiver)"] < rss_target
+    printf "peak RSS sender (max over runs):   %.1f MiB  (target < %d MiB: %s)\n", mr["p2pfs send (sender)"], rss_target, ok_rs ? "MET" : "MISSED"
+    printf "peak RSS receiver (max over runs): %.1f MiB  (target < %d MiB: %s)\n", mr["p2pfs serve (receiver)"], rss_target, ok_rr ? "MET" : "MISSED"
+    if (strict == 1 && !(ok_thr && ok_rs && ok_rr)) exit 1
+}' "$RES"
