@@ -308,6 +308,27 @@ fn receiver_killed_mid_transfer_resumes() {
 }
 
 #[test]
+fn receiver_stopped_with_sigterm_keeps_a_resumable_partial() {
+    let (a, b) = nodes();
+    const SIZE: u64 = 200 << 20;
+    let hash = write_random(&a.path("big"), SIZE);
+    let srv = Server::start(&b, &["--accept", "any"]);
+    let port = srv.port;
+    let sender = send_until(&a, "big", &srv.addr(), SIZE, 0.5);
+    let out = srv.stop();
+    assert!(out.stdout.contains("stopped"), "{out}");
+    let r = sender.finish().code_is(15);
+    assert!(
+        r.stderr.contains("resume") || r.stderr.contains("again"),
+        "{r}"
+    );
+    assert!(!b.staging_files().is_empty(), "the partial was kept");
+    let srv = Server::start_on(&b, port, &["--accept", "any"]);
+    resumed_send(&a, "big", &srv.addr(), SIZE);
+    assert_eq!(b.entry("big").blake3, hash);
+}
+
+#[test]
 fn sender_killed_mid_transfer_resumes() {
     let (a, b) = nodes();
     const SIZE: u64 = 200 << 20;
