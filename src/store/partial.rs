@@ -248,14 +248,17 @@ impl Vault {
         let (obj, part) = self.partial_paths(&meta.file_id);
         let writer =
             ObjectWriter::create_at(self, obj, meta.file_id, meta.size, meta.chunk_size, true)?;
-        let mut p = Partial {
+        let p = Partial {
             meta,
             writer,
             state_path: part,
             since_checkpoint: 0,
             verify: None,
         };
-        p.checkpoint()?;
+        // No state file yet: a partial becomes resumable at its first
+        // checkpoint (it needs the sealed key anyway); an orphan data file
+        // is removed by the next reconciliation. Small files never pay for
+        // a checkpoint.
         Ok(p)
     }
 

@@ -1100,7 +1100,14 @@ impl Unlocked<'_> {
             .flatten()
         {
             for e in rd.flatten() {
-                if e.file_name().to_string_lossy().starts_with("import-") {
+                let name = e.file_name().to_string_lossy().into_owned();
+                // Interrupted imports, and receptions that died before their
+                // first checkpoint (data without a `.part` cannot resume).
+                let orphan = name
+                    .strip_prefix("recv-")
+                    .and_then(|r| r.strip_suffix(".obj"))
+                    .is_some_and(|stem| !staging.join(format!("recv-{stem}.part")).exists());
+                if name.starts_with("import-") || orphan || name.ends_with(".env") {
                     fsutil::remove_if_exists(&e.path())?;
                 }
             }
