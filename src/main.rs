@@ -5,5 +5,11 @@
 mod cli;
 
 fn main() -> std::process::ExitCode {
+    // Behave like other command-line tools when the reader of our output
+    // goes away (`p2pfs send --json … | head`): end quietly, don't panic.
+    // SAFETY: resetting a signal disposition at start-up, before any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     cli::main()
 }

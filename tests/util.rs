@@ -400,6 +400,26 @@ impl Cmd {
         self
     }
 
+    /// Runs inside the network namespace `name` (made with `ip netns add`),
+    /// as `ip netns exec` would; needs root.
+    pub fn in_netns(mut self, name: &str) -> Self {
+        use std::os::{fd::AsRawFd, unix::process::CommandExt};
+        let ns = fs::File::open(format!("/run/netns/{name}"))
+            .unwrap_or_else(|e| panic!("network namespace {name}: {e}"));
+        self.what = format!("ip netns exec {name} {}", self.what);
+        // SAFETY: setns(2) is async-signal-safe; `ns` stays open in the
+        // closure (and is close-on-exec).
+        unsafe {
+            self.cmd.pre_exec(move || {
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self
+    }
+
     /// Starts the process without waiting for it.
     pub fn spawn(mut self) -> Proc {
         self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped());

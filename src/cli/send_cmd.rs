@@ -295,13 +295,26 @@ pub fn run(ctx: &Ctx, args: Vec<String>, streams: usize, json: bool) -> Result<(
 
 /// Browses the LAN for `query`, preferring keys pinned for it here.
 async fn find_on_lan(trust: &TrustStore, query: &str) -> Result<Resolved> {
-    let pinned: Vec<PublicKey> = trust.find(query).iter().filter_map(|p| p.key()).collect();
+    // Names match case-insensitively on the LAN, so pins do too.
+    let lower = query.to_lowercase();
+    let pinned: Vec<PublicKey> = trust
+        .find(query)
+        .into_iter()
+        .chain(
+            trust
+                .peers()
+                .iter()
+                .filter(|p| p.name.as_ref().is_some_and(|n| n.to_lowercase() == lower)),
+        )
+        .filter_map(|p| p.key())
+        .collect();
     let mut lookup = Lookup::new(query, pinned);
     let t0 = std::time::Instant::now();
     let found = discovery::browse(LAN_TIMEOUT, |peers| {
         lookup.settled(peers, std::time::Instant::now())
     })
-    .await?;
+    .await
+    .with_context(|| format!("cannot look for {query:?} on the LAN: give the peer as host:port"))?;
     tracing::debug!(
         elapsed_us = t0.elapsed().as_micros() as u64,
         found = found.len(),
@@ -449,5 +462,20 @@ mod tests {
         assert_eq!(p.expected.unwrap().to_id(), id);
         assert!(parse_peer("nonsense@h:1").is_err());
         assert!(parse_peer("h:notaport").is_err());
+    }
+
+    #[test]
+    fn bare_words_are_lan_names_and_the_rest_addresses() {
+        for lan in ["vault-b", "c64dtkvdgj", "laptop (2)", "fileserver"] {
+            assert_eq!(classify(lan).unwrap(), PeerArg::Lan(lan.into()), "{lan}");
+        }
+        for addr in ["10.0.0.1", "::1", "host:1", "[::1]:2", "ID@h"] {
+            assert!(!matches!(classify(addr), Ok(PeerArg::Lan(_))), "{addr}");
+        }
+        assert_eq!(
+            classify("10.0.0.1").unwrap(),
+            PeerArg::Addr(parse_peer("10.0.0.1:47474").unwrap())
+        );
+        assert!(classify(" ").is_err());
     }
 }

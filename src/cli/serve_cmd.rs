@@ -122,11 +122,12 @@ pub fn run(
             }
         );
         println!("  vault key:   {} (files are stored sealed; reading them needs the passphrase)", vault.public_key().fingerprint());
+        let node_name = identity.name.clone();
         // Advertise only once the endpoint is bound, on the port it got.
         let advert = if mdns {
             match discovery::advertise(&identity.name, &identity.id(), local) {
                 Ok(a) => {
-                    println!("  discovery:   advertised on the LAN as {:?} (mDNS {}); peers can `p2pfs send FILE {}`", a.instance(), discovery::SERVICE_TYPE, a.instance());
+                    println!("  discovery:   advertised on the LAN as {:?} (mDNS {})", a.instance(), discovery::SERVICE_TYPE);
                     Some(a)
                 }
                 Err(e) => {
@@ -150,13 +151,14 @@ pub fn run(
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let advert_task = advert.map(|mut a| {
             let stop = stop_rx.clone();
+            let name = node_name.clone();
             tokio::spawn(async move {
                 let stopped = stopped(stop);
                 tokio::pin!(stopped);
                 loop {
                     tokio::select! {
                         ev = a.next_event() => match ev {
-                            Some(AdvertEvent::Renamed { instance }) => println!("another node on the LAN already uses this name: advertised as {instance:?} instead"),
+                            Some(AdvertEvent::Renamed { instance }) => println!("another node on the LAN already advertises {name:?}: advertised as {instance:?} instead (senders by name get both nodes listed and choose by id)"),
                             Some(AdvertEvent::AddressAdded(ip)) => println!("new address {ip}: announced on the LAN"),
                             Some(AdvertEvent::AddressRemoved(ip)) => println!("address {ip} is gone"),
                             None => {

@@ -47,7 +47,7 @@ const WITHDRAW_WAIT: Duration = Duration::from_secs(1);
 #[derive(Debug, Error)]
 pub enum DiscoveryError {
     /// The mDNS daemon could not start or refused a command.
-    #[error("mDNS is unavailable here: {0}. Give the peer as host:port instead")]
+    #[error("mDNS is unavailable here: {0}")]
     Mdns(String),
     /// No advertised node matches the name or id.
     #[error(
@@ -120,7 +120,8 @@ pub struct Peer {
     pub name: String,
     /// The node id it advertises (TXT `id`): the key its handshake must prove.
     pub id: PublicKey,
-    /// Its usable addresses, preferred first (IPv4, then IPv6; loopback last).
+    /// Its usable addresses, preferred first: IPv4, then IPv6, loopback
+    /// after the others of its family.
     pub addresses: Vec<IpAddr>,
     /// Its UDP port.
     pub port: u16,
@@ -232,14 +233,15 @@ impl Merged {
     fn apply(&mut self, ev: ServiceEvent) -> bool {
         match ev {
             ServiceEvent::ServiceResolved(info) => {
+                let key = info.get_fullname().to_lowercase();
                 let Some(new) = Peer::from_info(&info) else {
                     tracing::debug!(
                         name = info.get_fullname(),
                         "ignoring a malformed or foreign record"
                     );
-                    return false;
+                    // An instance that turned malformed is no longer listed.
+                    return self.by_fullname.remove(&key).is_some();
                 };
-                let key = info.get_fullname().to_lowercase();
                 let room = self.by_fullname.len() < MAX_PEERS;
                 match self.by_fullname.get_mut(&key) {
                     // Same node: keep every address seen so far.
@@ -547,7 +549,7 @@ impl Advertisement {
         &self.instance
     }
 
-    /// The next notable event; pending forever once withdrawn.
+    /// The next notable event; `None` once the daemon has stopped.
     pub async fn next_event(&mut self) -> Option<AdvertEvent> {
         loop {
             let ev = self.monitor.recv_async().await.ok()?;
@@ -746,9 +748,14 @@ mod tests {
         assert!(m.apply(ServiceEvent::ServiceResolved(good("a", &other, "10.0.0.3"))));
         assert_eq!(m.peers()[0].id, other);
         assert_eq!(m.peers()[0].addresses.len(), 1);
+        // An instance whose record turns malformed is dropped.
+        let broken = info("a", &[("v", "1".into())], "10.0.0.3", 47474);
+        assert!(m.apply(ServiceEvent::ServiceResolved(broken)));
+        assert!(m.peers().is_empty());
+        assert!(m.apply(ServiceEvent::ServiceResolved(good("b", &id, "10.0.0.4"))));
         assert!(m.apply(ServiceEvent::ServiceRemoved(
             SERVICE_TYPE.into(),
-            format!("A.{SERVICE_TYPE}")
+            format!("B.{SERVICE_TYPE}")
         )));
         assert!(m.peers().is_empty());
     }

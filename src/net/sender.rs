@@ -289,11 +289,14 @@ pub async fn send(
             )))
         }
     };
+    // First contact: this key was not known here before (whatever the
+    // address or name it was reached by).
+    let first_contact = trust.get(&peer).is_none();
     pin(&mut trust, &peer, target, Some(&peer_name))?;
     let _ = events.send(Event::Connected {
         peer,
         name: peer_name.clone(),
-        first_contact: expected.is_none(),
+        first_contact,
     });
 
     let offers: Vec<FileOffer> = items.iter().map(|i| i.offer.clone()).collect();

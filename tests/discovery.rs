@@ -1,0 +1,744 @@
+//! LAN discovery with real multicast: `serve` advertises over mDNS, and
+//! `peers` / `send NAME` find it — between two network namespaces joined by
+//! a veth pair, within one namespace, and against an independent mDNS
+//! implementation (Python `zeroconf`, which `.ci/run` installs).
+//!
+//! Network namespaces need root: without it these tests say they skipped
+//! (the one-namespace test then runs in the current namespace). Every test
+//! makes its own namespaces, named after the process id, and deletes them
+//! when it ends, failed or not.
+
+mod util;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use serde::Deserialize;
+use util::*;
+
+/// `src/cli/mod.rs`, `exit::PEER_NOT_FOUND`.
+const PEER_NOT_FOUND: i32 = 16;
+/// `src/cli/mod.rs`, `exit::KEY_CHANGED`.
+const KEY_CHANGED: i32 = 12;
+
+/// One entry of `peers --json`.
+#[derive(Debug, Clone, Deserialize)]
+struct Found {
+    name: String,
+    instance: String,
+    id: String,
+    fingerprint: String,
+    addresses: Vec<String>,
+    port: u16,
+    trusted: bool,
+    pinned: bool,
+    #[serde(rename = "self")]
+    this_node: bool,
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `ip` (iproute2): {e}"));
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// Network namespaces made for one test; deleted on drop, so also when the
+/// test panics. Declare it before the processes that run inside it, so they
+/// are killed first.
+struct Netns {
+    names: Vec<String>,
+}
+
+impl Netns {
+    /// `count` fresh namespaces with loopback up; `None` (after saying the
+    /// test is skipped) when not root.
+    fn new(test: &str, count: usize) -> Option<Self> {
+        if !is_root() {
+            eprintln!("skipped {test}: network namespaces need root (CI runs as root)");
+            return None;
+        }
+        let seq = SEQ.fetch_add(1, Ordering::SeqCst);
+        let mut ns = Netns { names: Vec::new() };
+        for i in 0..count {
+            let name = format!("p2pfs-{}-{seq}-{i}", std::process::id());
+            ip(&["netns", "add", &name]);
+            ns.names.push(name.clone());
+            ip(&["-n", &name, "link", "set", "lo", "up"]);
+        }
+        Some(ns)
+    }
+
+    /// Two namespaces, A (10.213.0.1/24) and B (10.213.0.2/24), joined by a
+    /// veth pair with multicast on.
+    fn lan(test: &str) -> Option<Self> {
+        let ns = Self::new(test, 2)?;
+        let tag = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let (va, vb) = (format!("p2v{tag}a"), format!("p2v{tag}b"));
+        let (a, b) = (ns.a().to_owned(), ns.b().to_owned());
+        // Created inside the namespaces: nothing is left in the host's.
+        ip(&[
+            "link", "add", &va, "netns", &a, "type", "veth", "peer", "name", &vb, "netns", &b,
+        ]);
+        for (n, dev, addr) in [(&a, &va, "10.213.0.1/24"), (&b, &vb, "10.213.0.2/24")] {
+            ip(&["-n", n, "addr", "add", addr, "dev", dev]);
+            ip(&["-n", n, "link", "set", "dev", dev, "multicast", "on"]);
+            ip(&["-n", n, "link", "set", "dev", dev, "up"]);
+            ip(&["-n", n, "route", "add", "224.0.0.0/4", "dev", dev]);
+        }
+        Some(ns)
+    }
+
+    fn a(&self) -> &str {
+        &self.names[0]
+    }
+
+    fn b(&self) -> &str {
+        &self.names[1]
+    }
+
+    /// The veth device in namespace `i`.
+    fn dev(&self, i: usize) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.names[i], "-o", "link", "show", "type", "veth"])
+            .output()
+            .unwrap();
+        let s = String::from_utf8_lossy(&out.stdout);
+        let name = s.split(": ").nth(1).unwrap_or_default();
+        name.split('@').next().unwrap_or_default().to_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// A command of `node`, inside namespace `ns` (None: the current one).
+fn cmd_in<I, S>(node: &Node, ns: Option<&str>, args: I) -> Cmd
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let c = node.cmd(args);
+    match ns {
+        Some(ns) => c.in_netns(ns),
+        None => c,
+    }
+}
+
+/// A running `serve`; stopped with SIGTERM when dropped.
+struct Serving {
+    proc: Option<Proc>,
+}
+
+impl Serving {
+    /// Starts `serve ARGS` and waits until it reports its discovery state.
+    fn start(node: &Node, ns: Option<&str>, args: &[&str]) -> Self {
+        let mut all = vec!["serve"];
+        all.extend_from_slice(args);
+        let mut p = cmd_in(node, ns, all).spawn();
+        assert!(
+            p.wait_for_output("discovery:", Duration::from_secs(30)),
+            "serve did not start:\n{}\n{}",
+            p.stdout_now(),
+            p.stderr_now()
+        );
+        Self { proc: Some(p) }
+    }
+
+    fn output(&self) -> String {
+        let p = self.proc.as_ref().unwrap();
+        format!("{}{}", p.stdout_now(), p.stderr_now())
+    }
+
+    /// SIGTERM, and the outcome.
+    fn stop(mut self) -> Run {
+        let mut p = self.proc.take().unwrap();
+        p.signal(libc::SIGTERM);
+        assert!(
+            p.wait_timeout(Duration::from_secs(20)).is_some(),
+            "serve did not stop on SIGTERM"
+        );
+        p.finish()
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.signal(libc::SIGTERM);
+            if p.wait_timeout(Duration::from_secs(10)).is_none() {
+                p.kill9();
+            }
+        }
+    }
+}
+
+/// `peers --json --wait SECS`, asserting success.
+fn peers(node: &Node, ns: Option<&str>, wait: &str) -> (Vec<Found>, Run) {
+    let r = cmd_in(node, ns, ["peers", "--json", "--wait", wait])
+        .run()
+        .ok();
+    (r.json(), r)
+}
+
+fn named<'a>(found: &'a [Found], name: &str) -> Vec<&'a Found> {
+    found.iter().filter(|f| f.name == name).collect()
+}
+
+/// `s` without terminal colour sequences (`ESC [ … m`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Exports the vault entry `name` of `node` and returns its BLAKE3.
+fn exported_hash(node: &Node, name: &str) -> String {
+    let dest = format!("out-{}", random_hex(4));
+    blake3_file(&node.export(name, &dest))
+}
+
+/// Whether Python's `zeroconf` is importable; in CI it must be.
+fn have_zeroconf(test: &str) -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import zeroconf"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 cannot import zeroconf: .ci/run must install it (pip install zeroconf)"
+        );
+        eprintln!("skipped {test}: python3 with zeroconf is not installed (pip install zeroconf)");
+    }
+    ok
+}
+
+/// A Python process in a namespace, its output collected line by line.
+struct Python {
+    child: Child,
+    out: Arc<Mutex<String>>,
+    err: Arc<Mutex<String>>,
+}
+
+impl Python {
+    fn spawn(ns: &str, script: &str, args: &[&str]) -> Self {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-u", "-c", script])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start python3");
+        let out = Arc::new(Mutex::new(String::new()));
+        let err = Arc::new(Mutex::new(String::new()));
+        for (pipe, into) in [
+            (
+                Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+                out.clone(),
+            ),
+            (Box::new(child.stderr.take().unwrap()), err.clone()),
+        ] {
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut s = into.lock().unwrap();
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
+        Self { child, out, err }
+    }
+
+    fn stdout(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "--- python stdout\n{}--- python stderr\n{}",
+            self.stdout(),
+            self.err.lock().unwrap()
+        )
+    }
+
+    /// Waits for exit within `timeout`; panics (after killing it) otherwise.
+    fn wait(mut self, timeout: Duration) -> String {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50));
+                assert!(st.success(), "python failed:\n{}", self.describe());
+                return self.stdout();
+            }
+            if Instant::now() > end {
+                panic!("python timed out:\n{}", self.describe());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Python {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Browses for `_p2pfs._udp.local.` for argv[1] seconds, prints the
+/// resolved instances as JSON.
+const ZEROCONF_BROWSE: &str = r#"
+import json, sys, time
+from zeroconf import IPVersion, ServiceBrowser, ServiceListener, Zeroconf
+T = "_p2pfs._udp.local."
+found = {}
+class L(ServiceListener):
+    def add_service(self, zc, t, name): self.resolve(zc, t, name)
+    def update_service(self, zc, t, name): self.resolve(zc, t, name)
+    def remove_service(self, zc, t, name): pass
+    def resolve(self, zc, t, name):
+        info = zc.get_service_info(t, name, timeout=3000)
+        if info:
+            found[name] = {"name": name, "port": info.port, "addresses": info.parsed_addresses(),
+                           "txt": {k.decode(): (v.decode() if v is not None else None)
+                                   for k, v in info.properties.items()}}
+zc = Zeroconf(ip_version=IPVersion.V4Only)
+ServiceBrowser(zc, T, L())
+time.sleep(float(sys.argv[1]))
+zc.close()
+print(json.dumps(list(found.values())))
+"#;
+
+/// Advertises, from another mDNS implementation, the records described by
+/// the JSON list in argv[1] (`type`, `instance`, `addresses`, `port`, `txt`;
+/// a TXT value "hex:…" is raw bytes), prints "ready", and keeps them up for
+/// argv[2] seconds.
+const ZEROCONF_ADVERTISE: &str = r#"
+import json, socket, sys, time
+from zeroconf import IPVersion, ServiceInfo, Zeroconf
+def val(v):
+    return bytes.fromhex(v[4:]) if v.startswith("hex:") else v
+zc = Zeroconf(ip_version=IPVersion.V4Only)
+for i, r in enumerate(json.loads(sys.argv[1])):
+    t = r.get("type", "_p2pfs._udp.local.")
+    info = ServiceInfo(t, r["instance"] + "." + t, port=r["port"],
+                       addresses=[socket.inet_aton(a) for a in r["addresses"]],
+                       properties={k: val(v) for k, v in r["txt"].items()}, server=f"py-{i}.local.")
+    zc.register_service(info, cooperating_responders=True)
+print("ready", flush=True)
+time.sleep(float(sys.argv[2]))
+zc.close()
+"#;
+
+#[test]
+fn lan_peers_and_send_by_name_and_id_prefix_between_two_namespaces() {
+    let Some(lan) = Netns::lan("lan_peers_and_send_by_name_and_id_prefix_between_two_namespaces")
+    else {
+        return;
+    };
+    let (a, b, hidden) = (Node::new(), Node::new(), Node::new());
+    a.init("node-a");
+    let srv = Serving::start(&b, Some(lan.b()), &["--name", "vault-b", "--accept", "any"]);
+    assert!(
+        srv.output()
+            .contains("advertised on the LAN as \"vault-b\""),
+        "{}",
+        srv.output()
+    );
+    let _hidden = Serving::start(
+        &hidden,
+        Some(lan.b()),
+        &["--name", "hidden", "--listen", "0.0.0.0:47475", "--no-mdns"],
+    );
+    let b_id = b.id().id;
+
+    // Listed within 3 s, with B's id and its address on the veth.
+    let (found, r) = peers(&a, Some(lan.a()), "2");
+    assert!(r.elapsed < Duration::from_secs(3), "{r}");
+    let vb = named(&found, "vault-b");
+    assert_eq!(vb.len(), 1, "{r}");
+    assert_eq!(vb[0].id, b_id);
+    assert_eq!(vb[0].fingerprint, b.id().fingerprint);
+    assert_eq!(vb[0].addresses, ["10.213.0.2"]);
+    assert_eq!(
+        (vb[0].port, vb[0].pinned, vb[0].trusted),
+        (47474, false, false)
+    );
+    assert!(
+        named(&found, "hidden").is_empty(),
+        "--no-mdns must not advertise: {r}"
+    );
+
+    // Send by name: found, authenticated, stored, verified.
+    let h1 = write_random(&a.path("report.pdf"), 1_500_000);
+    let t0 = Instant::now();
+    let r = cmd_in(&a, Some(lan.a()), ["send", "report.pdf", "vault-b"])
+        .env("P2PFS_LOG", "p2pfs::cli::send_cmd=debug")
+        .run()
+        .ok();
+    // The debug line is `… elapsed_us=N …`, maybe with colour codes.
+    let log = strip_ansi(&r.stderr);
+    let browsed_us: String = log
+        .split("elapsed_us=")
+        .nth(1)
+        .unwrap_or_default()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    eprintln!(
+        "send by name took {:?}, of which browsing {browsed_us} µs (300 ms of it waiting for a second node of that name)",
+        t0.elapsed()
+    );
+    assert_eq!(b.list().len(), 1);
+    assert_eq!(exported_hash(&b, "report.pdf"), h1);
+
+    // Now pinned here; send by the first 10 characters of B's id.
+    let (found, _) = peers(&a, Some(lan.a()), "1");
+    assert!(named(&found, "vault-b")[0].pinned);
+    let h2 = write_random(&a.path("second.bin"), 70_000);
+    cmd_in(&a, Some(lan.a()), ["send", "second.bin", &b_id[..10]])
+        .run()
+        .ok();
+    assert_eq!(exported_hash(&b, "second.bin"), h2);
+
+    // A name nobody serves: exit 16 within 5 s, with the hint.
+    let r = cmd_in(&a, Some(lan.a()), ["send", "second.bin", "nobody-here"])
+        .run()
+        .code_is(PEER_NOT_FOUND)
+        .says("p2pfs peers")
+        .says("5353")
+        .says("host:port");
+    assert!(r.elapsed < Duration::from_secs(5), "{r}");
+
+    // Shutting down withdraws the advertisement at once (mDNS goodbye).
+    let watcher = cmd_in(&a, Some(lan.a()), ["peers", "--json", "--wait", "4"]).spawn();
+    std::thread::sleep(Duration::from_millis(1500));
+    srv.stop().ok();
+    let r = watcher.finish();
+    assert!(r.status.success(), "{r}");
+    let found: Vec<Found> = r.json();
+    assert!(
+        named(&found, "vault-b").is_empty(),
+        "still listed after shutdown: {r}"
+    );
+}
+
+#[test]
+fn same_name_is_refused_as_ambiguous_until_one_is_pinned_and_a_pinned_name_must_keep_its_key() {
+    let Some(lan) = Netns::lan("same_name_is_refused_as_ambiguous") else {
+        return;
+    };
+    let (a, b1, b2) = (Node::new(), Node::new(), Node::new());
+    a.init("node-a");
+    let s1 = Serving::start(&b1, Some(lan.b()), &["--name", "twin", "--accept", "any"]);
+    let _s2 = Serving::start(
+        &b2,
+        Some(lan.b()),
+        &[
+            "--name",
+            "twin",
+            "--accept",
+            "any",
+            "--listen",
+            "0.0.0.0:47475",
+        ],
+    );
+    let (id1, id2) = (b1.id(), b2.id());
+    write_random(&a.path("f"), 10_000);
+
+    // Both are listed by name (mDNS gave one instance a " (2)" suffix).
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            named(&peers(&a, Some(lan.a()), "1").0, "twin").len() == 2
+        }),
+        "two nodes named twin were not both listed"
+    );
+    let r = cmd_in(&a, Some(lan.a()), ["send", "f", "twin"])
+        .run()
+        .code_is(PEER_NOT_FOUND)
+        .says("matches 2 different nodes")
+        .says(&id1.fingerprint)
+        .says(&id2.fingerprint);
+    assert!(b1.list().is_empty() && b2.list().is_empty(), "{r}");
+
+    // Sending to one by id prefix pins it; then the name picks it.
+    cmd_in(&a, Some(lan.a()), ["send", "f", &id1.id[..12]])
+        .run()
+        .ok();
+    cmd_in(&a, Some(lan.a()), ["send", "f", "twin"]).run().ok();
+    assert_eq!(b1.list().len(), 2);
+    assert!(b2.list().is_empty());
+
+    // The pinned twin is gone; the other one answering to the name is
+    // refused like any changed key.
+    s1.stop();
+    let r = cmd_in(&a, Some(lan.a()), ["send", "f", "twin"])
+        .run()
+        .code_is(KEY_CHANGED)
+        .says("MAN-IN-THE-MIDDLE")
+        .says(&id1.id)
+        .says(&id2.id);
+    assert!(b2.list().is_empty(), "{r}");
+}
+
+#[test]
+fn zeroconf_sees_the_node_and_p2pfs_skips_foreign_and_malformed_records() {
+    let test = "zeroconf_sees_the_node_and_p2pfs_skips_foreign_and_malformed_records";
+    if !have_zeroconf(test) {
+        return;
+    }
+    let Some(lan) = Netns::lan(test) else {
+        return;
+    };
+    let (a, b) = (Node::new(), Node::new());
+    a.init("node-a");
+    let _srv = Serving::start(&b, Some(lan.b()), &["--name", "vault-b", "--accept", "any"]);
+    let b_id = b.id().id;
+
+    // An independent browser in A's namespace resolves B with its TXT record.
+    let out = Python::spawn(lan.a(), ZEROCONF_BROWSE, &["2"]).wait(Duration::from_secs(30));
+    let seen: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap();
+    let vb = seen
+        .iter()
+        .find(|s| s["name"] == "vault-b._p2pfs._udp.local.")
+        .unwrap_or_else(|| panic!("zeroconf did not see vault-b: {out}"));
+    assert_eq!(vb["txt"]["v"], "1", "{out}");
+    assert_eq!(vb["txt"]["id"], b_id.as_str(), "{out}");
+    assert_eq!(vb["txt"]["name"], "vault-b", "{out}");
+    assert_eq!(vb["port"], 47474);
+    assert_eq!(vb["addresses"], serde_json::json!(["10.213.0.2"]));
+
+    // Records from another implementation: the valid ones are listed, the
+    // malformed and foreign ones are skipped, and nothing fails. "multi"
+    // claims B's id at two addresses, the first of them another node's.
+    let good = p2pfs::crypto::keys::Keypair::generate()
+        .unwrap()
+        .public()
+        .to_id();
+    let rec = |instance: &str, addrs: &[&str], port: u16, txt: serde_json::Value| serde_json::json!({"instance": instance, "addresses": addrs, "port": port, "txt": txt});
+    let at = ["10.213.0.2"];
+    let mut records = vec![
+        rec(
+            "py-node",
+            &at,
+            40000,
+            serde_json::json!({"v": "1", "id": good, "name": "py-node"}),
+        ),
+        rec(
+            "multi",
+            &["10.213.0.1", "10.213.0.2"],
+            47474,
+            serde_json::json!({"v": "1", "id": b_id}),
+        ),
+        rec("no-txt", &at, 40001, serde_json::json!({})),
+        rec(
+            "future",
+            &at,
+            40002,
+            serde_json::json!({"v": "2", "id": good, "name": "future"}),
+        ),
+        rec("no-version", &at, 40003, serde_json::json!({"id": good})),
+        rec(
+            "bad-id",
+            &at,
+            40004,
+            serde_json::json!({"v": "1", "id": "not-a-node-id"}),
+        ),
+        rec(
+            "short-id",
+            &at,
+            40005,
+            serde_json::json!({"v": "1", "id": &good[..20]}),
+        ),
+        rec(
+            "binary-id",
+            &at,
+            40006,
+            serde_json::json!({"v": "1", "id": "hex:fffe0001"}),
+        ),
+        rec(
+            "evil-name",
+            &at,
+            40007,
+            serde_json::json!({"v": "1", "id": good, "name": "evil\u{1b}[2J"}),
+        ),
+        rec(
+            "long-name",
+            &at,
+            40008,
+            serde_json::json!({"v": "1", "id": good, "name": "n".repeat(200)}),
+        ),
+        rec(
+            "zero-port",
+            &at,
+            0,
+            serde_json::json!({"v": "1", "id": good, "name": "zero-port"}),
+        ),
+    ];
+    let mut web = rec(
+        "web",
+        &at,
+        80,
+        serde_json::json!({"v": "1", "id": good, "name": "web"}),
+    );
+    web["type"] = "_http._tcp.local.".into();
+    records.push(web);
+    let py = Python::spawn(
+        lan.b(),
+        ZEROCONF_ADVERTISE,
+        &[&serde_json::to_string(&records).unwrap(), "60"],
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || py.stdout().contains("ready")),
+        "zeroconf did not register:\n{}",
+        py.describe()
+    );
+    let (found, r) = peers(&a, Some(lan.a()), "2");
+    let mut names: Vec<&str> = found.iter().map(|f| f.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["multi", "py-node", "vault-b"], "{r}");
+    let pn = named(&found, "py-node")[0];
+    assert_eq!((pn.id.as_str(), pn.port), (good.as_str(), 40000));
+    assert!(!r.all().contains('\u{1b}'), "{r}");
+    // A name that only a malformed record carries is not found.
+    write_random(&a.path("x"), 10);
+    cmd_in(&a, Some(lan.a()), ["send", "x", "future"])
+        .run()
+        .code_is(PEER_NOT_FOUND);
+
+    // The handshake decides: at 10.213.0.1:47474 another node answers (with
+    // its own key), so the send moves on to 10.213.0.2 where B proves the
+    // advertised key.
+    let c = Node::new();
+    let _other = Serving::start(
+        &c,
+        Some(lan.a()),
+        &["--name", "other", "--accept", "any", "--no-mdns"],
+    );
+    let h = write_random(&a.path("m.bin"), 30_000);
+    let r = cmd_in(&a, Some(lan.a()), ["send", "m.bin", "multi"])
+        .env("P2PFS_LOG", "p2pfs=info")
+        .run()
+        .ok();
+    assert!(
+        r.stderr.contains("10.213.0.1:47474"),
+        "the first address was not tried: {r}"
+    );
+    assert_eq!(exported_hash(&b, "m.bin"), h);
+    assert!(c.list().is_empty());
+}
+
+#[test]
+fn new_addresses_are_announced() {
+    let Some(lan) = Netns::lan("new_addresses_are_announced") else {
+        return;
+    };
+    let (a, b) = (Node::new(), Node::new());
+    a.init("node-a");
+    let srv = Serving::start(&b, Some(lan.b()), &["--name", "mover", "--accept", "any"]);
+    let (da, db) = (lan.dev(0), lan.dev(1));
+    ip(&["-n", lan.a(), "addr", "add", "10.213.1.1/24", "dev", &da]);
+    ip(&["-n", lan.b(), "addr", "add", "10.213.1.2/24", "dev", &db]);
+    let mut last = Vec::new();
+    let seen = wait_until(Duration::from_secs(20), || {
+        let (found, _) = peers(&a, Some(lan.a()), "1");
+        last = found;
+        named(&last, "mover")
+            .first()
+            .is_some_and(|f| f.addresses.iter().any(|x| x == "10.213.1.2"))
+    });
+    assert!(
+        seen,
+        "new address not announced: {last:?}\n{}",
+        srv.output()
+    );
+    // And sending over it works (whichever address answers first).
+    write_random(&a.path("f"), 1000);
+    cmd_in(&a, Some(lan.a()), ["send", "f", "mover"]).run().ok();
+}
+
+#[test]
+fn discovery_between_two_processes_in_one_namespace() {
+    // As root: a fresh namespace with loopback only. Otherwise: this one.
+    let ns = if is_root() {
+        Netns::new("discovery_between_two_processes_in_one_namespace", 1)
+    } else {
+        None
+    };
+    let ns_name = ns.as_ref().map(|n| n.a().to_owned());
+    let ns_ref = ns_name.as_deref();
+    let (a, b) = (Node::new(), Node::new());
+    a.init("node-a");
+    let name = format!("solo-{}", random_hex(4));
+    let _srv = Serving::start(
+        &b,
+        ns_ref,
+        &["--name", &name, "--accept", "any", "--listen", "0.0.0.0:0"],
+    );
+    let b_id = b.id().id;
+    let mut found = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            found = peers(&a, ns_ref, "1").0;
+            !named(&found, &name).is_empty()
+        }),
+        "not found: {found:?}"
+    );
+    let f = named(&found, &name)[0].clone();
+    assert_eq!(f.id, b_id);
+    assert!(!f.this_node);
+    assert_eq!(f.instance, name);
+    // The node lists itself as such.
+    let (own, _) = peers(&b, ns_ref, "1");
+    assert!(
+        named(&own, &name).first().is_some_and(|f| f.this_node),
+        "{own:?}"
+    );
+    let h = write_random(&a.path("x.bin"), 200_000);
+    cmd_in(&a, ns_ref, ["send", "x.bin", &b_id]).run().ok();
+    assert_eq!(exported_hash(&b, "x.bin"), h);
+}
