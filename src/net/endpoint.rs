@@ -33,9 +33,9 @@ fn transport() -> Arc<quinn::TransportConfig> {
     t.keep_alive_interval(Some(Duration::from_secs(5)));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(super::wire::MAX_STREAMS as u32));
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4));
-    t.stream_receive_window(quinn::VarInt::from_u32(8 << 20));
-    t.receive_window(quinn::VarInt::from_u32(64 << 20));
-    t.send_window(64 << 20);
+    t.stream_receive_window(quinn::VarInt::from_u32(4 << 20));
+    t.receive_window(quinn::VarInt::from_u32(16 << 20));
+    t.send_window(32 << 20);
     Arc::new(t)
 }
 

@@ -379,7 +379,7 @@ async fn receive(
         Arc::new(states.iter().map(|s| (s.id, s.offer.size)).collect());
     // All disk work happens on one blocking thread (the disk actor), so an
     // fsync never stalls the QUIC tasks; a bounded queue gives backpressure.
-    let (cmd_tx, cmd_rx) = mpsc::channel::<DiskCmd>(32);
+    let (cmd_tx, cmd_rx) = mpsc::channel::<DiskCmd>(16);
     let (res_tx, mut res_rx) = mpsc::unbounded_channel::<Msg>();
     let actor = {
         let ctx = ctx.clone();

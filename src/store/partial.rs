@@ -191,7 +191,7 @@ struct Verifier {
 }
 
 /// Chunks kept in memory ahead of the verification cursor.
-const AHEAD_MAX: usize = 16;
+const AHEAD_MAX: usize = 8;
 
 /// Makes a partial's chunks durable and records them; may run on another
 /// thread while more chunks are written (it only lists chunks written before

@@ -687,9 +687,6 @@ pub struct ObjectWriter<'v> {
     _lock: File,
 }
 
-/// Bytes written between two writeback kicks (`sync_file_range`).
-const WRITEBACK_BYTES: u64 = 8 << 20;
-
 impl<'v> ObjectWriter<'v> {
     fn new(vault: &'v Vault, id: FileId, size: u64, chunk_size: u32) -> Result<Self> {
         let tmp = vault.staging().join(format!("import-{}.obj", id_hex(&id)));
@@ -891,13 +888,9 @@ impl<'v> ObjectWriter<'v> {
         // Start writeback early so the final fsync finds little left to do
         // and the disk works while we compute.
         self.unflushed += sealed.len() as u64;
-        if self.unflushed >= WRITEBACK_BYTES {
+        if self.unflushed >= fsutil::WRITEBACK_BYTES {
             self.unflushed = 0;
-            use std::os::fd::AsRawFd;
-            // SAFETY: a valid open descriptor; the call only starts I/O.
-            unsafe {
-                libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-            }
+            fsutil::start_writeback(&self.file);
         }
         Ok(())
     }
@@ -1289,9 +1282,9 @@ impl Unlocked<'_> {
             .unwrap_or_else(|| "export".into());
         let tmp = parent.join(format!(".{base}.p2pfs-{}.tmp", to_hex(&random::<6>()?)));
         let res = (|| {
-            let mut f = fsutil::create_new_private(&tmp)?;
+            let f = fsutil::create_new_private(&tmp)?;
             let meta = {
-                let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut f);
+                let mut w = fsutil::WritebackWriter::new(&f);
                 let m = self.decrypt_to(id, &mut w, progress)?;
                 w.flush()
                     .map_err(|e| StoreError::io("cannot write", &tmp, e))?;
