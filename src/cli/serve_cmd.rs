@@ -126,7 +126,11 @@ pub fn run(
         // Advertise only once the endpoint is bound, on the port it got.
         let advert = if mdns {
             match discovery::advertise(&identity.name, &identity.id(), local) {
-                Ok(a) => {
+                Ok(mut a) => {
+                    // Say "advertised" once it is true: after mDNS probing.
+                    if !a.announced(std::time::Duration::from_secs(5)).await {
+                        eprintln!("p2pfs: warning: the mDNS announcement is not confirmed yet; discovery may take a few seconds");
+                    }
                     println!("  discovery:   advertised on the LAN as {:?} (mDNS {})", a.instance(), discovery::SERVICE_TYPE);
                     Some(a)
                 }

@@ -490,6 +490,7 @@ pub struct Advertisement {
     fullname: String,
     instance: String,
     monitor: mdns_sd::Receiver<DaemonEvent>,
+    pending: std::collections::VecDeque<DaemonEvent>,
     withdrawn: bool,
 }
 
@@ -539,6 +540,7 @@ pub fn advertise(
         fullname,
         instance,
         monitor,
+        pending: Default::default(),
         withdrawn: false,
     })
 }
@@ -552,7 +554,10 @@ impl Advertisement {
     /// The next notable event; `None` once the daemon has stopped.
     pub async fn next_event(&mut self) -> Option<AdvertEvent> {
         loop {
-            let ev = self.monitor.recv_async().await.ok()?;
+            let ev = match self.pending.pop_front() {
+                Some(ev) => ev,
+                None => self.monitor.recv_async().await.ok()?,
+            };
             match ev {
                 DaemonEvent::NameChange(c) if c.original.eq_ignore_ascii_case(&self.fullname) => {
                     let instance = c
@@ -568,6 +573,26 @@ impl Advertisement {
                 DaemonEvent::IpAdd(ip) => return Some(AdvertEvent::AddressAdded(ip)),
                 DaemonEvent::IpDel(ip) => return Some(AdvertEvent::AddressRemoved(ip)),
                 _ => {}
+            }
+        }
+    }
+
+    /// Waits (at most `timeout`) until the daemon has announced the service
+    /// — after probing its names (RFC 6762), about a second — so that
+    /// browsers get answers from then on. False on timeout.
+    pub async fn announced(&mut self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ev = match tokio::time::timeout_at(deadline, self.monitor.recv_async()).await {
+                Ok(Ok(ev)) => ev,
+                _ => return false,
+            };
+            match &ev {
+                DaemonEvent::Announce(name, _) if name.eq_ignore_ascii_case(&self.fullname) => {
+                    return true
+                }
+                DaemonEvent::Announce(..) => {}
+                _ => self.pending.push_back(ev),
             }
         }
     }
