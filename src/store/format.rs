@@ -69,7 +69,7 @@ fn start(r: &mut Reader<'_>, magic: &[u8; 8]) -> Result<(), FormatError> {
 }
 
 /// Checks magic and version, then the trailing checksum; returns the bytes it covers.
-fn checked<'a>(bytes: &'a [u8], magic: &[u8; 8]) -> Result<&'a [u8], FormatError> {
+pub(crate) fn checked<'a>(bytes: &'a [u8], magic: &[u8; 8]) -> Result<&'a [u8], FormatError> {
     start(&mut Reader::new(bytes), magic)?;
     if bytes.len() < 10 + CHECKSUM_LEN {
         return Err(DecodeError::Truncated("file").into());
@@ -81,14 +81,16 @@ fn checked<'a>(bytes: &'a [u8], magic: &[u8; 8]) -> Result<&'a [u8], FormatError
     Ok(body)
 }
 
-fn with_checksum(w: Writer) -> Vec<u8> {
+/// Appends the BLAKE3 checksum of everything written.
+pub(crate) fn with_checksum(w: Writer) -> Vec<u8> {
     let mut v = w.into_vec();
     let sum = blake3::hash(&v);
     v.extend_from_slice(sum.as_bytes());
     v
 }
 
-fn begin(magic: &[u8; 8]) -> Writer {
+/// A writer that starts with `magic` and the format version.
+pub(crate) fn begin(magic: &[u8; 8]) -> Writer {
     let mut w = Writer::new();
     w.bytes(magic).u16(VERSION);
     w

@@ -7,12 +7,12 @@ use std::{fs, path::PathBuf};
 
 use super::{
     error::{Result, StoreError},
-    format::{validate_name, FormatError, Metadata},
+    format::{begin, checked, validate_name, with_checksum, FormatError, Metadata},
     fsutil,
     home::format_error,
     vault::{id_hex, ObjectWriter, Vault},
 };
-use crate::codec::{DecodeError, Reader, Writer};
+use crate::codec::{DecodeError, Reader};
 use crate::crypto::{
     chunk::{
         chunk_count, chunk_plain_len, FileId, FileKey, MAX_CHUNK_COUNT, MAX_CHUNK_SIZE,
@@ -79,8 +79,7 @@ pub fn open_key(identity: &Keypair, id: &FileId, sealed: &[u8]) -> Result<FileKe
 }
 
 fn encode_state(m: &PartialMeta, hashes: &[Option<[u8; 32]>]) -> Vec<u8> {
-    let mut w = Writer::new();
-    w.bytes(MAGIC).u16(super::format::VERSION);
+    let mut w = begin(MAGIC);
     w.bytes(m.sender.as_bytes())
         .bytes(&m.file_id)
         .u64(m.size)
@@ -99,26 +98,13 @@ fn encode_state(m: &PartialMeta, hashes: &[Option<[u8; 32]>]) -> Vec<u8> {
             None => w.u8(0),
         };
     }
-    let mut v = w.into_vec();
-    let sum = blake3::hash(&v);
-    v.extend_from_slice(sum.as_bytes());
-    v
+    with_checksum(w)
 }
 
 type State = (PartialMeta, Vec<Option<[u8; 32]>>);
 
 fn decode_state(bytes: &[u8]) -> Result<State, FormatError> {
-    if bytes.len() < 10 + 32 || &bytes[..8] != MAGIC {
-        return Err(FormatError::BadMagic);
-    }
-    let v = u16::from_be_bytes([bytes[8], bytes[9]]);
-    if v != super::format::VERSION {
-        return Err(FormatError::Version(v));
-    }
-    let (body, sum) = bytes.split_at(bytes.len() - 32);
-    if blake3::hash(body).as_bytes() != sum {
-        return Err(FormatError::Checksum);
-    }
+    let body = checked(bytes, MAGIC)?;
     let mut r = Reader::new(&body[10..]);
     let sender = PublicKey(r.array("sender")?);
     let file_id = r.array("file id")?;
