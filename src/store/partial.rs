@@ -439,3 +439,50 @@ fn bad_chunk(meta: &PartialMeta, index: u64) -> StoreError {
         format!("chunk {index} does not authenticate under the file key"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn state_round_trip(size in 0u64..(64 << 20), key in proptest::option::of(proptest::collection::vec(any::<u8>(), 80)),
+                            seed in any::<u8>(), name in "[a-z]{1,12}(/[a-z0-9._-]{1,12}){0,2}") {
+            prop_assume!(validate_name(&name).is_ok());
+            let m = PartialMeta {
+                sender: PublicKey([seed; 32]),
+                file_id: [seed ^ 1; 16],
+                size,
+                chunk_size: 1 << 20,
+                token: [seed ^ 2; 16],
+                name,
+                sealed_key: key,
+            };
+            let n = chunk_count(size, m.chunk_size) as usize;
+            let hashes: Vec<Option<[u8; 32]>> = (0..n).map(|i| (i % 3 != 0).then_some([i as u8; 32])).collect();
+            let enc = encode_state(&m, &hashes);
+            let (m2, h2) = decode_state(&enc).unwrap();
+            prop_assert_eq!(&m2, &m);
+            prop_assert_eq!(&h2, &hashes);
+            let mut bad = enc.clone();
+            let i = bad.len() / 2;
+            bad[i] ^= 0x40;
+            prop_assert!(decode_state(&bad).is_err());
+            prop_assert!(decode_state(&enc[..enc.len() - 1]).is_err());
+        }
+    }
+
+    #[test]
+    fn sealed_key_opens_only_for_the_sender() {
+        let sender = Keypair::generate().unwrap();
+        let other = Keypair::generate().unwrap();
+        let key = FileKey::generate().unwrap();
+        let sealed = seal_key_to(&sender.public(), &[3; 16], key.secret()).unwrap();
+        let back = open_key(&sender, &[3; 16], &sealed).unwrap();
+        assert_eq!(back.secret().expose(), key.secret().expose());
+        assert!(open_key(&other, &[3; 16], &sealed).is_err());
+        assert!(open_key(&sender, &[4; 16], &sealed).is_err());
+        assert!(open_key(&sender, &[3; 16], &sealed[..79]).is_err());
+    }
+}
