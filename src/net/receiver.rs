@@ -12,7 +12,7 @@ use std::{
 };
 
 use tokio::{sync::mpsc, task::JoinSet};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use super::{
     close,
@@ -87,17 +87,19 @@ pub async fn serve(
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let ctx = ctx.clone();
+                let addr = incoming.remote_address();
+                // One task per connection, inside its own span.
+                let span = tracing::info_span!("conn", %addr, peer = tracing::field::Empty);
                 tasks.spawn(async move {
-                    let addr = incoming.remote_address();
                     match incoming.await {
                         Ok(conn) => {
                             if let Err(e) = handle(ctx.clone(), conn, addr).await {
-                                debug!(%addr, "connection ended: {e}");
+                                debug!("connection ended: {e}");
                             }
                         }
-                        Err(e) => debug!(%addr, "QUIC handshake failed: {e}"),
+                        Err(e) => debug!("QUIC handshake failed: {e}"),
                     }
-                });
+                }.instrument(span));
             }
             _ = shutdown.changed() => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -160,8 +162,7 @@ async fn handle(
         }
     };
     let peer = session.peer;
-    let _span = tracing::info_span!("conn", peer = %peer.fingerprint(), %addr).entered();
-    drop(_span);
+    tracing::Span::current().record("peer", tracing::field::display(peer.fingerprint()));
     let trust = TrustStore::load(ctx.home.root())?;
     let trusted = trust.allows(&peer, Capability::Send);
     if ctx.policy == AcceptPolicy::Trusted && !trusted {
