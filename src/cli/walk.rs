@@ -10,11 +10,7 @@ use std::{
 use anyhow::{Context, Result};
 use p2pfs::store::format::validate_name;
 
-/// A path as it may be shown on a terminal: control and escape characters
-/// escaped, so a hostile file name cannot drive the terminal.
-pub fn shown(path: &Path) -> String {
-    path.to_string_lossy().escape_debug().to_string()
-}
+pub use p2pfs::store::error::shown;
 
 /// One thing to store: a file or an empty directory, under a vault name.
 pub struct Item {

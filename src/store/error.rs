@@ -11,13 +11,19 @@ use crate::crypto::CryptoError;
 #[derive(Debug, Error)]
 pub enum StoreError {
     /// There is no node in this home directory.
-    #[error("no p2pfs node in {home}: run `p2pfs init` first (or pass --home / set P2PFS_HOME)")]
+    #[error(
+        "no p2pfs node in {}: run `p2pfs init` first (or pass --home / set P2PFS_HOME)",
+        shown(home)
+    )]
     NotInitialised {
         /// The home directory looked at.
         home: PathBuf,
     },
     /// `init` found a node already there.
-    #[error("a p2pfs node already exists in {home}; refusing to overwrite it")]
+    #[error(
+        "a p2pfs node already exists in {}; refusing to overwrite it",
+        shown(home)
+    )]
     AlreadyInitialised {
         /// The home directory.
         home: PathBuf,
@@ -43,14 +49,15 @@ pub enum StoreError {
     },
     /// The disk is full; nothing partial was kept.
     #[error(
-        "disk full while writing {path}: free some space and try again (nothing partial was kept)"
+        "disk full while writing {}: free some space and try again (nothing partial was kept)",
+        shown(path)
     )]
     DiskFull {
         /// The file being written.
         path: PathBuf,
     },
     /// Another I/O failure.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {}: {source}", shown(path))]
     Io {
         /// What was being done.
         action: &'static str,
@@ -60,13 +67,13 @@ pub enum StoreError {
         source: io::Error,
     },
     /// No vault object matches the name or id.
-    #[error("no file named or with id {query} in the vault (see `p2pfs vault list`)")]
+    #[error("no file named or with id {query:?} in the vault (see `p2pfs vault list`)")]
     NotFound {
         /// What was asked for.
         query: String,
     },
     /// A name matches several objects.
-    #[error("{query} matches several files; use an id:\n{}", candidates.join("\n"))]
+    #[error("{:?} matches several files; use an id:\n{}", query, candidates.join("\n"))]
     Ambiguous {
         /// What was asked for.
         query: String,
@@ -74,7 +81,10 @@ pub enum StoreError {
         candidates: Vec<String>,
     },
     /// The export destination exists.
-    #[error("{path} already exists: choose another destination or pass --force")]
+    #[error(
+        "{} already exists: choose another destination or pass --force",
+        shown(path)
+    )]
     DestinationExists {
         /// The destination.
         path: PathBuf,
@@ -86,7 +96,7 @@ pub enum StoreError {
         problems: Vec<String>,
     },
     /// The source changed while it was read.
-    #[error("{path} changed while it was being read; try again")]
+    #[error("{} changed while it was being read; try again", shown(path))]
     SourceChanged {
         /// The source file.
         path: PathBuf,
@@ -127,6 +137,12 @@ impl StoreError {
             detail: detail.into(),
         }
     }
+}
+
+/// A path as it may be shown on a terminal: control and escape characters
+/// escaped, so a hostile file name cannot drive the terminal.
+pub fn shown(path: &std::path::Path) -> String {
+    path.to_string_lossy().escape_debug().to_string()
 }
 
 /// Result alias for the store.
