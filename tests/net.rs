@@ -735,3 +735,51 @@ fn ask_policy_prompts_on_the_terminal() {
     drop(stdin);
     let _ = reader.join();
 }
+
+/// Free bytes on the file system holding `p`.
+fn free_bytes(p: &std::path::Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return 0;
+    }
+    s.f_bavail as u64 * s.f_frsize as u64
+}
+
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "4 GiB transfer: run with cargo test --release"
+)]
+fn file_larger_than_4_gib() {
+    let (a, b) = nodes();
+    const SIZE: u64 = (4 << 30) + 12_345;
+    if free_bytes(&b.work) < 3 * SIZE {
+        eprintln!("skipped: needs {} GiB free", (3 * SIZE) >> 30);
+        return;
+    }
+    // Sparse, with data at the start, across the 4 GiB boundary and at the end.
+    let path = a.path("huge");
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.set_len(SIZE).unwrap();
+        for at in [0, (4 << 30) - 3, SIZE - 100] {
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.write_all(&random_bytes(100)).unwrap();
+        }
+    }
+    let hash = blake3_file(&path);
+    let srv = Server::start(&b, &["--accept", "any"]);
+    a.cmd(["send", "huge", &srv.addr()])
+        .timeout(Duration::from_secs(900))
+        .run()
+        .ok();
+    let e = b.entry("huge");
+    assert_eq!((e.size, e.blake3.as_str()), (SIZE, hash.as_str()));
+    b.cmd(["vault", "verify", "--full"])
+        .timeout(Duration::from_secs(900))
+        .run()
+        .ok();
+}
