@@ -229,6 +229,16 @@ fn changed_receiver_key_is_refused_as_possible_mitm() {
 }
 
 #[test]
+fn nothing_to_send_is_said_before_connecting() {
+    let (a, _) = nodes();
+    std::os::unix::fs::symlink("/etc/passwd", a.path("link")).unwrap();
+    let port = free_udp_port();
+    let r = a.run(["send", "link", &format!("127.0.0.1:{port}")]);
+    assert_eq!(r.code(), Some(1), "{r}");
+    assert!(r.stderr.contains("nothing to send"), "{r}");
+}
+
+#[test]
 fn unreachable_peer_fails_fast_with_a_hint() {
     let (a, _) = nodes();
     write_random(&a.path("f"), 10);

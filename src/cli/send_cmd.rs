@@ -136,6 +136,9 @@ pub fn run(ctx: &Ctx, args: Vec<String>, streams: usize, json: bool) -> Result<(
     let identity = ctx.home.load_identity()?;
     let paths: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
     let entries = walk::collect(&paths)?;
+    if entries.is_empty() {
+        bail!("nothing to send: only symbolic links or special files were given (they are never followed)");
+    }
     let mut items = Vec::with_capacity(entries.len());
     for e in entries {
         items.push(

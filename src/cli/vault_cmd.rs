@@ -124,6 +124,9 @@ fn unlock<'v>(ctx: &Ctx, vault: &'v Vault) -> Result<Unlocked<'v>> {
 
 fn import(ctx: &Ctx, vault: &Vault, paths: &[PathBuf]) -> Result<()> {
     let items = walk::collect(paths)?;
+    if items.is_empty() {
+        bail!("nothing to import: only symbolic links or special files were given (they are never followed)");
+    }
     let total: u64 = items.iter().map(|i| i.size).sum();
     let pb = progress::bytes(total, ctx.quiet, "importing");
     let mut base = 0u64;
