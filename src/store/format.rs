@@ -96,6 +96,30 @@ pub(crate) fn begin(magic: &[u8; 8]) -> Writer {
     w
 }
 
+/// Reads a `u16`-length-prefixed UTF-8 name and checks it with `validate`.
+pub(crate) fn read_name(
+    r: &mut Reader<'_>,
+    what: &'static str,
+    validate: fn(&str) -> Result<(), &'static str>,
+) -> Result<String, FormatError> {
+    let n = r.u16("name length")? as usize;
+    let name = std::str::from_utf8(r.bytes(n, what)?).map_err(|_| DecodeError::Invalid(what))?;
+    validate(name).map_err(|_| DecodeError::Invalid(what))?;
+    Ok(name.to_owned())
+}
+
+/// Reads a plaintext size and chunk size, bounded as in `docs/VAULT.md`.
+pub(crate) fn read_size(r: &mut Reader<'_>) -> Result<(u64, u32), FormatError> {
+    let size = r.u64("size")?;
+    let chunk_size = r.u32("chunk size")?;
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size)
+        || chunk_count(size, chunk_size) > MAX_CHUNK_COUNT
+    {
+        return Err(DecodeError::Invalid("size or chunk size").into());
+    }
+    Ok((size, chunk_size))
+}
+
 /// Checks a stored (relative, `/`-separated) name; returns why it is refused.
 pub fn validate_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
@@ -157,11 +181,7 @@ impl IdentityFile {
         let body = checked(bytes, MAGIC_IDENTITY)?;
         let mut r = Reader::new(&body[10..]);
         let secret = Secret32::from_bytes(r.array("secret")?);
-        let n = r.u16("name length")? as usize;
-        let name = std::str::from_utf8(r.bytes(n, "name")?)
-            .map_err(|_| DecodeError::Invalid("node name"))?
-            .to_owned();
-        validate_node_name(&name).map_err(|_| DecodeError::Invalid("node name"))?;
+        let name = read_name(&mut r, "node name", validate_node_name)?;
         r.finish()?;
         Ok(Self { secret, name })
     }
@@ -351,13 +371,7 @@ impl Metadata {
             1 => Kind::Dir,
             _ => return Err(DecodeError::Invalid("kind").into()),
         };
-        let size = r.u64("size")?;
-        let chunk_size = r.u32("chunk size")?;
-        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size)
-            || chunk_count(size, chunk_size) > MAX_CHUNK_COUNT
-        {
-            return Err(DecodeError::Invalid("size or chunk size").into());
-        }
+        let (size, chunk_size) = read_size(r)?;
         let blake3 = r.array("blake3")?;
         let added_ms = r.u64("added")?;
         let mtime = r.i64("mtime")?;
@@ -370,11 +384,7 @@ impl Metadata {
             1 => Some(PublicKey(r.array("origin")?)),
             _ => return Err(DecodeError::Invalid("origin").into()),
         };
-        let n = r.u16("name length")? as usize;
-        let name = std::str::from_utf8(r.bytes(n, "name")?)
-            .map_err(|_| DecodeError::Invalid("name"))?
-            .to_owned();
-        validate_name(&name).map_err(|_| DecodeError::Invalid("name"))?;
+        let name = read_name(r, "name", validate_name)?;
         Ok(Metadata {
             kind,
             size,

@@ -7,17 +7,16 @@ use std::{fs, path::PathBuf};
 
 use super::{
     error::{Result, StoreError},
-    format::{begin, checked, validate_name, with_checksum, FormatError, Metadata},
+    format::{
+        begin, checked, read_name, read_size, validate_name, with_checksum, FormatError, Metadata,
+    },
     fsutil,
     home::format_error,
     vault::{id_hex, ObjectWriter, Vault},
 };
 use crate::codec::{DecodeError, Reader};
 use crate::crypto::{
-    chunk::{
-        chunk_count, chunk_plain_len, FileId, FileKey, MAX_CHUNK_COUNT, MAX_CHUNK_SIZE,
-        MIN_CHUNK_SIZE,
-    },
+    chunk::{chunk_count, chunk_plain_len, FileId, FileKey},
     keys::{Keypair, PublicKey, Secret32},
     wrap::{unwrap_key, wrap_key_for, WRAP_NONCE},
     CryptoError,
@@ -108,19 +107,9 @@ fn decode_state(bytes: &[u8]) -> Result<State, FormatError> {
     let mut r = Reader::new(&body[10..]);
     let sender = PublicKey(r.array("sender")?);
     let file_id = r.array("file id")?;
-    let size = r.u64("size")?;
-    let chunk_size = r.u32("chunk size")?;
-    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size)
-        || chunk_count(size, chunk_size) > MAX_CHUNK_COUNT
-    {
-        return Err(DecodeError::Invalid("size").into());
-    }
+    let (size, chunk_size) = read_size(&mut r)?;
     let token = r.array("token")?;
-    let n = r.u16("name length")? as usize;
-    let name = std::str::from_utf8(r.bytes(n, "name")?)
-        .map_err(|_| DecodeError::Invalid("name"))?
-        .to_owned();
-    validate_name(&name).map_err(|_| DecodeError::Invalid("name"))?;
+    let name = read_name(&mut r, "name", validate_name)?;
     let kl = r.u16("key length")? as usize;
     let sealed_key = match kl {
         0 => None,
