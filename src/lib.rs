@@ -13,3 +13,4 @@ pub mod codec;
 pub mod crypto;
 pub mod net;
 pub mod store;
+pub mod text;

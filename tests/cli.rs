@@ -361,7 +361,7 @@ fn no_plaintext_name_passphrase_or_key_reaches_the_disk() {
     for id in &envs {
         let env = EnvelopeFile::decode(&fs::read(n.env(id)).unwrap()).unwrap();
         assert_eq!(env.recipient, kp.public());
-        let wrap = unwrap_key(&kp, &env.ephemeral).unwrap();
+        let wrap = unwrap_key(&kp, &env.ephemeral, p2pfs::crypto::wrap::ENVELOPE_INFO).unwrap();
         let body = wrap
             .open(WRAP_NONCE, &env.ad(), &env.sealed_body)
             .expect("envelope opens with the vault key");

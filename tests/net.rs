@@ -13,6 +13,7 @@ use p2pfs::{
         receiver::wrap_file_key,
         sender::{self, Target},
         wire::{self, ChunkHeader, EntryKind, FileOffer, FilePlan, Msg, RefuseCode, DATA_MAGIC},
+        KeyHint,
     },
 };
 use util::*;
@@ -444,12 +445,15 @@ fn rt() -> tokio::runtime::Runtime {
 
 async fn hostile(port: u16) -> sender::Authenticated {
     let me = Keypair::generate().unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let expected = sender::probe(&me, addr).await.unwrap();
     let target = Target {
-        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        addr,
         label: format!("127.0.0.1:{port}"),
-        expected: None,
+        expected,
+        hint: KeyHint::Given,
     };
-    let mut a = sender::connect(&me, &target, None).await.unwrap();
+    let mut a = sender::connect(&me, &target).await.unwrap();
     match wire::read_msg(&mut a.recv).await.unwrap() {
         Some(Msg::Welcome { .. }) => a,
         other => panic!("expected welcome, got {other:?}"),
@@ -548,10 +552,10 @@ async fn send_tampered(port: u16, remac: bool) -> (sender::Authenticated, Option
     .await
     .unwrap();
     let mut sealed = key.seal_chunk(&file_id, 0, true, b"0123456789").unwrap();
-    let good_mac = a.session.mac.tag(&file_id, 0, &sealed);
+    let good_mac = a.session.mac_tx.tag(&file_id, 0, &sealed);
     sealed[15] ^= 1;
     let mac = if remac {
-        a.session.mac.tag(&file_id, 0, &sealed)
+        a.session.mac_tx.tag(&file_id, 0, &sealed)
     } else {
         good_mac
     };

@@ -15,7 +15,7 @@ use p2pfs::{
         discovery::{self, Lookup, Resolved},
         events::Event,
         sender::{self, item_for, SendOptions, Target},
-        NetError, DEFAULT_PORT,
+        KeyHint, NetError, DEFAULT_PORT,
     },
     store::trust::TrustStore,
 };
@@ -154,12 +154,23 @@ pub fn run(ctx: &Ctx, args: Vec<String>, streams: usize, json: bool) -> Result<(
         let (targets, lan_first_contact) = match peer {
             PeerArg::Addr(spec) => {
                 let addr = resolve(&spec).await?;
+                let label = spec.label();
+                let trust = TrustStore::load(ctx.home.root())?;
+                let (expected, hint, first) = match (spec.expected, trust.pinned_for_address(&label)) {
+                    (Some(k), _) => (k, KeyHint::Given, trust.get(&k).is_none()),
+                    (None, Some(k)) => (k, KeyHint::Address, false),
+                    (None, None) => {
+                        let k = sender::probe(&identity.keypair, addr).await?;
+                        (k, KeyHint::Address, trust.get(&k).is_none())
+                    }
+                };
                 let target = Target {
                     addr,
-                    label: spec.label(),
-                    expected: spec.expected,
+                    label,
+                    expected,
+                    hint,
                 };
-                (vec![target], false)
+                (vec![target], first)
             }
             PeerArg::Lan(query) => {
                 let trust = TrustStore::load(ctx.home.root())?;
@@ -198,8 +209,14 @@ pub fn run(ctx: &Ctx, args: Vec<String>, streams: usize, json: bool) -> Result<(
                         );
                     }
                 }
-                let targets = targets_of(&found);
-                (targets, trust.get(&found.expected).is_none())
+                let targets = targets_of(&found, &query);
+                let first = trust.get(&found.expected).is_none();
+                if first {
+                    let mut trust = trust;
+                    trust.pin(&found.expected, &query, Some(&query));
+                    trust.save()?;
+                }
+                (targets, first)
             }
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -209,15 +226,16 @@ pub fn run(ctx: &Ctx, args: Vec<String>, streams: usize, json: bool) -> Result<(
             let mut last = std::time::Instant::now() - Duration::from_secs(1);
             while let Some(ev) = rx.recv().await {
                 if json {
-                    if let Some(v) = event_json(&ev, &mut last) {
+                    if let Some(v) = event_json(&ev, &mut last, lan_first_contact) {
                         println!("{v}");
                     }
                     continue;
                 }
                 match ev {
-                    Event::Connected { peer, name, first_contact } => {
+                    Event::Connected { peer, name } => {
                         // Security-relevant: shown even with -q.
-                        if first_contact {
+                        if lan_first_contact {
+                            let name = p2pfs::text::escape(&name);
                             eprintln!(
                                 "first contact with {name}: pinned its key, fingerprint {} (id {peer})",
                                 peer.fingerprint()
@@ -266,6 +284,14 @@ pub fn run(ctx: &Ctx, args: Vec<String>, streams: usize, json: bool) -> Result<(
         };
         let res = send_to_first(&identity.keypair, ctx.home.root(), &targets, items, &opts, tx, lan_first_contact).await;
         let _ = ui.await;
+        // The key answered the handshake: pin it for the address.
+        if let [t] = targets.as_slice() {
+            if !matches!(res, Err(NetError::KeyChanged { .. } | NetError::Unreachable { .. } | NetError::Handshake(_) | NetError::Timeout(_))) {
+                let mut trust = TrustStore::load(ctx.home.root())?;
+                trust.pin(&t.expected, &t.label, None);
+                trust.save()?;
+            }
+        }
         match res {
             Ok(s) => {
                 if json {
@@ -328,14 +354,15 @@ async fn find_on_lan(trust: &TrustStore, query: &str) -> Result<Resolved> {
 
 /// One target per advertised address of each matching instance, all
 /// requiring the resolved key.
-fn targets_of(r: &Resolved) -> Vec<Target> {
+fn targets_of(r: &Resolved, query: &str) -> Vec<Target> {
     let mut out: Vec<Target> = Vec::new();
     for addr in r.candidates.iter().flat_map(|c| c.socket_addrs()) {
         if out.iter().all(|t| t.addr != addr) {
             out.push(Target {
                 addr,
                 label: addr.to_string(),
-                expected: Some(r.expected),
+                expected: r.expected,
+                hint: KeyHint::Name(query.to_owned()),
             });
         }
     }
@@ -352,7 +379,7 @@ async fn send_to_first(
     items: Vec<sender::Item>,
     opts: &SendOptions,
     ui: p2pfs::net::events::EventTx,
-    first_contact: bool,
+    _first_contact: bool,
 ) -> Result<sender::Summary, NetError> {
     let mut key_changed = None;
     for (i, target) in targets.iter().enumerate() {
@@ -360,13 +387,9 @@ async fn send_to_first(
         let send = sender::send(identity, home, target, items.clone(), opts, tx);
         tokio::pin!(send);
         let mut welcomed = false;
-        let mut forward = |mut ev: Event| {
-            if let Event::Connected {
-                first_contact: f, ..
-            } = &mut ev
-            {
+        let mut forward = |ev: Event| {
+            if let Event::Connected { .. } = &ev {
                 welcomed = true;
-                *f |= first_contact;
             }
             let _ = ui.send(ev);
         };
@@ -406,14 +429,14 @@ async fn send_to_first(
     })
 }
 
-fn event_json(ev: &Event, last: &mut std::time::Instant) -> Option<serde_json::Value> {
+fn event_json(
+    ev: &Event,
+    last: &mut std::time::Instant,
+    first_contact: bool,
+) -> Option<serde_json::Value> {
     use serde_json::json;
     Some(match ev {
-        Event::Connected {
-            peer,
-            name,
-            first_contact,
-        } => json!({
+        Event::Connected { peer, name } => json!({
             "event": "connected", "peer": peer.to_id(), "fingerprint": peer.fingerprint(),
             "name": name, "first_contact": first_contact }),
         Event::Start {

@@ -12,9 +12,11 @@ use super::{
     CryptoError,
 };
 
-const INFO: &[u8] = b"p2pfs/envelope/v1";
+/// HKDF info of envelope wrap keys (`docs/VAULT.md`, *Envelope*). Every
+/// other use of sealing to a public key has its own label.
+pub const ENVELOPE_INFO: &[u8] = b"p2pfs/envelope/v1";
 
-fn derive(shared: &Secret32, ephemeral: &PublicKey, recipient: &PublicKey) -> AeadKey {
+fn derive(shared: &Secret32, ephemeral: &PublicKey, recipient: &PublicKey, info: &[u8]) -> AeadKey {
     let mut salt = [0u8; 64];
     salt[..32].copy_from_slice(ephemeral.as_bytes());
     salt[32..].copy_from_slice(recipient.as_bytes());
@@ -22,25 +24,36 @@ fn derive(shared: &Secret32, ephemeral: &PublicKey, recipient: &PublicKey) -> Ae
     let mut okm = [0u8; 32];
     // 32 bytes is far below HKDF-SHA256's output limit.
     #[allow(clippy::expect_used)]
-    hk.expand(INFO, &mut okm).expect("HKDF output length");
+    hk.expand(info, &mut okm).expect("HKDF output length");
     let key = Secret32::from_bytes(okm);
     zeroize::Zeroize::zeroize(&mut okm);
     AeadKey::new(&key)
 }
 
-/// Creates a one-time wrapping key for `recipient`; returns the ephemeral
-/// public key to store beside the ciphertext.
-pub fn wrap_key_for(recipient: &PublicKey) -> Result<(PublicKey, AeadKey), CryptoError> {
+/// Creates a one-time wrapping key for `recipient` under the HKDF `info`
+/// of its purpose; returns the ephemeral public key to store beside the
+/// ciphertext.
+pub fn wrap_key_for(
+    recipient: &PublicKey,
+    info: &[u8],
+) -> Result<(PublicKey, AeadKey), CryptoError> {
     let eph = Keypair::generate()?;
     let shared = eph.diffie_hellman(recipient)?;
-    Ok((eph.public(), derive(&shared, &eph.public(), recipient)))
+    Ok((
+        eph.public(),
+        derive(&shared, &eph.public(), recipient, info),
+    ))
 }
 
-/// Recovers the wrapping key from the recipient's key pair and the stored
-/// ephemeral public key.
-pub fn unwrap_key(recipient: &Keypair, ephemeral: &PublicKey) -> Result<AeadKey, CryptoError> {
+/// Recovers the wrapping key from the recipient's key pair, the stored
+/// ephemeral public key and the `info` it was made with.
+pub fn unwrap_key(
+    recipient: &Keypair,
+    ephemeral: &PublicKey,
+    info: &[u8],
+) -> Result<AeadKey, CryptoError> {
     let shared = recipient.diffie_hellman(ephemeral)?;
-    Ok(derive(&shared, ephemeral, &recipient.public()))
+    Ok(derive(&shared, ephemeral, &recipient.public(), info))
 }
 
 /// The nonce used with a one-time wrapping key (each key seals once).
@@ -48,7 +61,13 @@ pub const WRAP_NONCE: [u8; 12] = [0; 12];
 
 /// Derives a 32-byte subkey with HKDF-SHA256.
 pub fn hkdf32(ikm: &Secret32, salt: &[u8], info: &[u8]) -> Secret32 {
-    let hk = Hkdf::<Sha256>::new(Some(salt), ikm.expose());
+    hkdf_key(ikm.expose(), salt, info)
+}
+
+/// Derives a 32-byte subkey with HKDF-SHA256 from input key material of any
+/// length (for example the two keys of a Noise split).
+pub fn hkdf_key(ikm: &[u8], salt: &[u8], info: &[u8]) -> Secret32 {
+    let hk = Hkdf::<Sha256>::new(Some(salt), ikm);
     let mut okm = [0u8; 32];
     #[allow(clippy::expect_used)]
     hk.expand(info, &mut okm).expect("HKDF output length");
@@ -64,12 +83,15 @@ mod tests {
     #[test]
     fn wrap_unwrap() {
         let vault = Keypair::generate().unwrap();
-        let (eph, k) = wrap_key_for(&vault.public()).unwrap();
+        let (eph, k) = wrap_key_for(&vault.public(), ENVELOPE_INFO).unwrap();
         let ct = k.seal(WRAP_NONCE, b"ad", b"file key").unwrap();
-        let k2 = unwrap_key(&vault, &eph).unwrap();
+        let k2 = unwrap_key(&vault, &eph, ENVELOPE_INFO).unwrap();
         assert_eq!(k2.open(WRAP_NONCE, b"ad", &ct).unwrap(), b"file key");
+        // Another purpose's label gives another key.
+        let k4 = unwrap_key(&vault, &eph, b"p2pfs/other/v1").unwrap();
+        assert!(k4.open(WRAP_NONCE, b"ad", &ct).is_err());
         let other = Keypair::generate().unwrap();
-        let k3 = unwrap_key(&other, &eph).unwrap();
+        let k3 = unwrap_key(&other, &eph, ENVELOPE_INFO).unwrap();
         assert_eq!(
             k3.open(WRAP_NONCE, b"ad", &ct),
             Err(CryptoError::AuthFailed)

@@ -10,10 +10,8 @@ pub enum Event {
     Connected {
         /// Peer node id.
         peer: PublicKey,
-        /// Peer's name.
+        /// Peer's self-declared name (a valid node name; display only).
         name: String,
-        /// True when the key was pinned just now (first contact).
-        first_contact: bool,
     },
     /// A transfer is starting.
     Start {

@@ -18,7 +18,7 @@ use thiserror::Error;
 use crate::{crypto::keys::PublicKey, store::StoreError};
 
 /// The ALPN protocol id (the protocol version).
-pub const ALPN: &[u8] = b"p2pfs/1";
+pub const ALPN: &[u8] = b"p2pfs/2";
 /// The default UDP port.
 pub const DEFAULT_PORT: u16 = 47474;
 
@@ -52,7 +52,7 @@ pub enum NetError {
         detail: String,
     },
     /// The peer presented another key than the pinned or given one.
-    #[error("PEER KEY CHANGED — POSSIBLE MAN-IN-THE-MIDDLE ATTACK!\n  expected {expected} (fingerprint {})\n  but {addr} answered as {actual} (fingerprint {})\nNothing was sent. If the peer was reinstalled or re-initialised, verify the new fingerprint out of band, then run `p2pfs trust rm {expected}` (or send to NODEID@{addr}) to re-pin.", expected.fingerprint(), actual.fingerprint())]
+    #[error("{}", key_changed_message(addr, expected, actual, hint))]
     KeyChanged {
         /// The address.
         addr: String,
@@ -60,6 +60,8 @@ pub enum NetError {
         expected: PublicKey,
         /// The key it presented.
         actual: PublicKey,
+        /// What made us expect that key (for the advice).
+        hint: KeyHint,
     },
     /// The receiver refused.
     #[error("refused by the receiver: {message}")]
@@ -101,6 +103,51 @@ pub enum NetError {
     /// TLS / QUIC configuration.
     #[error("network setup: {0}")]
     Setup(String),
+}
+
+/// What made the sender expect a key: the advice after a mismatch differs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyHint {
+    /// The key pinned for this address.
+    Address,
+    /// The key the user's alias (or the word typed at first contact) names.
+    Name(String),
+    /// The key given on the command line (`NODEID@host:port`).
+    Given,
+}
+
+fn key_changed_message(
+    addr: &str,
+    expected: &PublicKey,
+    actual: &PublicKey,
+    hint: &KeyHint,
+) -> String {
+    let addr = crate::text::escape(addr);
+    let mut s = format!(
+        "PEER KEY CHANGED — POSSIBLE MAN-IN-THE-MIDDLE ATTACK!\n  expected {expected} (fingerprint {})\n  but {addr} answered as {actual} (fingerprint {})\nNothing was sent.",
+        expected.fingerprint(),
+        actual.fingerprint()
+    );
+    match hint {
+        KeyHint::Given => s.push_str(
+            " The node id was given on the command line: check that it is the right one (`p2pfs id` on that node).",
+        ),
+        KeyHint::Address => s.push_str(&format!(
+            "\n  - If another node now has this address, send to it as NODEID@{addr}: that moves the address pin and leaves {} alone.\n  - Only if that node itself was reinstalled and you compared the new fingerprint out of band: `p2pfs trust rm {}`.",
+            expected.fingerprint(),
+            &expected.to_id()[..12]
+        )),
+        KeyHint::Name(name) => {
+            let name = crate::text::escape(name);
+            s.push_str(&format!(
+                "\n  - {name:?} names {} here; the node that answered may be another node using the same name: send to it by id ({}) — that does not touch the pin of {name:?}.\n  - Only if {name:?} itself was reinstalled and you compared the new fingerprint out of band: `p2pfs trust rm {}`, then send again.",
+                expected.fingerprint(),
+                &actual.to_id()[..12],
+                &expected.to_id()[..12]
+            ));
+        }
+    }
+    s
 }
 
 impl NetError {

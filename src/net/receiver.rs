@@ -231,6 +231,7 @@ async fn handle(
 }
 
 async fn refuse(send: &mut quinn::SendStream, code: RefuseCode, message: String) -> NetError {
+    let message = crate::text::bounded(&message, crate::text::MAX_MESSAGE - 4);
     let _ = wire::write_msg(
         send,
         &Msg::Refused {
@@ -261,7 +262,8 @@ async fn receive(
         None => return Ok(()),
         Some(other) => {
             return Err(NetError::Protocol(format!(
-                "expected an offer, got {other:?}"
+                "expected an offer, got {}",
+                other.kind()
             )))
         }
     };
@@ -396,7 +398,7 @@ async fn receive(
             ctx.clone(),
             infos.clone(),
             cmd_tx.clone(),
-            session.mac.clone(),
+            session.mac_rx.clone(),
         );
         tokio::spawn(
             async move { accept_data(conn, ctx, infos, chunk_size, cmd_tx, mac, peer).await },
@@ -428,7 +430,7 @@ async fn receive(
                             }
                         }
                         Some(Msg::Done) => { client_done = true; }
-                        Some(other) => return Err(NetError::Protocol(format!("unexpected message {other:?}"))),
+                        Some(other) => return Err(NetError::Protocol(format!("unexpected message {}", other.kind()))),
                     }
                 }
                 r = res_rx.recv() => {
@@ -521,7 +523,7 @@ fn disk_actor(
         let step = (|| -> Result<(), StoreError> {
             match cmd {
                 DiskCmd::Start { key, fresh, .. } => {
-                    let sealed = seal_key_to(&peer, &st.id, key.secret())?;
+                    let sealed = seal_key_to(&peer, &ctx.identity.id(), &st.id, key.secret())?;
                     let p = open_or_start(ctx, st, peer, chunk_size)?;
                     if fresh {
                         p.reset();
@@ -810,7 +812,7 @@ fn key_nonce(file: u32) -> [u8; 12] {
 
 /// Associated data of a transported file key.
 pub fn key_ad(id: &FileId) -> Vec<u8> {
-    let mut ad = b"p2pfs/1 file-key".to_vec();
+    let mut ad = b"p2pfs/2 file-key".to_vec();
     ad.extend_from_slice(id);
     ad
 }
@@ -823,7 +825,7 @@ pub fn wrap_file_key(
     key: &FileKey,
 ) -> Result<Vec<u8>, NetError> {
     session
-        .wrap
+        .wrap_tx
         .seal(key_nonce(file), &key_ad(id), key.secret().expose())
         .map_err(|e| NetError::Protocol(e.to_string()))
 }
@@ -858,7 +860,7 @@ fn unwrap_file_key(
 ) -> Result<FileKey, NetError> {
     let raw = zeroize::Zeroizing::new(
         session
-            .wrap
+            .wrap_rx
             .open(key_nonce(file), &key_ad(id), wrapped)
             .map_err(|_| NetError::Tampered("file key does not authenticate".into()))?,
     );

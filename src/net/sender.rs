@@ -23,12 +23,12 @@ use tokio::sync::{mpsc, Mutex};
 use super::{
     close, endpoint,
     events::{Event, EventTx},
-    handshake::{self, Session, EXPORTER_LABEL},
+    handshake::{self, Mode, Session, EXPORTER_LABEL},
     receiver::wrap_file_key,
     wire::{
         self, bitmap, ChunkHeader, EntryKind, FileOffer, FilePlan, Msg, RefuseCode, DATA_MAGIC,
     },
-    NetError,
+    KeyHint, NetError,
 };
 use crate::{
     crypto::{
@@ -38,18 +38,27 @@ use crate::{
         keys::{Keypair, PublicKey},
         to_hex,
     },
-    store::{partial::open_key, trust::TrustStore, StoreError},
+    store::{
+        partial::open_key,
+        sent::{entry_tag, SentLog},
+        StoreError,
+    },
+    text,
 };
 
-/// Where to send.
+/// Where to send, and the key the receiver must prove. The sender never
+/// decides trust itself: the caller resolved the key (given, pinned, or
+/// confirmed at first contact with [`probe`]).
 #[derive(Debug, Clone)]
 pub struct Target {
     /// The socket address.
     pub addr: SocketAddr,
-    /// How the user named it (`host:port`), the key of address pins.
+    /// How the user named it (`host:port`), for messages.
     pub label: String,
-    /// The key the peer must have (`NODEID@host:port`), if given.
-    pub expected: Option<PublicKey>,
+    /// The key the peer must have.
+    pub expected: PublicKey,
+    /// Why that key is expected (for the advice after a mismatch).
+    pub hint: KeyHint,
 }
 
 /// One entry to send.
@@ -125,11 +134,16 @@ pub fn item_for(path: &Path, name: String, dir: bool) -> std::io::Result<Item> {
     })
 }
 
+/// How long a receiver may stay silent, once every chunk is sent, before
+/// the sender gives up on its results.
+const RESULT_WAIT: Duration = Duration::from_secs(120);
+
 /// Maps how a connection ended to an error.
 fn closed_error(e: &quinn::ConnectionError) -> NetError {
     match e {
         quinn::ConnectionError::ApplicationClosed(c) => {
-            let reason = String::from_utf8_lossy(&c.reason).into_owned();
+            // The reason is the peer's text: bounded and escaped here, once.
+            let reason = text::from_peer(&String::from_utf8_lossy(&c.reason));
             match c.error_code.into_inner() as u32 {
                 close::TAMPERED => {
                     NetError::Tampered(format!("the receiver rejected data: {reason}"))
@@ -164,18 +178,34 @@ pub struct Authenticated {
     pub session: Session,
 }
 
-async fn attempt(
-    identity: &Keypair,
-    target: &Target,
-    known: Option<PublicKey>,
-    expected: Option<PublicKey>,
-) -> Result<Authenticated, NetError> {
-    let endpoint = endpoint::client(target.addr)?;
-    let conn = endpoint::connect(&endpoint, target.addr, Duration::from_secs(5)).await?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| closed_error(&e))?;
+/// A QUIC connection and its control stream, before authentication.
+async fn open(
+    target_addr: SocketAddr,
+) -> Result<
+    (
+        quinn::Endpoint,
+        quinn::Connection,
+        quinn::SendStream,
+        quinn::RecvStream,
+        [u8; 32],
+    ),
+    NetError,
+> {
+    let endpoint = endpoint::client(target_addr)?;
+    let conn = endpoint::connect(&endpoint, target_addr, Duration::from_secs(5)).await?;
+    let (send, recv) = conn.open_bi().await.map_err(|e| closed_error(&e))?;
     let mut prologue = [0u8; 32];
     conn.export_keying_material(&mut prologue, EXPORTER_LABEL, b"")
         .map_err(|_| NetError::Setup("TLS exporter unavailable".into()))?;
+    Ok((endpoint, conn, send, recv, prologue))
+}
+
+async fn attempt(
+    identity: &Keypair,
+    target: &Target,
+    mode: Mode,
+) -> Result<Authenticated, NetError> {
+    let (endpoint, conn, mut send, mut recv, prologue) = open(target.addr).await?;
     let hs = tokio::time::timeout(
         Duration::from_secs(10),
         handshake::initiate(
@@ -183,8 +213,8 @@ async fn attempt(
             &mut send,
             identity,
             &prologue,
-            known,
-            expected,
+            target.expected,
+            mode,
             &target.label,
         ),
     )
@@ -205,28 +235,56 @@ async fn attempt(
                 close::HANDSHAKE
             };
             conn.close(quinn::VarInt::from_u32(code), b"handshake failed");
-            Err(e)
+            Err(match e {
+                NetError::KeyChanged {
+                    addr,
+                    expected,
+                    actual,
+                    ..
+                } => NetError::KeyChanged {
+                    addr,
+                    expected,
+                    actual,
+                    hint: target.hint.clone(),
+                },
+                other => other,
+            })
         }
     }
 }
 
-/// Connects and authenticates: IK when the key is known (retried as XX to
-/// name a changed key), XX otherwise.
-pub async fn connect(
-    identity: &Keypair,
-    target: &Target,
-    expected: Option<PublicKey>,
-) -> Result<Authenticated, NetError> {
-    match attempt(identity, target, expected, expected).await {
-        Err(NetError::Handshake(first)) if expected.is_some() => {
-            match attempt(identity, target, None, expected).await {
-                Err(e @ NetError::KeyChanged { .. }) => Err(e),
-                Err(_) => Err(NetError::Handshake(first)),
-                Ok(a) => Ok(a),
-            }
-        }
+/// Connects and authenticates the receiver as `target.expected`: IK, and
+/// when that fails (the key changed?) once more as XX to name the key that
+/// answers — refused before our own key is sent.
+pub async fn connect(identity: &Keypair, target: &Target) -> Result<Authenticated, NetError> {
+    match attempt(identity, target, Mode::Ik).await {
+        Err(NetError::Handshake(first)) => match attempt(identity, target, Mode::Xx).await {
+            Err(e @ NetError::KeyChanged { .. }) => Err(e),
+            Err(_) => Err(NetError::Handshake(first)),
+            Ok(a) => Ok(a),
+        },
         other => other,
     }
+}
+
+/// Learns which key answers at `addr` (first contact) without sending our
+/// own static key or anything else: the Noise XX handshake up to the
+/// receiver's message 2, which proves it holds that key; then the
+/// connection is closed.
+pub async fn probe(identity: &Keypair, addr: SocketAddr) -> Result<PublicKey, NetError> {
+    let (endpoint, conn, mut send, mut recv, prologue) = open(addr).await?;
+    let key = tokio::time::timeout(
+        Duration::from_secs(10),
+        handshake::probe(&mut recv, &mut send, identity, &prologue),
+    )
+    .await
+    .map_err(|_| NetError::Timeout("in the handshake"))?;
+    conn.close(
+        quinn::VarInt::from_u32(close::HANDSHAKE),
+        b"first contact: key learnt, asking the user",
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    key
 }
 
 /// Reads control messages until one arrives; maps a closed connection.
@@ -265,11 +323,7 @@ pub async fn send(
     opts: &SendOptions,
     events: EventTx,
 ) -> Result<Summary, NetError> {
-    let mut trust = TrustStore::load(home)?;
-    let expected = target
-        .expected
-        .or_else(|| trust.pinned_for_address(&target.label));
-    let mut a = connect(identity, target, expected).await?;
+    let mut a = connect(identity, target).await?;
     let peer = a.session.peer;
     let peer_name = match next_msg(
         &mut a,
@@ -278,25 +332,19 @@ pub async fn send(
     )
     .await?
     {
+        // `Msg::check` validated it as a node name.
         Msg::Welcome { name, .. } => name,
-        Msg::Refused { code, message } => {
-            pin(&mut trust, &peer, target, None)?;
-            return Err(NetError::Refused { code, message });
-        }
+        Msg::Refused { code, message } => return Err(refused(code, &message)),
         other => {
             return Err(NetError::Protocol(format!(
-                "expected a welcome, got {other:?}"
+                "expected a welcome, got {}",
+                other.kind()
             )))
         }
     };
-    // First contact: this key was not known here before (whatever the
-    // address or name it was reached by).
-    let first_contact = trust.get(&peer).is_none();
-    pin(&mut trust, &peer, target, Some(&peer_name))?;
     let _ = events.send(Event::Connected {
         peer,
         name: peer_name.clone(),
-        first_contact,
     });
 
     let offers: Vec<FileOffer> = items.iter().map(|i| i.offer.clone()).collect();
@@ -316,68 +364,107 @@ pub async fn send(
     .await?
     {
         Msg::Plan { files } if files.len() == items.len() => files,
-        Msg::Refused { code, message } => return Err(NetError::Refused { code, message }),
+        Msg::Refused { code, message } => return Err(refused(code, &message)),
         other => {
             return Err(NetError::Protocol(format!(
-                "expected a plan, got {other:?}"
+                "expected a plan for {} file(s), got {}",
+                items.len(),
+                other.kind()
             )))
         }
     };
 
+    // A resume offer is honoured only for a transfer this node started with
+    // this very receiver, for this entry (`store::sent`), and only if the
+    // sealed key opens for the pair of us: a blob from anyone else (a stolen
+    // vault folder, say) is never opened, and the file starts afresh.
+    let mut log = SentLog::open(home)?;
+    let mut failures = Vec::new();
     let mut plan = Vec::with_capacity(plans.len());
     let mut skipped = 0u64;
     for (item, p) in items.iter().zip(plans) {
         let n = chunk_count(item.offer.size, opts.chunk_size);
-        plan.push(match p {
-            FilePlan::New { file_id } => Plan {
-                id: file_id,
+        let tag = entry_tag(
+            &item.offer.name,
+            item.offer.size,
+            &item.offer.token,
+            opts.chunk_size,
+        );
+        let fresh_plan = |id: FileId, fresh: bool| -> Result<Plan, NetError> {
+            Ok(Plan {
+                id,
                 key: FileKey::generate().map_err(StoreError::from)?,
                 have: None,
-                fresh: false,
+                fresh,
                 rejected: None,
-            },
+            })
+        };
+        let next = match p {
+            FilePlan::New { file_id } => fresh_plan(file_id, false)?,
             FilePlan::Resume {
                 file_id,
                 sealed_key,
                 have,
-            } => match open_key(identity, &file_id, &sealed_key) {
-                Ok(key) if have.len() as u64 == n.div_ceil(8) => {
-                    let held: u64 = (0..n)
-                        .filter(|i| bitmap::get(&have, *i))
-                        .map(|i| chunk_plain_len(item.offer.size, opts.chunk_size, i) as u64)
-                        .sum();
-                    skipped += held;
-                    let percent = (held * 100).checked_div(item.offer.size).unwrap_or(100) as u8;
-                    let _ = events.send(Event::Resuming {
-                        name: item.offer.name.clone(),
-                        percent,
-                    });
-                    Plan {
-                        id: file_id,
-                        key,
-                        have: Some(have),
-                        fresh: false,
-                        rejected: None,
+            } => {
+                let key = log
+                    .contains(&peer, &file_id, &tag)
+                    .then(|| open_key(identity, &peer, &file_id, &sealed_key).ok())
+                    .flatten();
+                match key {
+                    Some(key) if have.len() as u64 == n.div_ceil(8) => {
+                        let held: u64 = (0..n)
+                            .filter(|i| bitmap::get(&have, *i))
+                            .map(|i| chunk_plain_len(item.offer.size, opts.chunk_size, i) as u64)
+                            .sum();
+                        skipped = skipped.saturating_add(held);
+                        let percent = (u128::from(held) * 100)
+                            .checked_div(u128::from(item.offer.size))
+                            .unwrap_or(100)
+                            .min(100) as u8;
+                        let _ = events.send(Event::Resuming {
+                            name: item.offer.name.clone(),
+                            percent,
+                        });
+                        Plan {
+                            id: file_id,
+                            key,
+                            have: Some(have),
+                            fresh: false,
+                            rejected: None,
+                        }
+                    }
+                    _ => {
+                        tracing::debug!(name = %text::escape(&item.offer.name), "resume offer not honoured: sending afresh");
+                        fresh_plan(file_id, true)?
                     }
                 }
-                _ => Plan {
-                    id: file_id,
-                    key: FileKey::generate().map_err(StoreError::from)?,
-                    have: None,
-                    fresh: true,
-                    rejected: None,
-                },
-            },
+            }
             FilePlan::Reject { reason } => Plan {
                 id: [0; 16],
                 key: FileKey::generate().map_err(StoreError::from)?,
                 have: None,
                 fresh: false,
-                rejected: Some(reason),
+                rejected: Some(text::from_peer(&reason)),
             },
-        });
+        };
+        match &next.rejected {
+            None => log.record(&peer, &next.id, &tag),
+            Some(why) => {
+                let _ = events.send(Event::FileFailed {
+                    name: item.offer.name.clone(),
+                    message: why.clone(),
+                });
+                failures.push(format!("  {}: {why}", text::escape(&item.offer.name)));
+            }
+        }
+        plan.push(next);
     }
-    let total: u64 = items.iter().map(|i| i.offer.size).sum();
+    log.save()?;
+    drop(log);
+    let total = items
+        .iter()
+        .try_fold(0u64, |t, i| t.checked_add(i.offer.size))
+        .ok_or_else(|| NetError::Protocol("the files to send exceed 2^64 bytes".into()))?;
     let _ = events.send(Event::Start {
         files: items.len(),
         bytes: total,
@@ -426,7 +513,7 @@ pub async fn send(
             Ok::<_, NetError>(())
         }));
     }
-    let mac = a.session.mac.clone();
+    let mac = a.session.mac_tx.clone();
     let wrap_keys: Vec<Option<Vec<u8>>> = plan
         .iter()
         .enumerate()
@@ -439,6 +526,10 @@ pub async fn send(
         })
         .collect::<Result<_, _>>()?;
     let expected_results = plan.iter().filter(|p| p.rejected.is_none()).count();
+    let plan_ids: Vec<Option<FileId>> = plan
+        .iter()
+        .map(|p| p.rejected.is_none().then_some(p.id))
+        .collect();
     let hashes = Arc::new(std::sync::Mutex::new(vec![None::<[u8; 32]>; items.len()]));
     let reader_hashes = hashes.clone();
     let reader_items = items.clone();
@@ -481,33 +572,51 @@ pub async fn send(
         Ok(())
     });
 
-    // Results.
+    // Results: one per accepted file, each at most once. Once everything
+    // is sent, a receiver that stays silent for RESULT_WAIT is given up on.
     let mut results = 0usize;
-    let mut failures = Vec::new();
+    let mut answered = vec![false; items.len()];
+    let mut committed: Vec<FileId> = Vec::new();
     let mut ok_files = 0usize;
     let mut reader = reader;
     let mut reader_done = false;
     while results < expected_results {
+        let wait = if reader_done {
+            RESULT_WAIT
+        } else {
+            Duration::MAX
+        };
         tokio::select! {
-            m = wire::read_msg(&mut a.recv) => {
+            m = tokio::time::timeout(wait, wire::read_msg(&mut a.recv)) => {
+                let Ok(m) = m else {
+                    a.conn.close(quinn::VarInt::from_u32(close::DONE), b"no results");
+                    return Err(NetError::Timeout("waiting for the receiver to confirm the files"));
+                };
                 match m {
                     Ok(Some(Msg::FileResult { file, ok, code, message })) => {
-                        let Some(item) = items.get(file as usize) else {
+                        let i = file as usize;
+                        let (Some(item), Some(p)) = (items.get(i), plan_ids.get(i)) else {
                             return Err(NetError::Protocol("result for an unknown file".into()));
                         };
+                        if answered[i] || p.is_none() {
+                            return Err(NetError::Protocol("a second result, or a result for a rejected file".into()));
+                        }
+                        answered[i] = true;
                         results += 1;
                         if ok {
                             ok_files += 1;
-                            let b3 = hashes.lock().ok().and_then(|h| h.get(file as usize).copied().flatten());
+                            committed.extend(*p);
+                            let b3 = hashes.lock().ok().and_then(|h| h.get(i).copied().flatten());
                             let _ = events.send(Event::FileDone { name: item.offer.name.clone(), size: item.offer.size, blake3: b3.map(|b| to_hex(&b)).unwrap_or_default() });
                         } else {
+                            let message = text::from_peer(&message);
                             let why = if code == wire::result_code::DISK_FULL { format!("the receiver's disk is full: {message}") } else { message };
                             let _ = events.send(Event::FileFailed { name: item.offer.name.clone(), message: why.clone() });
-                            failures.push(format!("  {}: {why}", item.offer.name));
+                            failures.push(format!("  {}: {why}", text::escape(&item.offer.name)));
                         }
                     }
-                    Ok(Some(Msg::Refused { code, message })) => return Err(NetError::Refused { code, message }),
-                    Ok(Some(other)) => return Err(NetError::Protocol(format!("unexpected message {other:?}"))),
+                    Ok(Some(Msg::Refused { code, message })) => return Err(refused(code, &message)),
+                    Ok(Some(other)) => return Err(NetError::Protocol(format!("unexpected message {}", other.kind()))),
                     Ok(None) | Err(NetError::ConnectionLost(_)) => {
                         let e = a.conn.closed().await;
                         return Err(closed_error(&e));
@@ -527,6 +636,13 @@ pub async fn send(
                 }
             }
         }
+    }
+    if !committed.is_empty() {
+        let mut log = SentLog::open(home)?;
+        for id in &committed {
+            log.forget(&peer, id);
+        }
+        log.save()?;
     }
     for w in writers {
         let _ = w.await;
@@ -569,15 +685,12 @@ pub async fn send(
     })
 }
 
-fn pin(
-    trust: &mut TrustStore,
-    peer: &PublicKey,
-    target: &Target,
-    name: Option<&str>,
-) -> Result<(), NetError> {
-    trust.pin(peer, &target.label, name);
-    trust.save()?;
-    Ok(())
+/// A refusal from the receiver, its message made safe to show.
+fn refused(code: RefuseCode, message: &str) -> NetError {
+    NetError::Refused {
+        code,
+        message: text::from_peer(message),
+    }
 }
 
 /// Reads one file front to back: hashes the plaintext, seals, MACs and

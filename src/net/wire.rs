@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::NetError;
-use crate::crypto::chunk::{FileId, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
-use crate::store::format::validate_name;
+use crate::crypto::chunk::{chunk_count, FileId, MAX_CHUNK_COUNT, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use crate::store::format::{validate_name, validate_node_name};
+use crate::text::MAX_MESSAGE;
 
 /// Largest control frame.
 pub const MAX_FRAME: u32 = 64 << 20;
@@ -15,8 +16,19 @@ pub const MAX_FRAME: u32 = 64 << 20;
 pub const MAX_FILES: usize = 1_000_000;
 /// Largest declared file size (2^52 bytes).
 pub const MAX_FILE_SIZE: u64 = 1 << 52;
+/// Budget of declared plaintext bytes of one offer (16 TiB). A connection
+/// carries one offer, so this is also the per-connection budget.
+pub const MAX_OFFER_BYTES: u64 = 1 << 44;
+/// Budget of declared chunks of one offer (and connection): 2^24, that is
+/// 16 TiB at the default 1 MiB chunks, 64 GiB at the smallest (4 KiB).
+pub const MAX_OFFER_CHUNKS: u64 = 1 << 24;
+pub use crate::store::partial::SEALED_KEY_LEN;
+/// Length of a file key under the session's key-transport key (`FileStart`).
+pub const WRAPPED_KEY_LEN: usize = 48;
+/// Longest software version string in `Welcome`.
+pub const MAX_VERSION: usize = 64;
 /// Magic at the start of every data stream.
-pub const DATA_MAGIC: &[u8; 4] = b"P2D1";
+pub const DATA_MAGIC: &[u8; 4] = b"P2D2";
 /// Length of a chunk frame header.
 pub const CHUNK_HEADER_LEN: usize = 4 + 8 + 4 + 32;
 /// Largest number of data streams.
@@ -173,6 +185,75 @@ pub async fn write_msg<W: AsyncWrite + Unpin>(w: &mut W, msg: &Msg) -> Result<()
     Ok(())
 }
 
+/// What a peer sent that is not a valid message of its kind.
+fn invalid(what: &str) -> NetError {
+    NetError::Protocol(format!("the peer sent an invalid message ({what})"))
+}
+
+fn bounded_text(s: &str, what: &str) -> Result<(), NetError> {
+    if s.len() > MAX_MESSAGE {
+        return Err(invalid(&format!(
+            "{what} of {} bytes, more than {MAX_MESSAGE}",
+            s.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Msg {
+    /// The message's kind, for errors (never its peer-controlled content).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Msg::Welcome { .. } => "Welcome",
+            Msg::Refused { .. } => "Refused",
+            Msg::Offer { .. } => "Offer",
+            Msg::Plan { .. } => "Plan",
+            Msg::FileStart { .. } => "FileStart",
+            Msg::FileEnd { .. } => "FileEnd",
+            Msg::FileResult { .. } => "FileResult",
+            Msg::Done => "Done",
+        }
+    }
+
+    /// Checks every field a peer controls against its kind and bounds
+    /// (`docs/PROTOCOL.md`, *Control messages*): names are valid node
+    /// names, free text is at most 1 KiB, keys have their exact length.
+    /// Run on every decoded message, so nothing unvalidated gets further.
+    /// Offers are checked against the budgets by [`validate_offer`].
+    pub fn check(&self) -> Result<(), NetError> {
+        match self {
+            Msg::Welcome { version, name } => {
+                if version.len() > MAX_VERSION
+                    || version.chars().any(crate::text::is_forbidden_in_name)
+                {
+                    return Err(invalid("software version"));
+                }
+                validate_node_name(name).map_err(|why| invalid(&format!("node name: {why}")))
+            }
+            Msg::Refused { message, .. } => bounded_text(message, "refusal message"),
+            Msg::FileResult { message, .. } => bounded_text(message, "result message"),
+            Msg::Plan { files } => {
+                for p in files {
+                    match p {
+                        FilePlan::Reject { reason } => bounded_text(reason, "rejection reason")?,
+                        FilePlan::Resume { sealed_key, .. }
+                            if sealed_key.len() != SEALED_KEY_LEN =>
+                        {
+                            return Err(invalid("sealed key length"))
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(())
+            }
+            Msg::FileStart { wrapped_key, .. } if wrapped_key.len() != WRAPPED_KEY_LEN => {
+                Err(invalid("wrapped key length"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Reads one control frame; `None` at a clean end of stream.
 pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Msg>, NetError> {
     let mut len = [0u8; 4];
@@ -192,13 +273,27 @@ pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Msg>, Ne
     decode_msg(&body).map(Some)
 }
 
-/// Decodes a control message body (also the fuzzing entry point).
+/// Decodes a control message body and checks its fields (also the fuzzing
+/// entry point).
 pub fn decode_msg(body: &[u8]) -> Result<Msg, NetError> {
-    postcard::from_bytes(body).map_err(|e| NetError::Protocol(format!("undecodable message: {e}")))
+    let m: Msg = postcard::from_bytes(body)
+        .map_err(|e| NetError::Protocol(format!("undecodable message: {e}")))?;
+    m.check()?;
+    Ok(m)
 }
 
-/// Checks an offer against the limits; returns a reason to refuse it.
-pub fn validate_offer(chunk_size: u32, files: &[FileOffer]) -> Result<(), String> {
+/// What an accepted offer declares in total (checked arithmetic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OfferTotals {
+    /// Declared plaintext bytes.
+    pub bytes: u64,
+    /// Declared chunks.
+    pub chunks: u64,
+}
+
+/// Checks an offer against the limits and the budgets before anything is
+/// allocated for it; returns its totals, or a reason to refuse it.
+pub fn validate_offer(chunk_size: u32, files: &[FileOffer]) -> Result<OfferTotals, String> {
     if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
         return Err(format!("chunk size {chunk_size} out of range"));
     }
@@ -208,25 +303,47 @@ pub fn validate_offer(chunk_size: u32, files: &[FileOffer]) -> Result<(), String
     if files.len() > MAX_FILES {
         return Err(format!("{} entries (at most {MAX_FILES})", files.len()));
     }
-    let mut seen = std::collections::HashSet::with_capacity(files.len());
+    let mut seen = std::collections::HashSet::new();
+    let mut totals = OfferTotals::default();
     for f in files {
         if let Err(why) = validate_name(&f.name) {
             return Err(format!(
-                "refused name {:?}: {why}",
-                f.name.escape_debug().to_string()
+                "refused name \"{}\": {why}",
+                crate::text::name_from_peer(&f.name)
             ));
         }
+        let shown = crate::text::name_from_peer(&f.name);
         if f.size >= MAX_FILE_SIZE {
-            return Err(format!("{}: declared size {} is absurd", f.name, f.size));
+            return Err(format!("{shown}: declared size {} is absurd", f.size));
         }
         if f.kind == EntryKind::Dir && f.size != 0 {
-            return Err(format!("{}: a directory with a size", f.name));
+            return Err(format!("{shown}: a directory with a size"));
         }
+        let chunks = chunk_count(f.size, chunk_size);
+        if chunks > MAX_CHUNK_COUNT {
+            return Err(format!(
+                "{shown}: {chunks} chunks of {chunk_size} bytes (at most {MAX_CHUNK_COUNT} per file)"
+            ));
+        }
+        totals.bytes = totals
+            .bytes
+            .checked_add(f.size)
+            .filter(|b| *b <= MAX_OFFER_BYTES)
+            .ok_or_else(|| {
+                format!("the offer declares more than {MAX_OFFER_BYTES} bytes in total (the budget of one transfer)")
+            })?;
+        totals.chunks = totals
+            .chunks
+            .checked_add(chunks)
+            .filter(|c| *c <= MAX_OFFER_CHUNKS)
+            .ok_or_else(|| {
+                format!("the offer declares more than {MAX_OFFER_CHUNKS} chunks in total (the budget of one transfer; use larger chunks)")
+            })?;
         if !seen.insert(f.name.as_str()) {
-            return Err(format!("{}: offered twice", f.name));
+            return Err(format!("{shown}: offered twice"));
         }
     }
-    Ok(())
+    Ok(totals)
 }
 
 /// The header of a chunk frame.
@@ -338,6 +455,108 @@ mod tests {
         assert!(validate_offer(1 << 20, &[offer("a"), offer("a")]).is_err());
         assert!(validate_offer(1, &[offer("a")]).is_err());
         assert!(validate_offer(1 << 20, &[offer("ok/name.txt")]).is_ok());
+    }
+
+    /// Regression (issue 7, H1 and M4): one 2^52−1-byte file at 4 KiB
+    /// chunks (2^40 chunks) made the daemon try to allocate 36 TB, and sizes
+    /// summed in u64 wrapped to a harmless-looking total.
+    #[test]
+    fn offers_beyond_the_budgets_are_refused() {
+        let mut huge = offer("huge");
+        huge.size = (1 << 52) - 1;
+        let e = validate_offer(4096, std::slice::from_ref(&huge)).unwrap_err();
+        assert!(e.contains("chunks"), "{e}");
+        assert!(validate_offer(1 << 20, &[huge]).is_err());
+        // 4096 × (2^52 − 1) + 5096 = 2^64 + 1000: shown as "1000 B" before.
+        let mut wrapping: Vec<FileOffer> = (0..4097)
+            .map(|i| {
+                let mut o = offer(&format!("f{i}"));
+                o.size = (1 << 52) - 1;
+                o
+            })
+            .collect();
+        wrapping[4096].size = 5096;
+        let total: u64 = wrapping.iter().fold(0u64, |a, f| a.wrapping_add(f.size));
+        assert_eq!(total, 1000, "the sizes wrap u64");
+        let e = validate_offer(16 << 20, &wrapping).unwrap_err();
+        assert!(e.contains("bytes in total"), "{e}");
+        // Many small files at the smallest chunk size exceed the chunk budget.
+        let mut many: Vec<FileOffer> = (0..2).map(|i| offer(&format!("g{i}"))).collect();
+        many[0].size = MAX_OFFER_CHUNKS * 4096;
+        assert!(validate_offer(4096, &many)
+            .unwrap_err()
+            .contains("chunks in total"));
+        let ok = validate_offer(1 << 20, &[offer("a"), offer("b")]).unwrap();
+        assert_eq!(
+            ok,
+            OfferTotals {
+                bytes: 2,
+                chunks: 2
+            }
+        );
+    }
+
+    /// Regression (issue 7, H4): a receiver's name and messages reached the
+    /// sender's terminal and trust store raw.
+    #[test]
+    fn hostile_strings_in_messages_are_refused_at_decode() {
+        let enc = |m: &Msg| postcard::to_allocvec(m).unwrap();
+        let bad = [
+            Msg::Welcome {
+                version: "2".into(),
+                name: "real\r\u{1b}[8m".into(),
+            },
+            Msg::Welcome {
+                version: "2".into(),
+                name: "x".repeat(20 << 20),
+            },
+            Msg::Welcome {
+                version: "2".into(),
+                name: "rtl\u{202E}".into(),
+            },
+            Msg::Welcome {
+                version: "\u{1b}[2J".into(),
+                name: "ok".into(),
+            },
+            Msg::Refused {
+                code: RefuseCode::Busy,
+                message: "m".repeat(MAX_MESSAGE + 1),
+            },
+            Msg::FileResult {
+                file: 0,
+                ok: false,
+                code: 1,
+                message: "m".repeat(4096),
+            },
+            Msg::Plan {
+                files: vec![FilePlan::Reject {
+                    reason: "r".repeat(2000),
+                }],
+            },
+            Msg::Plan {
+                files: vec![FilePlan::Resume {
+                    file_id: [0; 16],
+                    sealed_key: vec![0; 81],
+                    have: vec![],
+                }],
+            },
+            Msg::FileStart {
+                file: 0,
+                wrapped_key: vec![0; 47],
+                fresh: false,
+            },
+        ];
+        for m in &bad {
+            assert!(
+                matches!(decode_msg(&enc(m)), Err(NetError::Protocol(_))),
+                "{m:?}"
+            );
+        }
+        let good = Msg::Refused {
+            code: RefuseCode::Busy,
+            message: "try again \u{1b}".into(),
+        };
+        assert_eq!(decode_msg(&enc(&good)).unwrap(), good);
     }
 
     #[test]

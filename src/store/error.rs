@@ -142,7 +142,7 @@ impl StoreError {
 /// A path as it may be shown on a terminal: control and escape characters
 /// escaped, so a hostile file name cannot drive the terminal.
 pub fn shown(path: &std::path::Path) -> String {
-    path.to_string_lossy().escape_debug().to_string()
+    crate::text::escape(&path.to_string_lossy())
 }
 
 /// Result alias for the store.

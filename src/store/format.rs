@@ -131,8 +131,8 @@ pub fn validate_name(name: &str) -> Result<(), &'static str> {
     if name.starts_with('/') {
         return Err("absolute path");
     }
-    if name.chars().any(|c| c.is_control()) {
-        return Err("control character in name");
+    if name.chars().any(crate::text::is_forbidden_in_name) {
+        return Err("control character or invisible (bidi, zero-width) character in name");
     }
     for comp in name.split('/') {
         match comp {
@@ -150,8 +150,8 @@ pub fn validate_node_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() || name.len() > MAX_NODE_NAME {
         return Err("node name must be 1 to 64 bytes");
     }
-    if name.chars().any(|c| c.is_control()) {
-        return Err("control character in node name");
+    if name.chars().any(crate::text::is_forbidden_in_name) {
+        return Err("control character or invisible (bidi, zero-width) character in node name");
     }
     Ok(())
 }
@@ -705,6 +705,10 @@ mod tests {
             "a\u{1b}[31m",
             "a\nb",
             "a\0b",
+            "invoice\u{202E}fdp.exe",
+            "zero\u{200B}width",
+            "bom\u{FEFF}",
+            "iso\u{2066}late",
         ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }

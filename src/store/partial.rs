@@ -45,33 +45,50 @@ pub struct PartialMeta {
     pub sealed_key: Option<Vec<u8>>,
 }
 
-fn key_ad(id: &FileId) -> Vec<u8> {
-    let mut ad = b"p2pfs/partial-key/v1".to_vec();
-    ad.extend_from_slice(id);
-    ad
+/// The HKDF info and the AD of a partial's sealed key: its own label, both
+/// node ids and the file id, so a sealed key opens only for the sender it
+/// is sealed to, talking to the receiver that sealed it, for that file.
+fn key_context(sender: &PublicKey, receiver: &PublicKey, id: &FileId) -> Vec<u8> {
+    let mut c = b"p2pfs/partial-key/v2".to_vec();
+    c.extend_from_slice(sender.as_bytes());
+    c.extend_from_slice(receiver.as_bytes());
+    c.extend_from_slice(id);
+    c
 }
 
-/// Seals a file key to the sender's node key.
+/// Length of a sealed partial key: ephemeral 32 ‖ ciphertext 32 ‖ tag 16.
+pub const SEALED_KEY_LEN: usize = 80;
+
+/// Seals a file key to the sender's node key (done by the receiver).
 pub fn seal_key_to(
     sender: &PublicKey,
+    receiver: &PublicKey,
     id: &FileId,
     key: &Secret32,
 ) -> Result<Vec<u8>, CryptoError> {
-    let (eph, k) = wrap_key_for(sender)?;
+    let ctx = key_context(sender, receiver, id);
+    let (eph, k) = wrap_key_for(sender, &ctx)?;
     let mut out = eph.as_bytes().to_vec();
-    out.extend(k.seal(WRAP_NONCE, &key_ad(id), key.expose())?);
+    out.extend(k.seal(WRAP_NONCE, &ctx, key.expose())?);
     Ok(out)
 }
 
-/// Opens a partial's sealed key with this (sending) node's identity.
-pub fn open_key(identity: &Keypair, id: &FileId, sealed: &[u8]) -> Result<FileKey, CryptoError> {
-    if sealed.len() != 80 {
+/// Opens a partial's sealed key with this (sending) node's identity; it
+/// opens only if `receiver` sealed it for this file.
+pub fn open_key(
+    identity: &Keypair,
+    receiver: &PublicKey,
+    id: &FileId,
+    sealed: &[u8],
+) -> Result<FileKey, CryptoError> {
+    if sealed.len() != SEALED_KEY_LEN {
         return Err(CryptoError::AuthFailed);
     }
+    let ctx = key_context(&identity.public(), receiver, id);
     let mut eph = [0u8; 32];
     eph.copy_from_slice(&sealed[..32]);
-    let k = unwrap_key(identity, &PublicKey(eph))?;
-    let pt = zeroize::Zeroizing::new(k.open(WRAP_NONCE, &key_ad(id), &sealed[32..])?);
+    let k = unwrap_key(identity, &PublicKey(eph), &ctx)?;
+    let pt = zeroize::Zeroizing::new(k.open(WRAP_NONCE, &ctx, &sealed[32..])?);
     let mut a = [0u8; 32];
     a.copy_from_slice(&pt);
     Ok(FileKey::from_secret(Secret32::from_bytes(a)))
@@ -466,12 +483,17 @@ mod tests {
     fn sealed_key_opens_only_for_the_sender() {
         let sender = Keypair::generate().unwrap();
         let other = Keypair::generate().unwrap();
+        let receiver = Keypair::generate().unwrap().public();
+        let thief = Keypair::generate().unwrap().public();
         let key = FileKey::generate().unwrap();
-        let sealed = seal_key_to(&sender.public(), &[3; 16], key.secret()).unwrap();
-        let back = open_key(&sender, &[3; 16], &sealed).unwrap();
+        let sealed = seal_key_to(&sender.public(), &receiver, &[3; 16], key.secret()).unwrap();
+        let back = open_key(&sender, &receiver, &[3; 16], &sealed).unwrap();
         assert_eq!(back.secret().expose(), key.secret().expose());
-        assert!(open_key(&other, &[3; 16], &sealed).is_err());
-        assert!(open_key(&sender, &[4; 16], &sealed).is_err());
-        assert!(open_key(&sender, &[3; 16], &sealed[..79]).is_err());
+        assert!(open_key(&other, &receiver, &[3; 16], &sealed).is_err());
+        assert!(open_key(&sender, &receiver, &[4; 16], &sealed).is_err());
+        assert!(open_key(&sender, &receiver, &[3; 16], &sealed[..79]).is_err());
+        // Regression (issue 7, H3): another node presenting a stolen blob
+        // gets nothing from the sender.
+        assert!(open_key(&sender, &thief, &[3; 16], &sealed).is_err());
     }
 }

@@ -33,7 +33,7 @@ use crate::crypto::{
     kdf::{derive_kek, KdfParams},
     keys::{Keypair, PublicKey, Secret32},
     random, to_hex,
-    wrap::{hkdf32, unwrap_key, wrap_key_for, WRAP_NONCE},
+    wrap::{hkdf32, unwrap_key, wrap_key_for, ENVELOPE_INFO, WRAP_NONCE},
     CryptoError,
 };
 
@@ -166,7 +166,7 @@ fn seal_envelope(
     if body.len() > MAX_ENVELOPE_BODY as usize {
         return Err(StoreError::Invalid("file name too long".into()));
     }
-    let (ephemeral, key) = wrap_key_for(recipient)?;
+    let (ephemeral, key) = wrap_key_for(recipient, ENVELOPE_INFO)?;
     let mut env = EnvelopeFile {
         id,
         recipient: *recipient,
@@ -183,7 +183,7 @@ fn open_envelope(kp: &Keypair, env: &EnvelopeFile) -> Result<EnvelopeBody, Strin
     if env.recipient != kp.public() {
         return Err("envelope sealed to another vault key".into());
     }
-    let key = unwrap_key(kp, &env.ephemeral).map_err(|e| e.to_string())?;
+    let key = unwrap_key(kp, &env.ephemeral, ENVELOPE_INFO).map_err(|e| e.to_string())?;
     let body = zeroize::Zeroizing::new(
         key.open(WRAP_NONCE, &env.ad(), &env.sealed_body)
             .map_err(|_| "envelope does not open (altered)".to_string())?,

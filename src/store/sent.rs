@@ -1,0 +1,187 @@
+//! The sender's record of transfers it started (`HOME/sent`, 0600): which
+//! file ids it was given by which receiver, for which offered entry. A
+//! receiver may offer to resume a partial (its file key sealed to us); the
+//! sender opens that key only when this record says the transfer is one it
+//! started with *that* receiver for *that* entry (`docs/PROTOCOL.md`,
+//! *Resume*). Anyone else's blob, or a blob replayed for another file, is
+//! refused and the file is sent afresh.
+//!
+//! The record is a cache: losing it only means interrupted transfers start
+//! over. A damaged file is therefore replaced, never an error.
+
+use std::{
+    fs,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use super::{
+    error::{Result, StoreError},
+    format::{begin, checked, with_checksum},
+    fsutil,
+};
+use crate::{
+    codec::{DecodeError, Reader},
+    crypto::{chunk::FileId, keys::PublicKey},
+};
+
+const MAGIC: &[u8; 8] = b"P2PFSSL\0";
+/// Most entries kept; the oldest go first.
+pub const MAX_ENTRIES: usize = 65536;
+const ENTRY_LEN: usize = 32 + 16 + 32;
+
+/// Identifies an offered entry (name, size, source version, chunk size).
+pub type EntryTag = [u8; 32];
+
+/// The tag of an offered entry.
+pub fn entry_tag(name: &str, size: u64, token: &[u8; 16], chunk_size: u32) -> EntryTag {
+    let mut h = blake3::Hasher::new();
+    h.update(b"p2pfs/sent-entry/v1");
+    h.update(&(name.len() as u64).to_be_bytes());
+    h.update(name.as_bytes());
+    h.update(&size.to_be_bytes());
+    h.update(token);
+    h.update(&chunk_size.to_be_bytes());
+    *h.finalize().as_bytes()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Entry {
+    receiver: PublicKey,
+    file_id: FileId,
+    tag: EntryTag,
+}
+
+/// The record, loaded under its lock for one read-modify-write.
+pub struct SentLog {
+    path: PathBuf,
+    entries: Vec<Entry>,
+    _lock: fs::File,
+}
+
+fn decode(bytes: &[u8]) -> Result<Vec<Entry>, super::format::FormatError> {
+    let body = checked(bytes, MAGIC)?;
+    let mut r = Reader::new(&body[10..]);
+    let n = r.u32("entry count")? as usize;
+    if n > MAX_ENTRIES || n * ENTRY_LEN != r.remaining() {
+        return Err(DecodeError::Invalid("entry count").into());
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(Entry {
+            receiver: PublicKey(r.array("receiver")?),
+            file_id: r.array("file id")?,
+            tag: r.array("entry tag")?,
+        });
+    }
+    r.finish()?;
+    Ok(out)
+}
+
+impl SentLog {
+    /// Locks and loads the record of `home` (empty when absent or damaged).
+    pub fn open(home: &Path) -> Result<Self> {
+        let lock_path = home.join("sent.lock");
+        let lock = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| StoreError::io("cannot open", &lock_path, e))?;
+        lock.lock()
+            .map_err(|e| StoreError::io("cannot lock", &lock_path, e))?;
+        let path = home.join("sent");
+        let entries = if path.exists() {
+            let limit = (MAX_ENTRIES * ENTRY_LEN + 64) as u64;
+            match fsutil::read_limited(&path, limit).map(|b| decode(&b)) {
+                Ok(Ok(e)) => e,
+                Ok(Err(e)) => {
+                    tracing::warn!(
+                        "{} is damaged ({e}); interrupted sends will start over",
+                        super::error::shown(&path)
+                    );
+                    Vec::new()
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            Vec::new()
+        };
+        Ok(Self {
+            path,
+            entries,
+            _lock: lock,
+        })
+    }
+
+    /// True when this node started the transfer of `tag` to `receiver`
+    /// under `file_id`.
+    pub fn contains(&self, receiver: &PublicKey, file_id: &FileId, tag: &EntryTag) -> bool {
+        self.entries
+            .iter()
+            .any(|e| &e.receiver == receiver && &e.file_id == file_id && &e.tag == tag)
+    }
+
+    /// Records a transfer started (replacing an older record of the entry).
+    pub fn record(&mut self, receiver: &PublicKey, file_id: &FileId, tag: &EntryTag) {
+        self.entries
+            .retain(|e| !(&e.receiver == receiver && &e.tag == tag));
+        self.entries.push(Entry {
+            receiver: *receiver,
+            file_id: *file_id,
+            tag: *tag,
+        });
+        if self.entries.len() > MAX_ENTRIES {
+            let extra = self.entries.len() - MAX_ENTRIES;
+            self.entries.drain(..extra);
+        }
+    }
+
+    /// Forgets a finished transfer.
+    pub fn forget(&mut self, receiver: &PublicKey, file_id: &FileId) {
+        self.entries
+            .retain(|e| !(&e.receiver == receiver && &e.file_id == file_id));
+    }
+
+    /// Writes the record atomically.
+    pub fn save(&self) -> Result<()> {
+        let mut w = begin(MAGIC);
+        w.u32(self.entries.len() as u32);
+        for e in &self.entries {
+            w.bytes(e.receiver.as_bytes())
+                .bytes(&e.file_id)
+                .bytes(&e.tag);
+        }
+        fsutil::write_atomic(&self.path, &with_checksum(w))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_a_reload_and_are_bound_to_receiver_id_and_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r1, r2) = (PublicKey([1; 32]), PublicKey([2; 32]));
+        let t = entry_tag("a", 1, &[0; 16], 4096);
+        {
+            let mut log = SentLog::open(dir.path()).unwrap();
+            log.record(&r1, &[7; 16], &t);
+            log.save().unwrap();
+        }
+        let mut log = SentLog::open(dir.path()).unwrap();
+        assert!(log.contains(&r1, &[7; 16], &t));
+        assert!(!log.contains(&r2, &[7; 16], &t));
+        assert!(!log.contains(&r1, &[8; 16], &t));
+        assert!(!log.contains(&r1, &[7; 16], &entry_tag("b", 1, &[0; 16], 4096)));
+        log.forget(&r1, &[7; 16]);
+        assert!(!log.contains(&r1, &[7; 16], &t));
+        drop(log);
+        // A damaged record is replaced, not an error.
+        std::fs::write(dir.path().join("sent"), b"garbage").unwrap();
+        assert!(SentLog::open(dir.path()).unwrap().entries.is_empty());
+    }
+}
