@@ -6,47 +6,58 @@ use std::{
     collections::HashMap,
     io::{BufRead, IsTerminal, Write},
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use anyhow::{bail, Context, Result};
 use p2pfs::{
     crypto::{kdf::KdfParams, keys::PublicKey},
     net::{
+        admission::Limits,
         discovery::{self, AdvertEvent},
         endpoint,
         events::ServerEvent,
         receiver::{self, AcceptPolicy, Asker, ServerCtx},
-        wire::FileOffer,
+        wire::{FileOffer, OfferTotals},
     },
+    text,
 };
 
 use super::{passphrase, progress, Ctx};
 
-struct TerminalAsker {
-    lock: Mutex<()>,
-}
+struct TerminalAsker;
+
+/// Entries shown in a prompt: the largest first, so a huge file cannot hide
+/// behind many small ones.
+const PROMPT_ENTRIES: usize = 10;
 
 impl Asker for TerminalAsker {
-    fn ask(&self, peer: &PublicKey, files: &[FileOffer]) -> bool {
-        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let total: u64 = files.iter().map(|f| f.size).sum();
+    fn ask(&self, peer: &PublicKey, files: &[FileOffer], totals: &OfferTotals) -> bool {
         eprintln!(
-            "\nnode {} (fingerprint {}) wants to send {} item(s), {}:",
+            "\nnode {} (fingerprint {}) wants to send {} item(s), {} in all:",
             peer,
             peer.fingerprint(),
             files.len(),
-            indicatif::HumanBytes(total)
+            indicatif::HumanBytes(totals.bytes)
         );
-        for f in files.iter().take(20) {
+        let mut largest: Vec<&FileOffer> = files.iter().collect();
+        largest.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.name.cmp(&b.name)));
+        for f in largest.iter().take(PROMPT_ENTRIES) {
             eprintln!(
                 "  {:>10}  {}",
                 indicatif::HumanBytes(f.size).to_string(),
-                f.name.escape_debug()
+                text::escape(&f.name)
             );
         }
-        if files.len() > 20 {
-            eprintln!("  … and {} more", files.len() - 20);
+        if files.len() > PROMPT_ENTRIES {
+            let rest: u64 = largest[PROMPT_ENTRIES..]
+                .iter()
+                .fold(0u64, |t, f| t.saturating_add(f.size));
+            eprintln!(
+                "  … and {} smaller item(s), {} together",
+                files.len() - PROMPT_ENTRIES,
+                indicatif::HumanBytes(rest)
+            );
         }
         eprint!("accept? [y/N] ");
         let _ = std::io::stderr().flush();
@@ -101,12 +112,19 @@ pub fn run(
     }
     let identity = ctx.home.load_identity()?;
     let vault: &'static _ = Box::leak(Box::new(ctx.home.vault()?));
+    match vault.drop_legacy_partials() {
+        Ok(0) => {}
+        Ok(n) => eprintln!(
+            "p2pfs: removed {n} interrupted transfer(s) kept in the old partial format, which stored file names in clear; they will be sent again in full"
+        ),
+        Err(e) => eprintln!("p2pfs: warning: cannot remove old-format partials: {e}"),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let quiet = ctx.quiet;
-    rt.block_on(async move {
+    let res = rt.block_on(async move {
         let ep = endpoint::server(listen)?;
         let local = ep.local_addr().context("cannot read the listening address")?;
         println!("p2pfs node {}", identity.name);
@@ -144,14 +162,15 @@ pub fn run(
             None
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let server_ctx = Arc::new(ServerCtx {
-            home: ctx.home.clone(),
+        let server_ctx = Arc::new(ServerCtx::new(
+            ctx.home.clone(),
             identity,
             vault,
-            policy: accept,
-            asker: (accept == AcceptPolicy::Ask).then(|| Arc::new(TerminalAsker { lock: Mutex::new(()) }) as Arc<dyn Asker>),
-            events: tx,
-        });
+            accept,
+            (accept == AcceptPolicy::Ask).then(|| Arc::new(TerminalAsker) as Arc<dyn Asker>),
+            Limits::default(),
+            tx,
+        )?);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let advert_task = advert.map(|mut a| {
             let stop = stop_rx.clone();
@@ -207,7 +226,7 @@ pub fn run(
                         }
                     }
                     ServerEvent::Stored { peer, name, size } => {
-                        let line = format!("stored {} ({}) from {}", name.escape_debug(), indicatif::HumanBytes(size), peer.fingerprint());
+                        let line = format!("stored {} ({}) from {}", text::escape(&name), indicatif::HumanBytes(size), peer.fingerprint());
                         match bars.get(&peer) {
                             Some(b) => b.suspend(|| println!("{line}")),
                             None => println!("{line}"),
@@ -231,6 +250,10 @@ pub fn run(
         ui.abort();
         println!("stopped; interrupted transfers are kept and resume when sent again");
         Ok::<_, anyhow::Error>(())
-    })?;
+    });
+    // Nothing left may hold the process up: a pending prompt, a blocked
+    // read. Shutdown is bounded.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    res?;
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! QUIC endpoints: rustls (ring provider, TLS 1.3 only, ALPN `p2pfs/1`) with
+//! QUIC endpoints: rustls (ring provider, TLS 1.3 only, ALPN `p2pfs/2`) with
 //! a throwaway self-signed certificate on the server, and a client that
 //! accepts any certificate but checks the handshake signature — the node
 //! identity is proved by Noise, not by TLS (`docs/PROTOCOL.md`).
@@ -23,8 +23,35 @@ fn setup<E: std::fmt::Display>(e: E) -> NetError {
     NetError::Setup(e.to_string())
 }
 
+/// Connection-level receive window of a server connection until its peer
+/// is authenticated and authorised: all it may have buffered here.
+pub const PRE_AUTH_WINDOW: u32 = 64 << 10;
+/// Connection-level receive window once authorised.
+pub const RECEIVE_WINDOW: u32 = 16 << 20;
+
 /// Transport settings shared by both ends.
 fn transport() -> Arc<quinn::TransportConfig> {
+    Arc::new(transport_config())
+}
+
+/// A server's connections start small: one bidirectional stream (the
+/// control stream), no data streams, a 64 KiB receive window, until
+/// [`authorise`] opens them up.
+fn server_transport() -> Arc<quinn::TransportConfig> {
+    let mut t = transport_config();
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1));
+    t.receive_window(quinn::VarInt::from_u32(PRE_AUTH_WINDOW));
+    Arc::new(t)
+}
+
+/// Gives an authorised peer's connection its data streams and full window.
+pub fn authorise(conn: &quinn::Connection) {
+    conn.set_receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW));
+    conn.set_max_concurrent_uni_streams(quinn::VarInt::from_u32(super::wire::MAX_STREAMS as u32));
+}
+
+fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(Duration::from_secs(20))
@@ -34,9 +61,9 @@ fn transport() -> Arc<quinn::TransportConfig> {
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(super::wire::MAX_STREAMS as u32));
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4));
     t.stream_receive_window(quinn::VarInt::from_u32(4 << 20));
-    t.receive_window(quinn::VarInt::from_u32(16 << 20));
+    t.receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW));
     t.send_window(32 << 20);
-    Arc::new(t)
+    t
 }
 
 /// A server endpoint listening on `addr`.
@@ -54,7 +81,7 @@ pub fn server(addr: SocketAddr) -> Result<quinn::Endpoint, NetError> {
     tls.max_early_data_size = 0;
     let crypto = QuicServerConfig::try_from(tls).map_err(setup)?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(transport());
+    cfg.transport_config(server_transport());
     let socket = std::net::UdpSocket::bind(addr).map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => NetError::Setup(format!(
             "{addr} is already in use: is another p2pfs serve running? Use --listen to pick another port"
@@ -187,6 +214,14 @@ pub async fn connect(
                 "peer speaks another p2pfs protocol version (ALPN): upgrade p2pfs on both ends"
                     .into(),
             ))
+        }
+        Ok(Err(quinn::ConnectionError::ConnectionClosed(c)))
+            if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            Err(NetError::Refused {
+                code: super::wire::RefuseCode::Busy,
+                message: "the receiver is busy (too many connections being set up); try again in a moment".into(),
+            })
         }
         Ok(Err(e)) => Err(unreachable(e.to_string())),
         Ok(Ok(c)) => Ok(c),

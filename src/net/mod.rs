@@ -5,6 +5,7 @@
 //! This module never prints: progress and outcomes go to the caller as
 //! [`events::Event`]s over a channel and as typed [`NetError`]s.
 
+pub mod admission;
 pub mod discovery;
 pub mod endpoint;
 pub mod events;

@@ -1,26 +1,33 @@
-//! The receiving side (`p2pfs serve`): accepts connections, authenticates
-//! the sender (Noise), applies the accept policy, plans the offer (new or
-//! resumed files), checks every chunk's MAC before writing it, verifies each
-//! file end to end and commits it to the vault — without the vault's secret
-//! key (`docs/PROTOCOL.md`).
+//! The receiving side (`p2pfs serve`): admits connections (caps on
+//! unauthenticated connections and on transfers, `admission`), authenticates
+//! the sender (Noise with key confirmation), applies the accept policy,
+//! opens the connection's windows only then, plans the offer (new or
+//! resumed files, within the budgets), checks every chunk's MAC before
+//! writing it, verifies each file end to end and commits it to the vault —
+//! without the vault's secret key (`docs/PROTOCOL.md`).
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use tokio::{sync::mpsc, task::JoinSet};
 use tracing::{debug, info, warn, Instrument};
 
+pub use super::admission::Asker;
 use super::{
-    close,
+    admission::{Admission, ConnectionGuard, Limits, PromptQueue},
+    close, endpoint,
     events::{ServerEvent, ServerEventTx},
     handshake::{self, Session, EXPORTER_LABEL},
     wire::{
-        self, result_code, ChunkHeader, EntryKind, FileOffer, FilePlan, Msg, RefuseCode,
-        CHUNK_HEADER_LEN, DATA_MAGIC,
+        self, result_code, ChunkHeader, EntryKind, FileOffer, FilePlan, Msg, OfferTotals,
+        RefuseCode, CHUNK_HEADER_LEN, DATA_MAGIC,
     },
     NetError,
 };
@@ -34,11 +41,12 @@ use crate::{
     store::{
         format::{Kind, Metadata},
         home::{Home, Identity},
-        partial::{seal_key_to, CheckpointJob, Partial, PartialMeta},
+        partial::{seal_key_to, CheckpointJob, Partial, PartialMeta, Slot, StagingKey},
         trust::{Capability, TrustStore},
         vault::Vault,
         StoreError,
     },
+    text,
 };
 
 /// Who may send to this node.
@@ -52,11 +60,16 @@ pub enum AcceptPolicy {
     Any,
 }
 
-/// Asks the local user whether to accept an offer (blocking).
-pub trait Asker: Send + Sync {
-    /// Returns true to accept.
-    fn ask(&self, peer: &PublicKey, files: &[FileOffer]) -> bool;
-}
+/// How long a connection may take from its first packet to a proven key
+/// confirmation (QUIC handshake, control stream, Noise).
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a transfer may make no progress (no control message, no chunk)
+/// before the receiver ends it; the partial stays resumable.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the local user has to answer a prompt.
+const PROMPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long shutdown waits for connections to checkpoint and close.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
 /// Everything a serving node needs.
 pub struct ServerCtx {
@@ -68,10 +81,40 @@ pub struct ServerCtx {
     pub vault: &'static Vault,
     /// Accept policy.
     pub policy: AcceptPolicy,
-    /// The terminal prompt for `Ask`.
-    pub asker: Option<Arc<dyn Asker>>,
     /// Where events go.
     pub events: ServerEventTx,
+    staging: StagingKey,
+    admission: Arc<Admission>,
+    prompts: Option<PromptQueue>,
+}
+
+impl ServerCtx {
+    /// A serving node's context; `asker` is the terminal prompt of the
+    /// `Ask` policy.
+    pub fn new(
+        home: Home,
+        identity: Identity,
+        vault: &'static Vault,
+        policy: AcceptPolicy,
+        asker: Option<Arc<dyn Asker>>,
+        limits: Limits,
+        events: ServerEventTx,
+    ) -> Result<Self, NetError> {
+        let prompts = match asker {
+            Some(a) if policy == AcceptPolicy::Ask => Some(PromptQueue::start(a, &limits)?),
+            _ => None,
+        };
+        Ok(Self {
+            home,
+            staging: StagingKey::from_identity(&identity.keypair),
+            identity,
+            vault,
+            policy,
+            events,
+            admission: Admission::new(limits),
+            prompts,
+        })
+    }
 }
 
 /// Serves until `shutdown` turns true; then closes every connection (their
@@ -86,18 +129,20 @@ pub async fn serve(
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                let ctx = ctx.clone();
                 let addr = incoming.remote_address();
+                // Refused before any state is kept for it: too many
+                // connections are being set up, here or from that address.
+                let Some(guard) = ctx.admission.connection(addr.ip()) else {
+                    debug!(%addr, "refusing a connection: too many unauthenticated connections");
+                    incoming.refuse();
+                    continue;
+                };
+                let ctx = ctx.clone();
                 // One task per connection, inside its own span.
                 let span = tracing::info_span!("conn", %addr, peer = tracing::field::Empty);
                 tasks.spawn(async move {
-                    match incoming.await {
-                        Ok(conn) => {
-                            if let Err(e) = handle(ctx.clone(), conn, addr).await {
-                                debug!("connection ended: {e}");
-                            }
-                        }
-                        Err(e) => debug!("QUIC handshake failed: {e}"),
+                    if let Err(e) = handle(ctx, incoming, addr, guard).await {
+                        debug!("connection ended: {e}");
                     }
                 }.instrument(span));
             }
@@ -110,13 +155,11 @@ pub async fn serve(
         b"receiver shutting down",
     );
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(10), drain)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(SHUTDOWN_WAIT, drain).await.is_err() {
         warn!("some connections did not finish cleaning up in time");
+        tasks.abort_all();
     }
-    endpoint.wait_idle().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     Ok(())
 }
 
@@ -128,39 +171,58 @@ fn close_with(conn: &quinn::Connection, code: u32, why: &str) {
 struct FileState {
     offer: FileOffer,
     id: FileId,
+    slot: Slot,
+    version: [u8; 32],
     partial: Option<Partial<'static>>,
     end: Option<[u8; 32]>,
     finished: bool,
 }
 
-async fn handle(
-    ctx: Arc<ServerCtx>,
-    conn: quinn::Connection,
-    addr: SocketAddr,
-) -> Result<(), NetError> {
-    let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
+/// QUIC handshake, control stream and Noise, bounded by [`AUTH_TIMEOUT`].
+async fn authenticate(
+    ctx: &ServerCtx,
+    incoming: quinn::Incoming,
+) -> Result<
+    (
+        quinn::Connection,
+        quinn::SendStream,
+        quinn::RecvStream,
+        Session,
+    ),
+    NetError,
+> {
+    let conn = incoming
         .await
-        .map_err(|_| NetError::Timeout("waiting for the control stream"))?
+        .map_err(|e| NetError::ConnectionLost(format!("QUIC handshake failed: {e}")))?;
+    let (mut send, mut recv) = conn
+        .accept_bi()
+        .await
         .map_err(|e| NetError::ConnectionLost(e.to_string()))?;
     let mut prologue = [0u8; 32];
     conn.export_keying_material(&mut prologue, EXPORTER_LABEL, b"")
         .map_err(|_| NetError::Setup("TLS exporter unavailable".into()))?;
-    let session = match tokio::time::timeout(
-        Duration::from_secs(10),
-        handshake::respond(&mut recv, &mut send, &ctx.identity.keypair, &prologue),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+    match handshake::respond(&mut recv, &mut send, &ctx.identity.keypair, &prologue).await {
+        Ok(s) => Ok((conn, send, recv, s)),
+        Err(e) => {
             close_with(&conn, close::HANDSHAKE, "handshake failed");
-            return Err(e);
+            Err(e)
         }
-        Err(_) => {
-            close_with(&conn, close::HANDSHAKE, "handshake timed out");
-            return Err(NetError::Timeout("in the handshake"));
-        }
-    };
+    }
+}
+
+async fn handle(
+    ctx: Arc<ServerCtx>,
+    incoming: quinn::Incoming,
+    addr: SocketAddr,
+    guard: ConnectionGuard,
+) -> Result<(), NetError> {
+    let (conn, mut send, mut recv, session) =
+        match tokio::time::timeout(AUTH_TIMEOUT, authenticate(&ctx, incoming)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(NetError::Timeout("authenticating a connection")),
+        };
+    // Authenticated: its place among the unauthenticated is free again.
+    drop(guard);
     let peer = session.peer;
     tracing::Span::current().record("peer", tracing::field::display(peer.fingerprint()));
     let trust = TrustStore::load(ctx.home.root())?;
@@ -169,18 +231,10 @@ async fn handle(
         let message = format!(
             "node {} does not trust you (your node id {peer}, fingerprint {}). \
              On the receiving node run: p2pfs trust add {peer}",
-            ctx.identity.name,
+            text::escape(&ctx.identity.name),
             peer.fingerprint()
         );
-        let _ = wire::write_msg(
-            &mut send,
-            &Msg::Refused {
-                code: RefuseCode::Untrusted,
-                message,
-            },
-        )
-        .await;
-        let _ = send.finish();
+        let _ = refuse(&mut send, RefuseCode::Untrusted, message).await;
         let _ = ctx.events.send(ServerEvent::PeerRefused {
             peer,
             reason: "not trusted (use `p2pfs trust add`)".into(),
@@ -190,10 +244,23 @@ async fn handle(
         close_with(&conn, close::REFUSED, "untrusted");
         return Ok(());
     }
+    let Some(_transfer) = ctx.admission.transfer(peer) else {
+        let l = ctx.admission.limits();
+        let message = format!(
+            "the receiver is busy ({} transfers at once, {} per sender); try again in a moment",
+            l.transfers, l.transfers_per_peer
+        );
+        let _ = refuse(&mut send, RefuseCode::Busy, message).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+        close_with(&conn, close::REFUSED, "busy");
+        return Ok(());
+    };
     let _ = ctx.events.send(ServerEvent::PeerConnected {
         peer,
         addr: addr.to_string(),
     });
+    // Only now may it open data streams and fill a full window.
+    endpoint::authorise(&conn);
     wire::write_msg(
         &mut send,
         &Msg::Welcome {
@@ -231,7 +298,7 @@ async fn handle(
 }
 
 async fn refuse(send: &mut quinn::SendStream, code: RefuseCode, message: String) -> NetError {
-    let message = crate::text::bounded(&message, crate::text::MAX_MESSAGE - 4);
+    let message = text::bounded(&message, text::MAX_MESSAGE - 4);
     let _ = wire::write_msg(
         send,
         &Msg::Refused {
@@ -242,6 +309,24 @@ async fn refuse(send: &mut quinn::SendStream, code: RefuseCode, message: String)
     .await;
     let _ = send.finish();
     NetError::Refused { code, message }
+}
+
+/// Asks the local user through the prompt queue: false when declined, not
+/// answered in time, or when the queue is full.
+async fn ask_user(
+    ctx: &ServerCtx,
+    peer: PublicKey,
+    files: &[FileOffer],
+    totals: OfferTotals,
+) -> bool {
+    let Some(q) = &ctx.prompts else { return false };
+    let Some(answer) = q.ask(peer, files.to_vec(), totals) else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(PROMPT_TIMEOUT, answer).await,
+        Ok(Ok(true))
+    )
 }
 
 /// Runs one transfer on an authenticated, authorised connection.
@@ -267,96 +352,79 @@ async fn receive(
             )))
         }
     };
-    if let Err(why) = wire::validate_offer(chunk_size, &files) {
-        let e = refuse(send, RefuseCode::BadOffer, format!("offer refused: {why}")).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
-        return Err(e);
-    }
-    if ctx.policy == AcceptPolicy::Ask && !trusted {
-        let accepted = match &ctx.asker {
-            Some(asker) => {
-                let asker = asker.clone();
-                let list = files.clone();
-                tokio::time::timeout(
-                    Duration::from_secs(300),
-                    tokio::task::spawn_blocking(move || asker.ask(&peer, &list)),
-                )
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or(false)
-            }
-            None => false,
-        };
-        if !accepted {
-            let e = refuse(
-                send,
-                RefuseCode::Declined,
-                "the receiving user declined the transfer".into(),
-            )
-            .await;
-            let _ = ctx.events.send(ServerEvent::PeerRefused {
-                peer,
-                reason: "declined".into(),
-            });
+    let totals = match wire::validate_offer(chunk_size, &files) {
+        Ok(t) => t,
+        Err(why) => {
+            let e = refuse(send, RefuseCode::BadOffer, format!("offer refused: {why}")).await;
             let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
             return Err(e);
         }
+    };
+    if ctx.policy == AcceptPolicy::Ask && !trusted && !ask_user(ctx, peer, &files, totals).await {
+        let e = refuse(
+            send,
+            RefuseCode::Declined,
+            "the receiving user declined the transfer (or did not answer)".into(),
+        )
+        .await;
+        let _ = ctx.events.send(ServerEvent::PeerRefused {
+            peer,
+            reason: "declined".into(),
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+        return Err(e);
     }
 
-    // Plan: resume what this sender left, start the rest.
+    // Plan: resume what this sender left, start the rest. Each entry's
+    // partial is found by its slot (a keyed hash of sender and name): only
+    // this sender's partials of the offered names are read.
     let vault = ctx.vault;
     let mut claims = Claims(Vec::new());
-    let mut partials: HashMap<(String, u64, [u8; 16]), PartialMeta> = HashMap::new();
-    for m in vault.partials()? {
-        if m.sender != peer || !files.iter().any(|f| f.name == m.name) {
-            continue;
-        }
-        // Take it over from an older connection of this sender first.
-        claim(m.file_id, conn).await?;
-        claims.0.push(m.file_id);
-        let wanted = files
-            .iter()
-            .any(|f| f.name == m.name && f.size == m.size && f.token == m.token);
-        if wanted {
-            partials.insert((m.name.clone(), m.size, m.token), m);
-        } else {
-            vault.remove_partial(&m.file_id)?;
-        }
-    }
     let mut plans = Vec::with_capacity(files.len());
     let mut states = Vec::with_capacity(files.len());
     let mut held_total = 0u64;
     for f in &files {
-        let found = partials
-            .remove(&(f.name.clone(), f.size, f.token))
-            .filter(|m| m.chunk_size == chunk_size);
+        let slot = ctx.staging.slot(&peer, &f.name);
+        let version = ctx
+            .staging
+            .version(&peer, &f.name, f.size, chunk_size, &f.token);
+        // Take it over from an older connection of this sender first.
+        claim(slot, conn).await?;
+        claims.0.push(slot);
+        let found = match vault.resume_partial(&slot) {
+            Ok(Some(p))
+                if p.meta.version == version
+                    && p.meta.size == f.size
+                    && p.meta.chunk_size == chunk_size
+                    && p.meta.sealed_key.is_some() =>
+            {
+                Some(p)
+            }
+            Ok(Some(_)) => {
+                // The source changed (or the chunk size): never mixed.
+                vault.remove_partial(&slot)?;
+                None
+            }
+            Ok(None) => None,
+            Err(e) => {
+                warn!("cannot resume a partial: {e}; starting over");
+                vault.remove_partial(&slot)?;
+                None
+            }
+        };
         let (plan, partial, id) = match found {
-            Some(m) => match vault.resume_partial(&m.file_id) {
-                Ok(p) if p.meta.sealed_key.is_some() => {
-                    held_total += p.held_bytes();
-                    let plan = FilePlan::Resume {
-                        file_id: m.file_id,
-                        sealed_key: p.meta.sealed_key.clone().unwrap_or_default(),
-                        have: p.have(),
-                    };
-                    (plan, Some(p), m.file_id)
-                }
-                other => {
-                    if let Err(e) = other {
-                        warn!("cannot resume {}: {e}; starting over", f.name);
-                    }
-                    vault.remove_partial(&m.file_id)?;
-                    let id: FileId = random().map_err(StoreError::from)?;
-                    claim(id, conn).await?;
-                    claims.0.push(id);
-                    (FilePlan::New { file_id: id }, None, id)
-                }
-            },
+            Some(p) => {
+                held_total = held_total.saturating_add(p.held_bytes());
+                let id = p.meta.file_id;
+                let plan = FilePlan::Resume {
+                    file_id: id,
+                    sealed_key: p.meta.sealed_key.clone().unwrap_or_default(),
+                    have: p.have(),
+                };
+                (plan, Some(p), id)
+            }
             None => {
                 let id: FileId = random().map_err(StoreError::from)?;
-                claim(id, conn).await?;
-                claims.0.push(id);
                 (FilePlan::New { file_id: id }, None, id)
             }
         };
@@ -364,57 +432,85 @@ async fn receive(
         states.push(FileState {
             offer: f.clone(),
             id,
+            slot,
+            version,
             partial,
             end: None,
             finished: false,
         });
     }
-    let total: u64 = files.iter().map(|f| f.size).sum();
     let _ = ctx.events.send(ServerEvent::Offer {
         peer,
         files: files.len(),
-        bytes: total,
+        bytes: totals.bytes,
         held: held_total,
     });
     wire::write_msg(send, &Msg::Plan { files: plans }).await?;
 
     let infos: Arc<Vec<(FileId, u64)>> =
         Arc::new(states.iter().map(|s| (s.id, s.offer.size)).collect());
-    // All disk work happens on one blocking thread (the disk actor), so an
-    // fsync never stalls the QUIC tasks; a bounded queue gives backpressure.
+    // All disk work happens on one thread per transfer (the disk actor; at
+    // most `Limits::transfers` of them), so an fsync never stalls the QUIC
+    // tasks; a bounded queue gives backpressure.
     let (cmd_tx, cmd_rx) = mpsc::channel::<DiskCmd>(16);
     let (res_tx, mut res_rx) = mpsc::unbounded_channel::<Msg>();
-    let actor = {
+    let (actor_done, actor) = tokio::sync::oneshot::channel::<()>();
+    {
         let ctx = ctx.clone();
         let res_tx = res_tx.clone();
-        tokio::task::spawn_blocking(move || {
-            disk_actor(&ctx, peer, chunk_size, states, cmd_rx, &res_tx)
-        })
-    };
+        std::thread::Builder::new()
+            .name("p2pfs-disk".into())
+            .spawn(move || {
+                disk_actor(&ctx, peer, chunk_size, states, cmd_rx, &res_tx);
+                let _ = actor_done.send(());
+            })
+            .map_err(NetError::Io)?;
+    }
     drop(res_tx);
+    // Chunks received so far, for the idle check.
+    let progress = Arc::new(AtomicU64::new(0));
     let data = {
-        let (conn, ctx, infos, cmd_tx, mac) = (
+        let (conn, ctx, infos, cmd_tx, mac, progress) = (
             conn.clone(),
             ctx.clone(),
             infos.clone(),
             cmd_tx.clone(),
             session.mac_rx.clone(),
+            progress.clone(),
         );
-        tokio::spawn(
-            async move { accept_data(conn, ctx, infos, chunk_size, cmd_tx, mac, peer).await },
-        )
+        tokio::spawn(async move {
+            accept_data(conn, ctx, infos, chunk_size, cmd_tx, mac, peer, progress).await
+        })
     };
 
     let outcome: Result<(), NetError> = async {
         let mut done_files = 0usize;
         let nfiles = files.len();
         let mut client_done = false;
+        // Each file gets one FileStart and one FileEnd: a repeat would make
+        // the receiver re-verify the whole partial (issue 7, L3).
+        let mut started = vec![false; nfiles];
+        let mut ended = vec![false; nfiles];
+        let once = |seen: &mut [bool], file: u32, what: &str| -> Result<(), NetError> {
+            match seen.get_mut(file as usize) {
+                None => Err(NetError::Protocol("file index out of range".into())),
+                Some(true) => Err(NetError::Protocol(format!("a second {what} for file {file}"))),
+                Some(s) => {
+                    *s = true;
+                    Ok(())
+                }
+            }
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let (mut last_change, mut last_seen) = (tokio::time::Instant::now(), 0u64);
         loop {
             tokio::select! {
                 msg = wire::read_msg(recv), if !client_done => {
+                    last_change = tokio::time::Instant::now();
                     match msg? {
                         None => return Err(NetError::ConnectionLost("sender closed the control stream".into())),
                         Some(Msg::FileStart { file, wrapped_key, fresh }) => {
+                            once(&mut started, file, "FileStart")?;
                             let (id, _) = *infos.get(file as usize).ok_or_else(|| NetError::Protocol("file index out of range".into()))?;
                             let key = unwrap_file_key(session, file, &id, &wrapped_key)?;
                             if cmd_tx.send(DiskCmd::Start { file, key: Box::new(key), fresh }).await.is_err() {
@@ -422,9 +518,7 @@ async fn receive(
                             }
                         }
                         Some(Msg::FileEnd { file, blake3 }) => {
-                            if file as usize >= nfiles {
-                                return Err(NetError::Protocol("file index out of range".into()));
-                            }
+                            once(&mut ended, file, "FileEnd")?;
                             if cmd_tx.send(DiskCmd::End { file, blake3 }).await.is_err() {
                                 return Err(NetError::ConnectionLost("storage stopped".into()));
                             }
@@ -434,6 +528,7 @@ async fn receive(
                     }
                 }
                 r = res_rx.recv() => {
+                    last_change = tokio::time::Instant::now();
                     let Some(m) = r else {
                         return Err(NetError::ConnectionLost("storage stopped".into()));
                     };
@@ -446,6 +541,15 @@ async fn receive(
                             return Err(NetError::Refused { code, message });
                         }
                         _ => {}
+                    }
+                }
+                _ = tick.tick() => {
+                    let seen = progress.load(Ordering::Relaxed);
+                    if seen != last_seen {
+                        (last_seen, last_change) = (seen, tokio::time::Instant::now());
+                    } else if last_change.elapsed() >= IDLE_TIMEOUT {
+                        close_with(conn, close::SHUTDOWN, "no progress: transfer ended, resumable");
+                        return Err(NetError::Timeout("waiting for the sender to make progress"));
                     }
                 }
                 d = conn.closed() => {
@@ -524,7 +628,7 @@ fn disk_actor(
             match cmd {
                 DiskCmd::Start { key, fresh, .. } => {
                     let sealed = seal_key_to(&peer, &ctx.identity.id(), &st.id, key.secret())?;
-                    let p = open_or_start(ctx, st, peer, chunk_size)?;
+                    let p = open_or_start(ctx, st, chunk_size)?;
                     if fresh {
                         p.reset();
                     }
@@ -534,7 +638,7 @@ fn disk_actor(
                 DiskCmd::Chunk {
                     index, data, leaf, ..
                 } => {
-                    let p = open_or_start(ctx, st, peer, chunk_size)?;
+                    let p = open_or_start(ctx, st, chunk_size)?;
                     if !p.has(index) {
                         let plain = (data.len() - CHUNK_OVERHEAD) as u64;
                         if let Some(job) = p.write_chunk(index, data, leaf)? {
@@ -616,15 +720,15 @@ fn disk_actor(
 /// takes its partials over: the old connection is closed and its disk actor
 /// finishes its last checkpoint before the new one resumes. One `serve`
 /// process serves one vault, so a process-wide table is exact.
-static ACTIVE: std::sync::LazyLock<std::sync::Mutex<HashMap<FileId, quinn::Connection>>> =
+static ACTIVE: std::sync::LazyLock<std::sync::Mutex<HashMap<Slot, quinn::Connection>>> =
     std::sync::LazyLock::new(Default::default);
 
-fn active() -> std::sync::MutexGuard<'static, HashMap<FileId, quinn::Connection>> {
+fn active() -> std::sync::MutexGuard<'static, HashMap<Slot, quinn::Connection>> {
     ACTIVE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Claims a partial for `conn`, superseding another connection that holds it.
-async fn claim(id: FileId, conn: &quinn::Connection) -> Result<(), NetError> {
+async fn claim(id: Slot, conn: &quinn::Connection) -> Result<(), NetError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         {
@@ -652,7 +756,7 @@ async fn claim(id: FileId, conn: &quinn::Connection) -> Result<(), NetError> {
 }
 
 /// Releases its claims when dropped, after the disk actor has finished.
-struct Claims(Vec<FileId>);
+struct Claims(Vec<Slot>);
 
 impl Drop for Claims {
     fn drop(&mut self) {
@@ -833,18 +937,16 @@ pub fn wrap_file_key(
 fn open_or_start<'a>(
     ctx: &ServerCtx,
     st: &'a mut FileState,
-    peer: PublicKey,
     chunk_size: u32,
 ) -> Result<&'a mut Partial<'static>, StoreError> {
     let p = match st.partial.take() {
         Some(p) => p,
         None => ctx.vault.start_partial(PartialMeta {
-            sender: peer,
+            slot: st.slot,
+            version: st.version,
             file_id: st.id,
             size: st.offer.size,
             chunk_size,
-            token: st.offer.token,
-            name: st.offer.name.clone(),
             sealed_key: None,
         })?,
     };
@@ -879,6 +981,7 @@ async fn accept_data(
     cmd: mpsc::Sender<DiskCmd>,
     mac: Arc<MacKey>,
     peer: PublicKey,
+    progress: Arc<AtomicU64>,
 ) -> Result<(), NetError> {
     let mut streams = JoinSet::new();
     let mut count = 0usize;
@@ -891,9 +994,9 @@ async fn accept_data(
                     close_with(&conn, close::PROTOCOL, "too many data streams");
                     return Err(NetError::Protocol("too many data streams".into()));
                 }
-                let (ctx, infos, cmd, mac, conn2) = (ctx.clone(), infos.clone(), cmd.clone(), mac.clone(), conn.clone());
+                let (ctx, infos, cmd, mac, conn2, progress) = (ctx.clone(), infos.clone(), cmd.clone(), mac.clone(), conn.clone(), progress.clone());
                 streams.spawn(async move {
-                    if let Err(e) = data_stream(s, &infos, chunk_size, &cmd, &mac).await {
+                    if let Err(e) = data_stream(s, &infos, chunk_size, &cmd, &mac, &progress).await {
                         let (code, why) = match &e {
                             NetError::Tampered(m) => (close::TAMPERED, m.clone()),
                             NetError::Protocol(m) => (close::PROTOCOL, m.clone()),
@@ -923,6 +1026,7 @@ async fn data_stream(
     chunk_size: u32,
     cmd: &mpsc::Sender<DiskCmd>,
     mac: &MacKey,
+    progress: &AtomicU64,
 ) -> Result<(), NetError> {
     let mut magic = [0u8; 4];
     s.read_exact(&mut magic)
@@ -980,6 +1084,7 @@ async fn data_stream(
                 h.index, h.file
             )));
         }
+        progress.fetch_add(1, Ordering::Relaxed);
         if cmd
             .send(DiskCmd::Chunk {
                 file: h.file,

@@ -59,18 +59,31 @@ pub enum FormatError {
 }
 
 fn start(r: &mut Reader<'_>, magic: &[u8; 8]) -> Result<(), FormatError> {
+    start_v(r, magic, VERSION)
+}
+
+fn start_v(r: &mut Reader<'_>, magic: &[u8; 8], version: u16) -> Result<(), FormatError> {
     if r.bytes(8, "magic").map_err(|_| FormatError::BadMagic)? != magic {
         return Err(FormatError::BadMagic);
     }
     match r.u16("version")? {
-        VERSION => Ok(()),
+        v if v == version => Ok(()),
         v => Err(FormatError::Version(v)),
     }
 }
 
 /// Checks magic and version, then the trailing checksum; returns the bytes it covers.
 pub(crate) fn checked<'a>(bytes: &'a [u8], magic: &[u8; 8]) -> Result<&'a [u8], FormatError> {
-    start(&mut Reader::new(bytes), magic)?;
+    checked_v(bytes, magic, VERSION)
+}
+
+/// As [`checked`], for a structure with its own format version.
+pub(crate) fn checked_v<'a>(
+    bytes: &'a [u8],
+    magic: &[u8; 8],
+    version: u16,
+) -> Result<&'a [u8], FormatError> {
+    start_v(&mut Reader::new(bytes), magic, version)?;
     if bytes.len() < 10 + CHECKSUM_LEN {
         return Err(DecodeError::Truncated("file").into());
     }
@@ -91,8 +104,13 @@ pub(crate) fn with_checksum(w: Writer) -> Vec<u8> {
 
 /// A writer that starts with `magic` and the format version.
 pub(crate) fn begin(magic: &[u8; 8]) -> Writer {
+    begin_v(magic, VERSION)
+}
+
+/// As [`begin`], for a structure with its own format version.
+pub(crate) fn begin_v(magic: &[u8; 8], version: u16) -> Writer {
     let mut w = Writer::new();
-    w.bytes(magic).u16(VERSION);
+    w.bytes(magic).u16(version);
     w
 }
 

@@ -6,6 +6,7 @@
 //! `docs/VAULT.md`; [`format`] encodes and decodes them, [`vault`] runs the
 //! procedures.
 
+pub mod chunks;
 pub mod error;
 pub mod format;
 pub mod fsutil;

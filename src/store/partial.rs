@@ -1,15 +1,26 @@
 //! Resumable partial receptions: a staging data file plus a `.part` state
-//! file (`docs/PROTOCOL.md`, *Resume*). The file key of a partial is kept
-//! sealed to the *sender's* node key, so neither this node nor a thief of its
-//! disk can read a partial; only the same sender can continue it.
+//! file (`docs/PROTOCOL.md`, *Resume*; `docs/VAULT.md`, *Partials*).
+//!
+//! Nothing in a partial names the file or its sender in clear. A partial
+//! lives in a *slot*, `staging/part-<slot>.{obj,part}`, where the slot is a
+//! keyed hash of (sender, name) under a key derived from this node's
+//! identity secret: the receiver finds the partial of an offered entry by
+//! computing its slot — a connection reads only its own sender's partials —
+//! and the state records only a keyed *version tag* of (sender, name, size,
+//! chunk size, source token) to tell a resumable partial from a stale one.
+//! The name comes from the offer again when the file is committed.
+//!
+//! The file key of a partial is kept sealed to the *sender's* node key and
+//! bound to both node ids and the file id, so neither this node nor a thief
+//! of its disk can read a partial; only the same sender, talking to this
+//! receiver, can continue it.
 
 use std::{fs, path::PathBuf};
 
 use super::{
+    chunks::ChunkHashes,
     error::{Result, StoreError},
-    format::{
-        begin, checked, read_name, read_size, validate_name, with_checksum, FormatError, Metadata,
-    },
+    format::{begin_v, checked_v, with_checksum, FormatError, Metadata},
     fsutil,
     home::format_error,
     vault::{id_hex, ObjectWriter, Vault},
@@ -18,29 +29,91 @@ use crate::codec::{DecodeError, Reader};
 use crate::crypto::{
     chunk::{chunk_count, chunk_plain_len, FileId, FileKey},
     keys::{Keypair, PublicKey, Secret32},
-    wrap::{unwrap_key, wrap_key_for, WRAP_NONCE},
+    wrap::{hkdf32, unwrap_key, wrap_key_for, WRAP_NONCE},
     CryptoError,
 };
 
 const MAGIC: &[u8; 8] = b"P2PFSPT\0";
-/// Bytes written between two checkpoints.
+/// The format version of partial state files (version 1, written by
+/// c3e3ae4, kept the name in clear; such partials are dropped).
+pub const STATE_VERSION: u16 = 2;
+/// Data written between two checkpoints, at least.
 pub const CHECKPOINT_BYTES: u64 = 32 << 20;
+/// Checkpoints are also at least this many times the state file's size
+/// apart, so rewriting the state stays a small, linear share of the work
+/// even with many small chunks.
+const STATE_RATIO: u64 = 64;
+/// Largest state file read.
+const MAX_STATE: u64 = 1 << 30;
+/// Bytes of one recorded chunk: index and BLAKE3.
+const RECORD_LEN: usize = 8 + 32;
+
+/// Names a partial: a keyed hash of (sender, name).
+pub type Slot = [u8; 16];
+
+/// The key that names partials and tags their versions, derived from the
+/// node identity secret (so the daemon has it, unattended, after a restart;
+/// nobody without the identity file can test guesses against the slots).
+pub struct StagingKey(Secret32);
+
+impl StagingKey {
+    /// Derives the staging key of a node.
+    pub fn from_identity(identity: &Keypair) -> Self {
+        Self(hkdf32(
+            &identity.secret_bytes(),
+            b"p2pfs/staging-key/v1",
+            b"partial slots and versions",
+        ))
+    }
+
+    fn mac(&self, label: &[u8], sender: &PublicKey, name: &str, extra: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(self.0.expose());
+        h.update(label);
+        h.update(sender.as_bytes());
+        h.update(&(name.len() as u64).to_be_bytes());
+        h.update(name.as_bytes());
+        h.update(extra);
+        *h.finalize().as_bytes()
+    }
+
+    /// The slot of `name` offered by `sender`.
+    pub fn slot(&self, sender: &PublicKey, name: &str) -> Slot {
+        let mut s = [0u8; 16];
+        s.copy_from_slice(&self.mac(b"p2pfs/partial-slot/v1", sender, name, &[])[..16]);
+        s
+    }
+
+    /// The version tag of an offered entry: a partial resumes only an entry
+    /// with the same tag (same sender, name, size, chunk size and source).
+    pub fn version(
+        &self,
+        sender: &PublicKey,
+        name: &str,
+        size: u64,
+        chunk_size: u32,
+        token: &[u8; 16],
+    ) -> [u8; 32] {
+        let mut extra = Vec::with_capacity(28);
+        extra.extend_from_slice(&size.to_be_bytes());
+        extra.extend_from_slice(&chunk_size.to_be_bytes());
+        extra.extend_from_slice(token);
+        self.mac(b"p2pfs/partial-version/v1", sender, name, &extra)
+    }
+}
 
 /// What identifies a partial and how to continue it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartialMeta {
-    /// The sending node.
-    pub sender: PublicKey,
+    /// Where it lives.
+    pub slot: Slot,
+    /// The version tag of the entry it receives.
+    pub version: [u8; 32],
     /// The object id.
     pub file_id: FileId,
     /// Plaintext size.
     pub size: u64,
     /// Plaintext bytes per chunk.
     pub chunk_size: u32,
-    /// Source version token.
-    pub token: [u8; 16],
-    /// Offered name.
-    pub name: String,
     /// File key sealed to the sender (ephemeral ‖ ciphertext ‖ tag), once known.
     pub sealed_key: Option<Vec<u8>>,
 }
@@ -94,66 +167,64 @@ pub fn open_key(
     Ok(FileKey::from_secret(Secret32::from_bytes(a)))
 }
 
-fn encode_state(m: &PartialMeta, hashes: &[Option<[u8; 32]>]) -> Vec<u8> {
-    let mut w = begin(MAGIC);
-    w.bytes(m.sender.as_bytes())
+fn encode_state(m: &PartialMeta, hashes: &ChunkHashes) -> Vec<u8> {
+    let mut w = begin_v(MAGIC, STATE_VERSION);
+    w.bytes(&m.slot)
+        .bytes(&m.version)
         .bytes(&m.file_id)
         .u64(m.size)
-        .u32(m.chunk_size)
-        .bytes(&m.token)
-        .u16(m.name.len() as u16)
-        .bytes(m.name.as_bytes());
+        .u32(m.chunk_size);
     match &m.sealed_key {
         Some(k) => w.u16(k.len() as u16).bytes(k),
         None => w.u16(0),
     };
-    w.u64(hashes.len() as u64);
-    for h in hashes {
-        match h {
-            Some(h) => w.u8(1).bytes(h),
-            None => w.u8(0),
-        };
+    w.u64(hashes.held());
+    for (i, h) in hashes.iter() {
+        w.u64(i).bytes(h);
     }
     with_checksum(w)
 }
 
-type State = (PartialMeta, Vec<Option<[u8; 32]>>);
+type State = (PartialMeta, ChunkHashes);
 
-fn decode_state(bytes: &[u8]) -> Result<State, FormatError> {
-    let body = checked(bytes, MAGIC)?;
+fn decode_state(bytes: &[u8], slot: &Slot) -> Result<State, FormatError> {
+    let body = checked_v(bytes, MAGIC, STATE_VERSION)?;
     let mut r = Reader::new(&body[10..]);
-    let sender = PublicKey(r.array("sender")?);
+    if &r.array::<16>("slot")? != slot {
+        return Err(DecodeError::Invalid("slot (state file renamed?)").into());
+    }
+    let version = r.array("version tag")?;
     let file_id = r.array("file id")?;
-    let (size, chunk_size) = read_size(&mut r)?;
-    let token = r.array("token")?;
-    let name = read_name(&mut r, "name", validate_name)?;
-    let kl = r.u16("key length")? as usize;
-    let sealed_key = match kl {
+    let (size, chunk_size) = super::format::read_size(&mut r)?;
+    let sealed_key = match r.u16("key length")? as usize {
         0 => None,
-        80 => Some(r.bytes(80, "sealed key")?.to_vec()),
+        SEALED_KEY_LEN => Some(r.bytes(SEALED_KEY_LEN, "sealed key")?.to_vec()),
         _ => return Err(DecodeError::Invalid("sealed key length").into()),
     };
+    let n = chunk_count(size, chunk_size);
     let count = r.u64("chunk count")?;
-    if count != chunk_count(size, chunk_size) {
+    // Each record takes RECORD_LEN bytes: the count is bounded by the input.
+    if count > n || count > (r.remaining() / RECORD_LEN) as u64 {
         return Err(DecodeError::Invalid("chunk count").into());
     }
-    let mut hashes = Vec::with_capacity((count as usize).min(r.remaining()));
+    let mut hashes = ChunkHashes::new(n);
+    let mut last = None;
     for _ in 0..count {
-        hashes.push(match r.u8("flag")? {
-            0 => None,
-            1 => Some(r.array("hash")?),
-            _ => return Err(DecodeError::Invalid("flag").into()),
-        });
+        let i = r.u64("chunk index")?;
+        if i >= n || last.is_some_and(|l| i <= l) {
+            return Err(DecodeError::Invalid("chunk index").into());
+        }
+        last = Some(i);
+        hashes.insert(i, r.array("chunk hash")?);
     }
     r.finish()?;
     Ok((
         PartialMeta {
-            sender,
+            slot: *slot,
+            version,
             file_id,
             size,
             chunk_size,
-            token,
-            name,
             sealed_key,
         },
         hashes,
@@ -204,64 +275,70 @@ impl CheckpointJob {
     }
 }
 
+/// File name prefix of partials in staging (`part-<slot>.obj|.part`).
+const PREFIX: &str = "part-";
+/// File name prefix of the partials of c3e3ae4 (state version 1, the name
+/// in clear): dropped, never read.
+const LEGACY_PREFIX: &str = "recv-";
+
 impl Vault {
-    fn partial_paths(&self, id: &FileId) -> (PathBuf, PathBuf) {
-        let base = self.staging_dir().join(format!("recv-{}", id_hex(id)));
+    fn partial_paths(&self, slot: &Slot) -> (PathBuf, PathBuf) {
+        let base = self.staging_dir().join(format!("{PREFIX}{}", id_hex(slot)));
         (base.with_extension("obj"), base.with_extension("part"))
     }
 
-    /// Every readable partial in staging (unreadable ones are skipped).
-    pub fn partials(&self) -> Result<Vec<PartialMeta>> {
+    /// True when `name` (a staging file name) is the data file of a partial
+    /// whose state file is missing: a reception that died before its first
+    /// checkpoint, removable.
+    pub(crate) fn is_orphan_partial_data(&self, name: &str) -> bool {
+        name.strip_prefix(PREFIX)
+            .and_then(|r| r.strip_suffix(".obj"))
+            .is_some_and(|stem| {
+                !self
+                    .staging_dir()
+                    .join(format!("{PREFIX}{stem}.part"))
+                    .exists()
+            })
+    }
+
+    /// Removes the partials of the old format (c3e3ae4), whose state kept
+    /// the file name in clear; returns how many transfers were dropped.
+    pub fn drop_legacy_partials(&self) -> Result<usize> {
         let dir = self.staging_dir();
-        let mut out = Vec::new();
+        let mut dropped = 0;
         for e in fs::read_dir(&dir).map_err(|e| StoreError::io("cannot list", &dir, e))? {
-            let Ok(e) = e else { continue };
+            let e = e.map_err(|e| StoreError::io("cannot list", &dir, e))?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("recv-") && name.ends_with(".part") {
-                if let Ok((m, _)) = fsutil::read_limited(&e.path(), 1 << 30)
-                    .and_then(|b| decode_state(&b).map_err(|x| format_error(&e.path(), x)))
-                {
-                    out.push(m);
-                }
+            if name.starts_with(LEGACY_PREFIX)
+                && (name.ends_with(".part") || name.ends_with(".obj"))
+            {
+                fsutil::remove_if_exists(&e.path())?;
+                dropped += usize::from(name.ends_with(".part"));
             }
         }
-        Ok(out)
+        if dropped > 0 {
+            fsutil::fsync_dir(&dir)?;
+        }
+        Ok(dropped)
     }
 
     /// Removes a partial's files.
-    pub fn remove_partial(&self, id: &FileId) -> Result<()> {
-        let (obj, part) = self.partial_paths(id);
+    pub fn remove_partial(&self, slot: &Slot) -> Result<()> {
+        let (obj, part) = self.partial_paths(slot);
         fsutil::remove_if_exists(&part)?;
         fsutil::remove_if_exists(&obj)
     }
 
-    /// Starts a new partial.
+    /// Starts a new partial in `meta.slot` (replacing whatever was there).
     pub fn start_partial(&self, meta: PartialMeta) -> Result<Partial<'_>> {
-        let (obj, part) = self.partial_paths(&meta.file_id);
+        let (obj, part) = self.partial_paths(&meta.slot);
+        fsutil::remove_if_exists(&part)?;
         let writer =
             ObjectWriter::create_at(self, obj, meta.file_id, meta.size, meta.chunk_size, true)?;
-        let p = Partial {
-            meta,
-            writer,
-            state_path: part,
-            since_checkpoint: 0,
-            verify: None,
-        };
         // No state file yet: a partial becomes resumable at its first
         // checkpoint (it needs the sealed key anyway); an orphan data file
         // is removed by the next reconciliation. Small files never pay for
         // a checkpoint.
-        Ok(p)
-    }
-
-    /// Reopens a partial found by [`Vault::partials`]; chunks whose data
-    /// does not match the recorded hash are dropped.
-    pub fn resume_partial(&self, id: &FileId) -> Result<Partial<'_>> {
-        let (obj, part) = self.partial_paths(id);
-        let bytes = fsutil::read_limited(&part, 1 << 30)?;
-        let (meta, hashes) = decode_state(&bytes).map_err(|e| format_error(&part, e))?;
-        let writer =
-            ObjectWriter::reopen(self, obj, meta.file_id, meta.size, meta.chunk_size, hashes)?;
         Ok(Partial {
             meta,
             writer,
@@ -269,6 +346,27 @@ impl Vault {
             since_checkpoint: 0,
             verify: None,
         })
+    }
+
+    /// Reopens the partial in `slot`, if there is one; chunks whose data
+    /// does not match the recorded hash are dropped. Only this slot's files
+    /// are read.
+    pub fn resume_partial(&self, slot: &Slot) -> Result<Option<Partial<'_>>> {
+        let (obj, part) = self.partial_paths(slot);
+        if !part.exists() {
+            return Ok(None);
+        }
+        let bytes = fsutil::read_limited(&part, MAX_STATE)?;
+        let (meta, hashes) = decode_state(&bytes, slot).map_err(|e| format_error(&part, e))?;
+        let writer =
+            ObjectWriter::reopen(self, obj, meta.file_id, meta.size, meta.chunk_size, hashes)?;
+        Ok(Some(Partial {
+            meta,
+            writer,
+            state_path: part,
+            since_checkpoint: 0,
+            verify: None,
+        }))
     }
 }
 
@@ -309,7 +407,8 @@ impl<'v> Partial<'v> {
             }
         }
         self.advance()?;
-        if self.since_checkpoint >= CHECKPOINT_BYTES {
+        let state_len = self.writer.hashes().held() * RECORD_LEN as u64;
+        if self.since_checkpoint >= CHECKPOINT_BYTES.max(STATE_RATIO * state_len) {
             return self.checkpoint_job().map(Some);
         }
         Ok(None)
@@ -321,7 +420,7 @@ impl<'v> Partial<'v> {
         let id = self.meta.file_id;
         let mut buf = Vec::new();
         while let Some(v) = &mut self.verify {
-            if v.next >= n || self.writer.hashes()[v.next as usize].is_none() {
+            if v.next >= n || !self.writer.hashes().has(v.next) {
                 break;
             }
             if let Some(pt) = v.ahead.remove(&v.next) {
@@ -378,14 +477,14 @@ impl<'v> Partial<'v> {
         self.verify = None;
     }
 
-    /// Bitmap of chunks held (bit i = byte i/8, mask 1 << i%8).
+    /// Bitmap of chunks held (bit i = byte i/8, mask 1 << i%8). Its size
+    /// follows the chunk count of an entry this sender offered before and
+    /// that is within the offer budget.
     pub fn have(&self) -> Vec<u8> {
         let h = self.writer.hashes();
-        let mut b = vec![0u8; h.len().div_ceil(8)];
-        for (i, x) in h.iter().enumerate() {
-            if x.is_some() {
-                b[i / 8] |= 1 << (i % 8);
-            }
+        let mut b = vec![0u8; h.count().div_ceil(8) as usize];
+        for (i, _) in h.iter() {
+            b[(i / 8) as usize] |= 1 << (i % 8);
         }
         b
     }
@@ -395,18 +494,18 @@ impl<'v> Partial<'v> {
         self.writer
             .hashes()
             .iter()
-            .enumerate()
-            .filter(|(_, h)| h.is_some())
-            .map(|(i, _)| chunk_plain_len(self.meta.size, self.meta.chunk_size, i as u64) as u64)
+            .map(|(i, _)| chunk_plain_len(self.meta.size, self.meta.chunk_size, i) as u64)
             .sum()
     }
 
     /// True when chunk `i` is held.
     pub fn has(&self, i: u64) -> bool {
-        self.writer
-            .hashes()
-            .get(i as usize)
-            .is_some_and(Option::is_some)
+        self.writer.hashes().has(i)
+    }
+
+    /// True once the file key is known (a `FileStart` was handled).
+    pub fn has_key(&self) -> bool {
+        self.verify.is_some()
     }
 
     /// True when every chunk is held and the key is known.
@@ -441,7 +540,7 @@ impl<'v> Partial<'v> {
 
 fn bad_chunk(meta: &PartialMeta, index: u64) -> StoreError {
     StoreError::corrupt(
-        format!("received file {}", meta.name),
+        format!("received file {}", id_hex(&meta.file_id)),
         format!("chunk {index} does not authenticate under the file key"),
     )
 }
@@ -454,29 +553,86 @@ mod tests {
     proptest! {
         #[test]
         fn state_round_trip(size in 0u64..(64 << 20), key in proptest::option::of(proptest::collection::vec(any::<u8>(), 80)),
-                            seed in any::<u8>(), name in "[a-z]{1,12}(/[a-z0-9._-]{1,12}){0,2}") {
-            prop_assume!(validate_name(&name).is_ok());
+                            seed in any::<u8>()) {
             let m = PartialMeta {
-                sender: PublicKey([seed; 32]),
+                slot: [seed; 16],
+                version: [seed ^ 2; 32],
                 file_id: [seed ^ 1; 16],
                 size,
                 chunk_size: 1 << 20,
-                token: [seed ^ 2; 16],
-                name,
                 sealed_key: key,
             };
-            let n = chunk_count(size, m.chunk_size) as usize;
-            let hashes: Vec<Option<[u8; 32]>> = (0..n).map(|i| (i % 3 != 0).then_some([i as u8; 32])).collect();
+            let n = chunk_count(size, m.chunk_size);
+            let mut hashes = ChunkHashes::new(n);
+            for i in (0..n).filter(|i| i % 3 != 0) {
+                hashes.insert(i, [i as u8; 32]);
+            }
             let enc = encode_state(&m, &hashes);
-            let (m2, h2) = decode_state(&enc).unwrap();
+            let (m2, h2) = decode_state(&enc, &m.slot).unwrap();
             prop_assert_eq!(&m2, &m);
             prop_assert_eq!(&h2, &hashes);
             let mut bad = enc.clone();
             let i = bad.len() / 2;
             bad[i] ^= 0x40;
-            prop_assert!(decode_state(&bad).is_err());
-            prop_assert!(decode_state(&enc[..enc.len() - 1]).is_err());
+            prop_assert!(decode_state(&bad, &m.slot).is_err());
+            prop_assert!(decode_state(&enc[..enc.len() - 1], &m.slot).is_err());
+            prop_assert!(decode_state(&enc, &[seed ^ 0xff; 16]).is_err());
         }
+
+        #[test]
+        fn state_decoder_never_panics(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = decode_state(&data, &[0; 16]);
+        }
+    }
+
+    /// Regression (issue 11): the state kept the name (and sender) in clear.
+    #[test]
+    fn state_holds_no_name_and_slots_are_keyed_by_sender_and_name() {
+        let id = Keypair::generate().unwrap();
+        let k = StagingKey::from_identity(&id);
+        let (s1, s2) = (PublicKey([1; 32]), PublicKey([2; 32]));
+        let name = "Secret-Merger-Plan-2027.bin";
+        assert_ne!(k.slot(&s1, name), k.slot(&s2, name));
+        assert_ne!(k.slot(&s1, name), k.slot(&s1, "other"));
+        assert_eq!(k.slot(&s1, name), k.slot(&s1, name));
+        let other = StagingKey::from_identity(&Keypair::generate().unwrap());
+        assert_ne!(k.slot(&s1, name), other.slot(&s1, name));
+        let v = k.version(&s1, name, 10, 4096, &[0; 16]);
+        assert_ne!(v, k.version(&s1, name, 11, 4096, &[0; 16]));
+        assert_ne!(v, k.version(&s1, name, 10, 4096, &[1; 16]));
+        let m = PartialMeta {
+            slot: k.slot(&s1, name),
+            version: v,
+            file_id: [5; 16],
+            size: 10,
+            chunk_size: 4096,
+            sealed_key: Some(vec![9; 80]),
+        };
+        let enc = encode_state(&m, &ChunkHashes::new(1));
+        for needle in [name.as_bytes(), &b"Secret"[..], s1.as_bytes()] {
+            assert!(!enc.windows(needle.len()).any(|w| w == needle));
+        }
+    }
+
+    /// Regression (issue 7, H1): the decoder sized its buffer 33× the file.
+    #[test]
+    fn a_huge_declared_count_allocates_nothing() {
+        let m = PartialMeta {
+            slot: [0; 16],
+            version: [0; 32],
+            file_id: [0; 16],
+            size: (1 << 44) - 1,
+            chunk_size: 4096,
+            sealed_key: None,
+        };
+        let mut enc = encode_state(&m, &ChunkHashes::new(1 << 32));
+        // Claim 2^32 records in a file that holds none.
+        let at = enc.len() - 32 - 8;
+        enc[at..at + 8].copy_from_slice(&(1u64 << 32).to_be_bytes());
+        let n = enc.len() - 32;
+        let sum = blake3::hash(&enc[..n]);
+        enc[n..].copy_from_slice(sum.as_bytes());
+        assert!(decode_state(&enc, &[0; 16]).is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::{
 };
 
 use super::{
+    chunks::ChunkHashes,
     error::{Result, StoreError},
     format::{
         decode_records, encode_records, EnvelopeBody, EnvelopeFile, HeaderFile, IndexFile,
@@ -680,7 +681,7 @@ pub struct ObjectWriter<'v> {
     size: u64,
     file: File,
     tmp: PathBuf,
-    hashes: Vec<Option<[u8; 32]>>,
+    hashes: ChunkHashes,
     committed: bool,
     keep: bool,
     unflushed: u64,
@@ -717,7 +718,7 @@ impl<'v> ObjectWriter<'v> {
             size,
             file,
             tmp,
-            hashes: vec![None; n as usize],
+            hashes: ChunkHashes::new(n),
             committed: false,
             keep,
             unflushed: 0,
@@ -738,11 +739,11 @@ impl<'v> ObjectWriter<'v> {
         id: FileId,
         size: u64,
         chunk_size: u32,
-        hashes: Vec<Option<[u8; 32]>>,
+        hashes: ChunkHashes,
     ) -> Result<Self> {
         let lock = vault.lock(false)?;
         let n = chunk_count(size, chunk_size);
-        if hashes.len() as u64 != n {
+        if hashes.count() != n {
             return Err(StoreError::corrupt(
                 tmp.display().to_string(),
                 "chunk count mismatch",
@@ -771,19 +772,21 @@ impl<'v> ObjectWriter<'v> {
             _lock: lock,
         };
         let mut buf = Vec::new();
-        for i in 0..n {
-            if let Some(h) = w.hashes[i as usize] {
-                let len = chunk_plain_len(size, chunk_size, i) + CHUNK_OVERHEAD;
-                buf.resize(len, 0);
-                let ok = w
-                    .file
-                    .read_exact_at(&mut buf, header.chunk_offset(i))
-                    .is_ok()
-                    && sealed_chunk_hash(&buf) == h;
-                if !ok {
-                    w.hashes[i as usize] = None;
-                }
+        let mut bad = Vec::new();
+        for (i, h) in w.hashes.iter() {
+            let len = chunk_plain_len(size, chunk_size, i) + CHUNK_OVERHEAD;
+            buf.resize(len, 0);
+            let ok = w
+                .file
+                .read_exact_at(&mut buf, header.chunk_offset(i))
+                .is_ok()
+                && &sealed_chunk_hash(&buf) == h;
+            if !ok {
+                bad.push(i);
             }
+        }
+        for i in bad {
+            w.hashes.remove(i);
         }
         Ok(w)
     }
@@ -794,18 +797,18 @@ impl<'v> ObjectWriter<'v> {
     }
 
     /// Which chunks are written (`Some(hash)`).
-    pub fn hashes(&self) -> &[Option<[u8; 32]>] {
+    pub fn hashes(&self) -> &ChunkHashes {
         &self.hashes
     }
 
     /// Forgets every written chunk (a transfer starting over).
     pub fn reset(&mut self) {
-        self.hashes.iter_mut().for_each(|h| *h = None);
+        self.hashes.clear();
     }
 
     /// True when every chunk is written.
     pub fn is_complete(&self) -> bool {
-        self.hashes.iter().all(Option::is_some)
+        self.hashes.is_complete()
     }
 
     /// The object header.
@@ -884,7 +887,7 @@ impl<'v> ObjectWriter<'v> {
         self.file
             .write_all_at(sealed, self.header.chunk_offset(index))
             .map_err(|e| StoreError::io("cannot write", &self.tmp, e))?;
-        self.hashes[index as usize] = Some(leaf);
+        self.hashes.insert(index, leaf);
         // Start writeback early so the final fsync finds little left to do
         // and the disk works while we compute.
         self.unflushed += sealed.len() as u64;
@@ -898,8 +901,7 @@ impl<'v> ObjectWriter<'v> {
     /// Makes the object durable and visible: fsync, envelope, renames.
     pub fn commit(mut self, file_key: &Secret32, meta: &Metadata) -> Result<()> {
         let id = self.header.id;
-        let hashes: Option<Vec<[u8; 32]>> = self.hashes.iter().copied().collect();
-        let Some(hashes) = hashes else {
+        let Some(hashes) = self.hashes.complete() else {
             return Err(StoreError::Invalid("object is missing chunks".into()));
         };
         if meta.size != self.size || meta.chunk_size != self.header.chunk_size {
@@ -1096,14 +1098,13 @@ impl Unlocked<'_> {
                 let name = e.file_name().to_string_lossy().into_owned();
                 // Interrupted imports, and receptions that died before their
                 // first checkpoint (data without a `.part` cannot resume).
-                let orphan = name
-                    .strip_prefix("recv-")
-                    .and_then(|r| r.strip_suffix(".obj"))
-                    .is_some_and(|stem| !staging.join(format!("recv-{stem}.part")).exists());
+                let orphan = v.is_orphan_partial_data(&name);
                 if name.starts_with("import-") || orphan || name.ends_with(".env") {
                     fsutil::remove_if_exists(&e.path())?;
                 }
             }
+            // Partials of the old format kept the file name in clear.
+            v.drop_legacy_partials()?;
         }
         if removed {
             fsutil::fsync_dir(&v.objects())?;
