@@ -470,17 +470,15 @@ async fn receive(
     // Chunks received so far, for the idle check.
     let progress = Arc::new(AtomicU64::new(0));
     let data = {
-        let (conn, ctx, infos, cmd_tx, mac, progress) = (
-            conn.clone(),
-            ctx.clone(),
-            infos.clone(),
-            cmd_tx.clone(),
-            session.mac_rx.clone(),
-            progress.clone(),
-        );
-        tokio::spawn(async move {
-            accept_data(conn, ctx, infos, chunk_size, cmd_tx, mac, peer, progress).await
-        })
+        let (conn, ctx) = (conn.clone(), ctx.clone());
+        let d = Arc::new(DataCtx {
+            infos: infos.clone(),
+            chunk_size,
+            cmd: cmd_tx.clone(),
+            mac: session.mac_rx.clone(),
+            progress: progress.clone(),
+        });
+        tokio::spawn(async move { accept_data(conn, ctx, d, peer).await })
     };
 
     let outcome: Result<(), NetError> = async {
@@ -973,15 +971,20 @@ fn unwrap_file_key(
     Ok(FileKey::from_secret(Secret32::from_bytes(arr)))
 }
 
-async fn accept_data(
-    conn: quinn::Connection,
-    ctx: Arc<ServerCtx>,
+/// What every data stream of a transfer needs.
+struct DataCtx {
     infos: Arc<Vec<(FileId, u64)>>,
     chunk_size: u32,
     cmd: mpsc::Sender<DiskCmd>,
     mac: Arc<MacKey>,
-    peer: PublicKey,
     progress: Arc<AtomicU64>,
+}
+
+async fn accept_data(
+    conn: quinn::Connection,
+    ctx: Arc<ServerCtx>,
+    data: Arc<DataCtx>,
+    peer: PublicKey,
 ) -> Result<(), NetError> {
     let mut streams = JoinSet::new();
     let mut count = 0usize;
@@ -994,9 +997,9 @@ async fn accept_data(
                     close_with(&conn, close::PROTOCOL, "too many data streams");
                     return Err(NetError::Protocol("too many data streams".into()));
                 }
-                let (ctx, infos, cmd, mac, conn2, progress) = (ctx.clone(), infos.clone(), cmd.clone(), mac.clone(), conn.clone(), progress.clone());
+                let (ctx, data, conn2) = (ctx.clone(), data.clone(), conn.clone());
                 streams.spawn(async move {
-                    if let Err(e) = data_stream(s, &infos, chunk_size, &cmd, &mac, &progress).await {
+                    if let Err(e) = data_stream(s, &data).await {
                         let (code, why) = match &e {
                             NetError::Tampered(m) => (close::TAMPERED, m.clone()),
                             NetError::Protocol(m) => (close::PROTOCOL, m.clone()),
@@ -1020,14 +1023,15 @@ async fn accept_data(
 
 /// Reads chunk frames from one data stream: bounds each against the plan,
 /// checks its MAC, and only then hands it to the disk actor.
-async fn data_stream(
-    mut s: quinn::RecvStream,
-    infos: &[(FileId, u64)],
-    chunk_size: u32,
-    cmd: &mpsc::Sender<DiskCmd>,
-    mac: &MacKey,
-    progress: &AtomicU64,
-) -> Result<(), NetError> {
+async fn data_stream(mut s: quinn::RecvStream, d: &DataCtx) -> Result<(), NetError> {
+    let DataCtx {
+        infos,
+        chunk_size,
+        cmd,
+        mac,
+        progress,
+    } = d;
+    let chunk_size = *chunk_size;
     let mut magic = [0u8; 4];
     s.read_exact(&mut magic)
         .await
