@@ -100,6 +100,16 @@ impl MacKey {
     }
 }
 
+/// HMAC-SHA256 of `data` under a 32-byte key (compare tags with
+/// `subtle::ConstantTimeEq`).
+pub fn hmac_sha256(key: &Secret32, data: &[u8]) -> [u8; MAC_LEN] {
+    // HMAC accepts keys of any length; 32 bytes cannot fail.
+    #[allow(clippy::expect_used)]
+    let mut m = HmacSha256::new_from_slice(key.expose()).expect("HMAC key");
+    m.update(data);
+    m.finalize().into_bytes().into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

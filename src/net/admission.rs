@@ -30,6 +30,9 @@ pub struct Limits {
     pub transfers: usize,
     /// Transfers per peer node.
     pub transfers_per_peer: usize,
+    /// Transfers from peers that are not trusted (`--accept any` or
+    /// `ask`), in all: the rest stays free for trusted senders.
+    pub untrusted_transfers: usize,
     /// Offers waiting for (or at) the local user's prompt.
     pub prompts: usize,
 }
@@ -41,6 +44,7 @@ impl Default for Limits {
             unauthenticated_per_ip: 8,
             transfers: 16,
             transfers_per_peer: 4,
+            untrusted_transfers: 8,
             prompts: 4,
         }
     }
@@ -51,6 +55,7 @@ struct Counts {
     unauthenticated: usize,
     by_ip: HashMap<IpAddr, usize>,
     transfers: usize,
+    untrusted: usize,
     by_peer: HashMap<PublicKey, usize>,
 }
 
@@ -105,17 +110,22 @@ impl Admission {
     }
 
     /// Admits a transfer from an authenticated `peer`, or says no.
-    pub fn transfer(self: &Arc<Self>, peer: PublicKey) -> Option<TransferGuard> {
+    pub fn transfer(self: &Arc<Self>, peer: PublicKey, trusted: bool) -> Option<TransferGuard> {
         let mut c = self.counts();
         let of_peer = c.by_peer.get(&peer).copied().unwrap_or(0);
-        if c.transfers >= self.limits.transfers || of_peer >= self.limits.transfers_per_peer {
+        if c.transfers >= self.limits.transfers
+            || of_peer >= self.limits.transfers_per_peer
+            || (!trusted && c.untrusted >= self.limits.untrusted_transfers)
+        {
             return None;
         }
         c.transfers += 1;
+        c.untrusted += usize::from(!trusted);
         *c.by_peer.entry(peer).or_default() += 1;
         Some(TransferGuard {
             adm: self.clone(),
             peer,
+            trusted,
         })
     }
 }
@@ -139,12 +149,16 @@ impl Drop for ConnectionGuard {
 pub struct TransferGuard {
     adm: Arc<Admission>,
     peer: PublicKey,
+    trusted: bool,
 }
 
 impl Drop for TransferGuard {
     fn drop(&mut self) {
         let mut c = self.adm.counts();
         c.transfers = c.transfers.saturating_sub(1);
+        if !self.trusted {
+            c.untrusted = c.untrusted.saturating_sub(1);
+        }
         dec(&mut c.by_peer, &self.peer);
     }
 }
@@ -236,17 +250,22 @@ mod tests {
     #[test]
     fn transfer_caps_in_all_and_per_peer() {
         let adm = Admission::new(Limits {
-            transfers: 2,
+            transfers: 3,
             transfers_per_peer: 1,
+            untrusted_transfers: 1,
             ..Limits::default()
         });
-        let (p, q, r) = (PublicKey([1; 32]), PublicKey([2; 32]), PublicKey([3; 32]));
-        let t = adm.transfer(p).unwrap();
-        assert!(adm.transfer(p).is_none());
-        let _u = adm.transfer(q).unwrap();
-        assert!(adm.transfer(r).is_none());
+        let key = |b| PublicKey([b; 32]);
+        let t = adm.transfer(key(1), true).unwrap();
+        assert!(adm.transfer(key(1), true).is_none(), "per peer");
+        let u = adm.transfer(key(2), false).unwrap();
+        assert!(adm.transfer(key(3), false).is_none(), "untrusted pool full");
+        let _v = adm.transfer(key(4), true).unwrap();
+        assert!(adm.transfer(key(5), true).is_none(), "all full");
         drop(t);
-        assert!(adm.transfer(p).is_some());
+        assert!(adm.transfer(key(1), true).is_some());
+        drop(u);
+        assert!(adm.transfer(key(3), false).is_none(), "all full again");
     }
 
     struct Slow(std::sync::mpsc::Receiver<()>);

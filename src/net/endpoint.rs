@@ -166,6 +166,16 @@ impl ServerCertVerifier for AnyCert {
 
 /// A client endpoint on an ephemeral port of the matching address family.
 pub fn client(for_peer: SocketAddr) -> Result<quinn::Endpoint, NetError> {
+    let bind: SocketAddr = if for_peer.is_ipv6() {
+        "[::]:0".parse().map_err(setup)?
+    } else {
+        "0.0.0.0:0".parse().map_err(setup)?
+    };
+    client_at(bind)
+}
+
+/// A client endpoint bound to `bind`.
+pub fn client_at(bind: SocketAddr) -> Result<quinn::Endpoint, NetError> {
     let p = provider();
     let mut tls = rustls::ClientConfig::builder_with_provider(p.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -178,11 +188,6 @@ pub fn client(for_peer: SocketAddr) -> Result<quinn::Endpoint, NetError> {
     let crypto = QuicClientConfig::try_from(tls).map_err(setup)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     cfg.transport_config(transport());
-    let bind: SocketAddr = if for_peer.is_ipv6() {
-        "[::]:0".parse().map_err(setup)?
-    } else {
-        "0.0.0.0:0".parse().map_err(setup)?
-    };
     let socket = std::net::UdpSocket::bind(bind).map_err(|e| NetError::Setup(e.to_string()))?;
     let mut ep = endpoint(socket, None)?;
     ep.set_default_client_config(cfg);

@@ -244,11 +244,11 @@ async fn handle(
         close_with(&conn, close::REFUSED, "untrusted");
         return Ok(());
     }
-    let Some(_transfer) = ctx.admission.transfer(peer) else {
+    let Some(_transfer) = ctx.admission.transfer(peer, trusted) else {
         let l = ctx.admission.limits();
         let message = format!(
-            "the receiver is busy ({} transfers at once, {} per sender); try again in a moment",
-            l.transfers, l.transfers_per_peer
+            "the receiver is busy ({} transfers at once, {} per sender, {} from untrusted senders); try again in a moment",
+            l.transfers, l.transfers_per_peer, l.untrusted_transfers
         );
         let _ = refuse(&mut send, RefuseCode::Busy, message).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;

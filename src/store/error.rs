@@ -106,6 +106,19 @@ pub enum StoreError {
         "the vault is busy: an import or a transfer is in progress; try again when it has finished"
     )]
     Busy,
+    /// The vault header names a vault key the owner did not set (pin).
+    #[error(
+        "vault/header names vault key {found}, but the owner set {pinned} (vault/key.pin): \
+         the header was replaced. Refusing to seal files to a key the owner did not set. \
+         Restore the vault's own header; if you replaced the vault on purpose, remove \
+         vault/key.pin and start again"
+    )]
+    VaultKeyChanged {
+        /// Fingerprint of the key the header names.
+        found: String,
+        /// Fingerprint of the pinned key.
+        pinned: String,
+    },
     /// A name or argument is not acceptable.
     #[error("{0}")]
     Invalid(String),

@@ -89,6 +89,8 @@ impl Home {
             name: name.to_owned(),
         };
         fsutil::write_atomic(&self.identity_path(), &file.encode())?;
+        // Pins the new vault's key for this node.
+        Vault::open_pinned(&vault_dir, &keypair)?;
         Ok(Identity {
             keypair,
             name: name.to_owned(),
@@ -111,14 +113,11 @@ impl Home {
         })
     }
 
-    /// Opens the vault.
+    /// Opens the vault, sealing only to vault keys the owner set
+    /// (`vault/key.pin`, checked with this node's identity).
     pub fn vault(&self) -> Result<Vault> {
-        if !self.is_initialised() {
-            return Err(StoreError::NotInitialised {
-                home: self.root.clone(),
-            });
-        }
-        Vault::open(&self.vault_dir())
+        let identity = self.load_identity()?;
+        Vault::open_pinned(&self.vault_dir(), &identity.keypair)
     }
 }
 

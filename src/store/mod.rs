@@ -12,6 +12,7 @@ pub mod format;
 pub mod fsutil;
 pub mod home;
 pub mod partial;
+pub mod pin;
 pub mod sent;
 pub mod trust;
 pub mod vault;

@@ -24,6 +24,7 @@ use super::{
     },
     fsutil,
     home::format_error,
+    pin::{self, Pin, PinKey},
 };
 use crate::crypto::{
     aead::{random_nonce, AeadKey, NONCE_LEN, TAG_LEN},
@@ -94,6 +95,14 @@ pub struct VerifyReport {
 pub struct Vault {
     dir: PathBuf,
     header: HeaderFile,
+    /// With the node's identity: the pin that says which vault keys the
+    /// owner set, and the key new objects are sealed to now.
+    pinned: Option<Pinned>,
+}
+
+struct Pinned {
+    key: PinKey,
+    sealing: std::sync::Mutex<PublicKey>,
 }
 
 fn read_header(path: &Path) -> Result<HeaderFile> {
@@ -277,7 +286,75 @@ impl Vault {
         Ok(Self {
             dir: dir.to_path_buf(),
             header: read_header(&hp)?,
+            pinned: None,
         })
+    }
+
+    /// Opens the vault of a node: new objects are sealed only to a vault
+    /// key the owner set (`vault/key.pin`, authenticated with a key derived
+    /// from `identity`). A vault without a pin yet (made by c3e3ae4) gets
+    /// one for the key its header names now.
+    pub fn open_pinned(dir: &Path, identity: &Keypair) -> Result<Self> {
+        let mut v = Self::open(dir)?;
+        let key = PinKey::from_identity(identity);
+        let found = v.header.vault_pk;
+        match Pin::load(dir, &key)? {
+            None => Pin {
+                current: found,
+                next: None,
+            }
+            .save(dir, &key)?,
+            Some(p) if p.allows(&found) => {}
+            Some(p) => return Err(pin::changed(&found, &p)),
+        }
+        v.pinned = Some(Pinned {
+            key,
+            sealing: std::sync::Mutex::new(found),
+        });
+        Ok(v)
+    }
+
+    /// The key new objects are sealed to: the header's, once checked
+    /// against the pin. A header that changed since is followed only when
+    /// the pin allows its key (a `vault rekey`); otherwise refused.
+    fn sealing_key(&self) -> Result<PublicKey> {
+        let found = read_header(&self.dir.join("header"))?.vault_pk;
+        let Some(p) = &self.pinned else {
+            return Ok(found);
+        };
+        let mut sealing = p.sealing.lock().unwrap_or_else(|e| e.into_inner());
+        if *sealing == found {
+            return Ok(found);
+        }
+        match Pin::load(&self.dir, &p.key)? {
+            Some(pin) if pin.allows(&found) => {
+                tracing::info!(
+                    "vault key rotated (vault rekey): new files are sealed to {}",
+                    found.fingerprint()
+                );
+                *sealing = found;
+                Ok(found)
+            }
+            Some(pin) => {
+                tracing::error!("vault/header was replaced: refusing to seal new files to it");
+                Err(pin::changed(&found, &pin))
+            }
+            None => Err(pin::changed(
+                &found,
+                &Pin {
+                    current: *sealing,
+                    next: None,
+                },
+            )),
+        }
+    }
+
+    /// Records the vault keys the owner set (when opened with the identity).
+    fn write_pin(&self, current: PublicKey, next: Option<PublicKey>) -> Result<()> {
+        match &self.pinned {
+            Some(p) => Pin { current, next }.save(&self.dir, &p.key),
+            None => Ok(()),
+        }
     }
 
     /// The vault public key new objects are sealed to.
@@ -339,12 +416,6 @@ impl Vault {
             }
             Err(fs::TryLockError::Error(e)) => Err(StoreError::io("cannot lock", &p, e)),
         }
-    }
-
-    /// The vault public key as the header says now (a rekey may have run
-    /// since this vault was opened).
-    fn current_public_key(&self) -> Result<PublicKey> {
-        Ok(read_header(&self.dir.join("header"))?.vault_pk)
     }
 
     fn scan(&self) -> Result<Scan> {
@@ -643,6 +714,12 @@ impl Vault {
                 u.exclusive = true;
             }
             u.finish_rekey(h, kp)?;
+        } else if let Some(p) = &self.pinned {
+            // A rekey that died after its last rename leaves the old key
+            // pinned beside the new one: retire it.
+            if Pin::load(&self.dir, &p.key)?.is_some_and(|pin| pin.next.is_some()) {
+                self.write_pin(header.vault_pk, None)?;
+            }
         }
         u.reconcile()?;
         Ok(u)
@@ -913,7 +990,7 @@ impl<'v> ObjectWriter<'v> {
         self.file
             .sync_all()
             .map_err(|e| StoreError::io("cannot sync", &self.tmp, e))?;
-        let env = seal_envelope(&self.vault.current_public_key()?, id, ct, file_key, meta)?;
+        let env = seal_envelope(&self.vault.sealing_key()?, id, ct, file_key, meta)?;
         let env_tmp = self.tmp.with_extension("env");
         let res = (|| {
             let mut f = fsutil::create_private(&env_tmp)?;
@@ -1402,6 +1479,9 @@ impl Unlocked<'_> {
     fn finish_rekey(&mut self, next: HeaderFile, new: Keypair) -> Result<usize> {
         let v = self.vault;
         let old = self.keypair.clone();
+        // Storing follows the rotation only to keys the pin allows: name
+        // the new key there before the header does.
+        v.write_pin(old.public(), Some(new.public()))?;
         let scan = v.scan()?;
         let mut count = 0;
         for id in scan.env.keys() {
@@ -1469,6 +1549,7 @@ impl Unlocked<'_> {
         let _ = next;
         fsutil::rename(&v.dir.join("header.next"), &v.dir.join("header"))?;
         fsutil::fsync_dir(&v.dir)?;
+        v.write_pin(self.keypair.public(), None)?;
         Ok(count)
     }
 
