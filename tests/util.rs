@@ -789,3 +789,92 @@ impl Default for Node {
         Self::new()
     }
 }
+
+// ---------------------------------------------------------------- serving nodes
+
+/// A running `p2pfs serve` on 127.0.0.1 (no mDNS), stopped with SIGTERM
+/// when dropped.
+pub struct Serving {
+    proc: Option<Proc>,
+    /// Its UDP port.
+    pub port: u16,
+}
+
+impl Serving {
+    /// Starts `serve` for `node` on a free port with `extra` arguments.
+    pub fn start(node: &Node, extra: &[&str]) -> Self {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--no-mdns"];
+        args.extend_from_slice(extra);
+        let mut p = node.spawn(args);
+        assert!(
+            p.wait_for_output("(UDP)", Duration::from_secs(20)),
+            "serve did not start:\n{}\n{}",
+            p.stdout_now(),
+            p.stderr_now()
+        );
+        let out = p.stdout_now();
+        let line = out.lines().find(|l| l.contains("listening:")).unwrap();
+        let port = line
+            .split("127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        Self {
+            proc: Some(p),
+            port,
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The process (for its output so far, its pid, signals).
+    pub fn proc(&self) -> &Proc {
+        self.proc.as_ref().unwrap()
+    }
+
+    /// Mutable access to the process.
+    pub fn proc_mut(&mut self) -> &mut Proc {
+        self.proc.as_mut().unwrap()
+    }
+
+    /// Peak resident memory so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        peak_rss(self.proc().pid())
+    }
+
+    /// SIGTERM, then waits (at most `within`) for it to exit.
+    pub fn stop_within(mut self, within: Duration) -> (Run, Duration) {
+        let mut p = self.proc.take().unwrap();
+        let t = Instant::now();
+        p.signal(libc::SIGTERM);
+        assert!(
+            p.wait_timeout(within).is_some(),
+            "serve did not stop within {within:?} of SIGTERM"
+        );
+        let took = t.elapsed();
+        (p.finish(), took)
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.signal(libc::SIGTERM);
+            if p.wait_timeout(Duration::from_secs(10)).is_none() {
+                p.kill9();
+            }
+        }
+    }
+}
+
+/// Peak resident memory (VmHWM) of a process, in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}

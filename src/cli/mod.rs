@@ -187,7 +187,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<StoreError>() {
             return match e {
                 StoreError::WrongPassphrase => exit::WRONG_PASSPHRASE,
-                StoreError::Corrupt { .. } | StoreError::Damaged { .. } => exit::CORRUPT,
+                StoreError::Corrupt { .. }
+                | StoreError::Damaged { .. }
+                | StoreError::VaultKeyChanged { .. } => exit::CORRUPT,
                 StoreError::NotInitialised { .. } => exit::NOT_INITIALISED,
                 StoreError::UnsupportedVersion { .. } => exit::UNSUPPORTED_VERSION,
                 StoreError::AlreadyInitialised { .. } | StoreError::DestinationExists { .. } => {

@@ -32,7 +32,7 @@ pub const EXPORTER_LABEL: &[u8] = b"p2pfs/2 noise prologue";
 const MAX_HANDSHAKE_MSG: usize = 256;
 /// Plaintext of the initiator's key-confirmation message (the first
 /// transport message, `docs/PROTOCOL.md`).
-const CONFIRM: &[u8] = b"p2pfs/2 key confirmation";
+pub const CONFIRM: &[u8] = b"p2pfs/2 key confirmation";
 
 /// Which way data flows, for the per-direction keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -657,12 +657,15 @@ fn disk_actor(
             // dropped; the others go on.
             st.finished = true;
             if let Some(p) = st.partial.take() {
-                let (id, v) = (p.meta.file_id, p.vault());
+                let (slot, v) = (p.meta.slot, p.vault());
                 drop(p);
                 syncer.barrier();
-                let _ = v.remove_partial(&id);
+                let _ = v.remove_partial(&slot);
             }
-            let message = format!("{what}: {detail}; not stored");
+            let message = text::bounded(
+                &format!("{what}: {detail}; not stored"),
+                text::MAX_MESSAGE - 4,
+            );
             let _ = ctx.events.send(ServerEvent::Failed {
                 peer: Some(peer),
                 message: message.clone(),
@@ -704,10 +707,10 @@ fn disk_actor(
                     warn!("cannot checkpoint a partial: {e}");
                 }
             } else {
-                let id = p.meta.file_id;
+                let slot = p.meta.slot;
                 let v = p.vault();
                 drop(p);
-                let _ = v.remove_partial(&id);
+                let _ = v.remove_partial(&slot);
             }
         }
     }
@@ -863,7 +866,7 @@ fn finish_if_ready(
         origin: Some(peer),
         name: offer.name.clone(),
     };
-    let id = p.meta.file_id;
+    let slot = p.meta.slot;
     let v = p.vault();
     let t0 = std::time::Instant::now();
     let outcome = p.finish(&blake3, &meta);
@@ -886,7 +889,7 @@ fn finish_if_ready(
         Err(e) => {
             // A file that fails verification is not kept: resuming it would
             // only fail again.
-            let _ = v.remove_partial(&id);
+            let _ = v.remove_partial(&slot);
             let code = match e {
                 StoreError::DiskFull { .. } => result_code::DISK_FULL,
                 StoreError::Corrupt { .. } => result_code::VERIFY,
@@ -900,7 +903,7 @@ fn finish_if_ready(
                 file,
                 ok: false,
                 code,
-                message: e.to_string(),
+                message: text::bounded(&e.to_string(), text::MAX_MESSAGE - 4),
             })
         }
     }
@@ -952,7 +955,7 @@ fn open_or_start<'a>(
 }
 
 /// Opens a transported file key.
-fn unwrap_file_key(
+pub fn unwrap_file_key(
     session: &Session,
     file: u32,
     id: &FileId,

@@ -48,8 +48,10 @@ const MAX_STATE: u64 = 1 << 30;
 /// Bytes of one recorded chunk: index and BLAKE3.
 const RECORD_LEN: usize = 8 + 32;
 
-/// Names a partial: a keyed hash of (sender, name).
-pub type Slot = [u8; 16];
+/// Names a partial: a keyed hash of (sender, name). A type of its own, so
+/// it is never mistaken for a file id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Slot(pub [u8; 16]);
 
 /// The key that names partials and tags their versions, derived from the
 /// node identity secret (so the daemon has it, unattended, after a restart;
@@ -80,7 +82,7 @@ impl StagingKey {
     pub fn slot(&self, sender: &PublicKey, name: &str) -> Slot {
         let mut s = [0u8; 16];
         s.copy_from_slice(&self.mac(b"p2pfs/partial-slot/v1", sender, name, &[])[..16]);
-        s
+        Slot(s)
     }
 
     /// The version tag of an offered entry: a partial resumes only an entry
@@ -169,7 +171,7 @@ pub fn open_key(
 
 fn encode_state(m: &PartialMeta, hashes: &ChunkHashes) -> Vec<u8> {
     let mut w = begin_v(MAGIC, STATE_VERSION);
-    w.bytes(&m.slot)
+    w.bytes(&m.slot.0)
         .bytes(&m.version)
         .bytes(&m.file_id)
         .u64(m.size)
@@ -190,7 +192,7 @@ type State = (PartialMeta, ChunkHashes);
 fn decode_state(bytes: &[u8], slot: &Slot) -> Result<State, FormatError> {
     let body = checked_v(bytes, MAGIC, STATE_VERSION)?;
     let mut r = Reader::new(&body[10..]);
-    if &r.array::<16>("slot")? != slot {
+    if r.array::<16>("slot")? != slot.0 {
         return Err(DecodeError::Invalid("slot (state file renamed?)").into());
     }
     let version = r.array("version tag")?;
@@ -283,7 +285,9 @@ const LEGACY_PREFIX: &str = "recv-";
 
 impl Vault {
     fn partial_paths(&self, slot: &Slot) -> (PathBuf, PathBuf) {
-        let base = self.staging_dir().join(format!("{PREFIX}{}", id_hex(slot)));
+        let base = self
+            .staging_dir()
+            .join(format!("{PREFIX}{}", id_hex(&slot.0)));
         (base.with_extension("obj"), base.with_extension("part"))
     }
 
@@ -555,7 +559,7 @@ mod tests {
         fn state_round_trip(size in 0u64..(64 << 20), key in proptest::option::of(proptest::collection::vec(any::<u8>(), 80)),
                             seed in any::<u8>()) {
             let m = PartialMeta {
-                slot: [seed; 16],
+                slot: Slot([seed; 16]),
                 version: [seed ^ 2; 32],
                 file_id: [seed ^ 1; 16],
                 size,
@@ -576,12 +580,12 @@ mod tests {
             bad[i] ^= 0x40;
             prop_assert!(decode_state(&bad, &m.slot).is_err());
             prop_assert!(decode_state(&enc[..enc.len() - 1], &m.slot).is_err());
-            prop_assert!(decode_state(&enc, &[seed ^ 0xff; 16]).is_err());
+            prop_assert!(decode_state(&enc, &Slot([seed ^ 0xff; 16])).is_err());
         }
 
         #[test]
         fn state_decoder_never_panics(data in proptest::collection::vec(any::<u8>(), 0..400)) {
-            let _ = decode_state(&data, &[0; 16]);
+            let _ = decode_state(&data, &Slot([0; 16]));
         }
     }
 
@@ -618,7 +622,7 @@ mod tests {
     #[test]
     fn a_huge_declared_count_allocates_nothing() {
         let m = PartialMeta {
-            slot: [0; 16],
+            slot: Slot([0; 16]),
             version: [0; 32],
             file_id: [0; 16],
             size: (1 << 44) - 1,
@@ -632,7 +636,7 @@ mod tests {
         let n = enc.len() - 32;
         let sum = blake3::hash(&enc[..n]);
         enc[n..].copy_from_slice(sum.as_bytes());
-        assert!(decode_state(&enc, &[0; 16]).is_err());
+        assert!(decode_state(&enc, &Slot([0; 16])).is_err());
     }
 
     #[test]
