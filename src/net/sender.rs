@@ -380,6 +380,7 @@ pub async fn send(
     // vault folder, say) is never opened, and the file starts afresh.
     let mut log = SentLog::open(home)?;
     let mut failures = Vec::new();
+    let mut tags = Vec::with_capacity(plans.len());
     let mut plan = Vec::with_capacity(plans.len());
     let mut skipped = 0u64;
     for (item, p) in items.iter().zip(plans) {
@@ -447,6 +448,7 @@ pub async fn send(
                 rejected: Some(text::from_peer(&reason)),
             },
         };
+        tags.push(tag);
         match &next.rejected {
             None => log.record(&peer, &next.id, &tag),
             Some(why) => {
@@ -576,7 +578,7 @@ pub async fn send(
     // is sent, a receiver that stays silent for RESULT_WAIT is given up on.
     let mut results = 0usize;
     let mut answered = vec![false; items.len()];
-    let mut committed: Vec<FileId> = Vec::new();
+    let mut committed: Vec<[u8; 32]> = Vec::new();
     let mut ok_files = 0usize;
     let mut reader = reader;
     let mut reader_done = false;
@@ -605,7 +607,7 @@ pub async fn send(
                         results += 1;
                         if ok {
                             ok_files += 1;
-                            committed.extend(*p);
+                            committed.extend(p.map(|_| tags[i]));
                             let b3 = hashes.lock().ok().and_then(|h| h.get(i).copied().flatten());
                             let _ = events.send(Event::FileDone { name: item.offer.name.clone(), size: item.offer.size, blake3: b3.map(|b| to_hex(&b)).unwrap_or_default() });
                         } else {
@@ -639,8 +641,8 @@ pub async fn send(
     }
     if !committed.is_empty() {
         let mut log = SentLog::open(home)?;
-        for id in &committed {
-            log.forget(&peer, id);
+        for tag in &committed {
+            log.forget(&peer, tag);
         }
         log.save()?;
     }

@@ -10,6 +10,7 @@
 //! over. A damaged file is therefore replaced, never an error.
 
 use std::{
+    collections::{HashMap, VecDeque},
     fs,
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
@@ -52,10 +53,17 @@ struct Entry {
     tag: EntryTag,
 }
 
-/// The record, loaded under its lock for one read-modify-write.
+type Key = (PublicKey, EntryTag);
+
+/// The record, loaded under its lock for one read-modify-write. Lookups
+/// are by (receiver, entry); the oldest entries go first when it is full.
 pub struct SentLog {
     path: PathBuf,
-    entries: Vec<Entry>,
+    /// (receiver, entry) → (file id, sequence number of its record).
+    map: HashMap<Key, (FileId, u64)>,
+    /// Records in the order they were made (stale ones skipped).
+    order: VecDeque<(Key, u64)>,
+    seq: u64,
     _lock: fs::File,
 }
 
@@ -109,50 +117,67 @@ impl SentLog {
         } else {
             Vec::new()
         };
-        Ok(Self {
+        let mut log = Self {
             path,
-            entries,
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            seq: 0,
             _lock: lock,
-        })
+        };
+        for e in entries {
+            log.record(&e.receiver, &e.file_id, &e.tag);
+        }
+        Ok(log)
     }
 
     /// True when this node started the transfer of `tag` to `receiver`
     /// under `file_id`.
     pub fn contains(&self, receiver: &PublicKey, file_id: &FileId, tag: &EntryTag) -> bool {
-        self.entries
-            .iter()
-            .any(|e| &e.receiver == receiver && &e.file_id == file_id && &e.tag == tag)
+        self.map
+            .get(&(*receiver, *tag))
+            .is_some_and(|(id, _)| id == file_id)
     }
 
     /// Records a transfer started (replacing an older record of the entry).
     pub fn record(&mut self, receiver: &PublicKey, file_id: &FileId, tag: &EntryTag) {
-        self.entries
-            .retain(|e| !(&e.receiver == receiver && &e.tag == tag));
-        self.entries.push(Entry {
-            receiver: *receiver,
-            file_id: *file_id,
-            tag: *tag,
-        });
-        if self.entries.len() > MAX_ENTRIES {
-            let extra = self.entries.len() - MAX_ENTRIES;
-            self.entries.drain(..extra);
+        self.seq += 1;
+        let key = (*receiver, *tag);
+        self.map.insert(key, (*file_id, self.seq));
+        self.order.push_back((key, self.seq));
+        while self.map.len() > MAX_ENTRIES {
+            let Some((k, seq)) = self.order.pop_front() else {
+                break;
+            };
+            if self.map.get(&k).is_some_and(|(_, s)| *s == seq) {
+                self.map.remove(&k);
+            }
+        }
+        if self.order.len() > 2 * MAX_ENTRIES {
+            let map = &self.map;
+            self.order
+                .retain(|(k, seq)| map.get(k).is_some_and(|(_, s)| s == seq));
         }
     }
 
     /// Forgets a finished transfer.
-    pub fn forget(&mut self, receiver: &PublicKey, file_id: &FileId) {
-        self.entries
-            .retain(|e| !(&e.receiver == receiver && &e.file_id == file_id));
+    pub fn forget(&mut self, receiver: &PublicKey, tag: &EntryTag) {
+        self.map.remove(&(*receiver, *tag));
     }
 
-    /// Writes the record atomically.
+    /// Writes the record atomically, oldest first.
     pub fn save(&self) -> Result<()> {
+        let live: Vec<(Key, FileId)> = self
+            .order
+            .iter()
+            .filter_map(|(k, seq)| match self.map.get(k) {
+                Some((id, s)) if s == seq => Some((*k, *id)),
+                _ => None,
+            })
+            .collect();
         let mut w = begin(MAGIC);
-        w.u32(self.entries.len() as u32);
-        for e in &self.entries {
-            w.bytes(e.receiver.as_bytes())
-                .bytes(&e.file_id)
-                .bytes(&e.tag);
+        w.u32(live.len() as u32);
+        for ((receiver, tag), id) in &live {
+            w.bytes(receiver.as_bytes()).bytes(id).bytes(tag);
         }
         fsutil::write_atomic(&self.path, &with_checksum(w))
     }
@@ -177,11 +202,29 @@ mod tests {
         assert!(!log.contains(&r2, &[7; 16], &t));
         assert!(!log.contains(&r1, &[8; 16], &t));
         assert!(!log.contains(&r1, &[7; 16], &entry_tag("b", 1, &[0; 16], 4096)));
-        log.forget(&r1, &[7; 16]);
+        log.forget(&r1, &t);
         assert!(!log.contains(&r1, &[7; 16], &t));
         drop(log);
         // A damaged record is replaced, not an error.
         std::fs::write(dir.path().join("sent"), b"garbage").unwrap();
-        assert!(SentLog::open(dir.path()).unwrap().entries.is_empty());
+        assert!(SentLog::open(dir.path()).unwrap().map.is_empty());
+    }
+
+    #[test]
+    fn the_oldest_records_go_first_and_recording_is_not_quadratic() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = PublicKey([1; 32]);
+        let mut log = SentLog::open(dir.path()).unwrap();
+        let t0 = std::time::Instant::now();
+        for i in 0..(MAX_ENTRIES as u64 + 1000) {
+            log.record(&r, &[0; 16], &entry_tag("f", i, &[0; 16], 4096));
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(log.map.len(), MAX_ENTRIES);
+        assert!(!log.contains(&r, &[0; 16], &entry_tag("f", 0, &[0; 16], 4096)));
+        assert!(log.contains(&r, &[0; 16], &entry_tag("f", 66000, &[0; 16], 4096)));
+        log.save().unwrap();
+        drop(log);
+        assert_eq!(SentLog::open(dir.path()).unwrap().map.len(), MAX_ENTRIES);
     }
 }
