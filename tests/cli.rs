@@ -1028,3 +1028,44 @@ fn refused_names_are_not_echoed_raw_to_the_terminal() {
         r = r.all()
     );
 }
+
+// ---------------------------------------------------------------- secrets
+
+#[test]
+fn serve_wipes_the_passphrase_from_its_environment() {
+    // No node yet: serve creates it from P2PFS_PASSPHRASE, then keeps
+    // running (for as long as the daemon lives).
+    let n = Node::new();
+    let pass = n.passphrase.clone().unwrap();
+    let mut p = n.spawn([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-mdns",
+        "--name",
+        "envtest",
+    ]);
+    assert!(
+        p.wait_for_output("(UDP)", Duration::from_secs(30)),
+        "serve did not start:\n{}\n{}",
+        p.stdout_now(),
+        p.stderr_now()
+    );
+    let environ = fs::read(format!("/proc/{}/environ", p.pid())).unwrap();
+    // The right process and file: its other variables are all there.
+    assert!(util::find_bytes(&environ, b"P2PFS_HOME=").is_some());
+    assert!(util::find_bytes(&environ, b"LC_ALL=C").is_some());
+    assert_eq!(
+        util::find_bytes(&environ, pass.as_bytes()),
+        None,
+        "the passphrase is readable in /proc/{}/environ",
+        p.pid()
+    );
+    p.signal(libc::SIGTERM);
+    assert!(
+        p.wait_timeout(Duration::from_secs(20)).is_some(),
+        "serve did not stop"
+    );
+    // And the passphrase was used: the vault it created opens with it.
+    assert!(n.list().is_empty());
+}

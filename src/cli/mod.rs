@@ -216,6 +216,8 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     exit::FAILURE
 }
 
+pub use passphrase::capture_env;
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let _ = tracing_subscriber::fmt()
