@@ -1,6 +1,7 @@
 //! The encrypted vault: storing objects without the passphrase, unlocking,
-//! reconciling the authenticated index, export, removal, verification,
-//! passphrase change and crash-safe rekey (`docs/VAULT.md`, *Procedures*).
+//! reconciling the authenticated index, listing and resolving names by
+//! origin, export, removal, verification, passphrase change and crash-safe
+//! rekey (`docs/VAULT.md`, *Procedures*).
 //!
 //! Storing takes a shared lock on `vault/lock`; anything unlocked takes it
 //! exclusively, so reconciliation never races a store in progress.
