@@ -16,12 +16,15 @@ use std::{
 use p2pfs::{
     crypto::{
         aead::AeadKey,
-        chunk::FileKey,
-        kdf::derive_kek,
+        chunk::{chunk_count, chunk_plain_len, FileId, FileKey},
+        kdf::{derive_kek, KdfParams},
         keys::{Keypair, PublicKey, Secret32},
         wrap::{hkdf32, unwrap_key, WRAP_NONCE},
     },
-    store::format::{EnvelopeBody, EnvelopeFile, HeaderFile},
+    store::{
+        format::{EnvelopeBody, EnvelopeFile, HeaderFile, Kind, Metadata},
+        vault::Vault,
+    },
 };
 use util::{
     blake3_file, exit, files_containing, files_under, fix_checksum, flip_byte, patch, random_bytes,
@@ -235,11 +238,11 @@ fn import_list_export_round_trip() {
     assert_eq!(names, expected, "{list:#?}");
     for e in &list {
         assert_eq!(e.id.len(), 32, "{e:?}");
-        let added = humantime::parse_rfc3339(&e.added)
+        let added = humantime::parse_rfc3339(e.added.as_deref().unwrap_or("null"))
             .unwrap_or_else(|err| panic!("added {:?} is not RFC 3339: {err}", e.added));
         assert!(
             added + Duration::from_secs(2) >= t0 && added <= t1 + Duration::from_secs(2),
-            "added {} outside the import",
+            "added {:?} outside the import",
             e.added
         );
         if e.name == "tree/emptydir" {
@@ -1027,4 +1030,414 @@ fn refused_names_are_not_echoed_raw_to_the_terminal() {
         "raw ESC in the output:\n{r:?}",
         r = r.all()
     );
+}
+
+// ---------------------------------------------------------------- local attacker
+
+/// Stores `data` as `name` the way a receiving daemon does: through the
+/// library, without the passphrase (staging, chunks sealed under a fresh
+/// file key, commit), with metadata as `tweak` leaves it. Returns the id.
+fn store_as_daemon(n: &Node, name: &str, data: &[u8], tweak: impl FnOnce(&mut Metadata)) -> String {
+    let vault = Vault::open(&n.vault()).unwrap();
+    let id: FileId = p2pfs::crypto::random().unwrap();
+    let key = FileKey::generate().unwrap();
+    let (size, cs) = (data.len() as u64, 4096u32);
+    let count = chunk_count(size, cs);
+    let mut w = vault.writer(id, size, cs).unwrap();
+    let mut at = 0;
+    for i in 0..count {
+        let len = chunk_plain_len(size, cs, i);
+        let sealed = key
+            .seal_chunk(&id, i, i + 1 == count, &data[at..at + len])
+            .unwrap();
+        w.write_chunk(i, &sealed).unwrap();
+        at += len;
+    }
+    let mut meta = Metadata {
+        kind: Kind::File,
+        size,
+        chunk_size: cs,
+        blake3: *blake3::hash(data).as_bytes(),
+        added_ms: 1_700_000_000_000,
+        mtime: 1_700_000_000,
+        mode: 0o644,
+        origin: None,
+        name: name.into(),
+    };
+    tweak(&mut meta);
+    w.commit(key.secret(), &meta).unwrap();
+    hex::encode(id)
+}
+
+fn full_mode(p: &Path) -> u32 {
+    fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn export_applies_the_umask_and_never_sets_special_bits() {
+    let n = Node::new();
+    n.init("n");
+    write_bytes(&n.path("src/open.sh"), b"#!/bin/sh\n");
+    fs::set_permissions(n.path("src/open.sh"), fs::Permissions::from_mode(0o777)).unwrap();
+    n.import(&["src/open.sh"]);
+    assert_eq!(n.entry("open.sh").mode, "777");
+    // A sender's mode is whatever it declares: setuid, setgid, sticky.
+    let sender = Keypair::generate().unwrap().public();
+    store_as_daemon(&n, "suid", b"not a root shell", |m| {
+        m.mode = 0o7777;
+        m.origin = Some(sender);
+    });
+    for (what, umask, want) in [
+        ("open.sh", 0o077, 0o700),
+        ("open.sh", 0o022, 0o755),
+        ("suid", 0o077, 0o700),
+        ("suid", 0o027, 0o750),
+        ("suid", 0, 0o777),
+    ] {
+        let dest = format!("{what}-{umask:o}");
+        n.cmd(["vault", "export", what, &dest])
+            .umask(umask)
+            .run()
+            .ok();
+        let got = full_mode(&n.path(&dest));
+        assert_eq!(
+            got, want,
+            "{what} exported under umask {umask:03o}: {got:o}"
+        );
+    }
+}
+
+#[test]
+fn received_names_never_merge_with_the_owners_folders() {
+    let n = Node::new();
+    n.init("n");
+    write_bytes(&n.path("Documents/a"), b"the owner's own file");
+    n.import(&["Documents"]);
+    // Any accepted sender can commit a name inside the owner's folder: the
+    // receiving daemon needs no passphrase to store it.
+    let other = Keypair::generate().unwrap().public();
+    store_as_daemon(&n, "Documents/evil", b"planted by a sender", |m| {
+        m.origin = Some(other)
+    });
+
+    // `vault list` says where each entry came from.
+    let text = n.run(["vault", "list"]).ok().stdout;
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.ends_with(name))
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+            .to_owned()
+    };
+    assert!(line("Documents/a").contains("  local  "), "{text}");
+    assert!(
+        line("Documents/evil").contains(&other.fingerprint()),
+        "{text}"
+    );
+    assert_eq!(n.entry("Documents/a").origin, None);
+    assert_eq!(n.entry("Documents/evil").origin, Some(other.to_id()));
+
+    // The folder mixes origins: refused, naming them, and nothing written.
+    n.run(["vault", "export", "Documents", "out"])
+        .code_is(exit::NOT_FOUND)
+        .says("several origins")
+        .says("local")
+        .says(&other.fingerprint())
+        .says("--from local");
+    assert!(!n.path("out").exists(), "a refused export wrote something");
+
+    // One origin at a time, named as `vault list` and `id` show it.
+    let files = |dir: &str| -> Vec<String> {
+        files_under(&n.path(dir))
+            .iter()
+            .map(|p| p.strip_prefix(n.path(dir)).unwrap().display().to_string())
+            .collect()
+    };
+    n.run(["vault", "export", "Documents", "mine", "--from", "local"])
+        .ok();
+    assert_eq!(files("mine"), ["a"]);
+    assert_eq!(fs::read(n.path("mine/a")).unwrap(), b"the owner's own file");
+    let id = other.to_id();
+    for (i, from) in [id.clone(), id[..8].to_uppercase(), other.fingerprint()]
+        .iter()
+        .enumerate()
+    {
+        let dest = format!("theirs{i}");
+        n.run(["vault", "export", "Documents", &dest, "--from", from])
+            .ok();
+        assert_eq!(files(&dest), ["evil"], "--from {from}");
+    }
+    n.run(["vault", "export", "Documents", "x", "--from", "zzzzzzzzzz"])
+        .code_is(exit::NOT_FOUND)
+        .says("no file in the vault came from");
+    assert!(!n.path("x").exists());
+
+    // A single name held by several origins is ambiguous, origins shown.
+    store_as_daemon(&n, "Documents/a", b"a sender's a", |m| {
+        m.origin = Some(other)
+    });
+    n.run(["vault", "export", "Documents/a", "a.out"])
+        .code_is(exit::NOT_FOUND)
+        .says("matches several files")
+        .says("local")
+        .says(&other.fingerprint());
+    assert!(!n.path("a.out").exists());
+    n.run(["vault", "export", "Documents/a", "a.out", "--from", "local"])
+        .ok();
+    assert_eq!(fs::read(n.path("a.out")).unwrap(), b"the owner's own file");
+    n.run([
+        "vault",
+        "export",
+        "Documents/a",
+        "b.out",
+        "--from",
+        &id[..10],
+    ])
+    .ok();
+    assert_eq!(fs::read(n.path("b.out")).unwrap(), b"a sender's a");
+    // rm picks by origin too.
+    n.run(["vault", "rm", "Documents/a"])
+        .code_is(exit::NOT_FOUND);
+    n.run(["vault", "rm", "Documents/a", "--from", &id]).ok();
+    assert_eq!(n.entry("Documents/a").origin, None);
+}
+
+#[test]
+fn stored_times_out_of_range_never_make_list_or_export_panic() {
+    let n = Node::new();
+    n.init("n");
+    // Year 10000 and the extremes: what a local writer (or a peer's mtime)
+    // can put in an envelope.
+    let cases: [(&str, u64, i64); 4] = [
+        ("max", u64::MAX, i64::MAX),
+        ("min", 253_402_300_800_000, i64::MIN),
+        ("last", 253_402_300_799_999, -1),
+        ("zero", 0, 0),
+    ];
+    for (name, added_ms, mtime) in cases {
+        store_as_daemon(&n, name, name.as_bytes(), |m| {
+            m.added_ms = added_ms;
+            m.mtime = mtime;
+        });
+    }
+    let r = n.run(["vault", "list"]).ok();
+    assert_eq!(r.stdout.lines().count(), 4, "{r}");
+    r.says("(time out of range)").says("9999-12-31T23:59:59Z");
+    let listed = n.list();
+    let added = |name: &str| {
+        listed
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap()
+            .added
+            .clone()
+    };
+    assert_eq!(added("max"), None);
+    assert_eq!(added("min"), None);
+    assert_eq!(added("last").as_deref(), Some("9999-12-31T23:59:59Z"));
+    assert_eq!(added("zero").as_deref(), Some("1970-01-01T00:00:00Z"));
+    assert_eq!(
+        listed.iter().find(|e| e.name == "max").unwrap().mtime,
+        i64::MAX
+    );
+    for (name, ..) in cases {
+        n.run(["vault", "export", name, &format!("{name}.out")])
+            .ok();
+        assert_eq!(
+            fs::read(n.path(&format!("{name}.out"))).unwrap(),
+            name.as_bytes()
+        );
+    }
+}
+
+#[test]
+fn kdf_cost_over_the_budget_is_refused_before_argon2_runs() {
+    let n = Node::new();
+    n.init("n");
+    let before = snapshot(&n.home);
+    // Each parameter within its bound, their product far over the budget
+    // (the security review's header: 52.7 s and 1.05 GB before "wrong
+    // passphrase"). m, t, p follow magic (8), version (2) and kdf (1).
+    let header = n.vault().join("header");
+    let mut fields = Vec::new();
+    for v in [KdfParams::MAX_M_KIB, KdfParams::MAX_T, KdfParams::MAX_P] {
+        fields.extend_from_slice(&v.to_be_bytes());
+    }
+    patch(&header, 11, &fields);
+    fix_checksum(&header);
+    for args in [&["vault", "list"][..], &["vault", "export", "x", "y"]] {
+        let r = n
+            .cmd(args)
+            .timeout(Duration::from_secs(30))
+            .run()
+            .code_is(exit::CORRUPT)
+            .says("corrupt")
+            .says("key-derivation parameters")
+            .never_says("wrong passphrase");
+        assert!(r.elapsed < Duration::from_secs(5), "{r}");
+    }
+    let mut after = snapshot(&n.home);
+    after.remove("vault/header");
+    let mut before = before;
+    before.remove("vault/header");
+    assert_eq!(after, before);
+}
+
+#[test]
+fn export_never_writes_through_a_symlink_planted_in_the_destination() {
+    let n = Node::new();
+    n.init("n");
+    write_bytes(&n.path("Folder/top.txt"), b"top");
+    write_bytes(&n.path("Folder/sub/deep/x.txt"), b"x");
+    n.import(&["Folder"]);
+    let elsewhere = n.path("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    fs::create_dir(n.path("out")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, n.path("out/sub")).unwrap();
+    n.run(["vault", "export", "Folder", "out"])
+        .code_is(exit::FAILURE)
+        .says("out/sub is a symbolic link");
+    assert!(
+        files_under(&elsewhere).is_empty(),
+        "{:?}",
+        files_under(&elsewhere)
+    );
+    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+    // A link deeper down, and a link as the file's own name.
+    fs::remove_file(n.path("out/sub")).unwrap();
+    fs::create_dir(n.path("out/sub")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, n.path("out/sub/deep")).unwrap();
+    n.run(["vault", "export", "Folder", "out"])
+        .code_is(exit::FAILURE)
+        .says("out/sub/deep is a symbolic link");
+    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+    fs::remove_file(n.path("out/sub/deep")).unwrap();
+    let target = n.path("elsewhere/target");
+    fs::write(&target, b"keep").unwrap();
+    std::os::unix::fs::symlink(&target, n.path("out/top.txt")).unwrap();
+    n.run(["vault", "export", "Folder", "out", "--force"]).ok();
+    assert_eq!(
+        fs::read(&target).unwrap(),
+        b"keep",
+        "written through a link"
+    );
+    assert_eq!(fs::read(n.path("out/top.txt")).unwrap(), b"top");
+    assert_eq!(fs::read(n.path("out/sub/deep/x.txt")).unwrap(), b"x");
+    // The destination root itself is the user's choice: a link is fine.
+    std::os::unix::fs::symlink(n.path("elsewhere"), n.path("chosen")).unwrap();
+    n.run(["vault", "export", "Folder", "chosen"]).ok();
+    assert_eq!(fs::read(n.path("elsewhere/sub/deep/x.txt")).unwrap(), b"x");
+}
+
+/// Every name in `dir`, hidden ones included.
+fn entries_of(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Waits until `p` holds open a file in `dir` with at least `bytes` written.
+fn wait_for_file_in(p: &mut util::Proc, dir: &Path, bytes: u64) -> bool {
+    let dir = fs::canonicalize(dir).unwrap();
+    let fds = PathBuf::from(format!("/proc/{}/fd", p.pid()));
+    util::wait_until(Duration::from_secs(60), || {
+        p.try_wait().is_some()
+            || fs::read_dir(&fds).into_iter().flatten().flatten().any(|e| {
+                fs::read_link(e.path()).is_ok_and(|l| l.starts_with(&dir))
+                    && fs::metadata(e.path()).is_ok_and(|m| m.is_file() && m.len() >= bytes)
+            })
+    }) && p.try_wait().is_none()
+}
+
+#[test]
+fn interrupted_export_leaves_no_plaintext_behind() {
+    let n = Node::new();
+    n.init("n");
+    let h = write_random(&n.path("big.bin"), 300 * MIB);
+    n.import(&["big.bin"]);
+    fs::remove_file(n.path("big.bin")).unwrap();
+    let out = n.path("out");
+    fs::create_dir(&out).unwrap();
+
+    // Ctrl-C, then kill -9 over an existing file with --force: nothing is
+    // left but what was there before, not even a hidden file.
+    fs::write(n.path("keep"), b"old").unwrap();
+    for (sig, force) in [(libc::SIGINT, false), (libc::SIGKILL, true)] {
+        let mut args = vec!["vault", "export", "big.bin", "out/big.out"];
+        if force {
+            fs::copy(n.path("keep"), out.join("big.out")).unwrap();
+            args.push("--force");
+        }
+        let mut p = n.spawn(args);
+        assert!(
+            wait_for_file_in(&mut p, &out, 32 * MIB),
+            "the export never got going, or finished first: {}",
+            p.stderr_now()
+        );
+        p.signal(sig);
+        assert!(p.wait_timeout(util::TIMEOUT).is_some());
+        let r = p.finish();
+        assert_eq!(r.status.signal(), Some(sig), "not killed mid-way:\n{r}");
+        let want: Vec<String> = if force {
+            vec!["big.out".into()]
+        } else {
+            vec![]
+        };
+        assert_eq!(entries_of(&out), want, "after signal {sig}");
+        if force {
+            assert_eq!(fs::read(out.join("big.out")).unwrap(), b"old");
+        }
+    }
+    // A rerun exports fine (and still refuses to overwrite without --force).
+    n.run(["vault", "export", "big.bin", "out/big.out"])
+        .code_is(exit::EXISTS);
+    n.run(["vault", "export", "big.bin", "out/big.out", "--force"])
+        .ok();
+    assert_eq!(entries_of(&out), ["big.out"]);
+    assert_eq!(blake3_file(&out.join("big.out")), h);
+    n.run(["vault", "export", "big.bin", "out/again.out"]).ok();
+    assert_eq!(entries_of(&out), ["again.out", "big.out"]);
+}
+
+// ---------------------------------------------------------------- secrets
+
+#[test]
+fn serve_wipes_the_passphrase_from_its_environment() {
+    // No node yet: serve creates it from P2PFS_PASSPHRASE, then keeps
+    // running (for as long as the daemon lives).
+    let n = Node::new();
+    let pass = n.passphrase.clone().unwrap();
+    let mut p = n.spawn([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-mdns",
+        "--name",
+        "envtest",
+    ]);
+    assert!(
+        p.wait_for_output("(UDP)", Duration::from_secs(30)),
+        "serve did not start:\n{}\n{}",
+        p.stdout_now(),
+        p.stderr_now()
+    );
+    let environ = fs::read(format!("/proc/{}/environ", p.pid())).unwrap();
+    // The right process and file: its other variables are all there.
+    assert!(util::find_bytes(&environ, b"P2PFS_HOME=").is_some());
+    assert!(util::find_bytes(&environ, b"LC_ALL=C").is_some());
+    assert_eq!(
+        util::find_bytes(&environ, pass.as_bytes()),
+        None,
+        "the passphrase is readable in /proc/{}/environ",
+        p.pid()
+    );
+    p.signal(libc::SIGTERM);
+    assert!(
+        p.wait_timeout(Duration::from_secs(20)).is_some(),
+        "serve did not stop"
+    );
+    // And the passphrase was used: the vault it created opens with it.
+    assert!(n.list().is_empty());
 }

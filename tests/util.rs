@@ -586,7 +586,8 @@ pub struct Listed {
     pub kind: String,
     pub size: u64,
     pub blake3: String,
-    pub added: String,
+    /// RFC 3339; null for a stored time RFC 3339 cannot write.
+    pub added: Option<String>,
     pub mtime: i64,
     pub mode: String,
     pub origin: Option<String>,

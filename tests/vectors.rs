@@ -432,6 +432,13 @@ fn out_of_bounds_kdf_parameters_never_reach_argon2() {
         ((8192, u32::MAX, 1), "passes"),
         ((8192, 1, 0), "lanes"),
         ((8192, 1, KdfParams::MAX_P + 1), "lanes"),
+        // Each parameter within its bound, the product far over the budget:
+        // the header the security review forged (52.7 s, 1.05 GB before).
+        (
+            (KdfParams::MAX_M_KIB, KdfParams::MAX_T, KdfParams::MAX_P),
+            "total cost (memory × passes)",
+        ),
+        ((KdfParams::MAX_M_KIB, 3, 1), "total cost (memory × passes)"),
     ] {
         let params = KdfParams {
             m_kib: p.0,
@@ -787,6 +794,17 @@ fn generate_vectors() {
         decode("KDF passes 0", reforged(8192, 0, 1, 1, &salt, &pk)),
         decode("KDF passes 65", reforged(8192, 65, 1, 1, &salt, &pk)),
         decode("KDF lanes 17", reforged(8192, 1, 17, 1, &salt, &pk)),
+        decode(
+            "KDF total cost over the budget (1 GiB, 64 passes, 16 lanes: each within its bound)",
+            reforged(
+                KdfParams::MAX_M_KIB,
+                KdfParams::MAX_T,
+                KdfParams::MAX_P,
+                1,
+                &salt,
+                &pk,
+            ),
+        ),
         BadHeader {
             name: "wrong passphrase".into(),
             file: hex::encode(&file),

@@ -37,7 +37,7 @@ pub mod exit {
     pub const EXISTS: u8 = 7;
     /// Disk full.
     pub const DISK_FULL: u8 = 8;
-    /// No such file in the vault, or ambiguous name.
+    /// No such file in the vault, ambiguous name, or a folder of mixed origins.
     pub const NOT_FOUND: u8 = 9;
     /// The peer could not be reached.
     pub const UNREACHABLE: u8 = 10;
@@ -196,7 +196,10 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                     exit::EXISTS
                 }
                 StoreError::DiskFull { .. } => exit::DISK_FULL,
-                StoreError::NotFound { .. } | StoreError::Ambiguous { .. } => exit::NOT_FOUND,
+                StoreError::NotFound { .. }
+                | StoreError::Ambiguous { .. }
+                | StoreError::MixedOrigins { .. }
+                | StoreError::UnknownOrigin { .. } => exit::NOT_FOUND,
                 _ => exit::FAILURE,
             };
         }
@@ -217,6 +220,8 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     }
     exit::FAILURE
 }
+
+pub use passphrase::capture_env;
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {

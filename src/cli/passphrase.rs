@@ -1,10 +1,17 @@
 //! Where passphrases come from: `--passphrase-file`, then the
 //! `P2PFS_PASSPHRASE_FILE` and `P2PFS_PASSPHRASE` variables, then the
 //! terminal. Never a command-line argument; never a hang without a terminal.
+//!
+//! The passphrase variables themselves are taken out of the process's
+//! environment at start-up ([`capture_env`]): a long-running `serve` would
+//! otherwise show the passphrase in `/proc/PID/environ` for its whole life
+//! and hand it to every child process.
 
 use std::{
+    ffi::CStr,
     io::IsTerminal,
     path::{Path, PathBuf},
+    sync::Mutex,
 };
 
 use anyhow::{bail, Context, Result};
@@ -30,6 +37,54 @@ pub struct Source<'a> {
     pub var: &'static str,
     /// The terminal prompt.
     pub prompt: &'static str,
+}
+
+/// The variables holding a passphrase itself (not a file name).
+const SECRET_VARS: [(&str, &CStr); 2] = [
+    ("P2PFS_PASSPHRASE", c"P2PFS_PASSPHRASE"),
+    ("P2PFS_NEW_PASSPHRASE", c"P2PFS_NEW_PASSPHRASE"),
+];
+
+/// Values of [`SECRET_VARS`] taken out of the environment, until used.
+static CAPTURED: Mutex<Vec<(&'static str, Passphrase)>> = Mutex::new(Vec::new());
+
+/// Moves the passphrase variables out of the environment into zeroizing
+/// memory: the value bytes are overwritten with zeros where the process's
+/// environment block holds them (the memory `/proc/PID/environ` shows;
+/// removing the variable alone leaves them there), then the variable is
+/// removed. Call first thing in `main`, while the process has one thread.
+pub fn capture_env() {
+    for (name, cname) in SECRET_VARS {
+        // SAFETY: called at the start of `main`, before any other thread
+        // exists, so nothing else reads or changes the environment
+        // meanwhile. `getenv` returns null or a pointer to the NUL-ended
+        // value inside the environment block, which stays valid and
+        // writable (the initial stack area, or memory setenv allocated)
+        // until the variable is changed; `strlen` bytes from it are the
+        // value, copied out and then zeroed in place, length unchanged.
+        let value = unsafe {
+            let p = libc::getenv(cname.as_ptr());
+            if p.is_null() {
+                continue;
+            }
+            let len = libc::strlen(p);
+            let value = Zeroizing::new(std::slice::from_raw_parts(p.cast::<u8>(), len).to_vec());
+            std::ptr::write_bytes(p, 0, len);
+            value
+        };
+        std::env::remove_var(name);
+        CAPTURED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name, value));
+    }
+}
+
+/// The captured value of `var`, taken (each is used at most once).
+fn captured(var: &str) -> Option<Passphrase> {
+    let mut c = CAPTURED.lock().unwrap_or_else(|e| e.into_inner());
+    let i = c.iter().position(|(n, _)| *n == var)?;
+    Some(c.swap_remove(i).1)
 }
 
 /// The vault passphrase slot.
@@ -72,8 +127,8 @@ pub fn get(src: &Source<'_>, purpose: Purpose) -> Result<Passphrase> {
         from_file(f)?
     } else if let Some(f) = std::env::var_os(src.file_var) {
         from_file(&PathBuf::from(f))?
-    } else if let Some(v) = std::env::var_os(src.var) {
-        Zeroizing::new(v.into_encoded_bytes())
+    } else if let Some(v) = captured(src.var) {
+        v
     } else if std::io::stdin().is_terminal() {
         let first = Zeroizing::new(
             rpassword::prompt_password(format!("{}: ", src.prompt))

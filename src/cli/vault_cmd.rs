@@ -12,7 +12,8 @@ use p2pfs::{
     crypto::to_hex,
     store::{
         format::Kind,
-        vault::{id_hex, Entry, Problem, Unlocked, Vault},
+        fsutil,
+        vault::{id_hex, Entry, Origin, Problem, Unlocked, Vault},
         StoreError,
     },
 };
@@ -32,9 +33,11 @@ pub enum VaultCmd {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// List stored files (needs the passphrase: names are encrypted).
+    /// List stored files with their origin: `local`, or the fingerprint of
+    /// the peer that sent them (needs the passphrase: names are encrypted).
     List {
-        /// JSON array output.
+        /// JSON array output (`added` is null for a stored time outside
+        /// RFC 3339's years 0000-9999).
         #[arg(long)]
         json: bool,
     },
@@ -47,11 +50,19 @@ pub enum VaultCmd {
         /// Replace an existing destination file.
         #[arg(long)]
         force: bool,
+        /// Only files of this origin: `local` (imported here), or the sender's
+        /// node id, id prefix (8+ characters) or fingerprint. Needed for a
+        /// folder that holds files of several origins.
+        #[arg(long, value_name = "ORIGIN")]
+        from: Option<String>,
     },
     /// Remove a stored file.
     Rm {
         /// Name, id or unique id prefix.
         what: String,
+        /// Only among files of this origin (as for export).
+        #[arg(long, value_name = "ORIGIN")]
+        from: Option<String>,
     },
     /// Check every object: ciphertext integrity (no passphrase), or with --full decrypt everything.
     Verify {
@@ -74,12 +85,20 @@ pub fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<()> {
     match cmd {
         VaultCmd::Import { paths } => import(ctx, &vault, &paths),
         VaultCmd::List { json } => list(&unlock(ctx, &vault)?, json),
-        VaultCmd::Export { what, dest, force } => {
-            export(ctx, &unlock(ctx, &vault)?, &what, dest, force)
+        VaultCmd::Export {
+            what,
+            dest,
+            force,
+            from,
+        } => {
+            let u = unlock(ctx, &vault)?;
+            let from = from.map(|f| u.origin(&f)).transpose()?;
+            export(ctx, &u, &what, dest, force, from)
         }
-        VaultCmd::Rm { what } => {
+        VaultCmd::Rm { what, from } => {
             let mut u = unlock(ctx, &vault)?;
-            let e = u.resolve(&what)?;
+            let from = from.map(|f| u.origin(&f)).transpose()?;
+            let e = u.resolve_from(&what, from)?;
             u.remove(&e.id)?;
             println!("removed {} ({})", e.meta.name, id_hex(&e.id));
             Ok(())
@@ -132,12 +151,14 @@ fn import(ctx: &Ctx, vault: &Vault, paths: &[PathBuf]) -> Result<()> {
     let mut base = 0u64;
     for it in &items {
         let entry = if it.dir {
-            let m = fs::metadata(&it.path)?;
+            let m = fs::symlink_metadata(&it.path)?;
             vault.import_dir(&it.name, m.permissions().mode(), m.mtime())?
         } else {
             pb.set_message(it.name.clone());
             vault
-                .import_file(&it.path, &it.name, &mut |done| pb.set_position(base + done))
+                .import_file(&it.path, &it.name, Some(it.identity), &mut |done| {
+                    pb.set_position(base + done)
+                })
                 .with_context(|| format!("cannot import {}", walk::shown(&it.path)))?
         };
         base += it.size;
@@ -175,9 +196,18 @@ fn human(n: u64) -> String {
     }
 }
 
-fn rfc3339_ms(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(t).to_string()
+/// The latest time RFC 3339 (and humantime, which panics past it) can
+/// write: 9999-12-31T23:59:59Z.
+const RFC3339_MAX_SECS: u64 = 253_402_300_799;
+
+/// A stored time in unix milliseconds as RFC 3339, if it has one. Stored
+/// times come from disk (or a peer): any u64 must print, never panic.
+fn rfc3339_ms(ms: u64) -> Option<String> {
+    if ms / 1000 > RFC3339_MAX_SECS {
+        return None;
+    }
+    let t = std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(ms))?;
+    Some(humantime::format_rfc3339_seconds(t).to_string())
 }
 
 fn entry_json(e: &Entry) -> serde_json::Value {
@@ -208,10 +238,11 @@ fn list(u: &Unlocked<'_>, json: bool) -> Result<()> {
             e.meta.name.clone()
         };
         println!(
-            "{}  {:>10}  {}  {}",
+            "{}  {:>10}  {:<20}  {:<19}  {}",
             &id_hex(&e.id)[..12],
             human(e.meta.size),
-            rfc3339_ms(e.meta.added_ms),
+            rfc3339_ms(e.meta.added_ms).unwrap_or_else(|| "(time out of range)".into()),
+            e.origin(),
             name
         );
     }
@@ -227,37 +258,36 @@ fn export(
     what: &str,
     dest: Option<PathBuf>,
     force: bool,
+    from: Option<Origin>,
 ) -> Result<()> {
     let base_of = |name: &str| name.rsplit('/').next().unwrap_or(name).to_owned();
-    match u.resolve(what) {
+    match u.resolve_from(what, from) {
         Ok(e) => {
             let dest = match dest {
                 None => PathBuf::from(base_of(&e.meta.name)),
                 Some(d) if d.is_dir() && e.meta.kind == Kind::File => d.join(base_of(&e.meta.name)),
                 Some(d) => d,
             };
-            export_one(ctx, u, &e, &dest, force)
+            let pb = progress::bytes(e.meta.size, ctx.quiet, &e.meta.name);
+            u.export(&e.id, &dest, force, &mut |d| pb.set_position(d))?;
+            pb.finish_and_clear();
+            exported(&e, &dest);
+            Ok(())
         }
         Err(StoreError::NotFound { .. }) => {
-            // A folder: every stored name under `what/`.
-            let prefix = format!("{}/", what.trim_end_matches('/'));
-            let under: Vec<Entry> = u
-                .entries()
-                .into_iter()
-                .filter(|e| e.meta.name.starts_with(&prefix))
-                .collect();
-            if under.is_empty() {
-                return Err(StoreError::NotFound { query: what.into() }.into());
-            }
-            let root = dest.unwrap_or_else(|| PathBuf::from(base_of(what.trim_end_matches('/'))));
+            // A folder: every stored name under `what/`, of one origin.
+            let under = u.folder(what, from)?;
+            let folder = what.trim_end_matches('/');
+            let root = dest.unwrap_or_else(|| PathBuf::from(base_of(folder)));
+            // The root is the user's choice (a link there is followed);
+            // below it, export creates and enters each directory itself.
+            let root_dir = fsutil::Dir::create_all(&root)?;
             for e in &under {
-                let rel = &e.meta.name[prefix.len()..];
-                let target = root.join(rel);
-                if let Some(parent) = target.parent() {
-                    fs::create_dir_all(parent)
-                        .with_context(|| format!("cannot create {}", parent.display()))?;
-                }
-                export_one(ctx, u, e, &target, force)?;
+                let rel = &e.meta.name[folder.len() + 1..];
+                let pb = progress::bytes(e.meta.size, ctx.quiet, &e.meta.name);
+                u.export_under(&e.id, &root_dir, rel, force, &mut |d| pb.set_position(d))?;
+                pb.finish_and_clear();
+                exported(e, &root.join(rel));
             }
             Ok(())
         }
@@ -265,16 +295,12 @@ fn export(
     }
 }
 
-fn export_one(ctx: &Ctx, u: &Unlocked<'_>, e: &Entry, dest: &Path, force: bool) -> Result<()> {
-    let pb = progress::bytes(e.meta.size, ctx.quiet, &e.meta.name);
-    u.export(&e.id, dest, force, &mut |d| pb.set_position(d))?;
-    pb.finish_and_clear();
+fn exported(e: &Entry, dest: &Path) {
     println!(
         "exported {} -> {} (BLAKE3 verified)",
         e.meta.name,
         dest.display()
     );
-    Ok(())
 }
 
 fn verify(ctx: &Ctx, vault: &Vault, full: bool) -> Result<()> {

@@ -1,6 +1,8 @@
 //! Turning command-line paths into named entries: files and empty folders,
 //! recursively, relative names kept; symbolic links and special files are
-//! skipped (and reported), never followed.
+//! skipped (and reported), never followed. Each entry keeps the identity
+//! (device, inode) the walk saw, so the file opened later must be that one
+//! (`p2pfs::store::fsutil::open_source`).
 
 use std::{
     fs,
@@ -8,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use p2pfs::store::format::validate_name;
+use p2pfs::store::{format::validate_name, fsutil::FileIdentity};
 
 pub use p2pfs::store::error::shown;
 
@@ -22,6 +24,8 @@ pub struct Item {
     pub dir: bool,
     /// Size in bytes.
     pub size: u64,
+    /// Which file the walk saw (`lstat`).
+    pub identity: FileIdentity,
 }
 
 fn name_of(path: &Path) -> Result<String> {
@@ -52,6 +56,7 @@ fn walk(path: &Path, name: &str, out: &mut Vec<Item>, skipped: &mut Vec<PathBuf>
             name: name.to_owned(),
             dir: false,
             size: meta.len(),
+            identity: FileIdentity::of(&meta),
         });
     } else if meta.is_dir() {
         let mut children: Vec<_> = fs::read_dir(path)
@@ -65,6 +70,7 @@ fn walk(path: &Path, name: &str, out: &mut Vec<Item>, skipped: &mut Vec<PathBuf>
                 name: name.to_owned(),
                 dir: true,
                 size: 0,
+                identity: FileIdentity::of(&meta),
             });
         }
         for c in children {

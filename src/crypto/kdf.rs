@@ -1,6 +1,8 @@
 //! Passphrase → key-encryption key with Argon2id (v1.3). Parameters read
-//! from disk are bounded before Argon2 runs, so a hostile header cannot make
-//! p2pfs allocate gigabytes.
+//! from disk are bounded before Argon2 runs, each on its own and their
+//! product (memory × passes) against a total budget, so a hostile header can
+//! neither make p2pfs allocate gigabytes nor keep it busy for a minute
+//! before "wrong passphrase" (`docs/VAULT.md`, *Vault header*).
 
 use zeroize::Zeroizing;
 
@@ -26,6 +28,11 @@ impl KdfParams {
     pub const MAX_T: u32 = 64;
     /// Largest accepted lane count.
     pub const MAX_P: u32 = 16;
+    /// Largest accepted total cost, memory (KiB) × passes: 2 GiB·passes,
+    /// about 3 s on a 2-core machine. Argon2's work grows with this
+    /// product, not with the lanes (they only split it), so the bounds per
+    /// parameter alone would allow 1 GiB × 64 passes (52.7 s measured).
+    pub const MAX_COST_KIB_PASSES: u64 = 2 * 1024 * 1024;
 
     /// The defaults for new vaults: 46 MiB, 2 passes, 1 lane.
     pub const DEFAULT: KdfParams = KdfParams {
@@ -44,6 +51,9 @@ impl KdfParams {
         }
         if !(1..=Self::MAX_P).contains(&self.p) {
             return Err(CryptoError::KdfParams("lanes"));
+        }
+        if u64::from(self.m_kib) * u64::from(self.t) > Self::MAX_COST_KIB_PASSES {
+            return Err(CryptoError::KdfParams("total cost (memory × passes)"));
         }
         Ok(())
     }
@@ -84,6 +94,24 @@ mod tests {
         p = KdfParams::DEFAULT;
         p.p = 1000;
         assert!(p.validate().is_err());
+    }
+
+    #[test]
+    fn total_cost_is_bounded_and_the_default_is_far_below() {
+        let cost = |p: KdfParams| u64::from(p.m_kib) * u64::from(p.t);
+        assert!(cost(KdfParams::DEFAULT) * 20 < KdfParams::MAX_COST_KIB_PASSES);
+        let at = |m_kib, t, p| KdfParams { m_kib, t, p }.validate();
+        // Exactly at the budget: accepted; one KiB or one pass more: refused.
+        assert!(at(KdfParams::MAX_M_KIB, 2, 1).is_ok());
+        assert!(at(1024 * 1024 / 2, 4, 16).is_ok());
+        let over = Err(CryptoError::KdfParams("total cost (memory × passes)"));
+        assert_eq!(at(KdfParams::MAX_M_KIB, 3, 1), over);
+        assert_eq!(at(KdfParams::MAX_M_KIB / 2 + 1, 4, 1), over);
+        // The header the review forged: each parameter within its bounds.
+        assert_eq!(
+            at(KdfParams::MAX_M_KIB, KdfParams::MAX_T, KdfParams::MAX_P),
+            over
+        );
     }
 
     #[test]

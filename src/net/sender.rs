@@ -120,7 +120,7 @@ pub fn source_token(m: &std::fs::Metadata) -> [u8; 16] {
 
 /// Builds the offer entry of a local file or empty directory.
 pub fn item_for(path: &Path, name: String, dir: bool) -> std::io::Result<Item> {
-    let m = std::fs::metadata(path)?;
+    let m = std::fs::symlink_metadata(path)?;
     Ok(Item {
         path: path.to_path_buf(),
         offer: FileOffer {

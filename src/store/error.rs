@@ -73,11 +73,15 @@ pub enum StoreError {
         query: String,
     },
     /// A name matches several objects.
-    #[error("{:?} matches several files; use an id:\n{}", query, candidates.join("\n"))]
+    #[error(
+        "{:?} matches several files; use an id (or --from ORIGIN when their origins differ):\n{}",
+        query,
+        candidates.join("\n")
+    )]
     Ambiguous {
         /// What was asked for.
         query: String,
-        /// `id  name` lines of the matches.
+        /// `id  origin  name` lines of the matches.
         candidates: Vec<String>,
     },
     /// The export destination exists.
@@ -100,6 +104,49 @@ pub enum StoreError {
     SourceChanged {
         /// The source file.
         path: PathBuf,
+    },
+    /// A source path is not a regular file (checked on the opened file, so
+    /// a link or a device swapped in after the directory walk is caught).
+    #[error(
+        "{} is {what}: only regular files are read, and symbolic links are never followed",
+        shown(path)
+    )]
+    NotRegularFile {
+        /// The source path.
+        path: PathBuf,
+        /// What it is instead ("a symbolic link", "not a regular file").
+        what: &'static str,
+    },
+    /// A directory inside an export destination is a symbolic link.
+    #[error(
+        "{} is a symbolic link: export never writes through links inside the destination; \
+         remove it or choose another destination",
+        shown(path)
+    )]
+    DestinationLink {
+        /// The link.
+        path: PathBuf,
+    },
+    /// A folder holds files of several origins and none was chosen.
+    #[error(
+        "{folder:?} holds files of several origins ({}): received files are never merged \
+         with yours; export one origin with --from local or --from PEER (see `p2pfs vault list`)",
+        origins.join(", ")
+    )]
+    MixedOrigins {
+        /// The folder asked for.
+        folder: String,
+        /// The origins found (`local` or a sender's fingerprint).
+        origins: Vec<String>,
+    },
+    /// No stored object came from the origin asked for.
+    #[error(
+        "no file in the vault came from {query:?}: give `local`, a node id, an id prefix \
+         (8+ characters) or a fingerprint as `p2pfs vault list` shows it"
+    )]
+    UnknownOrigin {
+        /// What was asked for.
+        query: String,
     },
     /// A store (import or transfer) is in progress.
     #[error(

@@ -1,11 +1,28 @@
-//! File-system helpers for crash safety and permissions: private files and
-//! directories, fsync of files and directories, atomic replace.
+//! File-system helpers for crash safety, permissions and links: private
+//! files and directories, fsync of files and directories, atomic replace;
+//! opening a source file without following links ([`open_source`]); and
+//! writing below a destination directory through descriptors ([`Dir`],
+//! [`NewFile`]), so that no symbolic link inside it is written through and
+//! an interrupted write leaves no file behind (`docs/VAULT.md`, *Export*).
 
 use std::{
+    ffi::{OsStr, OsString},
     fs::{self, File, OpenOptions},
     io::Write,
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    os::{
+        fd::{AsFd, AsRawFd, OwnedFd},
+        unix::{
+            ffi::{OsStrExt, OsStringExt},
+            fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
+        },
+    },
     path::{Path, PathBuf},
+    sync::OnceLock,
+};
+
+use rustix::{
+    fs::{self as rfs, AtFlags, Mode, OFlags, CWD},
+    io::Errno,
 };
 
 use super::error::{Result, StoreError};
@@ -149,5 +166,590 @@ impl Write for WritebackWriter<'_> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- sources
+
+/// Which file a path named when it was looked at (`lstat`): device and inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileIdentity {
+    /// Device number.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+}
+
+impl FileIdentity {
+    /// The identity in a file's metadata.
+    pub fn of(m: &fs::Metadata) -> Self {
+        Self {
+            dev: m.dev(),
+            ino: m.ino(),
+        }
+    }
+}
+
+/// Opens a source file for reading: never through a symbolic link at the
+/// last component (`O_NOFOLLOW`), never as a controlling terminal
+/// (`O_NOCTTY`), without blocking on a FIFO (`O_NONBLOCK`, cleared once the
+/// file is known to be regular). What was opened is then checked on the
+/// descriptor (`fstat`): a regular file, and, when `expected` is given, the
+/// very file the directory walk saw with `lstat`. So a path swapped for a
+/// link, a device or another file between the walk and the open is refused
+/// instead of read. Returns the file and its metadata (from the descriptor).
+pub fn open_source(path: &Path, expected: Option<FileIdentity>) -> Result<(File, fs::Metadata)> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::NONBLOCK;
+    let fd = rfs::open(path, flags | OFlags::CLOEXEC, Mode::empty()).map_err(|e| match e {
+        Errno::LOOP => StoreError::NotRegularFile {
+            path: path.to_path_buf(),
+            what: "a symbolic link",
+        },
+        e => StoreError::io("cannot open", path, e.into()),
+    })?;
+    let file = File::from(fd);
+    let meta = file
+        .metadata()
+        .map_err(|e| StoreError::io("cannot read", path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(StoreError::NotRegularFile {
+            path: path.to_path_buf(),
+            what: "not a regular file",
+        });
+    }
+    if expected.is_some_and(|id| id != FileIdentity::of(&meta)) {
+        return Err(StoreError::SourceChanged {
+            path: path.to_path_buf(),
+        });
+    }
+    rfs::fcntl_getfl(&file)
+        .and_then(|f| rfs::fcntl_setfl(&file, f - OFlags::NONBLOCK))
+        .map_err(|e| StoreError::io("cannot open", path, e.into()))?;
+    Ok((file, meta))
+}
+
+// ---------------------------------------------------------------- destinations
+
+/// The process's file mode creation mask. Read from `/proc/self/status`
+/// (`Umask:`, Linux ≥ 4.7) because `umask(2)` can only be read by setting
+/// it, which races with other threads creating files. Without `/proc` the
+/// strictest mask (077) is assumed: a file is then never made more
+/// accessible than the user's umask would allow.
+pub fn umask() -> u32 {
+    static UMASK: OnceLock<u32> = OnceLock::new();
+    *UMASK.get_or_init(|| {
+        fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .map_or(0o077, |m| m & 0o777)
+    })
+}
+
+/// One path component, as `*at()` calls take it: not empty, `.` or `..`,
+/// and without `/`.
+fn check_component(name: &OsStr) -> Result<()> {
+    let b = name.as_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') || b.contains(&0) {
+        return Err(StoreError::Invalid(format!(
+            "{:?} is not a single file name",
+            name.to_string_lossy()
+        )));
+    }
+    Ok(())
+}
+
+/// An open directory. Everything below it is reached relative to its
+/// descriptor, one component at a time and never through a symbolic link,
+/// so a link planted (or swapped in) inside the tree cannot redirect a
+/// write elsewhere. The directory itself is opened as the user named it,
+/// links included: that choice is the user's.
+pub struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl Dir {
+    fn open_flags() -> OFlags {
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC
+    }
+
+    /// Opens the directory `path` (following links: the user chose it).
+    pub fn open(path: &Path) -> Result<Self> {
+        let fd = rfs::open(path, Self::open_flags(), Mode::empty())
+            .map_err(|e| StoreError::io("cannot open directory", path, e.into()))?;
+        Ok(Self {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Creates `path` and its missing parents (like `mkdir -p`, as the user
+    /// named it), then opens it.
+    pub fn create_all(path: &Path) -> Result<Self> {
+        fs::create_dir_all(path).map_err(|e| StoreError::io("cannot create directory", path, e))?;
+        Self::open(path)
+    }
+
+    /// The path this directory was reached by (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path of `name` inside this directory (for messages).
+    pub fn shown(&self, name: &OsStr) -> PathBuf {
+        if self.path == Path::new(".") {
+            PathBuf::from(name)
+        } else {
+            self.path.join(name)
+        }
+    }
+
+    /// The subdirectory `name`, created (mode 0777 less the umask, as
+    /// `mkdir` makes it) if missing. A symbolic link there is refused
+    /// ([`StoreError::DestinationLink`]), never followed.
+    pub fn child_dir(&self, name: &OsStr) -> Result<Dir> {
+        check_component(name)?;
+        let path = self.shown(name);
+        let created = match rfs::mkdirat(&self.fd, name, Mode::from_raw_mode(0o777)) {
+            Ok(()) => true,
+            Err(Errno::EXIST) => false,
+            Err(e) => return Err(StoreError::io("cannot create directory", &path, e.into())),
+        };
+        let fd = rfs::openat(
+            &self.fd,
+            name,
+            Self::open_flags() | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(|e| {
+            // O_NOFOLLOW with O_DIRECTORY reports a link as ENOTDIR.
+            if self.is_symlink(name) {
+                StoreError::DestinationLink { path: path.clone() }
+            } else {
+                StoreError::io("cannot open directory", &path, e.into())
+            }
+        })?;
+        if created {
+            self.sync()?;
+        }
+        Ok(Dir { fd, path })
+    }
+
+    fn file_type(&self, name: &OsStr) -> Option<rfs::FileType> {
+        rfs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+            .ok()
+            .map(|st| rfs::FileType::from_raw_mode(st.st_mode))
+    }
+
+    fn is_symlink(&self, name: &OsStr) -> bool {
+        self.file_type(name) == Some(rfs::FileType::Symlink)
+    }
+
+    /// True when something (of any type, a link included) is named `name`.
+    pub fn contains(&self, name: &OsStr) -> Result<bool> {
+        match rfs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(_) => Ok(true),
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(StoreError::io("cannot look at", self.shown(name), e.into())),
+        }
+    }
+
+    /// Flushes the directory's entries to disk.
+    pub fn sync(&self) -> Result<()> {
+        rfs::fsync(&self.fd)
+            .map_err(|e| StoreError::io("cannot sync directory", &self.path, e.into()))
+    }
+
+    /// Removes leftovers of interrupted writes of `name` (named temporary
+    /// files of [`NewFile`], from a kill or a crash), so decrypted data that
+    /// a dead export left behind does not pile up.
+    pub fn remove_stale_temps(&self, name: &OsStr) -> Result<usize> {
+        let prefix = temp_prefix(name);
+        let rd = rfs::Dir::read_from(&self.fd)
+            .map_err(|e| StoreError::io("cannot list", &self.path, e.into()))?;
+        let mut removed = 0;
+        for entry in rd {
+            let entry = entry.map_err(|e| StoreError::io("cannot list", &self.path, e.into()))?;
+            let n = entry.file_name().to_bytes();
+            let stale = n
+                .strip_prefix(prefix.as_slice())
+                .and_then(|r| r.strip_suffix(b".tmp"))
+                .is_some_and(|r| r.len() == TEMP_HEX && r.iter().all(u8::is_ascii_hexdigit));
+            if !stale {
+                continue;
+            }
+            let n = OsStr::from_bytes(n);
+            // Only regular files: never a directory or a link of that name.
+            if self.file_type(n) == Some(rfs::FileType::RegularFile) {
+                match rfs::unlinkat(&self.fd, n, AtFlags::empty()) {
+                    Ok(()) | Err(Errno::NOENT) => removed += 1,
+                    Err(e) => return Err(StoreError::io("cannot remove", self.shown(n), e.into())),
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Hex digits of the random part of a temporary name.
+const TEMP_HEX: usize = 12;
+/// Bytes of the destination name kept in a temporary name (NAME_MAX is 255).
+const TEMP_NAME_KEEP: usize = 200;
+
+/// `.NAME.p2pfs-`, NAME cut so the whole temporary name fits in 255 bytes.
+fn temp_prefix(name: &OsStr) -> Vec<u8> {
+    let b = name.as_bytes();
+    let mut v = b".".to_vec();
+    v.extend_from_slice(&b[..b.len().min(TEMP_NAME_KEEP)]);
+    v.extend_from_slice(b".p2pfs-");
+    v
+}
+
+/// A fresh temporary name for `name`: `.NAME.p2pfs-<12 hex>.tmp`.
+fn temp_name(name: &OsStr) -> Result<OsString> {
+    let mut v = temp_prefix(name);
+    v.extend_from_slice(
+        crate::crypto::to_hex(&crate::crypto::random::<{ TEMP_HEX / 2 }>()?).as_bytes(),
+    );
+    v.extend_from_slice(b".tmp");
+    Ok(OsString::from_vec(v))
+}
+
+/// A file being written into a [`Dir`] under `name`, invisible until
+/// [`NewFile::publish`]. It is an unnamed file (`O_TMPFILE`) where the file
+/// system has them: a kill at any moment before publication leaves nothing,
+/// not even a hidden file. Elsewhere it is a named temporary file
+/// `.NAME.p2pfs-<hex>.tmp` (0600), removed on error and on drop, and, as a
+/// kill cannot remove it, removed by the next write of the same name.
+pub struct NewFile<'d> {
+    dir: &'d Dir,
+    name: OsString,
+    file: File,
+    /// The temporary name while the file has one.
+    temp: Option<OsString>,
+}
+
+impl<'d> NewFile<'d> {
+    /// Starts a new file `name` in `dir` (mode 0600 until the caller sets
+    /// the final one).
+    pub fn create(dir: &'d Dir, name: &OsStr) -> Result<Self> {
+        check_component(name)?;
+        let flags = OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC;
+        match rfs::openat(&dir.fd, ".", flags, Mode::from_raw_mode(0o600)) {
+            // Publishing links /proc/self/fd/N; without /proc, use a name.
+            Ok(fd) if rfs::statat(CWD, proc_fd(&fd), AtFlags::empty()).is_ok() => {
+                return Ok(Self {
+                    dir,
+                    name: name.to_owned(),
+                    file: File::from(fd),
+                    temp: None,
+                })
+            }
+            Ok(_) => {}
+            // No O_TMPFILE here: EOPNOTSUPP (the file system), EISDIR (an
+            // old kernel, which sees only O_DIRECTORY), EINVAL.
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => {}
+            Err(e) => return Err(StoreError::io("cannot create", dir.shown(name), e.into())),
+        }
+        Self::create_named(dir, name)
+    }
+
+    /// The named fallback of [`NewFile::create`].
+    pub fn create_named(dir: &'d Dir, name: &OsStr) -> Result<Self> {
+        check_component(name)?;
+        dir.remove_stale_temps(name)?;
+        let temp = temp_name(name)?;
+        let flags =
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rfs::openat(&dir.fd, &temp, flags, Mode::from_raw_mode(0o600))
+            .map_err(|e| StoreError::io("cannot create", dir.shown(&temp), e.into()))?;
+        Ok(Self {
+            dir,
+            name: name.to_owned(),
+            file: File::from(fd),
+            temp: Some(temp),
+        })
+    }
+
+    /// The file to write to.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// True while the file has a (temporary) name.
+    pub fn is_named(&self) -> bool {
+        self.temp.is_some()
+    }
+
+    /// Gives the file its name and syncs the directory. Without `force` an
+    /// existing entry of that name (a link included) is never replaced:
+    /// [`StoreError::DestinationExists`]. With `force` the file replaces it
+    /// atomically (`renameat`), a link being replaced, not written through.
+    /// The caller syncs the file first.
+    pub fn publish(mut self, force: bool) -> Result<()> {
+        let dest = self.dir.shown(&self.name);
+        let exists = || StoreError::DestinationExists { path: dest.clone() };
+        match (self.temp.clone(), force) {
+            (None, false) => self.link_unnamed(&self.name).map_err(|e| match e {
+                Errno::EXIST => exists(),
+                e => StoreError::io("cannot create", &dest, e.into()),
+            })?,
+            (None, true) => {
+                // An unnamed file cannot be renamed over a name: link it to
+                // a temporary name, then rename that at once. Only a kill
+                // between the two leaves it, for the next write to remove.
+                self.dir.remove_stale_temps(&self.name)?;
+                let temp = temp_name(&self.name)?;
+                self.link_unnamed(&temp).map_err(|e| {
+                    StoreError::io("cannot create", self.dir.shown(&temp), e.into())
+                })?;
+                self.temp = Some(temp.clone());
+                self.rename_temp(&temp, &dest)?;
+            }
+            (Some(temp), true) => self.rename_temp(&temp, &dest)?,
+            (Some(temp), false) => match rfs::linkat(
+                &self.dir.fd,
+                &temp,
+                &self.dir.fd,
+                &self.name,
+                AtFlags::empty(),
+            ) {
+                Ok(()) => {}
+                Err(Errno::EXIST) => return Err(exists()),
+                // File systems without hard links (FAT, exFAT): check, then
+                // rename; the window between the two is tiny.
+                Err(_) if !self.dir.contains(&self.name)? => self.rename_temp(&temp, &dest)?,
+                Err(e) => return Err(StoreError::io("cannot create", &dest, e.into())),
+            },
+        }
+        // A temporary name still there (link, then unlink) goes first.
+        let _ = self.unlink_temp();
+        self.dir.sync()
+    }
+
+    fn link_unnamed(&self, to: &OsStr) -> std::result::Result<(), Errno> {
+        // linkat(AT_EMPTY_PATH) would need CAP_DAC_READ_SEARCH; the
+        // /proc/self/fd link is the way open(2) documents for everyone.
+        rfs::linkat(
+            CWD,
+            proc_fd(&self.file),
+            &self.dir.fd,
+            to,
+            AtFlags::SYMLINK_FOLLOW,
+        )
+    }
+
+    fn rename_temp(&mut self, temp: &OsStr, dest: &Path) -> Result<()> {
+        rfs::renameat(&self.dir.fd, temp, &self.dir.fd, &self.name)
+            .map_err(|e| StoreError::io("cannot rename to", dest, e.into()))?;
+        self.temp = None;
+        Ok(())
+    }
+
+    fn unlink_temp(&mut self) -> Option<()> {
+        let temp = self.temp.take()?;
+        rfs::unlinkat(&self.dir.fd, &temp, AtFlags::empty()).ok()
+    }
+}
+
+impl Drop for NewFile<'_> {
+    fn drop(&mut self) {
+        let _ = self.unlink_temp();
+    }
+}
+
+/// `/proc/self/fd/N` of a descriptor.
+fn proc_fd(fd: &impl AsFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_to(nf: &NewFile<'_>, data: &[u8]) {
+        let mut f = nf.file();
+        f.write_all(data).unwrap();
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn open_source_refuses_a_file_swapped_for_a_symlink_after_the_walk() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, private) = (d.path().join("src"), d.path().join("private"));
+        fs::write(&src, b"public").unwrap();
+        fs::write(&private, b"someone's secret").unwrap();
+        let seen = FileIdentity::of(&fs::symlink_metadata(&src).unwrap());
+        let (_, m) = open_source(&src, Some(seen)).unwrap();
+        assert_eq!(m.len(), 6);
+
+        // The walk saw a regular file; now a link to another file is there.
+        // (The walked file is kept aside, so its inode cannot be reused.)
+        fs::rename(&src, d.path().join("walked")).unwrap();
+        std::os::unix::fs::symlink(&private, &src).unwrap();
+        for expected in [Some(seen), None] {
+            let err = open_source(&src, expected).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    StoreError::NotRegularFile {
+                        what: "a symbolic link",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert!(err.to_string().contains("symbolic link"), "{err}");
+        }
+
+        // Another regular file renamed into place: not the one walked.
+        fs::remove_file(&src).unwrap();
+        fs::write(d.path().join("other"), b"other").unwrap();
+        fs::rename(d.path().join("other"), &src).unwrap();
+        let err = open_source(&src, Some(seen)).unwrap_err();
+        assert!(matches!(err, StoreError::SourceChanged { .. }), "{err}");
+    }
+
+    #[test]
+    fn open_source_refuses_a_fifo_without_blocking_and_a_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid C string; mkfifo has no other precondition.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // A blocking open would wait here for a writer forever.
+        for p in [fifo.as_path(), d.path()] {
+            let err = open_source(p, None).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    StoreError::NotRegularFile {
+                        what: "not a regular file",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn child_dir_refuses_a_planted_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let (root, elsewhere) = (d.path().join("root"), d.path().join("elsewhere"));
+        fs::create_dir_all(&elsewhere).unwrap();
+        let dir = Dir::create_all(&root).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, root.join("sub")).unwrap();
+        let err = dir.child_dir(OsStr::new("sub")).err().unwrap();
+        assert!(matches!(err, StoreError::DestinationLink { .. }), "{err}");
+        // A real directory is created once and found again.
+        let a = dir.child_dir(OsStr::new("a")).unwrap();
+        dir.child_dir(OsStr::new("a")).unwrap();
+        assert_eq!(a.path(), root.join("a"));
+        for bad in ["", ".", "..", "a/b"] {
+            assert!(dir.child_dir(OsStr::new(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_new_file_is_invisible_until_published_and_gone_if_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = Dir::open(d.path()).unwrap();
+        for named in [false, true] {
+            let name = OsStr::new(if named { "n.bin" } else { "u.bin" });
+            let nf = if named {
+                NewFile::create_named(&dir, name).unwrap()
+            } else {
+                NewFile::create(&dir, name).unwrap()
+            };
+            assert_eq!(nf.is_named(), named, "this file system lacks O_TMPFILE");
+            write_to(&nf, b"partial plaintext");
+            drop(nf);
+            assert!(names(d.path()).is_empty(), "{:?}", names(d.path()));
+
+            let nf = NewFile::create(&dir, name).unwrap();
+            write_to(&nf, b"one");
+            nf.publish(false).unwrap();
+            assert_eq!(fs::read(d.path().join(name)).unwrap(), b"one");
+            // No overwrite without force, even of a link; with it, replaced.
+            let nf = NewFile::create(&dir, name).unwrap();
+            write_to(&nf, b"two");
+            let err = nf.publish(false).unwrap_err();
+            assert!(matches!(err, StoreError::DestinationExists { .. }), "{err}");
+            let nf = NewFile::create(&dir, name).unwrap();
+            write_to(&nf, b"two");
+            nf.publish(true).unwrap();
+            assert_eq!(fs::read(d.path().join(name)).unwrap(), b"two");
+            fs::remove_file(d.path().join(name)).unwrap();
+            assert!(names(d.path()).is_empty(), "{:?}", names(d.path()));
+        }
+        let target = d.path().join("target");
+        fs::write(&target, b"keep").unwrap();
+        std::os::unix::fs::symlink(&target, d.path().join("link")).unwrap();
+        let nf = NewFile::create(&dir, OsStr::new("link")).unwrap();
+        assert!(matches!(
+            nf.publish(false),
+            Err(StoreError::DestinationExists { .. })
+        ));
+        let nf = NewFile::create(&dir, OsStr::new("link")).unwrap();
+        write_to(&nf, b"new");
+        nf.publish(true).unwrap();
+        assert_eq!(
+            fs::read(&target).unwrap(),
+            b"keep",
+            "written through the link"
+        );
+        assert!(fs::symlink_metadata(d.path().join("link"))
+            .unwrap()
+            .is_file());
+    }
+
+    #[test]
+    fn stale_named_temporaries_of_the_same_name_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = Dir::open(d.path()).unwrap();
+        let stale = [
+            ".big.out.p2pfs-0123456789ab.tmp",
+            ".big.out.p2pfs-ffffffffffff.tmp",
+        ];
+        // Not leftovers of `big.out`: kept.
+        let keep = [
+            ".other.p2pfs-0123456789ab.tmp",
+            ".big.out.p2pfs-0123.tmp",
+            "big.out.p2pfs-0123456789ab.tmp",
+            ".big.out.p2pfs-0123456789ab.tmp.x",
+        ];
+        for n in stale.iter().chain(&keep) {
+            fs::write(d.path().join(n), b"decrypted data").unwrap();
+        }
+        fs::create_dir(d.path().join(".big.out.p2pfs-aaaaaaaaaaaa.tmp")).unwrap();
+        let nf = NewFile::create_named(&dir, OsStr::new("big.out")).unwrap();
+        let now = names(d.path());
+        assert!(now.iter().all(|n| !stale.contains(&n.as_str())), "{now:?}");
+        // What is kept, the directory, and the new temporary file.
+        assert_eq!(now.len(), keep.len() + 2, "{now:?}");
+        drop(nf);
+        let mut want: Vec<String> = keep.iter().map(|s| s.to_string()).collect();
+        want.push(".big.out.p2pfs-aaaaaaaaaaaa.tmp".into());
+        want.sort();
+        assert_eq!(names(d.path()), want);
+        // A long name still gives a temporary name that fits.
+        let long = "x".repeat(255);
+        let nf = NewFile::create_named(&dir, OsStr::new(&long)).unwrap();
+        write_to(&nf, b"x");
+        nf.publish(false).unwrap();
+        assert!(d.path().join(&long).is_file());
     }
 }

@@ -1,6 +1,7 @@
 //! The encrypted vault: storing objects without the passphrase, unlocking,
-//! reconciling the authenticated index, export, removal, verification,
-//! passphrase change and crash-safe rekey (`docs/VAULT.md`, *Procedures*).
+//! reconciling the authenticated index, listing and resolving names by
+//! origin, export, removal, verification, passphrase change and crash-safe
+//! rekey (`docs/VAULT.md`, *Procedures*).
 //!
 //! Storing takes a shared lock on `vault/lock`; anything unlocked takes it
 //! exclusively, so reconciliation never races a store in progress.
@@ -78,6 +79,42 @@ pub struct Entry {
     pub id: FileId,
     /// Its metadata.
     pub meta: Metadata,
+}
+
+impl Entry {
+    /// Where it came from.
+    pub fn origin(&self) -> Origin {
+        Origin::of(&self.meta)
+    }
+}
+
+/// Where a stored object came from: imported on this node, or received from
+/// a peer (named by its node key). Received files are never merged silently
+/// with the owner's own: listing shows the origin, and exporting a folder
+/// that mixes origins needs one to be chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Origin {
+    /// `vault import` on this node.
+    Local,
+    /// Received from the peer with this node key.
+    Peer(PublicKey),
+}
+
+impl Origin {
+    /// The origin recorded in an object's metadata.
+    pub fn of(meta: &Metadata) -> Self {
+        meta.origin.map_or(Origin::Local, Origin::Peer)
+    }
+}
+
+impl std::fmt::Display for Origin {
+    /// `local`, or the sender's fingerprint.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Local => f.write_str("local"),
+            Origin::Peer(pk) => f.write_str(&pk.fingerprint()),
+        }
+    }
 }
 
 /// The result of a verification pass.
@@ -447,17 +484,18 @@ impl Vault {
     }
 
     /// Imports a local file (sealed to the vault public key; no passphrase).
-    /// `progress` is called with the plaintext bytes done so far.
+    /// The file is opened without following links and must be a regular
+    /// file, and, when `expected` is given, the one a directory walk saw
+    /// ([`fsutil::open_source`]). `progress` is called with the plaintext
+    /// bytes done so far.
     pub fn import_file(
         &self,
         src: &Path,
         name: &str,
+        expected: Option<fsutil::FileIdentity>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Entry> {
-        let mut file = File::open(src).map_err(|e| StoreError::io("cannot open", src, e))?;
-        let before = file
-            .metadata()
-            .map_err(|e| StoreError::io("cannot read", src, e))?;
+        let (mut file, before) = fsutil::open_source(src, expected)?;
         let size = before.len();
         let chunk_size = DEFAULT_CHUNK_SIZE;
         let id: FileId = random()?;
@@ -536,7 +574,11 @@ impl Vault {
             }
             Err(e) => return Err(StoreError::io("cannot read", src, e)),
         };
-        let after = fs::metadata(src).map_err(|e| StoreError::io("cannot read", src, e))?;
+        // Checked on what was read (the descriptor), not on whatever the
+        // path names now.
+        let after = file
+            .metadata()
+            .map_err(|e| StoreError::io("cannot read", src, e))?;
         if after.len() != size || after.modified().ok() != before.modified().ok() {
             return Err(StoreError::SourceChanged {
                 path: src.to_path_buf(),
@@ -723,6 +765,17 @@ impl Vault {
         }
         u.reconcile()?;
         Ok(u)
+    }
+}
+
+/// A stored modification time (unix seconds, any i64) as a `SystemTime`,
+/// if the platform can represent it.
+fn unix_time(secs: i64) -> Option<SystemTime> {
+    let d = std::time::Duration::from_secs(secs.unsigned_abs());
+    if secs >= 0 {
+        UNIX_EPOCH.checked_add(d)
+    } else {
+        UNIX_EPOCH.checked_sub(d)
     }
 }
 
@@ -1216,7 +1269,19 @@ impl Unlocked<'_> {
 
     /// Finds one object by full id, unique id prefix (≥ 8 hex digits) or exact name.
     pub fn resolve(&self, query: &str) -> Result<Entry> {
-        let entries = self.entries();
+        self.resolve_from(query, None)
+    }
+
+    /// As [`Self::resolve`], among the objects of one origin when `from` is
+    /// given. A name matching objects of several origins (or several
+    /// objects of one) is ambiguous: the candidates are listed with their
+    /// origins, never picked.
+    pub fn resolve_from(&self, query: &str, from: Option<Origin>) -> Result<Entry> {
+        let entries: Vec<Entry> = self
+            .entries()
+            .into_iter()
+            .filter(|e| from.is_none_or(|o| e.origin() == o))
+            .collect();
         let q = query.to_ascii_lowercase();
         let by_name: Vec<&Entry> = entries.iter().filter(|e| e.meta.name == query).collect();
         let by_id: Vec<&Entry> = if q.len() >= 8 && q.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -1231,15 +1296,84 @@ impl Unlocked<'_> {
         match hits.as_slice() {
             [one] => Ok((*one).clone()),
             [] => Err(StoreError::NotFound {
-                query: query.to_owned(),
+                query: match from {
+                    Some(o) => format!("{query} (from {o})"),
+                    None => query.to_owned(),
+                },
             }),
             many => Err(StoreError::Ambiguous {
                 query: query.to_owned(),
                 candidates: many
                     .iter()
-                    .map(|e| format!("  {}  {}", id_hex(&e.id), e.meta.name))
+                    .map(|e| format!("  {}  {:<19}  {}", id_hex(&e.id), e.origin(), e.meta.name))
                     .collect(),
             }),
+        }
+    }
+
+    /// Every object under the stored folder `folder` (names starting with
+    /// `folder/`), of one origin: `from`, or the only one there is. A folder
+    /// that mixes origins without `from` is refused
+    /// ([`StoreError::MixedOrigins`]), so a sender cannot slip files into
+    /// the owner's folders.
+    pub fn folder(&self, folder: &str, from: Option<Origin>) -> Result<Vec<Entry>> {
+        let prefix = format!("{}/", folder.trim_end_matches('/'));
+        let under: Vec<Entry> = self
+            .entries()
+            .into_iter()
+            .filter(|e| e.meta.name.starts_with(&prefix))
+            .collect();
+        let origins: std::collections::BTreeSet<Origin> = under.iter().map(Entry::origin).collect();
+        match from {
+            Some(o) if origins.contains(&o) => {
+                Ok(under.into_iter().filter(|e| e.origin() == o).collect())
+            }
+            Some(o) => Err(StoreError::NotFound {
+                query: format!("{folder} (from {o})"),
+            }),
+            None if origins.len() > 1 => Err(StoreError::MixedOrigins {
+                folder: folder.to_owned(),
+                origins: origins.iter().map(Origin::to_string).collect(),
+            }),
+            None if under.is_empty() => Err(StoreError::NotFound {
+                query: folder.to_owned(),
+            }),
+            None => Ok(under),
+        }
+    }
+
+    /// The origin a user names: `local`, a full node id, or, among the
+    /// senders of stored objects, a unique node id prefix (≥ 8 characters)
+    /// or a fingerprint as listed.
+    pub fn origin(&self, query: &str) -> Result<Origin> {
+        let q = query.trim().to_ascii_lowercase();
+        if q == "local" {
+            return Ok(Origin::Local);
+        }
+        if let Some(pk) = PublicKey::parse_id(&q) {
+            return Ok(Origin::Peer(pk));
+        }
+        let senders: std::collections::BTreeSet<PublicKey> = self
+            .entries()
+            .iter()
+            .filter_map(|e| e.meta.origin)
+            .collect();
+        let hits: Vec<&PublicKey> = senders
+            .iter()
+            .filter(|pk| pk.fingerprint() == q || (q.len() >= 8 && pk.to_id().starts_with(&q)))
+            .collect();
+        match hits.as_slice() {
+            [one] => Ok(Origin::Peer(**one)),
+            [] => Err(StoreError::UnknownOrigin {
+                query: query.to_owned(),
+            }),
+            many => Err(StoreError::Invalid(format!(
+                "{query:?} matches several senders; give more of the node id:\n{}",
+                many.iter()
+                    .map(|pk| format!("  {}  {}", pk.fingerprint(), pk.to_id()))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ))),
         }
     }
 
@@ -1330,8 +1464,8 @@ impl Unlocked<'_> {
         Ok(meta.clone())
     }
 
-    /// Exports an object to `dest` (a file path): temporary file, BLAKE3
-    /// check, fsync, then link (no overwrite) or rename (`force`).
+    /// Exports an object to `dest` (a file path, as the user named it):
+    /// see [`Self::export_at`].
     pub fn export(
         &self,
         id: &FileId,
@@ -1339,64 +1473,94 @@ impl Unlocked<'_> {
         force: bool,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Metadata> {
+        let Some(name) = dest.file_name() else {
+            return Err(StoreError::Invalid(format!(
+                "{} does not name a file: give a destination file name",
+                super::error::shown(dest)
+            )));
+        };
+        let dir = fsutil::Dir::open(&fsutil::parent_of(dest))?;
+        self.export_at(id, &dir, name, force, progress)
+    }
+
+    /// Exports an object of a stored folder below `root`, at `rel` (its name
+    /// relative to the folder, `/`-separated). Every directory on the way
+    /// is created or entered relative to its parent's descriptor and never
+    /// through a symbolic link ([`StoreError::DestinationLink`]); only
+    /// `root` itself is the user's to choose, links included.
+    pub fn export_under(
+        &self,
+        id: &FileId,
+        root: &fsutil::Dir,
+        rel: &str,
+        force: bool,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Metadata> {
+        let mut parts: Vec<&str> = rel.split('/').collect();
+        let Some(last) = parts.pop() else {
+            return Err(StoreError::Invalid(format!("{rel:?} is not a name")));
+        };
+        let mut dir: Option<fsutil::Dir> = None;
+        for p in parts {
+            let next = dir.as_ref().unwrap_or(root).child_dir(p.as_ref())?;
+            dir = Some(next);
+        }
+        self.export_at(
+            id,
+            dir.as_ref().unwrap_or(root),
+            last.as_ref(),
+            force,
+            progress,
+        )
+    }
+
+    /// Exports an object as `name` in `dir` (`docs/VAULT.md`, *Export*):
+    /// decrypted into an unnamed file there (or a named temporary one where
+    /// the file system cannot), BLAKE3 checked, mode set (the stored mode
+    /// within 0777, less the umask), fsynced, then given its name: a link
+    /// (never replacing anything) or, with `force`, a rename over it;
+    /// directory fsynced. An interruption at any point leaves no file.
+    pub fn export_at(
+        &self,
+        id: &FileId,
+        dir: &fsutil::Dir,
+        name: &std::ffi::OsStr,
+        force: bool,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Metadata> {
         let (_, _, meta) = self.live(id)?;
         if meta.kind == Kind::Dir {
-            match fs::create_dir(dest) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dest.is_dir() => {}
-                Err(e) => return Err(StoreError::io("cannot create directory", dest, e)),
-            }
+            dir.child_dir(name)?;
             return Ok(meta.clone());
         }
-        if !force && dest.symlink_metadata().is_ok() {
+        if !force && dir.contains(name)? {
             return Err(StoreError::DestinationExists {
-                path: dest.to_path_buf(),
+                path: dir.shown(name),
             });
         }
-        let parent = fsutil::parent_of(dest);
-        let base = dest
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "export".into());
-        let tmp = parent.join(format!(".{base}.p2pfs-{}.tmp", to_hex(&random::<6>()?)));
-        let res = (|| {
-            let f = fsutil::create_new_private(&tmp)?;
-            let meta = {
-                let mut w = fsutil::WritebackWriter::new(&f);
-                let m = self.decrypt_to(id, &mut w, progress)?;
-                w.flush()
-                    .map_err(|e| StoreError::io("cannot write", &tmp, e))?;
-                m
-            };
-            let mtime = UNIX_EPOCH + std::time::Duration::from_secs(meta.mtime.max(0) as u64);
-            let _ = f.set_modified(mtime);
-            f.set_permissions(fs::Permissions::from_mode(meta.mode & 0o777))
-                .map_err(|e| StoreError::io("cannot set permissions on", &tmp, e))?;
-            f.sync_all()
-                .map_err(|e| StoreError::io("cannot sync", &tmp, e))?;
-            if force {
-                fsutil::rename(&tmp, dest)?;
-            } else {
-                match fs::hard_link(&tmp, dest) {
-                    Ok(()) => fsutil::remove_if_exists(&tmp)?,
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        return Err(StoreError::DestinationExists {
-                            path: dest.to_path_buf(),
-                        })
-                    }
-                    // File systems without hard links (FAT, exFAT): check,
-                    // then rename; the window between the two is tiny.
-                    Err(_) if dest.symlink_metadata().is_err() => fsutil::rename(&tmp, dest)?,
-                    Err(e) => return Err(StoreError::io("cannot create", dest, e)),
-                }
-            }
-            fsutil::fsync_dir(&parent)?;
-            Ok(meta)
-        })();
-        if res.is_err() {
-            let _ = fs::remove_file(&tmp);
+        let shown = dir.shown(name);
+        let out = fsutil::NewFile::create(dir, name)?;
+        let f = out.file();
+        let meta = {
+            let mut w = fsutil::WritebackWriter::new(f);
+            let m = self.decrypt_to(id, &mut w, progress)?;
+            w.flush()
+                .map_err(|e| StoreError::io("cannot write", &shown, e))?;
+            m
+        };
+        if let Some(t) = unix_time(meta.mtime) {
+            // Best effort: a time the file system cannot hold is left out.
+            let _ = f.set_modified(t);
         }
-        res
+        // The sender's (or source's) mode is a wish, not an order: never
+        // setuid, setgid or sticky, and never more than the umask allows.
+        let mode = meta.mode & 0o777 & !fsutil::umask();
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| StoreError::io("cannot set permissions on", &shown, e))?;
+        f.sync_all()
+            .map_err(|e| StoreError::io("cannot sync", &shown, e))?;
+        out.publish(force)?;
+        Ok(meta)
     }
 
     /// Removes an object: tombstone in the index first (the commit), then
