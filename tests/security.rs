@@ -908,3 +908,42 @@ fn pending_prompts_are_bounded_and_never_block_shutdown() {
     let _ = reader.join();
     drop(runtime);
 }
+
+/// Issue 7, L4: `send` checked `symlink_metadata` but then opened the path
+/// following links, so a symbolic link swapped in after the walk sent
+/// someone's private file. The sender now opens with `O_NOFOLLOW` and checks
+/// the opened file against what the walk saw.
+#[test]
+fn send_never_follows_a_symlink_swapped_in_after_the_walk() {
+    let (a, b) = nodes();
+    let srv = Serving::start(&b, &["--accept", "any"]);
+    write_bytes(&a.path("private.txt"), b"someone else's secret");
+    write_bytes(&a.path("public.txt"), b"meant to be sent");
+    let item = sender::item_for(&a.path("public.txt"), "public.txt".into(), false).unwrap();
+    std::fs::remove_file(a.path("public.txt")).unwrap();
+    std::os::unix::fs::symlink(a.path("private.txt"), a.path("public.txt")).unwrap();
+    let identity = Keypair::from_secret(p2pfs::crypto::keys::Secret32::from_bytes(
+        identity_secret(&a),
+    ));
+    let target = Target {
+        addr: local(srv.port),
+        label: srv.addr(),
+        expected: PublicKey::parse_id(&b.id().id).unwrap(),
+        hint: KeyHint::Given,
+    };
+    let res = rt().block_on(async {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        sender::send(
+            &identity,
+            &a.home,
+            &target,
+            vec![item],
+            &Default::default(),
+            tx,
+        )
+        .await
+    });
+    let e = res.expect_err("a swapped-in symlink must not be sent");
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    assert!(b.list().is_empty());
+}

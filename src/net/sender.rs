@@ -714,11 +714,10 @@ fn read_file(
     };
     let mut f: Option<File> = None;
     if item.offer.kind == EntryKind::File {
-        let fh =
-            File::open(&item.path).map_err(|e| StoreError::io("cannot open", &item.path, e))?;
-        let m = fh
-            .metadata()
-            .map_err(|e| StoreError::io("cannot read", &item.path, e))?;
+        // Never through a symbolic link swapped in after the walk, and
+        // only the very file the walk saw: the token covers its device,
+        // inode, size and times, taken from the opened descriptor.
+        let (fh, m) = crate::store::fsutil::open_source(&item.path, None)?;
         if source_token(&m) != item.offer.token {
             return Err(changed());
         }
