@@ -512,13 +512,13 @@ async fn receive(
                             let (id, _) = *infos.get(file as usize).ok_or_else(|| NetError::Protocol("file index out of range".into()))?;
                             let key = unwrap_file_key(session, file, &id, &wrapped_key)?;
                             if cmd_tx.send(DiskCmd::Start { file, key: Box::new(key), fresh }).await.is_err() {
-                                return Err(NetError::ConnectionLost("storage stopped".into()));
+                                return Err(storage_stopped(&mut res_rx, send, conn).await);
                             }
                         }
                         Some(Msg::FileEnd { file, blake3 }) => {
                             once(&mut ended, file, "FileEnd")?;
                             if cmd_tx.send(DiskCmd::End { file, blake3 }).await.is_err() {
-                                return Err(NetError::ConnectionLost("storage stopped".into()));
+                                return Err(storage_stopped(&mut res_rx, send, conn).await);
                             }
                         }
                         Some(Msg::Done) => { client_done = true; }
@@ -578,6 +578,27 @@ async fn receive(
         let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
     }
     outcome
+}
+
+/// The disk actor stopped while a control message was handed to it: it
+/// stops only after reporting why (a `Refused`, e.g. disk full), which is
+/// forwarded with the results before it — never a bare "connection lost".
+async fn storage_stopped(
+    res_rx: &mut mpsc::UnboundedReceiver<Msg>,
+    send: &mut quinn::SendStream,
+    conn: &quinn::Connection,
+) -> NetError {
+    while let Ok(m) = res_rx.try_recv() {
+        if wire::write_msg(send, &m).await.is_err() {
+            break;
+        }
+        if let Msg::Refused { code, message } = m {
+            let _ = send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+            return NetError::Refused { code, message };
+        }
+    }
+    NetError::ConnectionLost("storage stopped".into())
 }
 
 /// Work for the disk actor.
