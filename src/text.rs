@@ -13,17 +13,30 @@
 /// results, close reasons), in bytes.
 pub const MAX_MESSAGE: usize = 1024;
 
-/// True for the bidi controls and invisible format characters that can
-/// disguise text: Arabic letter mark, Mongolian vowel separator, zero-width
-/// space / non-joiner / joiner, LRM/RLM, the embeddings and overrides
-/// U+202A–202E, word joiner and invisible operators U+2060–2064, the
-/// isolates U+2066–2069, the byte-order mark, the interlinear annotation
-/// characters and the tag characters.
+/// True for the bidi controls and invisible or blank-looking characters
+/// that can disguise text: soft hyphen, combining grapheme joiner, Arabic
+/// letter mark, the Hangul fillers, Khmer inherent vowels, Mongolian vowel
+/// separator, zero-width space / non-joiner / joiner, LRM/RLM, the line and
+/// paragraph separators, the embeddings and overrides U+202A–202E, word
+/// joiner and invisible operators U+2060–2064, the isolates U+2066–2069, the
+/// byte-order mark, the interlinear annotation characters and the tag
+/// characters. Variation selectors (U+FE00–FE0F) are allowed: emoji need
+/// them, and they do not reorder or hide text.
 pub fn is_invisible(c: char) -> bool {
     matches!(
         c,
-        '\u{061C}'
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
             | '\u{180E}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{3164}'
+            | '\u{FFA0}'
             | '\u{200B}'..='\u{200F}'
             | '\u{202A}'..='\u{202E}'
             | '\u{2060}'..='\u{2064}'

@@ -791,12 +791,55 @@ fn a_swapped_vault_header_never_receives_files() {
     // Started on the swapped header: refused.
     let r = b.run(["serve", "--listen", "127.0.0.1:0", "--no-mdns"]);
     assert_eq!(r.code(), Some(4), "{r}");
-    assert!(r.stderr.contains("key.pin"), "{r}");
-    // The owner's own header back: all is well.
+    assert!(r.stderr.contains("vault.pin"), "{r}");
+    // Deleting the pin as well does not help: nothing is sealed without one.
+    let pin = b.home.join("vault.pin");
+    let own_pin = std::fs::read(&pin).unwrap();
+    std::fs::remove_file(&pin).unwrap();
+    let r = b.run(["serve", "--listen", "127.0.0.1:0", "--no-mdns"]);
+    assert!(
+        !r.status.success() && r.stderr.contains("vault list"),
+        "{r}"
+    );
+    let r = b.run(["vault", "import", "x"]);
+    assert!(!r.status.success() && r.stderr.contains("pin"), "{r}");
+    // The owner's own header back; an unlock with the passphrase re-pins.
     std::fs::write(&header, own).unwrap();
+    b.run(["vault", "list"]).ok();
+    assert!(pin.exists());
     let srv = Serving::start(&b, &["--accept", "any"]);
-    a.run(["send", "f.bin", &given(&b, &srv)]).ok();
+    let peer = given(&b, &srv);
+    a.run(["send", "f.bin", &peer]).ok();
     assert_eq!(b.list().len(), 1);
+    drop(own_pin);
+}
+
+/// Issue 7, M5 (review): putting back an older header *and* pin while the
+/// daemon runs (after the owner rekeyed) must not bring the old key back:
+/// the daemon follows pins only forward.
+#[test]
+fn an_older_header_and_pin_put_back_are_refused() {
+    let (a, b) = nodes();
+    let (header, pin) = (b.vault().join("header"), b.home.join("vault.pin"));
+    let (old_header, old_pin) = (
+        std::fs::read(&header).unwrap(),
+        std::fs::read(&pin).unwrap(),
+    );
+    let srv = Serving::start(&b, &["--accept", "any"]);
+    let peer = given(&b, &srv);
+    write_random(&a.path("one.bin"), 1000);
+    a.run(["send", "one.bin", &peer]).ok();
+    b.run(["vault", "rekey"]).ok();
+    write_random(&a.path("two.bin"), 1000);
+    a.run(["send", "two.bin", &peer]).ok();
+    // The daemon has seen the new pin; now the old files come back.
+    std::fs::write(&header, &old_header).unwrap();
+    std::fs::write(&pin, &old_pin).unwrap();
+    write_random(&a.path("three.bin"), 1000);
+    let r = a.run(["send", "three.bin", &peer]);
+    assert!(!r.status.success(), "{r}");
+    assert!(r.all().contains("rolled back"), "{r}");
+    assert_eq!(b.object_files().get("env").map_or(0, Vec::len), 2);
 }
 
 /// Issue 7, M5: a legitimate `vault rekey` while serving still works: the

@@ -107,6 +107,10 @@ enum Command {
         /// Node name when `serve` creates the node.
         #[arg(long)]
         name: Option<String>,
+        /// End a transfer that stores less than 1 MiB (or a few control
+        /// messages) in this many seconds; it stays resumable.
+        #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+        idle_timeout: u64,
     },
     /// Send files and folders to a peer: PATH... PEER, where PEER is a node name, a node id
     /// or a unique id prefix (8+ characters) found on the LAN, host:port, or NODEID@host:port.
@@ -261,16 +265,20 @@ fn run(cli: Cli) -> Result<()> {
             accept,
             no_mdns,
             name,
+            idle_timeout,
         } => serve_cmd::run(
             &ctx,
-            listen,
-            match accept {
-                Accept::Trusted => AcceptPolicy::Trusted,
-                Accept::Ask => AcceptPolicy::Ask,
-                Accept::Any => AcceptPolicy::Any,
+            serve_cmd::ServeArgs {
+                listen,
+                accept: match accept {
+                    Accept::Trusted => AcceptPolicy::Trusted,
+                    Accept::Ask => AcceptPolicy::Ask,
+                    Accept::Any => AcceptPolicy::Any,
+                },
+                name,
+                mdns: !no_mdns,
+                idle: std::time::Duration::from_secs(idle_timeout),
             },
-            name,
-            !no_mdns,
         ),
         Command::Send {
             args,

@@ -30,6 +30,8 @@ struct TerminalAsker;
 /// Entries shown in a prompt: the largest first, so a huge file cannot hide
 /// behind many small ones.
 const PROMPT_ENTRIES: usize = 10;
+/// Longest name shown in a prompt, in bytes.
+const PROMPT_NAME: usize = 100;
 
 impl Asker for TerminalAsker {
     fn ask(&self, peer: &PublicKey, files: &[FileOffer], totals: &OfferTotals) -> bool {
@@ -43,10 +45,12 @@ impl Asker for TerminalAsker {
         let mut largest: Vec<&FileOffer> = files.iter().collect();
         largest.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.name.cmp(&b.name)));
         for f in largest.iter().take(PROMPT_ENTRIES) {
+            // Quoted and cut short: one line per entry, so a long or
+            // blank-padded name cannot draw lines of its own.
             eprintln!(
-                "  {:>10}  {}",
+                "  {:>10}  \"{}\"",
                 indicatif::HumanBytes(f.size).to_string(),
-                text::escape(&f.name)
+                text::escape(&text::bounded(&f.name, PROMPT_NAME))
             );
         }
         if files.len() > PROMPT_ENTRIES {
@@ -81,13 +85,28 @@ async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
     }
 }
 
-pub fn run(
-    ctx: &Ctx,
-    listen: SocketAddr,
-    accept: AcceptPolicy,
-    name: Option<String>,
-    mdns: bool,
-) -> Result<()> {
+/// What `serve` was asked to do.
+pub struct ServeArgs {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Who may send.
+    pub accept: AcceptPolicy,
+    /// Node name when serve creates the node.
+    pub name: Option<String>,
+    /// Advertise on the LAN.
+    pub mdns: bool,
+    /// How long a transfer may go without progress.
+    pub idle: std::time::Duration,
+}
+
+pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
+    let ServeArgs {
+        listen,
+        accept,
+        name,
+        mdns,
+        idle,
+    } = args;
     if !ctx.home.is_initialised() {
         let src = passphrase::vault_source(ctx.passphrase_file.as_deref());
         let pass = passphrase::get(&src, passphrase::Purpose::New).map_err(|e| {
@@ -112,6 +131,8 @@ pub fn run(
     }
     let identity = ctx.home.load_identity()?;
     let vault: &'static _ = Box::leak(Box::new(ctx.home.vault()?));
+    // Refuse to start rather than seal to a vault key the owner did not set.
+    vault.check_pin()?;
     match vault.drop_legacy_partials() {
         Ok(0) => {}
         Ok(n) => eprintln!(
@@ -168,7 +189,10 @@ pub fn run(
             vault,
             accept,
             (accept == AcceptPolicy::Ask).then(|| Arc::new(TerminalAsker) as Arc<dyn Asker>),
-            Limits::default(),
+            Limits {
+                idle,
+                ..Limits::default()
+            },
             tx,
         )?);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -233,7 +257,7 @@ pub fn run(
                         }
                     }
                     ServerEvent::Failed { peer, message } => {
-                        eprintln!("p2pfs: {}: {message}", peer.map(|p| p.fingerprint()).unwrap_or_else(|| "?".into()));
+                        eprintln!("p2pfs: {}: {}", peer.map(|p| p.fingerprint()).unwrap_or_else(|| "?".into()), text::escape(&message));
                     }
                     ServerEvent::Closed { peer } => {
                         if let Some(b) = bars.remove(&peer) {

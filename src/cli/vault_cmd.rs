@@ -142,6 +142,7 @@ fn unlock<'v>(ctx: &Ctx, vault: &'v Vault) -> Result<Unlocked<'v>> {
 }
 
 fn import(ctx: &Ctx, vault: &Vault, paths: &[PathBuf]) -> Result<()> {
+    vault.check_pin()?;
     let items = walk::collect(paths)?;
     if items.is_empty() {
         bail!("nothing to import: only symbolic links or special files were given (they are never followed)");

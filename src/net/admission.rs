@@ -14,7 +14,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::wire::{FileOffer, OfferTotals};
 use crate::crypto::keys::PublicKey;
@@ -35,7 +35,26 @@ pub struct Limits {
     pub untrusted_transfers: usize,
     /// Offers waiting for (or at) the local user's prompt.
     pub prompts: usize,
+    /// Offered entries of all transfers in progress (their bookkeeping
+    /// costs a few hundred bytes each).
+    pub entries: usize,
+    /// Chunk bytes one connection may hold in memory before they are
+    /// written (read, MAC-checked, queued).
+    pub chunk_bytes_per_connection: u32,
+    /// The same, over all connections.
+    pub chunk_bytes: u32,
+    /// How long a transfer may go without progress (at least
+    /// [`MIN_PROGRESS`] new bytes stored or control messages) before it is
+    /// ended.
+    pub idle: std::time::Duration,
 }
+
+/// Progress a transfer must make in each [`Limits::idle`] window, in bytes
+/// of new chunks stored (each control message counts as
+/// [`CONTROL_PROGRESS`]).
+pub const MIN_PROGRESS: u64 = 1 << 20;
+/// What one control message (a file's start or end, a result) counts as.
+pub const CONTROL_PROGRESS: u64 = 64 << 10;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -46,12 +65,17 @@ impl Default for Limits {
             transfers_per_peer: 4,
             untrusted_transfers: 8,
             prompts: 4,
+            entries: 200_000,
+            chunk_bytes_per_connection: 40 << 20,
+            chunk_bytes: 256 << 20,
+            idle: std::time::Duration::from_secs(60),
         }
     }
 }
 
 #[derive(Default)]
 struct Counts {
+    entries: usize,
     unauthenticated: usize,
     by_ip: HashMap<IpAddr, usize>,
     transfers: usize,
@@ -63,6 +87,50 @@ struct Counts {
 pub struct Admission {
     limits: Limits,
     counts: Mutex<Counts>,
+    chunk_bytes: Arc<Semaphore>,
+}
+
+/// The memory budgets of one connection's chunks in flight: its own and
+/// the node's. A chunk's place is taken before its bytes are read and given
+/// back once they are written.
+#[derive(Clone)]
+pub struct ChunkBudget {
+    connection: Arc<Semaphore>,
+    node: Arc<Semaphore>,
+}
+
+/// The places one chunk holds in the budgets.
+pub struct ChunkPlace {
+    _connection: OwnedSemaphorePermit,
+    _node: OwnedSemaphorePermit,
+}
+
+impl ChunkBudget {
+    /// Waits for room for `bytes` (at most the connection's budget).
+    pub async fn reserve(&self, bytes: u32) -> Option<ChunkPlace> {
+        let c = self
+            .connection
+            .clone()
+            .acquire_many_owned(bytes)
+            .await
+            .ok()?;
+        let n = self.node.clone().acquire_many_owned(bytes).await.ok()?;
+        Some(ChunkPlace {
+            _connection: c,
+            _node: n,
+        })
+    }
+}
+
+/// The address a per-address cap counts: IPv4 as is, IPv6 by its /64.
+fn per_host(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+    }
 }
 
 fn dec<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: &K) {
@@ -80,6 +148,30 @@ impl Admission {
         Arc::new(Self {
             limits,
             counts: Mutex::new(Counts::default()),
+            chunk_bytes: Arc::new(Semaphore::new(limits.chunk_bytes as usize)),
+        })
+    }
+
+    /// A new connection's chunk budget.
+    pub fn chunk_budget(&self) -> ChunkBudget {
+        ChunkBudget {
+            connection: Arc::new(Semaphore::new(
+                self.limits.chunk_bytes_per_connection as usize,
+            )),
+            node: self.chunk_bytes.clone(),
+        }
+    }
+
+    /// Takes `n` entries from the budget of entries in progress, or says no.
+    pub fn entries(self: &Arc<Self>, n: usize) -> Option<EntriesGuard> {
+        let mut c = self.counts();
+        if c.entries.saturating_add(n) > self.limits.entries {
+            return None;
+        }
+        c.entries += n;
+        Some(EntriesGuard {
+            adm: self.clone(),
+            n,
         })
     }
 
@@ -92,8 +184,17 @@ impl Admission {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Admits a new, unauthenticated connection from `ip`, or says no.
+    /// True when a connection from an address that has not proved it can
+    /// receive (no QUIC Retry yet) should be asked to: once half the places
+    /// are taken, so spoofed source addresses cannot fill them.
+    pub fn wants_retry(&self) -> bool {
+        self.counts().unauthenticated >= self.limits.unauthenticated / 2
+    }
+
+    /// Admits a new, unauthenticated connection from `ip`, or says no. IPv6
+    /// addresses count per /64 (what one host usually has).
     pub fn connection(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionGuard> {
+        let ip = per_host(ip);
         let mut c = self.counts();
         let from_ip = c.by_ip.get(&ip).copied().unwrap_or(0);
         if c.unauthenticated >= self.limits.unauthenticated
@@ -160,6 +261,19 @@ impl Drop for TransferGuard {
             c.untrusted = c.untrusted.saturating_sub(1);
         }
         dec(&mut c.by_peer, &self.peer);
+    }
+}
+
+/// Holds a transfer's entries in the budget.
+pub struct EntriesGuard {
+    adm: Arc<Admission>,
+    n: usize,
+}
+
+impl Drop for EntriesGuard {
+    fn drop(&mut self) {
+        let mut c = self.adm.counts();
+        c.entries = c.entries.saturating_sub(self.n);
     }
 }
 
@@ -243,8 +357,53 @@ mod tests {
         assert!(adm.connection(a).is_none(), "per-address cap");
         let _g3 = adm.connection(b).unwrap();
         assert!(adm.connection(c).is_none(), "global cap");
+        assert!(adm.wants_retry());
         drop(g1);
         assert!(adm.connection(c).is_some(), "a place freed");
+        // One IPv6 host's /64 is one address.
+        let adm = Admission::new(Limits {
+            unauthenticated_per_ip: 1,
+            ..Limits::default()
+        });
+        let _v = adm.connection("fd00::1".parse().unwrap()).unwrap();
+        assert!(adm.connection("fd00::2:3".parse().unwrap()).is_none());
+        assert!(adm.connection("fd00:0:0:1::1".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn entry_budget_is_shared_by_transfers_in_progress() {
+        let adm = Admission::new(Limits {
+            entries: 10,
+            ..Limits::default()
+        });
+        let a = adm.entries(6).unwrap();
+        assert!(adm.entries(5).is_none());
+        let _b = adm.entries(4).unwrap();
+        drop(a);
+        assert!(adm.entries(6).is_some());
+    }
+
+    #[tokio::test]
+    async fn chunk_budgets_wait_for_room() {
+        let adm = Admission::new(Limits {
+            chunk_bytes_per_connection: 10,
+            chunk_bytes: 15,
+            ..Limits::default()
+        });
+        let (c1, c2) = (adm.chunk_budget(), adm.chunk_budget());
+        let p = c1.reserve(8).await.unwrap();
+        let wait = std::time::Duration::from_millis(50);
+        assert!(
+            tokio::time::timeout(wait, c1.reserve(3)).await.is_err(),
+            "per connection"
+        );
+        let _q = c2.reserve(7).await.unwrap();
+        assert!(
+            tokio::time::timeout(wait, c2.reserve(1)).await.is_err(),
+            "per node"
+        );
+        drop(p);
+        assert!(tokio::time::timeout(wait, c1.reserve(3)).await.is_ok());
     }
 
     #[test]

@@ -63,6 +63,8 @@ fn transport_config() -> quinn::TransportConfig {
     t.stream_receive_window(quinn::VarInt::from_u32(4 << 20));
     t.receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW));
     t.send_window(32 << 20);
+    // p2pfs sends no datagrams: a peer's would only be buffered here.
+    t.datagram_receive_buffer_size(None);
     t
 }
 
@@ -228,7 +230,7 @@ pub async fn connect(
                 message: "the receiver is busy (too many connections being set up); try again in a moment".into(),
             })
         }
-        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Ok(Err(e)) => Err(unreachable(crate::text::from_peer(&e.to_string()))),
         Ok(Ok(c)) => Ok(c),
     }
 }

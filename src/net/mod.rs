@@ -154,6 +154,12 @@ fn key_changed_message(
 impl NetError {
     /// Maps a stream I/O error.
     pub fn io(e: std::io::Error) -> Self {
-        NetError::ConnectionLost(e.to_string())
+        Self::lost(&e)
+    }
+
+    /// A lost connection. The error may carry the peer's close reason: it
+    /// is bounded and escaped here, so no caller can show it raw.
+    pub fn lost(e: &dyn std::fmt::Display) -> Self {
+        NetError::ConnectionLost(crate::text::from_peer(&e.to_string()))
     }
 }

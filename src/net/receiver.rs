@@ -21,7 +21,10 @@ use tracing::{debug, info, warn, Instrument};
 
 pub use super::admission::Asker;
 use super::{
-    admission::{Admission, ConnectionGuard, Limits, PromptQueue},
+    admission::{
+        Admission, ChunkBudget, ChunkPlace, ConnectionGuard, Limits, PromptQueue, TransferGuard,
+        CONTROL_PROGRESS, MIN_PROGRESS,
+    },
     close, endpoint,
     events::{ServerEvent, ServerEventTx},
     handshake::{self, Session, EXPORTER_LABEL},
@@ -63,9 +66,6 @@ pub enum AcceptPolicy {
 /// How long a connection may take from its first packet to a proven key
 /// confirmation (QUIC handshake, control stream, Noise).
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a transfer may make no progress (no control message, no chunk)
-/// before the receiver ends it; the partial stays resumable.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the local user has to answer a prompt.
 const PROMPT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long shutdown waits for connections to checkpoint and close.
@@ -117,6 +117,21 @@ impl ServerCtx {
     }
 }
 
+/// Partials untouched for this long are removed (`docs/PROTOCOL.md`).
+pub const PARTIAL_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often expired partials are looked for.
+const EXPIRY_EVERY: Duration = Duration::from_secs(3600);
+
+/// Removes expired partials that no connection holds (blocking).
+fn expire_partials(ctx: &ServerCtx) {
+    let in_use = |slot: &Slot| active().contains_key(slot);
+    match ctx.vault.expire_partials(PARTIAL_TTL, &in_use) {
+        Ok(0) => {}
+        Ok(n) => info!("removed {n} interrupted transfer(s) untouched for 7 days"),
+        Err(e) => warn!("cannot remove expired partials: {e}"),
+    }
+}
+
 /// Serves until `shutdown` turns true; then closes every connection (their
 /// partials are checkpointed) within a bounded time.
 pub async fn serve(
@@ -125,10 +140,24 @@ pub async fn serve(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), NetError> {
     let mut tasks = JoinSet::new();
+    let mut expiry = tokio::time::interval(EXPIRY_EVERY);
     loop {
         tokio::select! {
+            _ = expiry.tick() => {
+                let ctx = ctx.clone();
+                tokio::task::spawn_blocking(move || expire_partials(&ctx));
+            }
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                // Under load, an address must first prove it receives what
+                // is sent to it (QUIC Retry): spoofed sources cannot take
+                // places.
+                if !incoming.remote_address_validated() && ctx.admission.wants_retry() {
+                    if let Err(e) = incoming.retry() {
+                        e.into_incoming().refuse();
+                    }
+                    continue;
+                }
                 let addr = incoming.remote_address();
                 // Refused before any state is kept for it: too many
                 // connections are being set up, here or from that address.
@@ -173,7 +202,7 @@ struct FileState {
     id: FileId,
     slot: Slot,
     version: [u8; 32],
-    partial: Option<Partial<'static>>,
+    partial: Option<Box<Partial<'static>>>,
     end: Option<[u8; 32]>,
     finished: bool,
 }
@@ -194,10 +223,7 @@ async fn authenticate(
     let conn = incoming
         .await
         .map_err(|e| NetError::ConnectionLost(format!("QUIC handshake failed: {e}")))?;
-    let (mut send, mut recv) = conn
-        .accept_bi()
-        .await
-        .map_err(|e| NetError::ConnectionLost(e.to_string()))?;
+    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| NetError::lost(&e))?;
     let mut prologue = [0u8; 32];
     conn.export_keying_material(&mut prologue, EXPORTER_LABEL, b"")
         .map_err(|_| NetError::Setup("TLS exporter unavailable".into()))?;
@@ -221,8 +247,6 @@ async fn handle(
             Ok(r) => r?,
             Err(_) => return Err(NetError::Timeout("authenticating a connection")),
         };
-    // Authenticated: its place among the unauthenticated is free again.
-    drop(guard);
     let peer = session.peer;
     tracing::Span::current().record("peer", tracing::field::display(peer.fingerprint()));
     let trust = TrustStore::load(ctx.home.root())?;
@@ -244,7 +268,7 @@ async fn handle(
         close_with(&conn, close::REFUSED, "untrusted");
         return Ok(());
     }
-    let Some(_transfer) = ctx.admission.transfer(peer, trusted) else {
+    let Some(transfer) = ctx.admission.transfer(peer, trusted) else {
         let l = ctx.admission.limits();
         let message = format!(
             "the receiver is busy ({} transfers at once, {} per sender, {} from untrusted senders); try again in a moment",
@@ -255,13 +279,16 @@ async fn handle(
         close_with(&conn, close::REFUSED, "busy");
         return Ok(());
     };
+    // Admitted to a transfer: its place among the unauthenticated is free
+    // again (a refused peer kept it until it was gone).
+    drop(guard);
     let _ = ctx.events.send(ServerEvent::PeerConnected {
         peer,
         addr: addr.to_string(),
     });
     // Only now may it open data streams and fill a full window.
     endpoint::authorise(&conn);
-    wire::write_msg(
+    send_msg(
         &mut send,
         &Msg::Welcome {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -269,7 +296,10 @@ async fn handle(
         },
     )
     .await?;
-    let result = receive(&ctx, &conn, &session, trusted, &mut send, &mut recv).await;
+    let result = receive(
+        &ctx, &conn, &session, trusted, transfer, &mut send, &mut recv,
+    )
+    .await;
     match &result {
         Ok(()) => {}
         Err(NetError::Tampered(m)) => {
@@ -297,14 +327,30 @@ async fn handle(
     result
 }
 
+/// How long a write to the peer may wait for its flow-control credit: a
+/// peer that stops reading cannot hold the connection (and what it holds
+/// here) by withholding it.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Writes a control message, bounded by [`WRITE_TIMEOUT`].
+async fn send_msg(send: &mut quinn::SendStream, m: &Msg) -> Result<(), NetError> {
+    tokio::time::timeout(WRITE_TIMEOUT, wire::write_msg(send, m))
+        .await
+        .map_err(|_| NetError::Timeout("waiting for the peer to read"))?
+}
+
 async fn refuse(send: &mut quinn::SendStream, code: RefuseCode, message: String) -> NetError {
     let message = text::bounded(&message, text::MAX_MESSAGE - 4);
-    let _ = wire::write_msg(
-        send,
-        &Msg::Refused {
-            code,
-            message: message.clone(),
-        },
+    // A refusal is worth a few seconds, no more.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        wire::write_msg(
+            send,
+            &Msg::Refused {
+                code,
+                message: message.clone(),
+            },
+        ),
     )
     .await;
     let _ = send.finish();
@@ -335,6 +381,7 @@ async fn receive(
     conn: &quinn::Connection,
     session: &Session,
     trusted: bool,
+    transfer: TransferGuard,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> Result<(), NetError> {
@@ -375,100 +422,81 @@ async fn receive(
         return Err(e);
     }
 
-    // Plan: resume what this sender left, start the rest. Each entry's
-    // partial is found by its slot (a keyed hash of sender and name): only
-    // this sender's partials of the offered names are read.
-    let vault = ctx.vault;
-    let mut claims = Claims(Vec::new());
-    let mut plans = Vec::with_capacity(files.len());
-    let mut states = Vec::with_capacity(files.len());
-    let mut held_total = 0u64;
-    for f in &files {
-        let slot = ctx.staging.slot(&peer, &f.name);
-        let version = ctx
-            .staging
-            .version(&peer, &f.name, f.size, chunk_size, &f.token);
-        // Take it over from an older connection of this sender first.
-        claim(slot, conn).await?;
-        claims.0.push(slot);
-        let found = match vault.resume_partial(&slot) {
-            Ok(Some(p))
-                if p.meta.version == version
-                    && p.meta.size == f.size
-                    && p.meta.chunk_size == chunk_size
-                    && p.meta.sealed_key.is_some() =>
-            {
-                Some(p)
-            }
-            Ok(Some(_)) => {
-                // The source changed (or the chunk size): never mixed.
-                vault.remove_partial(&slot)?;
-                None
-            }
-            Ok(None) => None,
-            Err(e) => {
-                warn!("cannot resume a partial: {e}; starting over");
-                vault.remove_partial(&slot)?;
-                None
-            }
-        };
-        let (plan, partial, id) = match found {
-            Some(p) => {
-                held_total = held_total.saturating_add(p.held_bytes());
-                let id = p.meta.file_id;
-                let plan = FilePlan::Resume {
-                    file_id: id,
-                    sealed_key: p.meta.sealed_key.clone().unwrap_or_default(),
-                    have: p.have(),
-                };
-                (plan, Some(p), id)
-            }
-            None => {
-                let id: FileId = random().map_err(StoreError::from)?;
-                (FilePlan::New { file_id: id }, None, id)
-            }
-        };
-        plans.push(plan);
-        states.push(FileState {
-            offer: f.clone(),
-            id,
-            slot,
-            version,
-            partial,
-            end: None,
-            finished: false,
-        });
-    }
-    let _ = ctx.events.send(ServerEvent::Offer {
-        peer,
-        files: files.len(),
-        bytes: totals.bytes,
-        held: held_total,
-    });
-    wire::write_msg(send, &Msg::Plan { files: plans }).await?;
-
-    let infos: Arc<Vec<(FileId, u64)>> =
-        Arc::new(states.iter().map(|s| (s.id, s.offer.size)).collect());
+    // The entries of all transfers in progress share a budget: planning
+    // and bookkeeping cost memory per entry.
+    let Some(entries) = ctx.admission.entries(files.len()) else {
+        let e = refuse(
+            send,
+            RefuseCode::Busy,
+            "the receiver is busy with other large transfers; try again in a moment".into(),
+        )
+        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+        return Err(e);
+    };
+    let nfiles = files.len();
     // All disk work happens on one thread per transfer (the disk actor; at
-    // most `Limits::transfers` of them), so an fsync never stalls the QUIC
-    // tasks; a bounded queue gives backpressure.
+    // most `Limits::transfers` of them), so neither an fsync, a lock held by
+    // an unlocked vault command, nor planning a large offer stalls the QUIC
+    // tasks; a bounded queue gives backpressure. The thread owns the
+    // transfer's places and claims: they are released when it ends.
     let (cmd_tx, cmd_rx) = mpsc::channel::<DiskCmd>(16);
     let (res_tx, mut res_rx) = mpsc::unbounded_channel::<Msg>();
+    let (plan_tx, plan_rx) = tokio::sync::oneshot::channel::<Result<Planned, NetError>>();
     let (actor_done, actor) = tokio::sync::oneshot::channel::<()>();
+    let progress = Arc::new(AtomicU64::new(0));
     {
         let ctx = ctx.clone();
         let res_tx = res_tx.clone();
+        let conn = conn.clone();
+        let progress = progress.clone();
         std::thread::Builder::new()
             .name("p2pfs-disk".into())
             .spawn(move || {
-                disk_actor(&ctx, peer, chunk_size, states, cmd_rx, &res_tx);
+                let _places = (transfer, entries);
+                let mut claims = Claims(Vec::new());
+                let states = plan(&ctx, peer, &conn, chunk_size, files, &mut claims);
+                let states = match states {
+                    Ok((states, planned)) => {
+                        let _ = plan_tx.send(Ok(planned));
+                        states
+                    }
+                    Err(e) => {
+                        let _ = plan_tx.send(Err(e));
+                        Vec::new()
+                    }
+                };
+                disk_actor(&ctx, peer, chunk_size, states, cmd_rx, &res_tx, &progress);
+                drop(claims);
                 let _ = actor_done.send(());
             })
             .map_err(NetError::Io)?;
     }
     drop(res_tx);
-    // Chunks received so far, for the idle check.
-    let progress = Arc::new(AtomicU64::new(0));
+    let planned = match tokio::time::timeout(Duration::from_secs(120), plan_rx).await {
+        Ok(Ok(Ok(p))) => p,
+        Ok(Ok(Err(e))) => {
+            if let NetError::Refused { code, message } = &e {
+                let _ = refuse(send, *code, message.clone()).await;
+            }
+            return Err(e);
+        }
+        _ => return Err(NetError::Timeout("planning the transfer")),
+    };
+    let _ = ctx.events.send(ServerEvent::Offer {
+        peer,
+        files: nfiles,
+        bytes: totals.bytes,
+        held: planned.held,
+    });
+    send_msg(
+        send,
+        &Msg::Plan {
+            files: planned.plans,
+        },
+    )
+    .await?;
+    let infos = planned.infos;
     let data = {
         let (conn, ctx) = (conn.clone(), ctx.clone());
         let d = Arc::new(DataCtx {
@@ -476,14 +504,13 @@ async fn receive(
             chunk_size,
             cmd: cmd_tx.clone(),
             mac: session.mac_rx.clone(),
-            progress: progress.clone(),
+            budget: ctx.admission.chunk_budget(),
         });
         tokio::spawn(async move { accept_data(conn, ctx, d, peer).await })
     };
 
     let outcome: Result<(), NetError> = async {
         let mut done_files = 0usize;
-        let nfiles = files.len();
         let mut client_done = false;
         // Each file gets one FileStart and one FileEnd: a repeat would make
         // the receiver re-verify the whole partial (issue 7, L3).
@@ -499,12 +526,15 @@ async fn receive(
                 }
             }
         };
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let (mut last_change, mut last_seen) = (tokio::time::Instant::now(), 0u64);
+        // Progress: new chunk bytes stored (counted by the disk actor) and
+        // control messages; each `idle` window must bring MIN_PROGRESS.
+        let idle = ctx.admission.limits().idle;
+        let mut tick = tokio::time::interval(Duration::from_secs(1).min(idle));
+        let (mut mark_at, mut mark) = (tokio::time::Instant::now(), 0u64);
         loop {
             tokio::select! {
                 msg = wire::read_msg(recv), if !client_done => {
-                    last_change = tokio::time::Instant::now();
+                    progress.fetch_add(CONTROL_PROGRESS, Ordering::Relaxed);
                     match msg? {
                         None => return Err(NetError::ConnectionLost("sender closed the control stream".into())),
                         Some(Msg::FileStart { file, wrapped_key, fresh }) => {
@@ -526,11 +556,11 @@ async fn receive(
                     }
                 }
                 r = res_rx.recv() => {
-                    last_change = tokio::time::Instant::now();
+                    progress.fetch_add(CONTROL_PROGRESS, Ordering::Relaxed);
                     let Some(m) = r else {
                         return Err(NetError::ConnectionLost("storage stopped".into()));
                     };
-                    wire::write_msg(send, &m).await?;
+                    send_msg(send, &m).await?;
                     match m {
                         Msg::FileResult { .. } => done_files += 1,
                         Msg::Refused { code, message } => {
@@ -542,16 +572,17 @@ async fn receive(
                     }
                 }
                 _ = tick.tick() => {
-                    let seen = progress.load(Ordering::Relaxed);
-                    if seen != last_seen {
-                        (last_seen, last_change) = (seen, tokio::time::Instant::now());
-                    } else if last_change.elapsed() >= IDLE_TIMEOUT {
-                        close_with(conn, close::SHUTDOWN, "no progress: transfer ended, resumable");
-                        return Err(NetError::Timeout("waiting for the sender to make progress"));
+                    if mark_at.elapsed() >= idle {
+                        let now = progress.load(Ordering::Relaxed);
+                        if now.saturating_sub(mark) < MIN_PROGRESS {
+                            close_with(conn, close::SHUTDOWN, "too little progress: transfer ended, resumable");
+                            return Err(NetError::Timeout("waiting for the sender to make progress"));
+                        }
+                        (mark_at, mark) = (tokio::time::Instant::now(), now);
                     }
                 }
                 d = conn.closed() => {
-                    return Err(NetError::ConnectionLost(d.to_string()));
+                    return Err(NetError::lost(&d));
                 }
             }
             if client_done && done_files == nfiles {
@@ -573,7 +604,6 @@ async fn receive(
     {
         warn!("storage did not finish in time");
     }
-    drop(claims);
     if outcome.is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
     }
@@ -589,7 +619,7 @@ async fn storage_stopped(
     conn: &quinn::Connection,
 ) -> NetError {
     while let Ok(m) = res_rx.try_recv() {
-        if wire::write_msg(send, &m).await.is_err() {
+        if send_msg(send, &m).await.is_err() {
             break;
         }
         if let Msg::Refused { code, message } = m {
@@ -615,9 +645,101 @@ enum DiskCmd {
         index: u64,
         data: Vec<u8>,
         leaf: [u8; 32],
+        /// Its place in the memory budgets, given back once it is written.
+        _place: ChunkPlace,
     },
     /// The sender's BLAKE3 of a file.
     End { file: u32, blake3: [u8; 32] },
+}
+
+/// What planning produced for the control task.
+struct Planned {
+    plans: Vec<FilePlan>,
+    infos: Arc<Vec<(FileId, u64)>>,
+    held: u64,
+}
+
+/// Plans an offer (on the disk thread): resume what this sender left, start
+/// the rest. Each entry's partial is found by its slot (a keyed hash of
+/// sender and name): only this sender's partials of the offered names are
+/// read, and each is claimed first, taking it over from an older connection.
+fn plan(
+    ctx: &ServerCtx,
+    peer: PublicKey,
+    conn: &quinn::Connection,
+    chunk_size: u32,
+    files: Vec<FileOffer>,
+    claims: &mut Claims,
+) -> Result<(Vec<FileState>, Planned), NetError> {
+    let vault = ctx.vault;
+    let mut plans = Vec::with_capacity(files.len());
+    let mut infos = Vec::with_capacity(files.len());
+    let mut states = Vec::with_capacity(files.len());
+    let mut held = 0u64;
+    for f in files {
+        let slot = ctx.staging.slot(&peer, &f.name);
+        let version = ctx
+            .staging
+            .version(&peer, &f.name, f.size, chunk_size, &f.token);
+        claim(slot, conn)?;
+        claims.0.push(slot);
+        let found = match vault.resume_partial(&slot) {
+            Ok(Some(p))
+                if p.meta.version == version
+                    && p.meta.size == f.size
+                    && p.meta.chunk_size == chunk_size
+                    && p.meta.sealed_key.is_some() =>
+            {
+                Some(p)
+            }
+            Ok(Some(_)) => {
+                // The source changed (or the chunk size): never mixed.
+                vault.remove_partial(&slot)?;
+                None
+            }
+            Ok(None) => None,
+            Err(e) => {
+                warn!("cannot resume a partial: {e}; starting over");
+                vault.remove_partial(&slot)?;
+                None
+            }
+        };
+        let (plan, partial, id) = match found {
+            Some(p) => {
+                held = held.saturating_add(p.held_bytes());
+                let id = p.meta.file_id;
+                let plan = FilePlan::Resume {
+                    file_id: id,
+                    sealed_key: p.meta.sealed_key.clone().unwrap_or_default(),
+                    have: p.have(),
+                };
+                (plan, Some(Box::new(p)), id)
+            }
+            None => {
+                let id: FileId = random().map_err(StoreError::from)?;
+                (FilePlan::New { file_id: id }, None, id)
+            }
+        };
+        plans.push(plan);
+        infos.push((id, f.size));
+        states.push(FileState {
+            offer: f,
+            id,
+            slot,
+            version,
+            partial,
+            end: None,
+            finished: false,
+        });
+    }
+    Ok((
+        states,
+        Planned {
+            plans,
+            infos: Arc::new(infos),
+            held,
+        },
+    ))
 }
 
 /// Owns every partial of one transfer: writes chunks, checkpoints, verifies
@@ -629,6 +751,7 @@ fn disk_actor(
     mut files: Vec<FileState>,
     mut rx: mpsc::Receiver<DiskCmd>,
     res: &mpsc::UnboundedSender<Msg>,
+    progress: &AtomicU64,
 ) {
     let syncer = Syncer::start();
     while let Some(cmd) = rx.blocking_recv() {
@@ -658,8 +781,11 @@ fn disk_actor(
                     index, data, leaf, ..
                 } => {
                     let p = open_or_start(ctx, st, chunk_size)?;
+                    // A chunk already held is not progress: re-sending one
+                    // cannot keep a transfer alive.
                     if !p.has(index) {
                         let plain = (data.len() - CHUNK_OVERHEAD) as u64;
+                        progress.fetch_add(plain.max(1), Ordering::Relaxed);
                         if let Some(job) = p.write_chunk(index, data, leaf)? {
                             syncer.run(job);
                         }
@@ -749,9 +875,11 @@ fn active() -> std::sync::MutexGuard<'static, HashMap<Slot, quinn::Connection>> 
     ACTIVE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Claims a partial for `conn`, superseding another connection that holds it.
-async fn claim(id: Slot, conn: &quinn::Connection) -> Result<(), NetError> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+/// Claims a partial for `conn`, superseding another connection that holds
+/// it: that one is closed, and its disk thread releases the claim once its
+/// last checkpoint is written. Blocking (runs on the disk thread).
+fn claim(id: Slot, conn: &quinn::Connection) -> Result<(), NetError> {
+    let deadline = std::time::Instant::now() + CLAIM_WAIT;
     loop {
         {
             let mut a = active();
@@ -773,9 +901,13 @@ async fn claim(id: Slot, conn: &quinn::Connection) -> Result<(), NetError> {
                 message: "an earlier transfer of the same file is still finishing here; try again in a moment".into(),
             });
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// How long a new connection waits for an older one of the same sender to
+/// finish with a partial (its disk thread's last checkpoint).
+const CLAIM_WAIT: Duration = Duration::from_secs(60);
 
 /// Releases its claims when dropped, after the disk actor has finished.
 struct Claims(Vec<Slot>);
@@ -963,14 +1095,14 @@ fn open_or_start<'a>(
 ) -> Result<&'a mut Partial<'static>, StoreError> {
     let p = match st.partial.take() {
         Some(p) => p,
-        None => ctx.vault.start_partial(PartialMeta {
+        None => Box::new(ctx.vault.start_partial(PartialMeta {
             slot: st.slot,
             version: st.version,
             file_id: st.id,
             size: st.offer.size,
             chunk_size,
             sealed_key: None,
-        })?,
+        })?),
     };
     Ok(st.partial.insert(p))
 }
@@ -1001,7 +1133,7 @@ struct DataCtx {
     chunk_size: u32,
     cmd: mpsc::Sender<DiskCmd>,
     mac: Arc<MacKey>,
-    progress: Arc<AtomicU64>,
+    budget: ChunkBudget,
 }
 
 async fn accept_data(
@@ -1015,7 +1147,7 @@ async fn accept_data(
     loop {
         tokio::select! {
             s = conn.accept_uni() => {
-                let s = s.map_err(|e| NetError::ConnectionLost(e.to_string()))?;
+                let s = s.map_err(|e| NetError::lost(&e))?;
                 count += 1;
                 if count > wire::MAX_STREAMS {
                     close_with(&conn, close::PROTOCOL, "too many data streams");
@@ -1053,13 +1185,13 @@ async fn data_stream(mut s: quinn::RecvStream, d: &DataCtx) -> Result<(), NetErr
         chunk_size,
         cmd,
         mac,
-        progress,
+        budget,
     } = d;
     let chunk_size = *chunk_size;
     let mut magic = [0u8; 4];
     s.read_exact(&mut magic)
         .await
-        .map_err(|e| NetError::ConnectionLost(e.to_string()))?;
+        .map_err(|e| NetError::lost(&e))?;
     if &magic != DATA_MAGIC {
         return Err(NetError::Protocol("bad data stream magic".into()));
     }
@@ -1068,7 +1200,7 @@ async fn data_stream(mut s: quinn::RecvStream, d: &DataCtx) -> Result<(), NetErr
         match s.read_exact(&mut hb).await {
             Ok(()) => {}
             Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(()),
-            Err(e) => return Err(NetError::ConnectionLost(e.to_string())),
+            Err(e) => return Err(NetError::lost(&e)),
         }
         let h = ChunkHeader::decode(&hb);
         let &(id, size) = infos
@@ -1087,6 +1219,12 @@ async fn data_stream(mut s: quinn::RecvStream, d: &DataCtx) -> Result<(), NetErr
                 h.index, h.len
             )));
         }
+        // Room in the memory budgets first: the connection and the node
+        // hold a bounded number of chunk bytes, whatever the streams do.
+        let place = budget
+            .reserve(want as u32)
+            .await
+            .ok_or_else(|| NetError::ConnectionLost("shutting down".into()))?;
         let mut data = Vec::with_capacity(want);
         while data.len() < want {
             match s.read_chunk(want - data.len(), true).await {
@@ -1096,7 +1234,7 @@ async fn data_stream(mut s: quinn::RecvStream, d: &DataCtx) -> Result<(), NetErr
                         "data stream ended mid-chunk".into(),
                     ))
                 }
-                Err(e) => return Err(NetError::ConnectionLost(e.to_string())),
+                Err(e) => return Err(NetError::lost(&e)),
             }
         }
         // The MAC is checked before anything is written. Its BLAKE3 leaf
@@ -1112,13 +1250,13 @@ async fn data_stream(mut s: quinn::RecvStream, d: &DataCtx) -> Result<(), NetErr
                 h.index, h.file
             )));
         }
-        progress.fetch_add(1, Ordering::Relaxed);
         if cmd
             .send(DiskCmd::Chunk {
                 file: h.file,
                 index: h.index,
                 data,
                 leaf,
+                _place: place,
             })
             .await
             .is_err()

@@ -135,7 +135,7 @@ pub fn item_for(path: &Path, name: String, dir: bool) -> std::io::Result<Item> {
 }
 
 /// How long a receiver may stay silent, once every chunk is sent, before
-/// the sender gives up on its results.
+/// the sender gives up on its results; also how long it may take no data.
 const RESULT_WAIT: Duration = Duration::from_secs(120);
 
 /// Maps how a connection ended to an error.
@@ -160,7 +160,7 @@ fn closed_error(e: &quinn::ConnectionError) -> NetError {
                 _ => NetError::ConnectionLost(reason),
             }
         }
-        other => NetError::ConnectionLost(other.to_string()),
+        other => NetError::lost(other),
     }
 }
 
@@ -498,7 +498,7 @@ pub async fn send(
             let mut s = conn.open_uni().await.map_err(|e| closed_error(&e))?;
             s.write_all(DATA_MAGIC)
                 .await
-                .map_err(|e| NetError::ConnectionLost(e.to_string()))?;
+                .map_err(|e| NetError::lost(&e))?;
             loop {
                 let next = rx.lock().await.recv().await;
                 let Some((frame, plain)) = next else { break };
@@ -506,7 +506,7 @@ pub async fn send(
                 // Handing quinn the buffer itself saves a copy per chunk.
                 s.write_chunk(bytes::Bytes::from(frame))
                     .await
-                    .map_err(|e| NetError::ConnectionLost(e.to_string()))?;
+                    .map_err(|e| NetError::lost(&e))?;
                 sent.fetch_add(n, Ordering::Relaxed);
                 let d = done.fetch_add(plain, Ordering::Relaxed) + plain;
                 let _ = ev.send(Event::Progress { done: d });

@@ -13,7 +13,7 @@ use crate::text::MAX_MESSAGE;
 /// Largest control frame.
 pub const MAX_FRAME: u32 = 64 << 20;
 /// Largest number of entries in one offer.
-pub const MAX_FILES: usize = 1_000_000;
+pub const MAX_FILES: usize = 100_000;
 /// Largest declared file size (2^52 bytes).
 pub const MAX_FILE_SIZE: u64 = 1 << 52;
 /// Budget of declared plaintext bytes of one offer (16 TiB). A connection

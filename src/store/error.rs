@@ -155,10 +155,10 @@ pub enum StoreError {
     Busy,
     /// The vault header names a vault key the owner did not set (pin).
     #[error(
-        "vault/header names vault key {found}, but the owner set {pinned} (vault/key.pin): \
-         the header was replaced. Refusing to seal files to a key the owner did not set. \
-         Restore the vault's own header; if you replaced the vault on purpose, remove \
-         vault/key.pin and start again"
+        "vault/header names vault key {found}, but the owner set {pinned} (HOME/vault.pin): \
+         the header was replaced or rolled back. Refusing to seal files to a key the owner \
+         did not set. Restore the vault's own header; if you replaced the vault on purpose, \
+         unlock it once with its passphrase (for example `p2pfs vault list`) to pin its key"
     )]
     VaultKeyChanged {
         /// Fingerprint of the key the header names.
@@ -166,6 +166,13 @@ pub enum StoreError {
         /// Fingerprint of the pinned key.
         pinned: String,
     },
+    /// Storing needs the vault key pin, and there is no valid one.
+    #[error(
+        "this node has no valid vault key pin (HOME/vault.pin): files are sealed only to a \
+         vault key the owner confirmed. Run any vault command that asks for the passphrase \
+         once (for example `p2pfs vault list`) to pin the vault key, then try again"
+    )]
+    VaultNotPinned,
     /// A name or argument is not acceptable.
     #[error("{0}")]
     Invalid(String),

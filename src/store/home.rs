@@ -53,6 +53,11 @@ impl Home {
         self.root.join("identity")
     }
 
+    /// Path of the vault key pin (beside the identity, outside the vault).
+    pub fn pin_path(&self) -> PathBuf {
+        self.root.join("vault.pin")
+    }
+
     /// Path of the vault directory.
     pub fn vault_dir(&self) -> PathBuf {
         self.root.join("vault")
@@ -90,7 +95,15 @@ impl Home {
         };
         fsutil::write_atomic(&self.identity_path(), &file.encode())?;
         // Pins the new vault's key for this node.
-        Vault::open_pinned(&vault_dir, &keypair)?;
+        crate::store::pin::Pin {
+            generation: 1,
+            current: Vault::open(&vault_dir)?.public_key(),
+            next: None,
+        }
+        .save(
+            &self.pin_path(),
+            &crate::store::pin::PinKey::from_identity(&keypair),
+        )?;
         Ok(Identity {
             keypair,
             name: name.to_owned(),
@@ -117,7 +130,7 @@ impl Home {
     /// (`vault/key.pin`, checked with this node's identity).
     pub fn vault(&self) -> Result<Vault> {
         let identity = self.load_identity()?;
-        Vault::open_pinned(&self.vault_dir(), &identity.keypair)
+        Vault::open_pinned(&self.vault_dir(), &identity.keypair, self.pin_path())
     }
 }
 

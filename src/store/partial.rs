@@ -253,10 +253,14 @@ struct Verifier {
     /// Plaintext of chunks that arrived ahead of the cursor (bounded), so
     /// they need not be read back from disk.
     ahead: std::collections::BTreeMap<u64, Vec<u8>>,
+    /// Plaintext bytes in `ahead`.
+    ahead_bytes: usize,
 }
 
 /// Chunks kept in memory ahead of the verification cursor.
 const AHEAD_MAX: usize = 8;
+/// Plaintext bytes kept in memory ahead of the verification cursor.
+const AHEAD_MAX_BYTES: usize = 8 << 20;
 
 /// Makes a partial's chunks durable and records them; may run on another
 /// thread while more chunks are written (it only lists chunks written before
@@ -326,6 +330,51 @@ impl Vault {
         Ok(dropped)
     }
 
+    /// Removes partials untouched for longer than `max_age` (their state
+    /// file's modification time; a data file without state, by its own),
+    /// except those `in_use` says a connection holds. Returns how many
+    /// transfers were dropped. Nobody can list them (they name nothing), so
+    /// without this an accepted sender could leave them forever.
+    pub fn expire_partials(
+        &self,
+        max_age: std::time::Duration,
+        in_use: &dyn Fn(&Slot) -> bool,
+    ) -> Result<usize> {
+        let dir = self.staging_dir();
+        let now = std::time::SystemTime::now();
+        let mut dropped = 0;
+        for e in fs::read_dir(&dir).map_err(|e| StoreError::io("cannot list", &dir, e))? {
+            let e = e.map_err(|e| StoreError::io("cannot list", &dir, e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name
+                .strip_prefix(PREFIX)
+                .and_then(|r| r.strip_suffix(".part").or_else(|| r.strip_suffix(".obj")))
+            else {
+                continue;
+            };
+            let Some(slot) = crate::crypto::from_hex::<16>(stem).map(Slot) else {
+                continue;
+            };
+            let (obj, part) = self.partial_paths(&slot);
+            // A partial is judged by its state file when it has one.
+            if name.ends_with(".obj") && part.exists() {
+                continue;
+            }
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age > max_age);
+            if old && !in_use(&slot) {
+                fsutil::remove_if_exists(&part)?;
+                fsutil::remove_if_exists(&obj)?;
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
+    }
+
     /// Removes a partial's files.
     pub fn remove_partial(&self, slot: &Slot) -> Result<()> {
         let (obj, part) = self.partial_paths(slot);
@@ -352,9 +401,8 @@ impl Vault {
         })
     }
 
-    /// Reopens the partial in `slot`, if there is one; chunks whose data
-    /// does not match the recorded hash are dropped. Only this slot's files
-    /// are read.
+    /// Reopens the partial in `slot`, if there is one (only this slot's
+    /// state is read; its data is checked when it is decrypted).
     pub fn resume_partial(&self, slot: &Slot) -> Result<Option<Partial<'_>>> {
         let (obj, part) = self.partial_paths(slot);
         if !part.exists() {
@@ -392,7 +440,8 @@ impl<'v> Partial<'v> {
         self.writer.write_chunk_hashed(index, &sealed, leaf)?;
         self.since_checkpoint += sealed.len() as u64;
         if let Some(v) = &mut self.verify {
-            if v.next == index || (index > v.next && v.ahead.len() < AHEAD_MAX) {
+            let room = v.ahead.len() < AHEAD_MAX && v.ahead_bytes + sealed.len() <= AHEAD_MAX_BYTES;
+            if v.next == index || (index > v.next && room) {
                 let n = self.writer.header().chunk_count;
                 let id = self.meta.file_id;
                 let len = v
@@ -406,7 +455,10 @@ impl<'v> Partial<'v> {
                 } else {
                     sealed.copy_within(12..12 + len, 0);
                     sealed.truncate(len);
-                    v.ahead.insert(index, sealed);
+                    v.ahead_bytes += len;
+                    if let Some(old) = v.ahead.insert(index, sealed) {
+                        v.ahead_bytes -= old.len();
+                    }
                 }
             }
         }
@@ -428,6 +480,7 @@ impl<'v> Partial<'v> {
                 break;
             }
             if let Some(pt) = v.ahead.remove(&v.next) {
+                v.ahead_bytes -= pt.len();
                 v.hasher.update(&pt);
                 v.next += 1;
                 continue;
@@ -450,6 +503,7 @@ impl<'v> Partial<'v> {
             next: 0,
             hasher: blake3::Hasher::new(),
             ahead: Default::default(),
+            ahead_bytes: 0,
         });
         self.advance()
     }

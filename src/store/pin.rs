@@ -1,10 +1,14 @@
-//! The vault key pin (`vault/key.pin`, `docs/VAULT.md`, *Vault key pin*):
+//! The vault key pin (`HOME/vault.pin`, `docs/VAULT.md`, *Vault key pin*):
 //! which vault public keys the owner set, authenticated with a key derived
-//! from this node's identity secret. Storing (the daemon, `vault import`)
-//! seals new files only to a pinned key, so a `vault/header` swapped for
-//! another vault's cannot redirect new files to someone else's passphrase
-//! (issue 7, M5). A legitimate `vault rekey` writes the pin for the new key
-//! before the header names it, so a running daemon follows the rotation.
+//! from this node's identity secret and numbered by a generation. Storing
+//! (the daemon, `vault import`) seals new files only to a pinned key, so a
+//! `vault/header` swapped for another vault's cannot redirect new files to
+//! someone else's passphrase (issue 7, M5). The pin lives beside the
+//! identity, outside `vault/`, so a replaced or restored vault folder does
+//! not bring its own. A legitimate `vault rekey` writes the pin for the new
+//! key (a higher generation) before the header names it, so a running daemon
+//! follows the rotation, and only forward. Only an unlock with the
+//! passphrase creates or repairs a pin.
 
 use std::path::Path;
 
@@ -44,6 +48,8 @@ impl PinKey {
 /// The pinned vault keys: the current one, and during a rekey the next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pin {
+    /// Rewrite counter: a running daemon follows only to a higher one.
+    pub generation: u64,
     /// The vault key the owner set.
     pub current: PublicKey,
     /// The key a rekey in progress moves to.
@@ -58,7 +64,7 @@ impl Pin {
 
     fn body(&self) -> Vec<u8> {
         let mut w = begin(MAGIC);
-        w.bytes(self.current.as_bytes());
+        w.u64(self.generation).bytes(self.current.as_bytes());
         match &self.next {
             Some(n) => w.u8(1).bytes(n.as_bytes()),
             None => w.u8(0),
@@ -79,6 +85,7 @@ impl Pin {
     pub fn decode(bytes: &[u8], key: &PinKey) -> Result<Self, FormatError> {
         let body = checked(bytes, MAGIC)?;
         let mut r = Reader::new(&body[10..]);
+        let generation = r.u64("generation")?;
         let current = PublicKey(r.array("current key")?);
         let next = match r.u8("next flag")? {
             0 => None,
@@ -87,7 +94,11 @@ impl Pin {
         };
         let mac: [u8; 32] = r.array("pin MAC")?;
         r.finish()?;
-        let pin = Pin { current, next };
+        let pin = Pin {
+            generation,
+            current,
+            next,
+        };
         let want = hmac_sha256(&key.0, &pin.body());
         if !bool::from(want.ct_eq(&mac)) {
             return Err(DecodeError::Invalid("pin MAC (not made by this node)").into());
@@ -95,29 +106,28 @@ impl Pin {
         Ok(pin)
     }
 
-    /// Reads `vault/key.pin`; `None` when there is none yet.
-    pub fn load(dir: &Path, key: &PinKey) -> Result<Option<Self>> {
-        let path = dir.join("key.pin");
+    /// Reads the pin at `path`; `None` when there is none.
+    pub fn load(path: &Path, key: &PinKey) -> Result<Option<Self>> {
         if !path.exists() {
             return Ok(None);
         }
-        let bytes = fsutil::read_limited(&path, 256)?;
+        let bytes = fsutil::read_limited(path, 256)?;
         Pin::decode(&bytes, key)
             .map(Some)
-            .map_err(|e| format_error(&path, e))
+            .map_err(|e| format_error(path, e))
     }
 
-    /// Replaces `vault/key.pin` atomically.
-    pub fn save(&self, dir: &Path, key: &PinKey) -> Result<()> {
-        fsutil::write_atomic(&dir.join("key.pin"), &self.encode(key))
+    /// Replaces the pin at `path` atomically.
+    pub fn save(&self, path: &Path, key: &PinKey) -> Result<()> {
+        fsutil::write_atomic(path, &self.encode(key))
     }
 }
 
 /// The error for a header that names a key the owner did not set.
-pub fn changed(found: &PublicKey, pin: &Pin) -> StoreError {
+pub fn changed(found: &PublicKey, pinned: Option<&PublicKey>) -> StoreError {
     StoreError::VaultKeyChanged {
         found: found.fingerprint(),
-        pinned: pin.current.fingerprint(),
+        pinned: pinned.map_or_else(|| "no key (no valid pin)".into(), |k| k.fingerprint()),
     }
 }
 
@@ -130,6 +140,7 @@ mod tests {
         let node = Keypair::generate().unwrap();
         let k = PinKey::from_identity(&node);
         let p = Pin {
+            generation: 7,
             current: PublicKey([1; 32]),
             next: Some(PublicKey([2; 32])),
         };
@@ -140,7 +151,7 @@ mod tests {
         assert!(Pin::decode(&enc, &other).is_err());
         // Someone who rewrites the key and fixes the checksum still fails the MAC.
         let mut forged = enc.clone();
-        forged[10] ^= 1;
+        forged[18] ^= 1;
         let n = forged.len() - 32;
         let sum = blake3::hash(&forged[..n]);
         forged[n..].copy_from_slice(sum.as_bytes());

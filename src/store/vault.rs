@@ -139,7 +139,10 @@ pub struct Vault {
 
 struct Pinned {
     key: PinKey,
-    sealing: std::sync::Mutex<PublicKey>,
+    path: PathBuf,
+    /// The key new objects are sealed to, and the pin generation that
+    /// allowed it; `None` until a valid pin allows the header's key.
+    sealing: std::sync::Mutex<Option<(PublicKey, u64)>>,
 }
 
 fn read_header(path: &Path) -> Result<HeaderFile> {
@@ -328,70 +331,108 @@ impl Vault {
     }
 
     /// Opens the vault of a node: new objects are sealed only to a vault
-    /// key the owner set (`vault/key.pin`, authenticated with a key derived
-    /// from `identity`). A vault without a pin yet (made by c3e3ae4) gets
-    /// one for the key its header names now.
-    pub fn open_pinned(dir: &Path, identity: &Keypair) -> Result<Self> {
+    /// key the owner set (the pin at `pin_path`, authenticated with a key
+    /// derived from `identity`). Opening never fails on the pin — the owner
+    /// can always unlock, which repairs it — but storing does while the pin
+    /// is missing, invalid, or does not allow the header's key.
+    pub fn open_pinned(dir: &Path, identity: &Keypair, pin_path: PathBuf) -> Result<Self> {
         let mut v = Self::open(dir)?;
         let key = PinKey::from_identity(identity);
         let found = v.header.vault_pk;
-        match Pin::load(dir, &key)? {
-            None => Pin {
-                current: found,
-                next: None,
-            }
-            .save(dir, &key)?,
-            Some(p) if p.allows(&found) => {}
-            Some(p) => return Err(pin::changed(&found, &p)),
-        }
+        let sealing = match Pin::load(&pin_path, &key) {
+            Ok(Some(p)) if p.allows(&found) => Some((found, p.generation)),
+            _ => None,
+        };
         v.pinned = Some(Pinned {
             key,
-            sealing: std::sync::Mutex::new(found),
+            path: pin_path,
+            sealing: std::sync::Mutex::new(sealing),
         });
         Ok(v)
     }
 
-    /// The key new objects are sealed to: the header's, once checked
-    /// against the pin. A header that changed since is followed only when
-    /// the pin allows its key (a `vault rekey`); otherwise refused.
+    /// Checks that storing may seal to the header's key now (`serve` and
+    /// `import` check it before they start).
+    pub fn check_pin(&self) -> Result<()> {
+        self.sealing_key().map(|_| ())
+    }
+
+    /// The key new objects are sealed to: the header's, checked against
+    /// the pin at every store. A header that changed is followed only when
+    /// a pin of the same or a higher generation than the last one seen
+    /// allows its key (a `vault rekey`): never back to an older pin.
     fn sealing_key(&self) -> Result<PublicKey> {
         let found = read_header(&self.dir.join("header"))?.vault_pk;
         let Some(p) = &self.pinned else {
             return Ok(found);
         };
         let mut sealing = p.sealing.lock().unwrap_or_else(|e| e.into_inner());
-        if *sealing == found {
-            return Ok(found);
-        }
-        match Pin::load(&self.dir, &p.key)? {
-            Some(pin) if pin.allows(&found) => {
+        let pin = match Pin::load(&p.path, &p.key) {
+            Ok(Some(pin)) => pin,
+            Ok(None) => return Err(StoreError::VaultNotPinned),
+            Err(e) => {
+                tracing::error!("the vault key pin is unusable: {e}");
+                return Err(StoreError::VaultNotPinned);
+            }
+        };
+        let forward = sealing.is_none_or(|(_, g)| pin.generation >= g);
+        if forward && pin.allows(&found) {
+            if sealing.is_some_and(|(k, _)| k != found) {
                 tracing::info!(
                     "vault key rotated (vault rekey): new files are sealed to {}",
                     found.fingerprint()
                 );
-                *sealing = found;
-                Ok(found)
             }
-            Some(pin) => {
-                tracing::error!("vault/header was replaced: refusing to seal new files to it");
-                Err(pin::changed(&found, &pin))
-            }
-            None => Err(pin::changed(
-                &found,
-                &Pin {
-                    current: *sealing,
-                    next: None,
-                },
-            )),
+            *sealing = Some((found, pin.generation));
+            return Ok(found);
         }
+        tracing::error!(
+            "vault/header or the vault key pin was replaced or rolled back: refusing to seal new files"
+        );
+        Err(pin::changed(
+            &found,
+            sealing.as_ref().map(|(k, _)| k).or(Some(&pin.current)),
+        ))
     }
 
-    /// Records the vault keys the owner set (when opened with the identity).
+    /// Records the vault keys the owner set (when opened with the
+    /// identity), one generation up.
     fn write_pin(&self, current: PublicKey, next: Option<PublicKey>) -> Result<()> {
-        match &self.pinned {
-            Some(p) => Pin { current, next }.save(&self.dir, &p.key),
-            None => Ok(()),
+        let Some(p) = &self.pinned else {
+            return Ok(());
+        };
+        let generation = match Pin::load(&p.path, &p.key) {
+            Ok(Some(old)) => old.generation + 1,
+            _ => 1,
+        };
+        Pin {
+            generation,
+            current,
+            next,
         }
+        .save(&p.path, &p.key)
+    }
+
+    /// After an unlock with the passphrase (which proves the header is the
+    /// owner's): pins its key when the pin is missing, invalid, does not
+    /// allow it, or still names a finished rekey's next key.
+    fn repair_pin(&self, header_key: PublicKey, rekey_pending: bool) -> Result<()> {
+        let Some(p) = &self.pinned else {
+            return Ok(());
+        };
+        let pin = Pin::load(&p.path, &p.key).ok().flatten();
+        let fine =
+            pin.is_some_and(|pin| pin.allows(&header_key) && (rekey_pending || pin.next.is_none()));
+        if !fine {
+            if pin.is_none() {
+                tracing::info!(
+                    "pinned vault key {} (after unlocking with the passphrase)",
+                    header_key.fingerprint()
+                );
+            }
+            self.write_pin(header_key, None)?;
+        }
+        Ok(())
     }
 
     /// The vault public key new objects are sealed to.
@@ -756,14 +797,21 @@ impl Vault {
                 u.exclusive = true;
             }
             u.finish_rekey(h, kp)?;
-        } else if let Some(p) = &self.pinned {
-            // A rekey that died after its last rename leaves the old key
-            // pinned beside the new one: retire it.
-            if Pin::load(&self.dir, &p.key)?.is_some_and(|pin| pin.next.is_some()) {
-                self.write_pin(header.vault_pk, None)?;
-            }
+        } else {
+            // The passphrase opened this header: it is the owner's. A pin
+            // that is missing (a vault made by c3e3ae4), damaged, or left by
+            // a rekey that died after its last rename is made right.
+            self.repair_pin(header.vault_pk, false)?;
         }
         u.reconcile()?;
+        // Cleanup done: let stores (a receiving daemon) go on while this
+        // command works, for as long as it takes.
+        if u.exclusive {
+            u._lock
+                .lock_shared()
+                .map_err(|e| StoreError::io("cannot lock", self.dir.join("lock"), e))?;
+            u.exclusive = false;
+        }
         Ok(u)
     }
 }
@@ -861,8 +909,7 @@ impl<'v> ObjectWriter<'v> {
     }
 
     /// Reopens a kept staging file; `hashes` are the chunks recorded as
-    /// written, each checked against the data on disk (a mismatch is
-    /// dropped and will be sent again).
+    /// written (durable: the state listing them was written after an fsync).
     pub(crate) fn reopen(
         vault: &'v Vault,
         tmp: PathBuf,
@@ -889,7 +936,7 @@ impl<'v> ObjectWriter<'v> {
             chunk_size,
             chunk_count: n,
         };
-        let mut w = ObjectWriter {
+        let w = ObjectWriter {
             vault,
             header,
             size,
@@ -901,23 +948,12 @@ impl<'v> ObjectWriter<'v> {
             unflushed: 0,
             _lock: lock,
         };
-        let mut buf = Vec::new();
-        let mut bad = Vec::new();
-        for (i, h) in w.hashes.iter() {
-            let len = chunk_plain_len(size, chunk_size, i) + CHUNK_OVERHEAD;
-            buf.resize(len, 0);
-            let ok = w
-                .file
-                .read_exact_at(&mut buf, header.chunk_offset(i))
-                .is_ok()
-                && &sealed_chunk_hash(&buf) == h;
-            if !ok {
-                bad.push(i);
-            }
-        }
-        for i in bad {
-            w.hashes.remove(i);
-        }
+        // The recorded chunks are not re-hashed: they were fsynced before
+        // the state that lists them, and every one is decrypted (AEAD) on
+        // its way to the end-to-end BLAKE3 before the file is committed, so
+        // damaged data fails there. Re-reading the whole partial at every
+        // reconnect would let a sender make the receiver redo that work
+        // without bound.
         Ok(w)
     }
 
@@ -1630,8 +1666,17 @@ impl Unlocked<'_> {
     /// Replaces the vault key pair and rewraps every file key, crash-safely.
     /// Returns the number of envelopes rewrapped.
     pub fn rekey(&mut self) -> Result<usize> {
-        if !self.exclusive {
-            return Err(StoreError::Busy);
+        // No store may run while envelopes are rewrapped.
+        match self._lock.try_lock() {
+            Ok(()) => self.exclusive = true,
+            Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Busy),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(StoreError::io(
+                    "cannot lock",
+                    self.vault.dir.join("lock"),
+                    e,
+                ))
+            }
         }
         let cur = read_header(&self.vault.dir.join("header"))?;
         let kp = Keypair::generate()?;
