@@ -576,6 +576,91 @@ impl Drop for Proc {
     }
 }
 
+/// A command run on a pseudo-terminal (`script(1)` from util-linux), as at a
+/// user's terminal: what the terminal shows is collected, and lines can be
+/// typed. Killed when dropped.
+pub struct Pty {
+    child: Child,
+    shown: Arc<Mutex<Vec<u8>>>,
+    stdin: Option<std::process::ChildStdin>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Pty {
+    /// Runs the shell command line `cmdline` on a pty in `cwd`, with
+    /// `P2PFS_HOME=home` and, when given, `P2PFS_PASSPHRASE`.
+    pub fn spawn(cmdline: &str, cwd: &Path, home: &Path, passphrase: Option<&str>) -> Self {
+        let mut cmd = Command::new("script");
+        cmd.args(["-q", "-e", "-c", cmdline, "/dev/null"])
+            .current_dir(cwd)
+            .env("P2PFS_HOME", home)
+            .env_remove("P2PFS_PASSPHRASE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(p) = passphrase {
+            cmd.env("P2PFS_PASSPHRASE", p);
+        }
+        let mut child = cmd.spawn().expect("script(1) from util-linux");
+        let shown = Arc::new(Mutex::new(Vec::new()));
+        let reader = drain(child.stdout.take().unwrap(), shown.clone());
+        Self {
+            stdin: child.stdin.take(),
+            child,
+            shown,
+            reader: Some(reader),
+        }
+    }
+
+    /// What the terminal showed so far.
+    pub fn shown(&self) -> String {
+        String::from_utf8_lossy(&self.shown.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until the terminal shows `s`; false on timeout.
+    pub fn wait_for(&self, s: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || self.shown().contains(s))
+    }
+
+    /// Types `line` and Enter.
+    pub fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits (at most `timeout`, else panics) for the command to exit;
+    /// returns its exit code and everything the terminal showed.
+    pub fn finish(mut self, timeout: Duration) -> (Option<i32>, String) {
+        let end = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < end,
+                "still running on the pty after {timeout:?}:\n{}",
+                self.shown()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.stdin.take();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        (status.code(), self.shown())
+    }
+}
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 // ---------------------------------------------------------------- nodes
 
 /// One entry of `vault list --json`.
@@ -788,4 +873,93 @@ impl Default for Node {
     fn default() -> Self {
         Self::new()
     }
+}
+
+// ---------------------------------------------------------------- serving nodes
+
+/// A running `p2pfs serve` on 127.0.0.1 (no mDNS), stopped with SIGTERM
+/// when dropped.
+pub struct Serving {
+    proc: Option<Proc>,
+    /// Its UDP port.
+    pub port: u16,
+}
+
+impl Serving {
+    /// Starts `serve` for `node` on a free port with `extra` arguments.
+    pub fn start(node: &Node, extra: &[&str]) -> Self {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--no-mdns"];
+        args.extend_from_slice(extra);
+        let mut p = node.spawn(args);
+        assert!(
+            p.wait_for_output("(UDP)", Duration::from_secs(20)),
+            "serve did not start:\n{}\n{}",
+            p.stdout_now(),
+            p.stderr_now()
+        );
+        let out = p.stdout_now();
+        let line = out.lines().find(|l| l.contains("listening:")).unwrap();
+        let port = line
+            .split("127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        Self {
+            proc: Some(p),
+            port,
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The process (for its output so far, its pid, signals).
+    pub fn proc(&self) -> &Proc {
+        self.proc.as_ref().unwrap()
+    }
+
+    /// Mutable access to the process.
+    pub fn proc_mut(&mut self) -> &mut Proc {
+        self.proc.as_mut().unwrap()
+    }
+
+    /// Peak resident memory so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        peak_rss(self.proc().pid())
+    }
+
+    /// SIGTERM, then waits (at most `within`) for it to exit.
+    pub fn stop_within(mut self, within: Duration) -> (Run, Duration) {
+        let mut p = self.proc.take().unwrap();
+        let t = Instant::now();
+        p.signal(libc::SIGTERM);
+        assert!(
+            p.wait_timeout(within).is_some(),
+            "serve did not stop within {within:?} of SIGTERM"
+        );
+        let took = t.elapsed();
+        (p.finish(), took)
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.signal(libc::SIGTERM);
+            if p.wait_timeout(Duration::from_secs(10)).is_none() {
+                p.kill9();
+            }
+        }
+    }
+}
+
+/// Peak resident memory (VmHWM) of a process, in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
 }

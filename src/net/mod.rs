@@ -110,9 +110,17 @@ pub enum NetError {
 pub enum KeyHint {
     /// The key pinned for this address.
     Address,
-    /// The key the user's alias (or the word typed at first contact) names.
-    Name(String),
-    /// The key given on the command line (`NODEID@host:port`).
+    /// The key the user's word names here (an alias, the id or an id
+    /// prefix), tried at an address a LAN record announced for that word.
+    Name {
+        /// The word typed.
+        word: String,
+        /// The id the record at that address announced (boxed: errors stay
+        /// small).
+        advertised: Box<PublicKey>,
+    },
+    /// The key given on the command line (`NODEID@host:port`, or a full
+    /// node id on the LAN).
     Given,
 }
 
@@ -137,13 +145,28 @@ fn key_changed_message(
             expected.fingerprint(),
             &expected.to_id()[..12]
         )),
-        KeyHint::Name(name) => {
-            let name = crate::text::escape(name);
+        // The pin is the user's own word for a key; the node that answered
+        // is most likely another one behind the same name. The advice never
+        // drops that pin: it may be the only thing standing between the
+        // user and an impostor.
+        KeyHint::Name { word, advertised } => {
+            let word = crate::text::escape(word);
+            if **advertised == *actual {
+                s.push_str(&format!(
+                    "\n  - {word:?} names the key with fingerprint {} here (your own choice), but the node at {addr} announces {word:?} with another key of its own: most likely another node using the same name. Your pin of {word:?} stays as it is.",
+                    expected.fingerprint()
+                ));
+            } else {
+                s.push_str(&format!(
+                    "\n  - {word:?} names the key with fingerprint {} here (your own choice); the record at {addr} announced fingerprint {} but the node there proved another key: someone may be impersonating it. Your pin of {word:?} stays as it is.",
+                    expected.fingerprint(),
+                    advertised.fingerprint()
+                ));
+            }
             s.push_str(&format!(
-                "\n  - {name:?} names {} here; the node that answered may be another node using the same name: send to it by id ({}) — that does not touch the pin of {name:?}.\n  - Only if {name:?} itself was reinstalled and you compared the new fingerprint out of band: `p2pfs trust rm {}`, then send again.",
-                expected.fingerprint(),
-                &actual.to_id()[..12],
-                &expected.to_id()[..12]
+                "\n  - To send to the node that answered, compare fingerprint {} with `p2pfs id` on it, then send by its id (`p2pfs send FILE {}`) or give it a name of its own (`p2pfs trust add {actual} --name OTHER-NAME --allow none`).",
+                actual.fingerprint(),
+                &actual.to_id()[..12]
             ));
         }
     }
@@ -151,8 +174,9 @@ fn key_changed_message(
 }
 
 impl NetError {
-    /// Maps a stream I/O error.
+    /// Maps a stream I/O error. Its text can carry the peer's close
+    /// reason, so it is bounded and escaped here.
     pub fn io(e: std::io::Error) -> Self {
-        NetError::ConnectionLost(e.to_string())
+        NetError::ConnectionLost(crate::text::from_peer(&e.to_string()))
     }
 }

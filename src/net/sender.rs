@@ -160,7 +160,8 @@ fn closed_error(e: &quinn::ConnectionError) -> NetError {
                 _ => NetError::ConnectionLost(reason),
             }
         }
-        other => NetError::ConnectionLost(other.to_string()),
+        // A transport close carries a reason from the peer too.
+        other => NetError::ConnectionLost(text::from_peer(&other.to_string())),
     }
 }
 
@@ -192,7 +193,9 @@ async fn open(
     NetError,
 > {
     let endpoint = endpoint::client(target_addr)?;
-    let conn = endpoint::connect(&endpoint, target_addr, Duration::from_secs(5)).await?;
+    let conn = endpoint::connect(&endpoint, target_addr, Duration::from_secs(5))
+        .await
+        .map_err(peer_text)?;
     let (send, recv) = conn.open_bi().await.map_err(|e| closed_error(&e))?;
     let mut prologue = [0u8; 32];
     conn.export_keying_material(&mut prologue, EXPORTER_LABEL, b"")
@@ -247,7 +250,7 @@ async fn attempt(
                     actual,
                     hint: target.hint.clone(),
                 },
-                other => other,
+                other => peer_text(other),
             })
         }
     }
@@ -284,7 +287,20 @@ pub async fn probe(identity: &Keypair, addr: SocketAddr) -> Result<PublicKey, Ne
         b"first contact: key learnt, asking the user",
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-    key
+    key.map_err(peer_text)
+}
+
+/// A connection or handshake failure made safe to show: its text may quote
+/// the peer's close reason (through the QUIC or stream error).
+fn peer_text(e: NetError) -> NetError {
+    match e {
+        NetError::Handshake(s) => NetError::Handshake(text::from_peer(&s)),
+        NetError::Unreachable { addr, detail } => NetError::Unreachable {
+            addr,
+            detail: text::from_peer(&detail),
+        },
+        other => other,
+    }
 }
 
 /// Reads control messages until one arrives; maps a closed connection.
