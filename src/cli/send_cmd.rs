@@ -333,7 +333,9 @@ async fn plan(
             let pinned = trust.key_for_word(&word)?;
             let mut lookup = Lookup::new(&word, pinned);
             let found = find_on_lan(&mut lookup, &word).await?;
-            let first = &found.candidates[0];
+            let Some(first) = found.candidates.first() else {
+                bail!("no address to try for {:?}", text::escape(&word));
+            };
             let addrs: Vec<SocketAddr> = found
                 .candidates
                 .iter()

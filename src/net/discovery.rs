@@ -4,11 +4,14 @@
 //! (`docs/PROTOCOL.md`, *Discovery*).
 //!
 //! What a record says is a **hint**, never an identity: anyone on the LAN
-//! can advertise any name and any id. The id from the TXT record (or the key
-//! pinned for the name) only becomes the key the Noise handshake must prove;
-//! the handshake decides. Malformed and foreign records are skipped, never an
-//! error. This module never prints: outcomes are values and
-//! [`DiscoveryError`]s.
+//! can advertise any name and any id, or re-announce another node's
+//! instance with its own. A browse therefore keeps every (instance, id) pair
+//! it sees, and a word behind which two ids appear is ambiguous unless the
+//! user's own word (an alias in the trust store) names one key; nothing is
+//! ever picked by arrival order. The id chosen only becomes the key the
+//! Noise handshake must prove; the handshake decides. Malformed and foreign
+//! records are skipped, never an error. This module never prints: outcomes
+//! are values and [`DiscoveryError`]s.
 
 use std::{
     collections::BTreeMap,
@@ -121,8 +124,8 @@ fn mdns_err(e: mdns_sd::Error) -> DiscoveryError {
     DiscoveryError::Mdns(e.to_string())
 }
 
-/// A p2pfs node found on the LAN, merged from every record seen for its
-/// instance. Everything here is what the node *claims*.
+/// A p2pfs node found on the LAN: one (instance, id) pair, merged from
+/// every record seen for it. Everything here is what the record *claims*.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     /// The mDNS instance label (the node name, or "name (2)" after a

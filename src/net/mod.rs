@@ -180,3 +180,42 @@ impl NetError {
         NetError::ConnectionLost(crate::text::from_peer(&e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::keys::Keypair;
+
+    #[test]
+    fn the_name_hint_never_advises_dropping_the_users_pin() {
+        let key = || Keypair::generate().unwrap().public();
+        let (pinned, other, claimed) = (key(), key(), key());
+        let msg = |advertised: PublicKey| {
+            NetError::KeyChanged {
+                addr: "10.0.0.2:47474".into(),
+                expected: pinned,
+                actual: other,
+                hint: KeyHint::Name {
+                    word: "twin".into(),
+                    advertised: Box::new(advertised),
+                },
+            }
+            .to_string()
+        };
+        // Same name, other node (it proved the key its record announced).
+        let m = msg(other);
+        assert!(m.contains("MAN-IN-THE-MIDDLE") && m.contains("another node using the same name"));
+        assert!(
+            m.contains(&other.to_id()[..12]) && m.contains("stays as it is"),
+            "{m}"
+        );
+        assert!(!m.contains("trust rm"), "{m}");
+        // A record claiming another key than the one that answered.
+        let m = msg(claimed);
+        assert!(
+            m.contains("impersonating") && m.contains(&claimed.fingerprint()),
+            "{m}"
+        );
+        assert!(!m.contains("trust rm"), "{m}");
+    }
+}

@@ -1,5 +1,6 @@
 //! The sending side (`p2pfs send`): connects, authenticates the receiver
-//! against the pinned or given key (trust on first use otherwise), offers the
+//! against the key the caller decided (given, pinned, or confirmed by the
+//! user at first contact after a [`probe`]), offers the
 //! files, then reads each file once — hashing the plaintext, sealing and
 //! MACing the chunks the receiver lacks — and spreads the chunks over
 //! parallel QUIC streams; succeeds only when the receiver has committed and
