@@ -331,3 +331,27 @@ fn a_hostile_receivers_text_never_reaches_the_terminal_or_the_trust_store_raw() 
     a.run(["send", "--trust-new", "f", &srv.addr()]).ok();
     assert_eq!(b.list().len(), 1);
 }
+
+#[test]
+fn two_keys_behind_one_word_are_refused_as_ambiguous_before_anything_else() {
+    let a = node("alice");
+    let (k1, k2) = (
+        Keypair::generate().unwrap().public(),
+        Keypair::generate().unwrap().public(),
+    );
+    // However they got there (a store edited by hand, here): never resolved
+    // by order, and nothing is looked up or sent.
+    let store = serde_json::json!({"version": 2, "peers": [
+        {"id": k1.to_id(), "aliases": ["twin"]},
+        {"id": k2.to_id(), "aliases": ["Twin"]},
+    ]});
+    std::fs::write(a.home.join("peers.json"), store.to_string()).unwrap();
+    write_random(&a.path("f"), 10);
+    let r = a
+        .run(["send", "--trust-new", "f", "twin"])
+        .code_is(16)
+        .says("2 different keys")
+        .says(&k1.fingerprint())
+        .says(&k2.fingerprint());
+    assert!(r.elapsed < Duration::from_secs(2), "{r}");
+}

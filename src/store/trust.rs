@@ -245,8 +245,16 @@ impl TrustStore {
             });
         }
         let what = path.display().to_string();
-        let bytes = fsutil::read_limited(&path, MAX_FILE)?;
-        let corrupt = |e: String| StoreError::corrupt(what.clone(), e);
+        // What to do about it, whatever is wrong: the file only lists keys.
+        let hint = format!(
+            " (it lists the keys this node knows: move it aside, e.g. `mv {what} {what}.bad`, \
+             and keys are asked about again at their next contact; `trust add` restores rights)"
+        );
+        let corrupt = |e: String| StoreError::corrupt(what.clone(), format!("{e}{hint}"));
+        let bytes = fsutil::read_limited(&path, MAX_FILE).map_err(|e| match e {
+            StoreError::Corrupt { detail, .. } => corrupt(detail),
+            other => other,
+        })?;
         let v: Version = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let peers: std::result::Result<Vec<Peer>, String> = match v.version {
             1 => {
@@ -664,6 +672,14 @@ mod tests {
                 "{c}"
             );
         }
+        // Too large to read (c3e3ae4 could write that): the error says what to do.
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(MAX_FILE + 1).unwrap();
+        let e = TrustStore::load(d.path()).err().unwrap().to_string();
+        assert!(
+            e.contains("move it aside") && e.contains("peers.json.bad"),
+            "{e}"
+        );
         std::fs::write(&p, r#"{"version": 3, "peers": []}"#).unwrap();
         assert!(matches!(
             TrustStore::load(d.path()),
