@@ -70,6 +70,13 @@ pub fn escape(s: &str) -> String {
     out
 }
 
+/// Like [`escape`], but keeps line breaks: the last guard on a multi-line
+/// message (an error, whose parts are escaped already) on its way to a
+/// terminal.
+pub fn escape_lines(s: &str) -> String {
+    s.split('\n').map(escape).collect::<Vec<_>>().join("\n")
+}
+
 /// `s` cut to at most `max` bytes on a character boundary, with `…` when
 /// something was cut.
 pub fn bounded(s: &str, max: usize) -> String {
@@ -110,6 +117,17 @@ mod tests {
         for c in ['\u{202A}', '\u{2066}', '\u{2069}', '\u{FEFF}', '\u{200F}'] {
             assert!(is_invisible(c) && !c.is_control(), "{c:?}");
         }
+    }
+
+    #[test]
+    fn escaping_lines_keeps_only_line_breaks() {
+        let e = escape_lines("one\r\u{1b}[2J\ntwo\u{202e}");
+        assert_eq!(e.lines().count(), 2);
+        assert!(
+            !e.chars().any(|c| c != '\n' && is_forbidden_in_name(c)),
+            "{e:?}"
+        );
+        assert_eq!(escape_lines(&e), e, "idempotent");
     }
 
     #[test]

@@ -27,6 +27,8 @@ use util::*;
 const PEER_NOT_FOUND: i32 = 16;
 /// `src/cli/mod.rs`, `exit::KEY_CHANGED`.
 const KEY_CHANGED: i32 = 12;
+/// `src/cli/mod.rs`, `exit::NOT_CONFIRMED`.
+const NOT_CONFIRMED: i32 = 17;
 
 /// One entry of `peers --json`.
 #[derive(Debug, Clone, Deserialize)]
@@ -208,6 +210,28 @@ fn peers(node: &Node, ns: Option<&str>, wait: &str) -> (Vec<Found>, Run) {
         .run()
         .ok();
     (r.json(), r)
+}
+
+/// `serve --name NAME --accept any` of `node` in namespace `ns`, on UDP
+/// port 47475 instead of the default when `alt_port`, announced on the LAN
+/// unless `mdns` is false.
+fn serve_any(node: &Node, ns: &str, name: &str, alt_port: bool, mdns: bool) -> Serving {
+    let mut args = vec!["--name", name, "--accept", "any"];
+    if alt_port {
+        args.extend(["--listen", "0.0.0.0:47475"]);
+    }
+    if !mdns {
+        args.push("--no-mdns");
+    }
+    Serving::start(node, Some(ns), &args)
+}
+
+/// `trust list --json` of `node`.
+fn trust_list(node: &Node) -> Vec<serde_json::Value> {
+    cmd_in(node, None, ["trust", "list", "--json"])
+        .run()
+        .ok()
+        .json()
 }
 
 fn named<'a>(found: &'a [Found], name: &str) -> Vec<&'a Found> {
@@ -413,13 +437,30 @@ fn lan_peers_and_send_by_name_and_id_prefix_between_two_namespaces() {
         "--no-mdns must not advertise: {r}"
     );
 
-    // Send by name: found, authenticated, stored, verified.
+    // First contact by name without a terminal: refused with the
+    // fingerprint and a hint, nothing sent.
     let h1 = write_random(&a.path("report.pdf"), 1_500_000);
-    let t0 = Instant::now();
-    let r = cmd_in(&a, Some(lan.a()), ["send", "report.pdf", "vault-b"])
-        .env("P2PFS_LOG", "p2pfs::cli::send_cmd=debug")
+    cmd_in(&a, Some(lan.a()), ["send", "report.pdf", "vault-b"])
         .run()
-        .ok();
+        .code_is(NOT_CONFIRMED)
+        .says(&b.id().fingerprint)
+        .says("--trust-new")
+        .says("nothing was sent");
+    assert!(b.list().is_empty());
+
+    // Send by name with --trust-new: found, pinned (said so), authenticated,
+    // stored, verified.
+    let t0 = Instant::now();
+    let r = cmd_in(
+        &a,
+        Some(lan.a()),
+        ["send", "--trust-new", "report.pdf", "vault-b"],
+    )
+    .env("P2PFS_LOG", "p2pfs::cli::send_cmd=debug")
+    .run()
+    .ok()
+    .says("first contact: pinned")
+    .says(&b.id().fingerprint);
     // The debug line is `… elapsed_us=N …`, maybe with colour codes.
     let log = strip_ansi(&r.stderr);
     let browsed_us: String = log
@@ -436,9 +477,12 @@ fn lan_peers_and_send_by_name_and_id_prefix_between_two_namespaces() {
     assert_eq!(b.list().len(), 1);
     assert_eq!(exported_hash(&b, "report.pdf"), h1);
 
-    // Now pinned here; send by the first 10 characters of B's id.
+    // Now pinned here, and the word typed is the user's alias for it; send
+    // by the first 10 characters of B's id: no question.
     let (found, _) = peers(&a, Some(lan.a()), "1");
     assert!(named(&found, "vault-b")[0].pinned);
+    let trusted = trust_list(&a);
+    assert_eq!(trusted[0]["aliases"], serde_json::json!(["vault-b"]));
     let h2 = write_random(&a.path("second.bin"), 70_000);
     cmd_in(&a, Some(lan.a()), ["send", "second.bin", &b_id[..10]])
         .run()
@@ -468,25 +512,14 @@ fn lan_peers_and_send_by_name_and_id_prefix_between_two_namespaces() {
 }
 
 #[test]
-fn same_name_is_refused_as_ambiguous_until_one_is_pinned_and_a_pinned_name_must_keep_its_key() {
-    let Some(lan) = Netns::lan("same_name_is_refused_as_ambiguous") else {
+fn same_name_is_ambiguous_until_the_user_names_one_and_then_the_name_keeps_its_key() {
+    let Some(lan) = Netns::lan("same_name_is_ambiguous") else {
         return;
     };
     let (a, b1, b2) = (Node::new(), Node::new(), Node::new());
     a.init("node-a");
-    let s1 = Serving::start(&b1, Some(lan.b()), &["--name", "twin", "--accept", "any"]);
-    let _s2 = Serving::start(
-        &b2,
-        Some(lan.b()),
-        &[
-            "--name",
-            "twin",
-            "--accept",
-            "any",
-            "--listen",
-            "0.0.0.0:47475",
-        ],
-    );
+    let s1 = serve_any(&b1, lan.b(), "twin", false, true);
+    let _s2 = serve_any(&b2, lan.b(), "twin", true, true);
     let (id1, id2) = (b1.id(), b2.id());
     write_random(&a.path("f"), 10_000);
 
@@ -497,32 +530,190 @@ fn same_name_is_refused_as_ambiguous_until_one_is_pinned_and_a_pinned_name_must_
         }),
         "two nodes named twin were not both listed"
     );
-    let r = cmd_in(&a, Some(lan.a()), ["send", "f", "twin"])
-        .run()
-        .code_is(PEER_NOT_FOUND)
-        .says("matches 2 different nodes")
-        .says(&id1.fingerprint)
-        .says(&id2.fingerprint);
+    let ambiguous = |r: Run| {
+        r.code_is(PEER_NOT_FOUND)
+            .says("matches 2 different nodes")
+            .says(&id1.fingerprint)
+            .says(&id2.fingerprint)
+            .says("--allow none")
+    };
+    let r = ambiguous(cmd_in(&a, Some(lan.a()), ["send", "--trust-new", "f", "twin"]).run());
     assert!(b1.list().is_empty() && b2.list().is_empty(), "{r}");
 
-    // Sending to one by id prefix pins it; then the name picks it.
-    cmd_in(&a, Some(lan.a()), ["send", "f", &id1.id[..12]])
-        .run()
-        .ok();
-    cmd_in(&a, Some(lan.a()), ["send", "f", "twin"]).run().ok();
-    assert_eq!(b1.list().len(), 2);
+    // Sending to one by id prefix pins its key, but the name stays
+    // ambiguous: the id prefix was the user's word, not "twin", and an
+    // earlier contact never decides by order.
+    cmd_in(
+        &a,
+        Some(lan.a()),
+        ["send", "--trust-new", "f", &id1.id[..12]],
+    )
+    .run()
+    .ok();
+    ambiguous(cmd_in(&a, Some(lan.a()), ["send", "f", "twin"]).run());
+    assert_eq!(b1.list().len(), 1);
+
+    // The user names one: the name then picks it, with no question.
+    cmd_in(
+        &a,
+        None,
+        ["trust", "add", &id1.id, "--name", "twin", "--allow", "none"],
+    )
+    .run()
+    .ok();
+    for _ in 0..3 {
+        cmd_in(&a, Some(lan.a()), ["send", "f", "twin"])
+            .run()
+            .ok()
+            .never_says("first contact");
+    }
+    assert_eq!(b1.list().len(), 4);
     assert!(b2.list().is_empty());
 
-    // The pinned twin is gone; the other one answering to the name is
-    // refused like any changed key.
+    // The named twin is gone; the other one answering to the name is
+    // refused like any changed key, and the advice keeps the good pin.
     s1.stop();
     let r = cmd_in(&a, Some(lan.a()), ["send", "f", "twin"])
         .run()
         .code_is(KEY_CHANGED)
         .says("MAN-IN-THE-MIDDLE")
         .says(&id1.id)
-        .says(&id2.id);
+        .says(&id2.id)
+        .says("another node using the same name")
+        .says("stays as it is")
+        .says(&id2.id[..12])
+        .never_says("trust rm");
     assert!(b2.list().is_empty(), "{r}");
+    let trusted = trust_list(&a);
+    assert!(
+        trusted
+            .iter()
+            .any(|p| p["id"] == id1.id.as_str() && p["aliases"] == serde_json::json!(["twin"])),
+        "{trusted:?}"
+    );
+}
+
+#[test]
+fn a_spoofed_record_for_the_same_instance_makes_the_name_ambiguous() {
+    let test = "a_spoofed_record_for_the_same_instance_makes_the_name_ambiguous";
+    if !have_zeroconf(test) {
+        return;
+    }
+    let Some(lan) = Netns::lan(test) else {
+        return;
+    };
+    let (a, real, attacker) = (Node::new(), Node::new(), Node::new());
+    a.init("node-a");
+    let _real = serve_any(&real, lan.b(), "recv", false, true);
+    // The attacker's node takes anything, and is not announced by p2pfs:
+    // a record from another responder re-announces the real node's very
+    // instance name with the attacker's id (M1).
+    let _evil = serve_any(&attacker, lan.b(), "recv", true, false);
+    let (rid, xid) = (real.id(), attacker.id());
+    let spoof = serde_json::json!([{"instance": "recv", "addresses": ["10.213.0.2"], "port": 47475,
+        "txt": {"v": "1", "id": xid.id, "name": "recv"}}]);
+    let py = Python::spawn(lan.b(), ZEROCONF_ADVERTISE, &[&spoof.to_string(), "120"]);
+    assert!(
+        wait_until(Duration::from_secs(60), || py.stdout().contains("ready")),
+        "zeroconf did not register:\n{}",
+        py.describe()
+    );
+    // Both claims are seen under the one instance name.
+    let mut last = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            last = peers(&a, Some(lan.a()), "1.5").0;
+            let ids: Vec<&str> = last
+                .iter()
+                .filter(|f| f.instance == "recv")
+                .map(|f| f.id.as_str())
+                .collect();
+            ids.contains(&rid.id.as_str()) && ids.contains(&xid.id.as_str())
+        }),
+        "both records were not listed: {last:?}"
+    );
+
+    // First contact by name refuses as ambiguous, every time, listing both.
+    // (Python zeroconf, like any RFC 6762 responder, answers a record at
+    // most once a second: pause so that each browse hears the spoofer; an
+    // attacker would answer every time.)
+    write_random(&a.path("f"), 1000);
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(1200));
+        let r = cmd_in(&a, Some(lan.a()), ["send", "--trust-new", "f", "recv"])
+            .run()
+            .code_is(PEER_NOT_FOUND)
+            .says("matches 2 different nodes")
+            .says(&rid.fingerprint)
+            .says(&xid.fingerprint);
+        assert!(attacker.list().is_empty() && real.list().is_empty(), "{r}");
+    }
+
+    // The user's own choice pins exactly one: the name then goes there.
+    cmd_in(
+        &a,
+        None,
+        ["trust", "add", &rid.id, "--name", "recv", "--allow", "none"],
+    )
+    .run()
+    .ok();
+    for _ in 0..3 {
+        cmd_in(&a, Some(lan.a()), ["send", "f", "recv"]).run().ok();
+    }
+    assert_eq!(real.list().len(), 3);
+    assert!(attacker.list().is_empty());
+}
+
+#[test]
+fn a_peers_own_name_never_becomes_an_alias() {
+    let Some(lan) = Netns::lan("a_peers_own_name_never_becomes_an_alias") else {
+        return;
+    };
+    let (a, squatter, real) = (Node::new(), Node::new(), Node::new());
+    a.init("node-a");
+    write_random(&a.path("f"), 1000);
+    // Contacted once by address, the squatter calls itself "recv" (M2).
+    let s = serve_any(&squatter, lan.b(), "recv", true, false);
+    cmd_in(
+        &a,
+        Some(lan.a()),
+        ["send", "--trust-new", "f", "10.213.0.2:47475"],
+    )
+    .run()
+    .ok();
+    assert_eq!(squatter.list().len(), 1);
+
+    // The real "recv" on the LAN: its first contact by that name goes to it
+    // (the squatter's name decided nothing), and the word becomes the
+    // user's alias for the real key.
+    let _r = serve_any(&real, lan.b(), "recv", false, true);
+    let (sid, rid) = (squatter.id(), real.id());
+    cmd_in(&a, Some(lan.a()), ["send", "--trust-new", "f", "recv"])
+        .run()
+        .ok()
+        .says("first contact: pinned")
+        .says(&rid.fingerprint);
+    let trusted = trust_list(&a);
+    let of = |id: &str| trusted.iter().find(|p| p["id"] == id).cloned().unwrap();
+    assert_eq!(of(&sid.id)["aliases"], serde_json::json!([]));
+    assert_eq!(of(&sid.id)["peer_name"], "recv");
+    assert_eq!(of(&rid.id)["aliases"], serde_json::json!(["recv"]));
+
+    // Now the squatter announces "recv" too: later sends to "recv" still go
+    // to the real node, every time.
+    s.stop();
+    let _s = serve_any(&squatter, lan.b(), "recv", true, true);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            named(&peers(&a, Some(lan.a()), "1").0, "recv").len() == 2
+        }),
+        "the squatter was not listed"
+    );
+    for _ in 0..4 {
+        cmd_in(&a, Some(lan.a()), ["send", "f", "recv"]).run().ok();
+    }
+    assert_eq!(real.list().len(), 5);
+    assert_eq!(squatter.list().len(), 1);
 }
 
 #[test]
@@ -613,6 +804,18 @@ fn zeroconf_sees_the_node_and_p2pfs_skips_foreign_and_malformed_records() {
             serde_json::json!({"v": "1", "id": good, "name": "n".repeat(200)}),
         ),
         rec(
+            "bidi-name",
+            &at,
+            40009,
+            serde_json::json!({"v": "1", "id": good, "name": "txt\u{202e}exe.pdf"}),
+        ),
+        rec(
+            "rtl\u{202e}label",
+            &at,
+            40010,
+            serde_json::json!({"v": "1", "id": good, "name": "fine"}),
+        ),
+        rec(
             "zero-port",
             &at,
             0,
@@ -643,7 +846,10 @@ fn zeroconf_sees_the_node_and_p2pfs_skips_foreign_and_malformed_records() {
     assert_eq!(names, ["multi", "py-node", "vault-b"], "{r}");
     let pn = named(&found, "py-node")[0];
     assert_eq!((pn.id.as_str(), pn.port), (good.as_str(), 40000));
-    assert!(!r.all().contains('\u{1b}'), "{r}");
+    assert!(
+        !r.all().contains('\u{1b}') && !r.all().contains('\u{202e}'),
+        "{r}"
+    );
     // A name that only a malformed record carries is not found.
     write_random(&a.path("x"), 10);
     cmd_in(&a, Some(lan.a()), ["send", "x", "future"])
@@ -660,7 +866,7 @@ fn zeroconf_sees_the_node_and_p2pfs_skips_foreign_and_malformed_records() {
         &["--name", "other", "--accept", "any", "--no-mdns"],
     );
     let h = write_random(&a.path("m.bin"), 30_000);
-    let r = cmd_in(&a, Some(lan.a()), ["send", "m.bin", "multi"])
+    let r = cmd_in(&a, Some(lan.a()), ["send", "--trust-new", "m.bin", "multi"])
         .env("P2PFS_LOG", "p2pfs=info")
         .run()
         .ok();
@@ -698,7 +904,9 @@ fn new_addresses_are_announced() {
     );
     // And sending over it works (whichever address answers first).
     write_random(&a.path("f"), 1000);
-    cmd_in(&a, Some(lan.a()), ["send", "f", "mover"]).run().ok();
+    cmd_in(&a, Some(lan.a()), ["send", "--trust-new", "f", "mover"])
+        .run()
+        .ok();
 }
 
 #[test]

@@ -114,7 +114,14 @@ fn file_tree_and_empty_file_arrive_verified() {
     std::os::unix::fs::symlink("/etc/passwd", a.path("tree/link")).unwrap();
     let single = write_random(&a.path("one.dat"), 5000);
     let r = a
-        .run(["send", "--json", "tree", "one.dat", &srv.addr()])
+        .run([
+            "send",
+            "--trust-new",
+            "--json",
+            "tree",
+            "one.dat",
+            &srv.addr(),
+        ])
         .ok()
         .says("skipped");
     let evs = events(&r.stdout);
@@ -164,7 +171,9 @@ fn many_small_files_in_one_transfer() {
         write_random(&a.path(&format!("many/f{i:04}")), (i * 37) as u64);
     }
     let t = Instant::now();
-    let r = a.run(["send", "--json", "many", &srv.addr()]).ok();
+    let r = a
+        .run(["send", "--trust-new", "--json", "many", &srv.addr()])
+        .ok();
     assert_eq!(event(&events(&r.stdout), "done").unwrap()["files"], 300);
     eprintln!("300 small files in {:?}", t.elapsed());
     let listed = b.list();
@@ -181,18 +190,18 @@ fn untrusted_sender_is_refused_until_trusted() {
     let srv = Server::start(&b, &[]);
     write_random(&a.path("f"), 1000);
     let a_id = a.id().id;
-    let r = a.run(["send", "f", &srv.addr()]).code_is(11);
+    let r = a.run(["send", "--trust-new", "f", &srv.addr()]).code_is(11);
     assert!(r.stderr.contains(&format!("p2pfs trust add {a_id}")), "{r}");
     assert!(b.list().is_empty());
     assert!(b.staging_files().is_empty());
     b.run(["trust", "add", &a_id, "--name", "alice"]).ok();
-    a.run(["send", "f", &srv.addr()]).ok();
+    a.run(["send", "--trust-new", "f", &srv.addr()]).ok();
     assert_eq!(b.list().len(), 1);
     // Trust list shows it.
     let t: Vec<serde_json::Value> = b.run(["trust", "list", "--json"]).ok().json();
     assert!(t
         .iter()
-        .any(|p| p["id"] == a_id.as_str() && p["name"] == "alice"));
+        .any(|p| p["id"] == a_id.as_str() && p["aliases"][0] == "alice"));
 }
 
 #[test]
@@ -201,7 +210,7 @@ fn changed_receiver_key_is_refused_as_possible_mitm() {
     write_random(&a.path("f"), 1000);
     let srv = Server::start(&b, &["--accept", "any"]);
     let port = srv.port;
-    let r = a.run(["send", "f", &srv.addr()]).ok();
+    let r = a.run(["send", "--trust-new", "f", &srv.addr()]).ok();
     assert!(
         r.stderr.contains(&b.id().fingerprint),
         "first contact shows the fingerprint: {r}"
@@ -225,7 +234,7 @@ fn changed_receiver_key_is_refused_as_possible_mitm() {
     assert!(r.stderr.contains("MAN-IN-THE-MIDDLE"), "{r}");
     // Re-pinning after `trust rm` works.
     a.run(["trust", "rm", &b.id().id]).ok();
-    a.run(["send", "f", &srv2.addr()]).ok();
+    a.run(["send", "--trust-new", "f", &srv2.addr()]).ok();
     assert_eq!(evil.list().len(), 1);
 }
 
@@ -258,7 +267,7 @@ fn unreachable_peer_fails_fast_with_a_hint() {
 
 /// Starts `send --json` and waits until it reports `fraction` of `total` sent.
 fn send_until(a: &Node, what: &str, addr: &str, total: u64, fraction: f64) -> Proc {
-    let mut p = a.spawn(["send", "--json", what, addr]);
+    let mut p = a.spawn(["send", "--trust-new", "--json", what, addr]);
     let target = (total as f64 * fraction) as u64;
     let reached = wait_until(Duration::from_secs(120), || {
         events(&p.stdout_now())
@@ -280,7 +289,7 @@ fn send_until(a: &Node, what: &str, addr: &str, total: u64, fraction: f64) -> Pr
 }
 
 fn resumed_send(a: &Node, what: &str, addr: &str, total: u64) -> serde_json::Value {
-    let r = a.run(["send", "--json", what, addr]).ok();
+    let r = a.run(["send", "--trust-new", "--json", what, addr]).ok();
     let evs = events(&r.stdout);
     let res = event(&evs, "resuming").unwrap_or_else(|| panic!("no resuming event: {r}"));
     assert!(res["percent"].as_u64().unwrap() > 0, "{r}");
@@ -364,7 +373,9 @@ fn changed_source_is_sent_from_scratch_never_mixed() {
     sender.kill9();
     // Same size, new content.
     let hash = write_random(&a.path("big"), SIZE);
-    let r = a.run(["send", "--json", "big", &srv.addr()]).ok();
+    let r = a
+        .run(["send", "--trust-new", "--json", "big", &srv.addr()])
+        .ok();
     let evs = events(&r.stdout);
     assert!(event(&evs, "resuming").is_none(), "{r}");
     assert_eq!(event(&evs, "done").unwrap()["bytes_skipped"], 0);
@@ -427,7 +438,9 @@ fn receiver_disk_full_is_reported_and_vault_stays_sound() {
     b.init("bob");
     let srv = Server::start(&b, &["--accept", "any"]);
     write_random(&a.path("big"), 20 << 20);
-    let r = a.run(["send", "big", &srv.addr()]).code_is(14);
+    let r = a
+        .run(["send", "--trust-new", "big", &srv.addr()])
+        .code_is(14);
     assert!(r.stderr.contains("disk is full"), "{r}");
     drop(srv);
     assert!(b.list().is_empty());
@@ -525,7 +538,7 @@ fn hostile_names_and_sizes_are_refused_and_nothing_is_written() {
     let a = Node::new();
     a.init("a");
     write_random(&a.path("f"), 10);
-    a.run(["send", "f", &srv.addr()]).ok();
+    a.run(["send", "--trust-new", "f", &srv.addr()]).ok();
 }
 
 /// Sends one 10-byte file whose chunk is altered by `tamper` after sealing.
@@ -653,7 +666,7 @@ fn one_gib_file_release_mode() {
     let hash = write_random(&a.path("huge"), SIZE);
     let srv = Server::start(&b, &["--accept", "any"]);
     let t = Instant::now();
-    a.cmd(["send", "huge", &srv.addr()])
+    a.cmd(["send", "--trust-new", "huge", &srv.addr()])
         .timeout(Duration::from_secs(600))
         .run()
         .ok();
@@ -711,7 +724,7 @@ fn ask_policy_prompts_on_the_terminal() {
     let mut stdin = child.stdin.take().unwrap();
     for (answer, expect_ok) in [("n", false), ("y", true)] {
         let before = out.lock().unwrap().matches("accept?").count();
-        let sender = a.spawn(["send", "asked.txt", &addr]);
+        let sender = a.spawn(["send", "--trust-new", "asked.txt", &addr]);
         assert!(
             wait_until(Duration::from_secs(20), || out
                 .lock()
@@ -786,7 +799,7 @@ fn file_larger_than_4_gib() {
     }
     let hash = blake3_file(&path);
     let srv = Server::start(&b, &["--accept", "any"]);
-    a.cmd(["send", "huge", &srv.addr()])
+    a.cmd(["send", "--trust-new", "huge", &srv.addr()])
         .timeout(Duration::from_secs(900))
         .run()
         .ok();

@@ -576,6 +576,91 @@ impl Drop for Proc {
     }
 }
 
+/// A command run on a pseudo-terminal (`script(1)` from util-linux), as at a
+/// user's terminal: what the terminal shows is collected, and lines can be
+/// typed. Killed when dropped.
+pub struct Pty {
+    child: Child,
+    shown: Arc<Mutex<Vec<u8>>>,
+    stdin: Option<std::process::ChildStdin>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Pty {
+    /// Runs the shell command line `cmdline` on a pty in `cwd`, with
+    /// `P2PFS_HOME=home` and, when given, `P2PFS_PASSPHRASE`.
+    pub fn spawn(cmdline: &str, cwd: &Path, home: &Path, passphrase: Option<&str>) -> Self {
+        let mut cmd = Command::new("script");
+        cmd.args(["-q", "-e", "-c", cmdline, "/dev/null"])
+            .current_dir(cwd)
+            .env("P2PFS_HOME", home)
+            .env_remove("P2PFS_PASSPHRASE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(p) = passphrase {
+            cmd.env("P2PFS_PASSPHRASE", p);
+        }
+        let mut child = cmd.spawn().expect("script(1) from util-linux");
+        let shown = Arc::new(Mutex::new(Vec::new()));
+        let reader = drain(child.stdout.take().unwrap(), shown.clone());
+        Self {
+            stdin: child.stdin.take(),
+            child,
+            shown,
+            reader: Some(reader),
+        }
+    }
+
+    /// What the terminal showed so far.
+    pub fn shown(&self) -> String {
+        String::from_utf8_lossy(&self.shown.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until the terminal shows `s`; false on timeout.
+    pub fn wait_for(&self, s: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || self.shown().contains(s))
+    }
+
+    /// Types `line` and Enter.
+    pub fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits (at most `timeout`, else panics) for the command to exit;
+    /// returns its exit code and everything the terminal showed.
+    pub fn finish(mut self, timeout: Duration) -> (Option<i32>, String) {
+        let end = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < end,
+                "still running on the pty after {timeout:?}:\n{}",
+                self.shown()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.stdin.take();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        (status.code(), self.shown())
+    }
+}
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 // ---------------------------------------------------------------- nodes
 
 /// One entry of `vault list --json`.

@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 use p2pfs::{
     crypto::kdf::KdfParams,
     net::{discovery::DiscoveryError, receiver::AcceptPolicy, wire::RefuseCode, NetError},
-    store::{home::Home, StoreError},
+    store::{home::Home, trust::TrustError, StoreError},
 };
 
 /// Exit codes (documented in README.md).
@@ -53,6 +53,9 @@ pub mod exit {
     pub const CONNECTION_LOST: u8 = 15;
     /// No node with that name or id answered on the LAN, or the name is ambiguous.
     pub const PEER_NOT_FOUND: u8 = 16;
+    /// The peer's key is new here and was not confirmed (declined, or no
+    /// terminal and no `--trust-new`).
+    pub const NOT_CONFIRMED: u8 = 17;
 }
 
 #[derive(Parser)]
@@ -124,6 +127,11 @@ enum Command {
         /// NDJSON events on stdout (resolved, connected, start, progress, file_done, done, error).
         #[arg(long)]
         json: bool,
+        /// Pin the key of a node met for the first time without asking (scripts, no
+        /// terminal); its fingerprint is printed. A key other than a pinned one is
+        /// still refused.
+        #[arg(long)]
+        trust_new: bool,
     },
     /// List the p2pfs nodes advertised on the LAN (mDNS).
     Peers {
@@ -215,11 +223,20 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         }
         if let Some(e) = cause.downcast_ref::<DiscoveryError>() {
             return match e {
-                DiscoveryError::NotFound { .. } | DiscoveryError::Ambiguous { .. } => {
-                    exit::PEER_NOT_FOUND
-                }
+                DiscoveryError::NotFound { .. }
+                | DiscoveryError::Ambiguous { .. }
+                | DiscoveryError::Flooded { .. } => exit::PEER_NOT_FOUND,
                 _ => exit::FAILURE,
             };
+        }
+        if let Some(e) = cause.downcast_ref::<TrustError>() {
+            return match e {
+                TrustError::Ambiguous { .. } => exit::PEER_NOT_FOUND,
+                _ => exit::FAILURE,
+            };
+        }
+        if cause.downcast_ref::<send_cmd::NotConfirmed>().is_some() {
+            return exit::NOT_CONFIRMED;
         }
     }
     exit::FAILURE
@@ -240,7 +257,12 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("p2pfs: error: {e:#}");
+            // Peer text in the message is escaped where it enters; this is
+            // the last guard before the terminal.
+            eprintln!(
+                "p2pfs: error: {}",
+                p2pfs::text::escape_lines(&format!("{e:#}"))
+            );
             ExitCode::from(exit_code(&e))
         }
     }
@@ -284,7 +306,8 @@ fn run(cli: Cli) -> Result<()> {
             args,
             streams,
             json,
-        } => send_cmd::run(&ctx, args, streams as usize, json),
+            trust_new,
+        } => send_cmd::run(&ctx, args, streams as usize, json, trust_new),
         Command::Peers { wait, json } => peers_cmd::run(&ctx, wait, json),
         Command::Trust(cmd) => trust_cmd::run(&ctx, cmd),
     }

@@ -9,6 +9,7 @@ use p2pfs::{
     crypto::keys::PublicKey,
     net::discovery::{self, Peer},
     store::trust::TrustStore,
+    text,
 };
 
 use super::Ctx;
@@ -21,7 +22,7 @@ struct Known {
     this_node: bool,
     pinned: bool,
     allow: Vec<String>,
-    alias: Option<String>,
+    aliases: Vec<String>,
 }
 
 fn known(p: &Peer, me: Option<&PublicKey>, trust: Option<&TrustStore>) -> Known {
@@ -37,7 +38,7 @@ fn known(p: &Peer, me: Option<&PublicKey>, trust: Option<&TrustStore>) -> Known 
                     .collect()
             })
             .unwrap_or_default(),
-        alias: entry.and_then(|e| e.name.clone()).filter(|n| *n != p.name),
+        aliases: entry.map(|e| e.aliases.clone()).unwrap_or_default(),
     }
 }
 
@@ -52,8 +53,8 @@ impl Known {
         } else {
             "new".to_owned()
         };
-        if let Some(a) = &self.alias {
-            s.push_str(&format!(" as {a:?}"));
+        if !self.aliases.is_empty() {
+            s.push_str(&format!(" as {}", text::escape(&self.aliases.join(","))));
         }
         s
     }
@@ -76,7 +77,15 @@ pub fn run(ctx: &Ctx, wait: f64, json: bool) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let peers = rt.block_on(discovery::browse(wait, |_| false))?;
+    // What is on the LAN now: pairs withdrawn by a goodbye are not listed.
+    let found = rt.block_on(discovery::browse(wait, |_| false))?;
+    let peers: Vec<&Peer> = found.live().collect();
+    if found.truncated {
+        eprintln!(
+            "warning: more than {} records were announced; only the first were kept (is the LAN flooded?)",
+            discovery::MAX_PEERS
+        );
+    }
 
     if json {
         let v: Vec<serde_json::Value> = peers
@@ -93,7 +102,7 @@ pub fn run(ctx: &Ctx, wait: f64, json: bool) -> Result<()> {
                     "trusted": !k.allow.is_empty(),
                     "allow": k.allow,
                     "pinned": k.pinned,
-                    "alias": k.alias,
+                    "aliases": k.aliases,
                     "self": k.this_node,
                 })
             })
@@ -115,13 +124,8 @@ pub fn run(ctx: &Ctx, wait: f64, json: bool) -> Result<()> {
         .iter()
         .map(|p| {
             let addrs: Vec<String> = p.socket_addrs().iter().map(|a| a.to_string()).collect();
-            let name = if p.instance == p.name {
-                p.name.clone()
-            } else {
-                format!("{} [{}]", p.name, p.instance)
-            };
             [
-                name,
+                p.shown_name(),
                 p.id.fingerprint(),
                 p.id.to_id()[..12].to_owned(),
                 addrs.join(" "),

@@ -1,16 +1,19 @@
-//! `p2pfs send PATH... PEER`: finds PEER on the LAN when it is a name or
-//! node id, progress bars or NDJSON events, and the mapping of the outcome
-//! to messages and exit codes.
+//! `p2pfs send PATH... PEER`: decides which key the receiver must prove —
+//! given, pinned, or confirmed at first contact as OpenSSH does (shown and
+//! asked on a terminal, else only with `--trust-new`) — finding PEER on the
+//! LAN when it is a word; progress bars or NDJSON events; pins what the
+//! handshake proved; maps the outcome to messages and exit codes.
 
 use std::{
+    io::{BufRead, IsTerminal, Write},
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 use p2pfs::{
-    crypto::keys::PublicKey,
+    crypto::keys::{Keypair, PublicKey},
     net::{
         discovery::{self, Lookup, Resolved},
         events::Event,
@@ -18,6 +21,7 @@ use p2pfs::{
         KeyHint, NetError, DEFAULT_PORT,
     },
     store::trust::TrustStore,
+    text,
 };
 
 use super::{progress, walk, Ctx};
@@ -101,6 +105,9 @@ pub fn parse_peer(s: &str) -> Result<PeerSpec> {
     if host.is_empty() {
         bail!("no host in {s:?}: use host:port or NODEID@host:port");
     }
+    if host.len() > 253 {
+        bail!("the host name is longer than 253 bytes: use a shorter name or an address");
+    }
     Ok(PeerSpec {
         expected,
         host,
@@ -125,7 +132,281 @@ fn human(n: u64) -> String {
     indicatif::HumanBytes(n).to_string()
 }
 
-pub fn run(ctx: &Ctx, args: Vec<String>, streams: usize, json: bool) -> Result<()> {
+/// The peer's key is new here and the user did not confirm it (declined,
+/// or no terminal to ask on and no `--trust-new`).
+#[derive(Debug)]
+pub struct NotConfirmed(String);
+
+impl std::fmt::Display for NotConfirmed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotConfirmed {}
+
+/// A node met for the first time: what the user is shown before its key is
+/// pinned (after a probe proved that the key answers there).
+struct Contact<'a> {
+    /// How it is shown: its LAN name and the address that proved the key,
+    /// or the address typed (escaped).
+    name: String,
+    /// The key.
+    key: PublicKey,
+    /// The address pin to record now (`host:port` as typed), if any.
+    pin_addr: Option<&'a str>,
+    /// The word typed, to become an alias once the key is confirmed.
+    alias: Option<&'a str>,
+}
+
+/// Asks the user to confirm a first contact, as OpenSSH does; `--trust-new`
+/// confirms without asking. Nothing has been sent to the peer yet.
+fn confirm(c: &Contact, trust_new: bool) -> Result<()> {
+    if trust_new {
+        return Ok(());
+    }
+    let (name, fp, id) = (&c.name, c.key.fingerprint(), c.key);
+    if !std::io::stdin().is_terminal() {
+        let given = match (c.alias, c.pin_addr) {
+            (Some(_), _) => format!("the full node id as PEER ({id})"),
+            (None, Some(a)) => format!("{id}@{}", text::escape(a)),
+            (None, None) => format!("{id}@HOST:PORT"),
+        };
+        return Err(NotConfirmed(format!(
+            "first contact with {name}: its key is not known here, and there is no \
+             terminal to confirm it on; nothing was sent.\n  fingerprint {fp}\n  id          {id}\n\
+             Compare the fingerprint with `p2pfs id` on that node, then run the same command \
+             with --trust-new (which pins this key), or give the key itself: {given}"
+        ))
+        .into());
+    }
+    eprintln!(
+        "The authenticity of node {name} can't be established.\n  \
+         fingerprint {fp}\n  id          {id}\n\
+         Nothing has been sent yet. Compare the fingerprint with `p2pfs id` on that node."
+    );
+    let what = match c.alias {
+        Some(w) => format!("Pin this key as {:?} and send?", text::escape(w)),
+        None => "Pin this key and send?".to_owned(),
+    };
+    eprint!("{what} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    let answered = std::io::stdin().lock().read_line(&mut line).is_ok();
+    if answered && matches!(line.trim(), "y" | "Y" | "yes" | "Yes") {
+        return Ok(());
+    }
+    Err(NotConfirmed(format!(
+        "first contact with {name} not confirmed: nothing was sent and nothing was pinned"
+    ))
+    .into())
+}
+
+/// Pins a confirmed first contact (the key, its address when typed, the
+/// word as an alias) and says so — security-relevant, so even with `-q`.
+fn pin_first_contact(home: &Path, c: &Contact) -> Result<()> {
+    let mut trust = TrustStore::load(home)?;
+    trust.pin_key(&c.key)?;
+    if let Some(a) = c.pin_addr {
+        trust.pin_address(&c.key, a)?;
+    }
+    let mut named = String::new();
+    if let Some(word) = c.alias {
+        // The word already names the key when it is a prefix of its id.
+        if !c.key.to_id().starts_with(&word.to_lowercase()) {
+            match trust.add_alias(&c.key, word) {
+                Ok(_) => {
+                    named = format!("; {:?} names this key here from now on", text::escape(word))
+                }
+                Err(e) => named = format!("; not kept as an alias: {e}"),
+            }
+        }
+    }
+    trust.save()?;
+    eprintln!(
+        "first contact: pinned {}: fingerprint {} (id {}){named}",
+        c.name,
+        c.key.fingerprint(),
+        c.key
+    );
+    Ok(())
+}
+
+/// The first target whose address proves the expected key (probing, which
+/// sends nothing of ours); a wrong key is reported before other failures.
+async fn prove(identity: &Keypair, targets: &[Target]) -> Result<usize, NetError> {
+    let mut key_changed = None;
+    let mut last = None;
+    for (i, t) in targets.iter().enumerate() {
+        match sender::probe(identity, t.addr).await {
+            Ok(k) if k == t.expected => return Ok(i),
+            Ok(actual) => {
+                tracing::info!(addr = %t.addr, "another key answers there: trying the next address");
+                key_changed.get_or_insert(NetError::KeyChanged {
+                    addr: t.label.clone(),
+                    expected: t.expected,
+                    actual,
+                    hint: t.hint.clone(),
+                });
+            }
+            Err(e) => {
+                tracing::info!(addr = %t.addr, "trying the next address: {}", text::escape(&e.to_string()));
+                last = Some(e);
+            }
+        }
+    }
+    Err(key_changed.or(last).unwrap_or_else(no_address))
+}
+
+fn no_address() -> NetError {
+    NetError::Unreachable {
+        addr: "the peer".into(),
+        detail: "it advertises no address".into(),
+    }
+}
+
+/// Where to send, decided before anything is sent.
+struct Plan {
+    targets: Vec<Target>,
+    /// A key new here: confirmed and pinned already, or given (pinned once
+    /// the handshake proves it).
+    first_contact: bool,
+}
+
+/// Decides the key the receiver must prove (`docs/PROTOCOL.md`,
+/// *Resolving a PEER argument* and *First contact*).
+async fn plan(
+    ctx: &Ctx,
+    identity: &Keypair,
+    peer: PeerArg,
+    trust_new: bool,
+    json: bool,
+) -> Result<Plan> {
+    let home = ctx.home.root();
+    let trust = TrustStore::load(home)?;
+    match peer {
+        PeerArg::Addr(spec) => {
+            let addr = resolve(&spec).await?;
+            let label = spec.label();
+            let target = |expected, hint| Target {
+                addr,
+                label: label.clone(),
+                expected,
+                hint,
+            };
+            if let Some(k) = spec.expected {
+                let first_contact = trust.get(&k).is_none();
+                return Ok(Plan {
+                    targets: vec![target(k, KeyHint::Given)],
+                    first_contact,
+                });
+            }
+            if let Some(k) = trust.pinned_for_address(&label) {
+                return Ok(Plan {
+                    targets: vec![target(k, KeyHint::Address)],
+                    first_contact: false,
+                });
+            }
+            let k = sender::probe(identity, addr).await?;
+            let first_contact = trust.get(&k).is_none();
+            if first_contact {
+                let shown = if label == addr.to_string() {
+                    label.clone()
+                } else {
+                    format!("{label} ({addr})")
+                };
+                let c = Contact {
+                    name: text::escape(&shown),
+                    key: k,
+                    pin_addr: Some(&label),
+                    alias: None,
+                };
+                confirm(&c, trust_new)?;
+                pin_first_contact(home, &c)?;
+            }
+            Ok(Plan {
+                targets: vec![target(k, KeyHint::Address)],
+                first_contact,
+            })
+        }
+        PeerArg::Lan(word) => {
+            let pinned = trust.key_for_word(&word)?;
+            let mut lookup = Lookup::new(&word, pinned);
+            let found = find_on_lan(&mut lookup, &word).await?;
+            let Some(first) = found.candidates.first() else {
+                bail!("no address to try for {:?}", text::escape(&word));
+            };
+            let addrs: Vec<SocketAddr> = found
+                .candidates
+                .iter()
+                .flat_map(|c| c.socket_addrs())
+                .collect();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "event": "resolved", "name": first.name, "id": first.id.to_id(),
+                        "fingerprint": first.id.fingerprint(), "expected": found.expected.to_id(),
+                        "addresses": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>() })
+                );
+            } else if !ctx.quiet {
+                let at = addrs
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                if first.id == found.expected {
+                    eprintln!(
+                        "found {} on the LAN (fingerprint {}) at {at}",
+                        first.shown_name(),
+                        first.id.fingerprint()
+                    );
+                } else {
+                    eprintln!(
+                        "found {} on the LAN at {at}, announcing fingerprint {}, but {:?} names {} here: checking which key answers",
+                        first.shown_name(),
+                        first.id.fingerprint(),
+                        text::escape(&word),
+                        found.expected.fingerprint()
+                    );
+                }
+            }
+            let given = lookup.exact_id().is_some();
+            let mut targets = targets_of(&found, &word, given);
+            let first_contact = trust.get(&found.expected).is_none();
+            if first_contact && !given {
+                let i = prove(identity, &targets).await?;
+                targets[..=i].rotate_right(1);
+                let shown = found
+                    .candidates
+                    .iter()
+                    .find(|c| c.socket_addrs().contains(&targets[0].addr))
+                    .map(|c| c.shown_name())
+                    .unwrap_or_else(|| text::escape(&word));
+                let c = Contact {
+                    name: format!("{shown} at {}", targets[0].addr),
+                    key: found.expected,
+                    pin_addr: None,
+                    alias: Some(&word),
+                };
+                confirm(&c, trust_new)?;
+                pin_first_contact(home, &c)?;
+            }
+            Ok(Plan {
+                targets,
+                first_contact,
+            })
+        }
+    }
+}
+
+pub fn run(
+    ctx: &Ctx,
+    args: Vec<String>,
+    streams: usize,
+    json: bool,
+    trust_new: bool,
+) -> Result<()> {
     let Some((peer, paths)) = args.split_last() else {
         bail!("usage: p2pfs send PATH... PEER");
     };
@@ -150,246 +431,221 @@ pub fn run(ctx: &Ctx, args: Vec<String>, streams: usize, json: bool) -> Result<(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(async {
-        let (targets, lan_first_contact) = match peer {
-            PeerArg::Addr(spec) => {
-                let addr = resolve(&spec).await?;
-                let label = spec.label();
-                let trust = TrustStore::load(ctx.home.root())?;
-                let (expected, hint, first) = match (spec.expected, trust.pinned_for_address(&label)) {
-                    (Some(k), _) => (k, KeyHint::Given, trust.get(&k).is_none()),
-                    (None, Some(k)) => (k, KeyHint::Address, false),
-                    (None, None) => {
-                        let k = sender::probe(&identity.keypair, addr).await?;
-                        (k, KeyHint::Address, trust.get(&k).is_none())
-                    }
-                };
-                let target = Target {
-                    addr,
-                    label,
-                    expected,
-                    hint,
-                };
-                (vec![target], first)
-            }
-            PeerArg::Lan(query) => {
-                let trust = TrustStore::load(ctx.home.root())?;
-                let found = match find_on_lan(&trust, &query).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        if json {
-                            println!(
-                                "{}",
-                                serde_json::json!({"event": "error", "message": format!("{e:#}"), "code": super::exit_code(&e)})
-                            );
-                        }
-                        return Err(e);
-                    }
-                };
-                let first = &found.candidates[0];
-                let addrs: Vec<SocketAddr> = found.candidates.iter().flat_map(|c| c.socket_addrs()).collect();
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({
-                            "event": "resolved", "name": first.name, "id": first.id.to_id(),
-                            "fingerprint": first.id.fingerprint(), "expected": found.expected.to_id(),
-                            "addresses": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>() })
-                    );
-                } else if !ctx.quiet {
-                    let at = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" ");
-                    if first.id == found.expected {
-                        eprintln!("found {} on the LAN (fingerprint {}) at {at}", first.name, first.id.fingerprint());
-                    } else {
-                        eprintln!(
-                            "found {} on the LAN at {at}, advertising fingerprint {}, but this node pinned it as {}: checking which key answers",
-                            first.name,
-                            first.id.fingerprint(),
-                            found.expected.fingerprint()
-                        );
-                    }
-                }
-                let targets = targets_of(&found, &query);
-                let first = trust.get(&found.expected).is_none();
-                if first {
-                    let mut trust = trust;
-                    trust.pin(&found.expected, &query, Some(&query));
-                    trust.save()?;
-                }
-                (targets, first)
-            }
-        };
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let quiet = ctx.quiet;
-        let ui = tokio::spawn(async move {
-            let mut pb = None;
-            let mut last = std::time::Instant::now() - Duration::from_secs(1);
-            while let Some(ev) = rx.recv().await {
-                if json {
-                    if let Some(v) = event_json(&ev, &mut last, lan_first_contact) {
-                        println!("{v}");
-                    }
-                    continue;
-                }
-                match ev {
-                    Event::Connected { peer, name } => {
-                        // Security-relevant: shown even with -q.
-                        if lan_first_contact {
-                            let name = p2pfs::text::escape(&name);
-                            eprintln!(
-                                "first contact with {name}: pinned its key, fingerprint {} (id {peer})",
-                                peer.fingerprint()
-                            );
-                        }
-                    }
-                    Event::Resuming { name, percent } => {
-                        if !quiet {
-                            eprintln!("resuming {name} at {percent}%");
-                        }
-                    }
-                    Event::Start { bytes, skipped, .. } => {
-                        let b = progress::bytes(bytes, quiet, "sending");
-                        b.set_position(skipped);
-                        pb = Some(b);
-                    }
-                    Event::FileStart { name, .. } => {
-                        if let Some(b) = &pb {
-                            b.set_message(name);
-                        }
-                    }
-                    Event::Progress { done } => {
-                        if let Some(b) = &pb {
-                            b.set_position(done);
-                        }
-                    }
-                    Event::FileFailed { name, message } => {
-                        let line = format!("failed: {name}: {message}");
-                        match &pb {
-                            Some(b) => b.suspend(|| eprintln!("{line}")),
-                            None => eprintln!("{line}"),
-                        }
-                    }
-                    Event::FileDone { .. } => {}
-                    Event::Done { .. } => {
-                        if let Some(b) = pb.take() {
-                            b.finish_and_clear();
-                        }
-                    }
-                }
-            }
-        });
-        let opts = SendOptions {
-            streams,
-            ..SendOptions::default()
-        };
-        let res = send_to_first(&identity.keypair, ctx.home.root(), &targets, items, &opts, tx, lan_first_contact).await;
-        let _ = ui.await;
-        // The key answered the handshake: pin it for the address.
-        if let [t] = targets.as_slice() {
-            if !matches!(res, Err(NetError::KeyChanged { .. } | NetError::Unreachable { .. } | NetError::Handshake(_) | NetError::Timeout(_))) {
-                let mut trust = TrustStore::load(ctx.home.root())?;
-                trust.pin(&t.expected, &t.label, None);
-                trust.save()?;
-            }
+    let res = rt.block_on(send(
+        ctx,
+        &identity.keypair,
+        peer,
+        items,
+        streams,
+        json,
+        trust_new,
+    ));
+    if json {
+        if let Err(e) = &res {
+            println!(
+                "{}",
+                serde_json::json!({"event": "error", "message": text::escape_lines(&format!("{e:#}")), "code": super::exit_code(e)})
+            );
         }
-        match res {
-            Ok(s) => {
-                if json {
-                    return Ok(());
-                }
-                if !ctx.quiet {
-                    println!(
-                        "sent {} file(s) to {} ({}): {} on the wire, {} already there (resumed); committed and verified by the receiver",
-                        s.files,
-                        s.peer_name,
-                        s.peer.fingerprint(),
-                        human(s.bytes_sent),
-                        human(s.bytes_skipped)
-                    );
-                }
-                Ok(())
-            }
-            Err(e) => {
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"event": "error", "message": e.to_string(), "code": super::net_exit_code(&e)})
-                    );
-                }
-                Err(e.into())
-            }
-        }
-    })
+    }
+    res
 }
 
-/// Browses the LAN for `query`, preferring keys pinned for it here.
-async fn find_on_lan(trust: &TrustStore, query: &str) -> Result<Resolved> {
-    // Names match case-insensitively on the LAN, so pins do too.
-    let lower = query.to_lowercase();
-    let pinned: Vec<PublicKey> = trust
-        .find(query)
-        .into_iter()
-        .chain(
-            trust
-                .peers()
-                .iter()
-                .filter(|p| p.name.as_ref().is_some_and(|n| n.to_lowercase() == lower)),
-        )
-        .filter_map(|p| p.key())
-        .collect();
-    let mut lookup = Lookup::new(query, pinned);
+async fn send(
+    ctx: &Ctx,
+    identity: &Keypair,
+    peer: PeerArg,
+    items: Vec<sender::Item>,
+    streams: usize,
+    json: bool,
+    trust_new: bool,
+) -> Result<()> {
+    let Plan {
+        targets,
+        first_contact,
+    } = plan(ctx, identity, peer, trust_new, json).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let quiet = ctx.quiet;
+    let ui = tokio::spawn(async move {
+        let mut pb = None;
+        let mut last = std::time::Instant::now() - Duration::from_secs(1);
+        while let Some(ev) = rx.recv().await {
+            if json {
+                if let Some(v) = event_json(&ev, &mut last, first_contact) {
+                    println!("{v}");
+                }
+                continue;
+            }
+            match ev {
+                Event::Connected { .. } => {}
+                Event::Resuming { name, percent } => {
+                    if !quiet {
+                        eprintln!("resuming {} at {percent}%", text::escape(&name));
+                    }
+                }
+                Event::Start { bytes, skipped, .. } => {
+                    let b = progress::bytes(bytes, quiet, "sending");
+                    b.set_position(skipped);
+                    pb = Some(b);
+                }
+                Event::FileStart { name, .. } => {
+                    if let Some(b) = &pb {
+                        b.set_message(text::escape(&name));
+                    }
+                }
+                Event::Progress { done } => {
+                    if let Some(b) = &pb {
+                        b.set_position(done);
+                    }
+                }
+                Event::FileFailed { name, message } => {
+                    let line = format!(
+                        "failed: {}: {}",
+                        text::escape(&name),
+                        text::escape(&message)
+                    );
+                    match &pb {
+                        Some(b) => b.suspend(|| eprintln!("{line}")),
+                        None => eprintln!("{line}"),
+                    }
+                }
+                Event::FileDone { .. } => {}
+                Event::Done { .. } => {
+                    if let Some(b) = pb.take() {
+                        b.finish_and_clear();
+                    }
+                }
+            }
+        }
+    });
+    let opts = SendOptions {
+        streams,
+        ..SendOptions::default()
+    };
+    let (res, proven) = send_to_first(identity, ctx.home.root(), &targets, items, &opts, tx).await;
+    let _ = ui.await;
+    if let Some(p) = proven {
+        pin_proven(ctx.home.root(), &targets[p.target], p.name.as_deref());
+    }
+    let s = res?;
+    if !json && !ctx.quiet {
+        println!(
+            "sent {} file(s) to {} ({}): {} on the wire, {} already there (resumed); committed and verified by the receiver",
+            s.files,
+            text::escape(&s.peer_name),
+            s.peer.fingerprint(),
+            human(s.bytes_sent),
+            human(s.bytes_skipped)
+        );
+    }
+    Ok(())
+}
+
+/// After the handshake proved `t.expected` at `t.addr`: pins the address
+/// to it (and the key, when it was given and new here), and records what
+/// it calls itself (display only). A failure here is only a warning: the
+/// transfer's outcome stands.
+fn pin_proven(home: &Path, t: &Target, peer_name: Option<&str>) {
+    let pinned = (|| -> Result<bool> {
+        let mut trust = TrustStore::load(home)?;
+        let new = trust.get(&t.expected).is_none();
+        trust.pin_address(&t.expected, &t.label)?;
+        if let Some(n) = peer_name {
+            trust.set_peer_name(&t.expected, n);
+        }
+        trust.save()?;
+        Ok(new)
+    })();
+    match pinned {
+        // Security-relevant: shown even with -q.
+        Ok(true) => eprintln!(
+            "first contact: pinned {}: fingerprint {} (id {}), the key given on the command line",
+            text::escape(&t.label),
+            t.expected.fingerprint(),
+            t.expected
+        ),
+        Ok(false) => {}
+        Err(e) => eprintln!(
+            "p2pfs: warning: the key was not pinned: {}",
+            text::escape_lines(&format!("{e:#}"))
+        ),
+    }
+}
+
+/// Browses the LAN for `query`.
+async fn find_on_lan(lookup: &mut Lookup, query: &str) -> Result<Resolved> {
     let t0 = std::time::Instant::now();
     let found = discovery::browse(LAN_TIMEOUT, |peers| {
         lookup.settled(peers, std::time::Instant::now())
     })
     .await
-    .with_context(|| format!("cannot look for {query:?} on the LAN: give the peer as host:port"))?;
+    .with_context(|| {
+        format!(
+            "cannot look for {:?} on the LAN: give the peer as host:port",
+            text::escape(query)
+        )
+    })?;
     tracing::debug!(
         elapsed_us = t0.elapsed().as_micros() as u64,
-        found = found.len(),
+        found = found.peers.len(),
         "browsed the LAN"
     );
     Ok(lookup.resolve(&found, t0.elapsed())?)
 }
 
-/// One target per advertised address of each matching instance, all
-/// requiring the resolved key.
-fn targets_of(r: &Resolved, query: &str) -> Vec<Target> {
+/// One target per announced address of each matching pair, all requiring
+/// the resolved key.
+fn targets_of(r: &Resolved, word: &str, given: bool) -> Vec<Target> {
     let mut out: Vec<Target> = Vec::new();
-    for addr in r.candidates.iter().flat_map(|c| c.socket_addrs()) {
-        if out.iter().all(|t| t.addr != addr) {
-            out.push(Target {
-                addr,
-                label: addr.to_string(),
-                expected: r.expected,
-                hint: KeyHint::Name(query.to_owned()),
-            });
+    for c in &r.candidates {
+        for addr in c.socket_addrs() {
+            if out.iter().all(|t| t.addr != addr) {
+                out.push(Target {
+                    addr,
+                    label: addr.to_string(),
+                    expected: r.expected,
+                    hint: if given {
+                        KeyHint::Given
+                    } else {
+                        KeyHint::Name {
+                            word: word.to_owned(),
+                            advertised: Box::new(c.id),
+                        }
+                    },
+                });
+            }
         }
     }
     out
+}
+
+/// The target whose key the handshake proved, and the name it welcomed us
+/// with.
+struct Proven {
+    target: usize,
+    name: Option<String>,
 }
 
 /// Sends to the first target that authenticates: a target that fails before
 /// the receiver welcomed us (unreachable, wrong key, failed handshake) makes
 /// way for the next. When all fail, a key mismatch is what is reported.
 async fn send_to_first(
-    identity: &p2pfs::crypto::keys::Keypair,
-    home: &std::path::Path,
+    identity: &Keypair,
+    home: &Path,
     targets: &[Target],
     items: Vec<sender::Item>,
     opts: &SendOptions,
     ui: p2pfs::net::events::EventTx,
-    _first_contact: bool,
-) -> Result<sender::Summary, NetError> {
+) -> (Result<sender::Summary, NetError>, Option<Proven>) {
     let mut key_changed = None;
     for (i, target) in targets.iter().enumerate() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let send = sender::send(identity, home, target, items.clone(), opts, tx);
         tokio::pin!(send);
-        let mut welcomed = false;
+        let mut welcomed = None;
         let mut forward = |ev: Event| {
-            if let Event::Connected { .. } = &ev {
-                welcomed = true;
+            if let Event::Connected { name, .. } = &ev {
+                welcomed = Some(name.clone());
             }
             let _ = ui.send(ev);
         };
@@ -403,30 +659,30 @@ async fn send_to_first(
         while let Ok(ev) = rx.try_recv() {
             forward(ev);
         }
+        let proven = |name| Some(Proven { target: i, name });
         let e = match res {
-            Ok(s) => return Ok(s),
+            Ok(s) => return (Ok(s), proven(welcomed)),
             Err(e) => e,
         };
-        // After the welcome, or refused by the authenticated receiver: that
-        // is the answer, whatever other addresses would say.
-        if welcomed || matches!(e, NetError::Refused { .. }) {
-            return Err(e);
+        // Welcomed, or refused by the authenticated receiver: the handshake
+        // proved the key, and that is the answer, whatever other addresses
+        // would say.
+        if welcomed.is_some() || matches!(e, NetError::Refused { .. }) {
+            return (Err(e), proven(welcomed));
         }
         if i + 1 == targets.len() {
-            return Err(match e {
+            let e = match e {
                 e @ NetError::KeyChanged { .. } => e,
                 e => key_changed.unwrap_or(e),
-            });
+            };
+            return (Err(e), None);
         }
-        tracing::info!(addr = %target.addr, "trying the next address: {e}");
+        tracing::info!(addr = %target.addr, "trying the next address: {}", text::escape(&e.to_string()));
         if matches!(e, NetError::KeyChanged { .. }) && key_changed.is_none() {
             key_changed = Some(e);
         }
     }
-    Err(NetError::Unreachable {
-        addr: "the peer".into(),
-        detail: "it advertises no address".into(),
-    })
+    (Err(no_address()), None)
 }
 
 fn event_json(

@@ -1,24 +1,27 @@
-//! `p2pfs trust …`: the peers this node trusts and the keys it pinned.
+//! `p2pfs trust …`: the keys this node knows, the aliases the user gave
+//! them, and what each may do here.
 
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use p2pfs::{
     crypto::keys::PublicKey,
     store::trust::{Capability, TrustStore},
+    text,
 };
 
 use super::Ctx;
 
 #[derive(Subcommand)]
 pub enum TrustCmd {
-    /// Trust a node: pin its key and let it send (and/or get).
+    /// Trust a node: pin its key, optionally name it, and let it send (and/or get).
     Add {
         /// The node id (52 characters, from `p2pfs id` on that node).
         id: String,
-        /// A local alias.
-        #[arg(long)]
+        /// Your own name for it: `p2pfs send FILE ALIAS` then wants this key only.
+        /// An alias names exactly one key.
+        #[arg(long, value_name = "ALIAS")]
         name: Option<String>,
-        /// What it may do here: send, get (comma-separated).
+        /// What it may do here: send, get (comma-separated), or none (pin and name only).
         #[arg(long, value_delimiter = ',', default_value = "send")]
         allow: Vec<String>,
     },
@@ -28,11 +31,38 @@ pub enum TrustCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Forget a peer: its rights and its pinned key.
+    /// Forget a peer: its aliases, its rights and its pinned key.
     Rm {
         /// Node id, unique id prefix or alias.
         what: String,
     },
+}
+
+fn caps(allow: &[String]) -> Result<Vec<Capability>> {
+    let mut caps = Vec::new();
+    for a in allow {
+        match a.trim() {
+            "send" => caps.push(Capability::Send),
+            "get" => caps.push(Capability::Get),
+            "none" if allow.len() == 1 => {}
+            other => bail!(
+                "unknown capability {:?} (use send, get, or none alone)",
+                text::escape(other)
+            ),
+        }
+    }
+    Ok(caps)
+}
+
+fn shown_caps(allow: &[Capability]) -> String {
+    if allow.is_empty() {
+        return "-".into();
+    }
+    allow
+        .iter()
+        .map(|c| format!("{c:?}").to_lowercase())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub fn run(ctx: &Ctx, cmd: TrustCmd) -> Result<()> {
@@ -41,23 +71,26 @@ pub fn run(ctx: &Ctx, cmd: TrustCmd) -> Result<()> {
     match cmd {
         TrustCmd::Add { id, name, allow } => {
             let Some(key) = PublicKey::parse_id(&id) else {
-                bail!("{id:?} is not a node id (52 base32 characters, as `p2pfs id` prints)");
+                bail!(
+                    "{:?} is not a node id (52 base32 characters, as `p2pfs id` prints)",
+                    text::escape(&id)
+                );
             };
-            let mut caps = Vec::new();
-            for a in &allow {
-                caps.push(match a.trim() {
-                    "send" => Capability::Send,
-                    "get" => Capability::Get,
-                    other => bail!("unknown capability {other:?} (use send, get)"),
-                });
+            let caps = caps(&allow)?;
+            // Check the alias before anything changes.
+            if let Some(alias) = &name {
+                store.add_alias(&key, alias)?;
             }
-            store.trust(&key, name, &caps);
+            store.trust(&key, &caps)?;
             store.save()?;
+            let named = name
+                .map(|a| format!(", alias {:?}", text::escape(&a)))
+                .unwrap_or_default();
             println!(
-                "trusted {} (fingerprint {}), allowed: {}",
+                "trusted {} (fingerprint {}){named}, allowed: {}",
                 key,
                 key.fingerprint(),
-                allow.join(",")
+                shown_caps(&caps)
             );
         }
         TrustCmd::List { json } => {
@@ -67,9 +100,10 @@ pub fn run(ctx: &Ctx, cmd: TrustCmd) -> Result<()> {
                     .iter()
                     .map(|p| {
                         serde_json::json!({
-                            "id": p.id,
-                            "fingerprint": p.key().map(|k| k.fingerprint()),
-                            "name": p.name,
+                            "id": p.key.to_id(),
+                            "fingerprint": p.key.fingerprint(),
+                            "aliases": p.aliases,
+                            "peer_name": p.peer_name,
                             "allow": p.allow,
                             "addresses": p.addresses,
                         })
@@ -78,22 +112,23 @@ pub fn run(ctx: &Ctx, cmd: TrustCmd) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 for p in store.peers() {
-                    let allow: Vec<String> = p
-                        .allow
-                        .iter()
-                        .map(|c| format!("{c:?}").to_lowercase())
-                        .collect();
+                    let aliases = if p.aliases.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        text::escape(&p.aliases.join(","))
+                    };
+                    let calls = p
+                        .peer_name
+                        .as_deref()
+                        .map(|n| format!("  (calls itself {:?})", text::escape(n)))
+                        .unwrap_or_default();
                     println!(
-                        "{}  {:<16} allow: {:<9} {}  {}",
-                        p.key().map(|k| k.fingerprint()).unwrap_or_default(),
-                        p.name.as_deref().unwrap_or("-"),
-                        if allow.is_empty() {
-                            "-".into()
-                        } else {
-                            allow.join(",")
-                        },
-                        p.id,
-                        p.addresses.join(" ")
+                        "{}  {:<16} allow: {:<9} {}  {}{calls}",
+                        p.key.fingerprint(),
+                        aliases,
+                        shown_caps(&p.allow),
+                        p.key,
+                        text::escape(&p.addresses.join(" ")),
                     );
                 }
                 if store.peers().is_empty() {
@@ -102,15 +137,27 @@ pub fn run(ctx: &Ctx, cmd: TrustCmd) -> Result<()> {
             }
         }
         TrustCmd::Rm { what } => {
-            let hits: Vec<String> = store.find(&what).iter().map(|p| p.id.clone()).collect();
+            let hits: Vec<PublicKey> = store.named(&what).iter().map(|p| p.key).collect();
             match hits.as_slice() {
                 [one] => {
                     store.remove(one);
                     store.save()?;
-                    println!("removed {one}; its key will be pinned again at the next contact");
+                    println!(
+                        "removed {one}: its aliases, rights and pins are gone; its key is new here again"
+                    );
                 }
-                [] => bail!("no known peer matches {what:?} (see `p2pfs trust list`)"),
-                many => bail!("{what:?} matches several peers:\n  {}", many.join("\n  ")),
+                [] => bail!(
+                    "no known peer matches {:?} (see `p2pfs trust list`)",
+                    text::escape(&what)
+                ),
+                many => bail!(
+                    "{:?} matches several peers; give a node id:\n  {}",
+                    text::escape(&what),
+                    many.iter()
+                        .map(|k| format!("{k}  fingerprint {}", k.fingerprint()))
+                        .collect::<Vec<_>>()
+                        .join("\n  ")
+                ),
             }
         }
     }

@@ -4,11 +4,14 @@
 //! (`docs/PROTOCOL.md`, *Discovery*).
 //!
 //! What a record says is a **hint**, never an identity: anyone on the LAN
-//! can advertise any name and any id. The id from the TXT record (or the key
-//! pinned for the name) only becomes the key the Noise handshake must prove;
-//! the handshake decides. Malformed and foreign records are skipped, never an
-//! error. This module never prints: outcomes are values and
-//! [`DiscoveryError`]s.
+//! can advertise any name and any id, or re-announce another node's
+//! instance with its own. A browse therefore keeps every (instance, id) pair
+//! it sees, and a word behind which two ids appear is ambiguous unless the
+//! user's own word (an alias in the trust store) names one key; nothing is
+//! ever picked by arrival order. The id chosen only becomes the key the
+//! Noise handshake must prove; the handshake decides. Malformed and foreign
+//! records are skipped, never an error. This module never prints: outcomes
+//! are values and [`DiscoveryError`]s.
 
 use std::{
     collections::BTreeMap,
@@ -19,7 +22,7 @@ use std::{
 use mdns_sd::{DaemonEvent, IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
 use thiserror::Error;
 
-use crate::crypto::keys::PublicKey;
+use crate::{crypto::keys::PublicKey, store::format::validate_node_name, text};
 
 /// The DNS-SD service type of p2pfs nodes.
 pub const SERVICE_TYPE: &str = "_p2pfs._udp.local.";
@@ -28,10 +31,13 @@ pub const PROTOCOL_VERSION: &str = "1";
 /// Longest instance label we advertise, in bytes. DNS labels end at 63
 /// bytes, and a name conflict makes mdns-sd append " (N)".
 const MAX_INSTANCE: usize = 56;
-/// Longest node name (`docs/VAULT.md`, identity file).
-const MAX_NAME: usize = 64;
-/// A hostile LAN can advertise any number of instances: keep at most this many.
-const MAX_PEERS: usize = 1024;
+/// Longest instance label accepted from the LAN (a DNS label).
+const MAX_LABEL: usize = 63;
+/// A hostile LAN can advertise any number of records: keep at most this
+/// many (instance, id) pairs per browse.
+pub const MAX_PEERS: usize = 1024;
+/// Most addresses kept for one (instance, id) pair.
+const MAX_ADDRESSES: usize = 16;
 /// After the first node matching a name, how long to wait for another one
 /// with the same name (which makes the name ambiguous).
 const MATCH_GRACE: Duration = Duration::from_millis(300);
@@ -69,8 +75,21 @@ pub enum DiscoveryError {
     Ambiguous {
         /// What was asked for.
         query: String,
-        /// The matching nodes (distinct ids).
+        /// The matching nodes (one per distinct id).
         candidates: Vec<Peer>,
+    },
+    /// More records were announced than a browse keeps, so a second node
+    /// behind the word may have gone unseen.
+    #[error(
+        "more than {MAX_PEERS} p2pfs records were announced on the LAN while looking for {query:?}: \
+         some were dropped, so p2pfs cannot tell whether another node uses that name (the LAN \
+         may be flooded); nothing was sent. Send by full node id, host:port or \
+         NODEID@host:port, or name the node yourself: \
+         `p2pfs trust add <its id> --name {query} --allow none`"
+    )]
+    Flooded {
+        /// What was asked for.
+        query: String,
     },
 }
 
@@ -80,14 +99,9 @@ fn ambiguous_message(query: &str, candidates: &[Peer]) -> String {
         candidates.len()
     );
     for p in candidates {
-        let shown = if p.instance == p.name {
-            p.name.clone()
-        } else {
-            format!("{} [{}]", p.name, p.instance)
-        };
         s.push_str(&format!(
             "  {:<20} fingerprint {}  id {}  at {}\n",
-            shown,
+            p.shown_name(),
             p.id.fingerprint(),
             p.id,
             p.socket_addrs()
@@ -97,11 +111,12 @@ fn ambiguous_message(query: &str, candidates: &[Peer]) -> String {
                 .join(" ")
         ));
     }
-    s.push_str(
-        "Compare the fingerprints with `p2pfs id` on the node you mean, then send to it by \
-         node id or a unique id prefix (8 characters or more). That first send pins the name \
-         to that node's key, and later sends by name pick it.",
-    );
+    s.push_str(&format!(
+        "Anyone on the LAN can announce any name. Compare the fingerprints with `p2pfs id` on the \
+         node you mean, then send to it by node id or a unique id prefix (8 characters or more), \
+         or make {query:?} your name for it: `p2pfs trust add <its id> --name {query} --allow none` \
+         (later sends to {query:?} then want that key only)."
+    ));
     s
 }
 
@@ -109,8 +124,8 @@ fn mdns_err(e: mdns_sd::Error) -> DiscoveryError {
     DiscoveryError::Mdns(e.to_string())
 }
 
-/// A p2pfs node found on the LAN, merged from every record seen for its
-/// instance. Everything here is what the node *claims*.
+/// A p2pfs node found on the LAN: one (instance, id) pair, merged from
+/// every record seen for it. Everything here is what the record *claims*.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     /// The mDNS instance label (the node name, or "name (2)" after a
@@ -125,9 +140,27 @@ pub struct Peer {
     pub addresses: Vec<IpAddr>,
     /// Its UDP port.
     pub port: u16,
+    /// A goodbye (or a record of TTL 0) withdrew it during the browse. It
+    /// still counts when deciding whether a word is ambiguous: anyone can
+    /// send a goodbye in another node's name.
+    pub withdrawn: bool,
 }
 
 impl Peer {
+    /// The name and, when it differs, the instance label, escaped for a
+    /// terminal (both are validated already; this is the second guard).
+    pub fn shown_name(&self) -> String {
+        if self.instance == self.name {
+            text::escape(&self.name)
+        } else {
+            format!(
+                "{} [{}]",
+                text::escape(&self.name),
+                text::escape(&self.instance)
+            )
+        }
+    }
+
     /// The addresses with the port, in the order to try them.
     pub fn socket_addrs(&self) -> Vec<SocketAddr> {
         self.addresses
@@ -144,7 +177,10 @@ impl Peer {
         if !suffix.strip_prefix('.')?.eq_ignore_ascii_case(SERVICE_TYPE) {
             return None;
         }
-        if instance.is_empty() || instance.chars().any(char::is_control) {
+        if instance.is_empty()
+            || instance.len() > MAX_LABEL
+            || instance.chars().any(text::is_forbidden_in_name)
+        {
             return None;
         }
         if info.get_property_val_str("v")?.trim() != PROTOCOL_VERSION {
@@ -152,7 +188,7 @@ impl Peer {
         }
         let id = PublicKey::parse_id(info.get_property_val_str("id")?)?;
         let name = match info.get_property_val_str("name") {
-            Some(n) if valid_name(n) => n.to_owned(),
+            Some(n) if validate_node_name(n).is_ok() => n.to_owned(),
             Some(_) => return None,
             None => instance.to_owned(),
         };
@@ -167,6 +203,8 @@ impl Peer {
             .filter(usable)
             .collect();
         addresses.sort_by_key(|ip| (rank(ip), *ip));
+        addresses.dedup();
+        addresses.truncate(MAX_ADDRESSES);
         if addresses.is_empty() {
             return None;
         }
@@ -176,12 +214,9 @@ impl Peer {
             id,
             addresses,
             port,
+            withdrawn: false,
         })
     }
-}
-
-fn valid_name(n: &str) -> bool {
-    !n.is_empty() && n.len() <= MAX_NAME && !n.chars().any(char::is_control)
 }
 
 /// Addresses a connection can use: not unspecified, not multicast, and no
@@ -209,7 +244,13 @@ fn rank(ip: &IpAddr) -> u8 {
 pub fn instance_label(name: &str) -> String {
     let mut s: String = name
         .chars()
-        .map(|c| if c == '.' || c.is_control() { '-' } else { c })
+        .map(|c| {
+            if c == '.' || text::is_forbidden_in_name(c) {
+                '-'
+            } else {
+                c
+            }
+        })
         .collect();
     while s.len() > MAX_INSTANCE {
         s.pop();
@@ -221,11 +262,15 @@ pub fn instance_label(name: &str) -> String {
     }
 }
 
-/// Peers merged by instance: mdns-sd reports an instance again each time
-/// more of its records (addresses) arrive.
+/// Every (instance, id) pair seen during one browse. mdns-sd reports an
+/// instance again each time more of its records (addresses) arrive, and
+/// again when another responder re-announces the same instance with other
+/// records: keyed by the pair, a second id under a name is *added*, never
+/// replaces the first (which would let a spoofer take the name over).
 #[derive(Default)]
 struct Merged {
-    by_fullname: BTreeMap<String, Peer>,
+    seen: BTreeMap<(String, PublicKey), Peer>,
+    truncated: bool,
 }
 
 impl Merged {
@@ -233,53 +278,83 @@ impl Merged {
     fn apply(&mut self, ev: ServiceEvent) -> bool {
         match ev {
             ServiceEvent::ServiceResolved(info) => {
-                let key = info.get_fullname().to_lowercase();
                 let Some(new) = Peer::from_info(&info) else {
+                    // Skipped, and nothing already seen is dropped: a
+                    // malformed re-announcement must not hide a node.
                     tracing::debug!(
-                        name = info.get_fullname(),
+                        name = %text::escape(info.get_fullname()),
                         "ignoring a malformed or foreign record"
                     );
-                    // An instance that turned malformed is no longer listed.
-                    return self.by_fullname.remove(&key).is_some();
+                    return false;
                 };
-                let room = self.by_fullname.len() < MAX_PEERS;
-                match self.by_fullname.get_mut(&key) {
-                    // Same node: keep every address seen so far.
-                    Some(old) if old.id == new.id => {
+                let key = (info.get_fullname().to_lowercase(), new.id);
+                let room = self.seen.len() < MAX_PEERS;
+                match self.seen.get_mut(&key) {
+                    // Same pair: keep every address seen so far.
+                    Some(old) => {
                         let before = old.clone();
                         let mut addrs = old.addresses.clone();
-                        addrs.extend(new.addresses);
+                        addrs.extend(new.addresses.iter().copied());
                         addrs.sort_by_key(|ip| (rank(ip), *ip));
                         addrs.dedup();
+                        addrs.truncate(MAX_ADDRESSES);
                         *old = Peer {
                             addresses: addrs,
                             ..new
                         };
                         *old != before
                     }
-                    // Another key under that instance now: start over.
-                    Some(old) => {
-                        *old = new;
-                        true
-                    }
                     None if room => {
-                        self.by_fullname.insert(key, new);
+                        self.seen.insert(key, new);
                         true
                     }
-                    None => false,
+                    None => {
+                        self.truncated = true;
+                        false
+                    }
                 }
             }
             ServiceEvent::ServiceRemoved(_, fullname) => {
-                self.by_fullname.remove(&fullname.to_lowercase()).is_some()
+                let name = fullname.to_lowercase();
+                let mut changed = false;
+                for (_, p) in self.seen.iter_mut().filter(|((n, _), _)| *n == name) {
+                    changed |= !p.withdrawn;
+                    p.withdrawn = true;
+                }
+                changed
             }
             _ => false,
         }
     }
 
     fn peers(&self) -> Vec<Peer> {
-        let mut v: Vec<Peer> = self.by_fullname.values().cloned().collect();
-        v.sort_by(|a, b| (&a.name, &a.instance, a.id).cmp(&(&b.name, &b.instance, b.id)));
+        let mut v: Vec<Peer> = self.seen.values().cloned().collect();
+        v.sort_by(|a, b| {
+            (a.withdrawn, &a.name, &a.instance, a.id).cmp(&(
+                b.withdrawn,
+                &b.name,
+                &b.instance,
+                b.id,
+            ))
+        });
         v
+    }
+}
+
+/// What a browse found.
+#[derive(Debug, Clone, Default)]
+pub struct Browsed {
+    /// Every (instance, id) pair seen, live ones first, then by name,
+    /// instance and id (never by arrival).
+    pub peers: Vec<Peer>,
+    /// More than [`MAX_PEERS`] pairs were announced: some were not kept.
+    pub truncated: bool,
+}
+
+impl Browsed {
+    /// The pairs not withdrawn (what is on the LAN now).
+    pub fn live(&self) -> impl Iterator<Item = &Peer> {
+        self.peers.iter().filter(|p| !p.withdrawn)
     }
 }
 
@@ -291,12 +366,12 @@ fn daemon() -> Result<ServiceDaemon, DiscoveryError> {
 }
 
 /// Browses the LAN for p2pfs nodes until `timeout` or until `stop_when`
-/// holds. `stop_when` sees the merged peers after every change and every
-/// 50 ms, so it may also stop on time (see [`Lookup::settled`]).
+/// holds. `stop_when` sees every pair seen so far after every change and
+/// every 50 ms, so it may also stop on time (see [`Lookup::settled`]).
 pub async fn browse(
     timeout: Duration,
     mut stop_when: impl FnMut(&[Peer]) -> bool,
-) -> Result<Vec<Peer>, DiscoveryError> {
+) -> Result<Browsed, DiscoveryError> {
     let d = daemon()?;
     let rx = d.browse(SERVICE_TYPE).map_err(mdns_err)?;
     let deadline = tokio::time::Instant::now() + timeout;
@@ -325,32 +400,38 @@ pub async fn browse(
     drop(rx);
     let _ = d.stop_browse(SERVICE_TYPE);
     let _ = d.shutdown();
-    Ok(merged.peers())
+    Ok(Browsed {
+        peers: merged.peers(),
+        truncated: merged.truncated,
+    })
 }
 
 /// Resolving a PEER argument (a node name, a node id or a unique id prefix
-/// of 8+ characters) against what [`browse`] finds.
+/// of 8+ characters) against what [`browse`] finds (`docs/PROTOCOL.md`,
+/// *Resolving a PEER argument*).
 pub struct Lookup {
     query: String,
     id: Option<PublicKey>,
     prefix: Option<String>,
-    pinned: Vec<PublicKey>,
+    pinned: Option<PublicKey>,
     first_match: Option<Instant>,
 }
 
 /// Where a [`Lookup`] says to connect.
 #[derive(Debug, Clone)]
 pub struct Resolved {
-    /// The key the handshake must prove (the advertised id, or the pinned key).
+    /// The key the handshake must prove: the id asked for, the key the
+    /// user's word names, else the one id advertised for the word.
     pub expected: PublicKey,
-    /// The matching instances, to try in order.
+    /// The matching pairs, to try in order (those advertising `expected`
+    /// when there are any; live ones first).
     pub candidates: Vec<Peer>,
 }
 
 impl Lookup {
-    /// A lookup of `query`; `pinned` are the keys this node already pinned
-    /// for that name, id or prefix (the trust store's answer).
-    pub fn new(query: &str, pinned: Vec<PublicKey>) -> Self {
+    /// A lookup of `query`; `pinned` is the key the user's own word names
+    /// here (an alias, the id or an id prefix: the trust store's answer).
+    pub fn new(query: &str, pinned: Option<PublicKey>) -> Self {
         let q = query.trim();
         let id = if q.len() == 52 {
             PublicKey::parse_id(q)
@@ -364,39 +445,48 @@ impl Lookup {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)))
         .then_some(lower);
-        let mut pinned = pinned;
-        pinned.sort();
-        pinned.dedup();
         Self {
             query: q.to_owned(),
             id,
             prefix,
-            pinned,
+            pinned: if id.is_some() { None } else { pinned },
             first_match: None,
         }
     }
 
-    /// True when `p` is what the query names.
+    /// The node id, when the query is one (the key itself was given).
+    pub fn exact_id(&self) -> Option<PublicKey> {
+        self.id
+    }
+
+    /// True when `p` is what the query names: the id asked for; else its
+    /// node name or instance label (ignoring case), an id prefix, or the
+    /// key the word names here (an alias names a key, not a LAN name).
     pub fn matches(&self, p: &Peer) -> bool {
         if let Some(id) = self.id {
             return p.id == id;
         }
-        let by_name = p.name.to_lowercase() == self.query.to_lowercase()
-            || p.instance.to_lowercase() == self.query.to_lowercase();
+        let q = self.query.to_lowercase();
+        let by_name = p.name.to_lowercase() == q || p.instance.to_lowercase() == q;
         let by_prefix = self
             .prefix
             .as_ref()
             .is_some_and(|pre| p.id.to_id().starts_with(pre.as_str()));
-        by_name || by_prefix
+        by_name || by_prefix || self.pinned == Some(p.id)
     }
 
-    /// Whether browsing can stop: at once when the node with the exact or
-    /// pinned key is found; a short while after the first other match (to
-    /// notice a second node with the same name).
+    /// The key decided before browsing (given, or named by the user's word).
+    fn decided(&self) -> Option<PublicKey> {
+        self.id.or(self.pinned)
+    }
+
+    /// Whether browsing can stop: at once when a pair with the decided key
+    /// is seen; else a short while after the first match (to notice a
+    /// second node, or a spoofer, behind the same word).
     pub fn settled(&mut self, peers: &[Peer], now: Instant) -> bool {
         let mut any = false;
         for p in peers.iter().filter(|p| self.matches(p)) {
-            if self.id.is_some() || self.pinned.contains(&p.id) {
+            if self.decided() == Some(p.id) {
                 return true;
             }
             any = true;
@@ -405,7 +495,7 @@ impl Lookup {
             return false;
         }
         let first = *self.first_match.get_or_insert(now);
-        let grace = if self.pinned.is_empty() {
+        let grace = if self.pinned.is_none() {
             MATCH_GRACE
         } else {
             PINNED_GRACE
@@ -413,59 +503,55 @@ impl Lookup {
         now.duration_since(first) >= grace
     }
 
-    /// Decides from what was found. With a pinned key that none of the
-    /// matches advertises, they are still returned, with the pinned key as
-    /// `expected`: the handshake then refuses them as a possible
-    /// man-in-the-middle.
-    pub fn resolve(&self, peers: &[Peer], waited: Duration) -> Result<Resolved, DiscoveryError> {
-        let matching: Vec<&Peer> = peers.iter().filter(|p| self.matches(p)).collect();
+    /// Decides from what was found, never by arrival order:
+    ///
+    /// 1. a key given or named by the user's word is the expected key; the
+    ///    pairs advertising it are the candidates, else every match is (the
+    ///    handshake then refuses them as a possible man-in-the-middle);
+    /// 2. otherwise one distinct advertised id is the expected key, and
+    ///    several are [`DiscoveryError::Ambiguous`] (withdrawn pairs count:
+    ///    a goodbye is as easy to forge as a record).
+    pub fn resolve(&self, found: &Browsed, waited: Duration) -> Result<Resolved, DiscoveryError> {
+        let matching: Vec<&Peer> = found.peers.iter().filter(|p| self.matches(p)).collect();
         if matching.is_empty() {
             return Err(DiscoveryError::NotFound {
-                query: self.query.clone(),
+                query: text::escape(&self.query),
                 waited,
             });
         }
-        let pinned: Vec<&Peer> = matching
-            .iter()
-            .copied()
-            .filter(|p| self.pinned.contains(&p.id))
-            .collect();
-        let (chosen, expected) = if !pinned.is_empty() {
-            (pinned, None)
-        } else if let [only] = self.pinned.as_slice() {
-            (matching, Some(*only))
-        } else {
-            (matching, None)
-        };
-        let expected = match expected {
-            Some(k) => k,
-            None => {
-                let mut ids: Vec<PublicKey> = chosen.iter().map(|p| p.id).collect();
-                ids.sort();
-                ids.dedup();
-                match ids.as_slice() {
-                    [one] => *one,
-                    _ => {
-                        let mut seen = Vec::new();
-                        let mut candidates = Vec::new();
-                        for p in chosen {
-                            if !seen.contains(&p.id) {
-                                seen.push(p.id);
-                                candidates.push(p.clone());
-                            }
-                        }
-                        return Err(DiscoveryError::Ambiguous {
-                            query: self.query.clone(),
-                            candidates,
-                        });
-                    }
-                }
+        if let Some(key) = self.decided() {
+            let holding: Vec<&Peer> = matching.iter().copied().filter(|p| p.id == key).collect();
+            let chosen = if holding.is_empty() {
+                matching
+            } else {
+                holding
+            };
+            return Ok(Resolved {
+                expected: key,
+                candidates: chosen.into_iter().cloned().collect(),
+            });
+        }
+        if found.truncated {
+            return Err(DiscoveryError::Flooded {
+                query: text::escape(&self.query),
+            });
+        }
+        let mut distinct: Vec<&Peer> = Vec::new();
+        for p in &matching {
+            if distinct.iter().all(|d| d.id != p.id) {
+                distinct.push(p);
             }
-        };
-        Ok(Resolved {
-            expected,
-            candidates: chosen.into_iter().cloned().collect(),
-        })
+        }
+        match distinct.as_slice() {
+            [one] => Ok(Resolved {
+                expected: one.id,
+                candidates: matching.into_iter().cloned().collect(),
+            }),
+            _ => Err(DiscoveryError::Ambiguous {
+                query: text::escape(&self.query),
+                candidates: distinct.into_iter().cloned().collect(),
+            }),
+        }
     }
 }
 
@@ -650,6 +736,14 @@ mod tests {
             id,
             addresses: vec!["10.0.0.1".parse().unwrap()],
             port: 47474,
+            withdrawn: false,
+        }
+    }
+
+    fn found(peers: Vec<Peer>) -> Browsed {
+        Browsed {
+            peers,
+            truncated: false,
         }
     }
 
@@ -753,7 +847,7 @@ mod tests {
     }
 
     #[test]
-    fn repeated_resolutions_merge_by_instance() {
+    fn repeated_resolutions_merge_by_instance_and_id() {
         let id = key();
         let mut m = Merged::default();
         assert!(m.apply(ServiceEvent::ServiceResolved(good("a", &id, "10.0.0.2"))));
@@ -768,21 +862,97 @@ mod tests {
         let peers = m.peers();
         assert_eq!(peers.len(), 1);
         assert_eq!(peers[0].addresses.len(), 2);
-        // A new key under the same instance replaces the old addresses.
+        // Another key re-announcing the same instance is added beside the
+        // first, never instead of it (M1: that let a spoofer take a name).
         let other = key();
         assert!(m.apply(ServiceEvent::ServiceResolved(good("a", &other, "10.0.0.3"))));
-        assert_eq!(m.peers()[0].id, other);
-        assert_eq!(m.peers()[0].addresses.len(), 1);
-        // An instance whose record turns malformed is dropped.
+        let ids: Vec<PublicKey> = m.peers().iter().map(|p| p.id).collect();
+        assert!(ids.len() == 2 && ids.contains(&id) && ids.contains(&other));
+        // A malformed re-announcement is skipped and hides nothing.
         let broken = info("a", &[("v", "1".into())], "10.0.0.3", 47474);
-        assert!(m.apply(ServiceEvent::ServiceResolved(broken)));
-        assert!(m.peers().is_empty());
+        assert!(!m.apply(ServiceEvent::ServiceResolved(broken)));
+        assert_eq!(m.peers().len(), 2);
+        // A goodbye withdraws both pairs of the instance, which stay known
+        // (a goodbye can be forged as easily as a record), listed last.
         assert!(m.apply(ServiceEvent::ServiceResolved(good("b", &id, "10.0.0.4"))));
         assert!(m.apply(ServiceEvent::ServiceRemoved(
             SERVICE_TYPE.into(),
-            format!("B.{SERVICE_TYPE}")
+            format!("A.{SERVICE_TYPE}")
         )));
-        assert!(m.peers().is_empty());
+        let peers = m.peers();
+        assert_eq!(peers.len(), 3);
+        assert_eq!(
+            peers.iter().map(|p| p.withdrawn).collect::<Vec<_>>(),
+            [false, true, true]
+        );
+        assert_eq!(peers[0].instance, "b");
+    }
+
+    #[test]
+    fn at_most_max_peers_pairs_are_kept_and_overflow_is_noticed() {
+        let mut m = Merged::default();
+        let id = key();
+        for i in 0..MAX_PEERS + 5 {
+            m.apply(ServiceEvent::ServiceResolved(good(
+                &format!("n{i}"),
+                &id,
+                "10.0.0.1",
+            )));
+        }
+        assert_eq!(m.peers().len(), MAX_PEERS);
+        assert!(m.truncated);
+        // A flood hides nothing silently: a name lookup refuses to decide.
+        let f = Browsed {
+            peers: m.peers(),
+            truncated: true,
+        };
+        assert!(matches!(
+            Lookup::new("n1", None).resolve(&f, Duration::ZERO),
+            Err(DiscoveryError::Flooded { .. })
+        ));
+        // The user's own choice still decides.
+        assert_eq!(
+            Lookup::new("n1", Some(id))
+                .resolve(&f, Duration::ZERO)
+                .unwrap()
+                .expected,
+            id
+        );
+        assert_eq!(
+            Lookup::new(&id.to_id(), None)
+                .resolve(&f, Duration::ZERO)
+                .unwrap()
+                .expected,
+            id
+        );
+    }
+
+    #[test]
+    fn names_and_instances_are_validated_like_node_names() {
+        let id = key().to_id();
+        for (instance, name) in [
+            ("ok", "a\u{202e}b"),
+            ("ok", "zero\u{200b}width"),
+            ("ok", "bom\u{feff}"),
+            ("rtl\u{202e}txt", "ok"),
+            ("iso\u{2066}late", "ok"),
+        ] {
+            let i = info(
+                instance,
+                &[("v", "1".into()), ("id", id.clone()), ("name", name.into())],
+                "10.0.0.1",
+                1,
+            );
+            assert_eq!(Peer::from_info(&i), None, "{instance:?} {name:?}");
+        }
+        let long = "l".repeat(MAX_LABEL + 1);
+        let i = info(
+            &long,
+            &[("v", "1".into()), ("id", id.clone())],
+            "10.0.0.1",
+            1,
+        );
+        assert_eq!(Peer::from_info(&i), None);
     }
 
     #[test]
@@ -790,6 +960,7 @@ mod tests {
         assert_eq!(instance_label("vault-b"), "vault-b");
         assert_eq!(instance_label("my.host.name"), "my-host-name");
         assert_eq!(instance_label("   "), "p2pfs");
+        assert_eq!(instance_label("a\u{202e}b"), "a-b");
         let long = "é".repeat(40);
         let l = instance_label(&long);
         assert!(l.len() <= MAX_INSTANCE && long.starts_with(&l));
@@ -798,28 +969,24 @@ mod tests {
     #[test]
     fn lookup_by_name_id_and_prefix() {
         let (a, b) = (key(), key());
-        let peers = vec![peer("vault-b", a), peer("laptop", b)];
-        let r = Lookup::new("vault-b", vec![])
+        let peers = found(vec![peer("vault-b", a), peer("laptop", b)]);
+        let r = Lookup::new("vault-b", None)
             .resolve(&peers, Duration::ZERO)
             .unwrap();
         assert_eq!((r.expected, r.candidates.len()), (a, 1));
         assert_eq!(
-            Lookup::new("VAULT-B", vec![])
+            Lookup::new("VAULT-B", None)
                 .resolve(&peers, Duration::ZERO)
                 .unwrap()
                 .expected,
             a
         );
-        assert_eq!(
-            Lookup::new(&b.to_id(), vec![])
-                .resolve(&peers, Duration::ZERO)
-                .unwrap()
-                .expected,
-            b
-        );
+        let by_id = Lookup::new(&b.to_id(), None);
+        assert_eq!(by_id.exact_id(), Some(b));
+        assert_eq!(by_id.resolve(&peers, Duration::ZERO).unwrap().expected, b);
         let pre = b.to_id()[..10].to_ascii_uppercase();
         assert_eq!(
-            Lookup::new(&pre, vec![])
+            Lookup::new(&pre, None)
                 .resolve(&peers, Duration::ZERO)
                 .unwrap()
                 .expected,
@@ -827,32 +994,50 @@ mod tests {
         );
         // Too short to be a prefix, and not a name.
         assert!(matches!(
-            Lookup::new(&b.to_id()[..7], vec![]).resolve(&peers, Duration::ZERO),
+            Lookup::new(&b.to_id()[..7], None).resolve(&peers, Duration::ZERO),
             Err(DiscoveryError::NotFound { .. })
         ));
-        let e = Lookup::new("nobody", vec![])
+        let e = Lookup::new("nobody", None)
             .resolve(&peers, Duration::from_secs(3))
             .unwrap_err();
         assert!(e.to_string().contains("p2pfs peers") && e.to_string().contains("5353"));
+        // An alias names a key, whatever name that node announces.
+        let r = Lookup::new("my-laptop", Some(b))
+            .resolve(&peers, Duration::ZERO)
+            .unwrap();
+        assert_eq!((r.expected, r.candidates[0].name.as_str()), (b, "laptop"));
     }
 
     #[test]
-    fn same_name_is_ambiguous_unless_one_is_pinned() {
+    fn two_ids_for_one_word_are_ambiguous_unless_the_user_pinned_one() {
         let (a, b) = (key(), key());
         let mut twin2 = peer("twin", b);
         twin2.instance = "twin (2)".into();
-        let peers = vec![peer("twin", a), twin2];
-        match Lookup::new("twin", vec![]).resolve(&peers, Duration::ZERO) {
-            Err(DiscoveryError::Ambiguous { candidates, .. }) => assert_eq!(candidates.len(), 2),
-            other => panic!("{other:?}"),
+        // A spoofer re-announcing the very same instance with its own id.
+        let spoof = peer("twin", b);
+        let withdrawn = Peer {
+            withdrawn: true,
+            ..peer("twin", b)
+        };
+        for others in [vec![twin2.clone()], vec![spoof], vec![withdrawn]] {
+            let mut all = vec![peer("twin", a)];
+            all.extend(others);
+            let f = found(all);
+            match Lookup::new("twin", None).resolve(&f, Duration::ZERO) {
+                Err(e @ DiscoveryError::Ambiguous { .. }) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains(&a.fingerprint()) && msg.contains(&b.fingerprint()));
+                    assert!(
+                        msg.contains("trust add") && msg.contains("--allow none"),
+                        "{msg}"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
         }
-        let msg = Lookup::new("twin", vec![])
-            .resolve(&peers, Duration::ZERO)
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains(&a.fingerprint()) && msg.contains(&b.fingerprint()));
-        let r = Lookup::new("twin", vec![b])
-            .resolve(&peers, Duration::ZERO)
+        let f = found(vec![peer("twin", a), twin2]);
+        let r = Lookup::new("twin", Some(b))
+            .resolve(&f, Duration::ZERO)
             .unwrap();
         assert_eq!(r.expected, b);
         assert_eq!(r.candidates.len(), 1);
@@ -860,29 +1045,29 @@ mod tests {
     }
 
     #[test]
-    fn a_pinned_name_expects_the_pinned_key_from_anyone() {
+    fn a_pinned_word_expects_the_pinned_key_from_anyone() {
         let (pinned, impostor) = (key(), key());
-        let peers = vec![peer("laptop", impostor)];
-        let r = Lookup::new("laptop", vec![pinned])
-            .resolve(&peers, Duration::ZERO)
+        let f = found(vec![peer("laptop", impostor)]);
+        let r = Lookup::new("laptop", Some(pinned))
+            .resolve(&f, Duration::ZERO)
             .unwrap();
         assert_eq!(r.expected, pinned);
         assert_eq!(r.candidates[0].id, impostor);
     }
 
     #[test]
-    fn settling_waits_for_duplicates_but_not_for_exact_keys() {
+    fn settling_waits_for_duplicates_but_not_for_decided_keys() {
         let (a, b) = (key(), key());
         let t0 = Instant::now();
         let peers = vec![peer("x", a)];
-        let mut l = Lookup::new("x", vec![]);
+        let mut l = Lookup::new("x", None);
         assert!(!l.settled(&[], t0));
         assert!(!l.settled(&peers, t0));
         assert!(!l.settled(&peers, t0 + MATCH_GRACE / 2));
         assert!(l.settled(&peers, t0 + MATCH_GRACE));
-        assert!(Lookup::new(&a.to_id(), vec![]).settled(&peers, t0));
-        assert!(Lookup::new("x", vec![a]).settled(&peers, t0));
-        let mut l = Lookup::new("x", vec![b]);
+        assert!(Lookup::new(&a.to_id(), None).settled(&peers, t0));
+        assert!(Lookup::new("x", Some(a)).settled(&peers, t0));
+        let mut l = Lookup::new("x", Some(b));
         assert!(!l.settled(&peers, t0));
         assert!(!l.settled(&peers, t0 + MATCH_GRACE));
         assert!(l.settled(&peers, t0 + PINNED_GRACE));

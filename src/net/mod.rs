@@ -111,9 +111,17 @@ pub enum NetError {
 pub enum KeyHint {
     /// The key pinned for this address.
     Address,
-    /// The key the user's alias (or the word typed at first contact) names.
-    Name(String),
-    /// The key given on the command line (`NODEID@host:port`).
+    /// The key the user's word names here (an alias, the id or an id
+    /// prefix), tried at an address a LAN record announced for that word.
+    Name {
+        /// The word typed.
+        word: String,
+        /// The id the record at that address announced (boxed: errors stay
+        /// small).
+        advertised: Box<PublicKey>,
+    },
+    /// The key given on the command line (`NODEID@host:port`, or a full
+    /// node id on the LAN).
     Given,
 }
 
@@ -138,13 +146,28 @@ fn key_changed_message(
             expected.fingerprint(),
             &expected.to_id()[..12]
         )),
-        KeyHint::Name(name) => {
-            let name = crate::text::escape(name);
+        // The pin is the user's own word for a key; the node that answered
+        // is most likely another one behind the same name. The advice never
+        // drops that pin: it may be the only thing standing between the
+        // user and an impostor.
+        KeyHint::Name { word, advertised } => {
+            let word = crate::text::escape(word);
+            if **advertised == *actual {
+                s.push_str(&format!(
+                    "\n  - {word:?} names the key with fingerprint {} here (your own choice), but the node at {addr} announces {word:?} with another key of its own: most likely another node using the same name. Your pin of {word:?} stays as it is.",
+                    expected.fingerprint()
+                ));
+            } else {
+                s.push_str(&format!(
+                    "\n  - {word:?} names the key with fingerprint {} here (your own choice); the record at {addr} announced fingerprint {} but the node there proved another key: someone may be impersonating it. Your pin of {word:?} stays as it is.",
+                    expected.fingerprint(),
+                    advertised.fingerprint()
+                ));
+            }
             s.push_str(&format!(
-                "\n  - {name:?} names {} here; the node that answered may be another node using the same name: send to it by id ({}) — that does not touch the pin of {name:?}.\n  - Only if {name:?} itself was reinstalled and you compared the new fingerprint out of band: `p2pfs trust rm {}`, then send again.",
-                expected.fingerprint(),
-                &actual.to_id()[..12],
-                &expected.to_id()[..12]
+                "\n  - To send to the node that answered, compare fingerprint {} with `p2pfs id` on it, then send by its id (`p2pfs send FILE {}`) or give it a name of its own (`p2pfs trust add {actual} --name OTHER-NAME --allow none`).",
+                actual.fingerprint(),
+                &actual.to_id()[..12]
             ));
         }
     }
@@ -152,7 +175,8 @@ fn key_changed_message(
 }
 
 impl NetError {
-    /// Maps a stream I/O error.
+    /// Maps a stream I/O error. Its text can carry the peer's close
+    /// reason, so it is bounded and escaped here.
     pub fn io(e: std::io::Error) -> Self {
         Self::lost(&e)
     }
@@ -161,5 +185,44 @@ impl NetError {
     /// is bounded and escaped here, so no caller can show it raw.
     pub fn lost(e: &dyn std::fmt::Display) -> Self {
         NetError::ConnectionLost(crate::text::from_peer(&e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::keys::Keypair;
+
+    #[test]
+    fn the_name_hint_never_advises_dropping_the_users_pin() {
+        let key = || Keypair::generate().unwrap().public();
+        let (pinned, other, claimed) = (key(), key(), key());
+        let msg = |advertised: PublicKey| {
+            NetError::KeyChanged {
+                addr: "10.0.0.2:47474".into(),
+                expected: pinned,
+                actual: other,
+                hint: KeyHint::Name {
+                    word: "twin".into(),
+                    advertised: Box::new(advertised),
+                },
+            }
+            .to_string()
+        };
+        // Same name, other node (it proved the key its record announced).
+        let m = msg(other);
+        assert!(m.contains("MAN-IN-THE-MIDDLE") && m.contains("another node using the same name"));
+        assert!(
+            m.contains(&other.to_id()[..12]) && m.contains("stays as it is"),
+            "{m}"
+        );
+        assert!(!m.contains("trust rm"), "{m}");
+        // A record claiming another key than the one that answered.
+        let m = msg(claimed);
+        assert!(
+            m.contains("impersonating") && m.contains(&claimed.fingerprint()),
+            "{m}"
+        );
+        assert!(!m.contains("trust rm"), "{m}");
     }
 }

@@ -1,5 +1,6 @@
 //! The sending side (`p2pfs send`): connects, authenticates the receiver
-//! against the pinned or given key (trust on first use otherwise), offers the
+//! against the key the caller decided (given, pinned, or confirmed by the
+//! user at first contact after a [`probe`]), offers the
 //! files, then reads each file once — hashing the plaintext, sealing and
 //! MACing the chunks the receiver lacks — and spreads the chunks over
 //! parallel QUIC streams; succeeds only when the receiver has committed and
@@ -160,6 +161,7 @@ fn closed_error(e: &quinn::ConnectionError) -> NetError {
                 _ => NetError::ConnectionLost(reason),
             }
         }
+        // A transport close carries a reason from the peer too.
         other => NetError::lost(other),
     }
 }
@@ -192,7 +194,9 @@ async fn open(
     NetError,
 > {
     let endpoint = endpoint::client(target_addr)?;
-    let conn = endpoint::connect(&endpoint, target_addr, Duration::from_secs(5)).await?;
+    let conn = endpoint::connect(&endpoint, target_addr, Duration::from_secs(5))
+        .await
+        .map_err(peer_text)?;
     let (send, recv) = conn.open_bi().await.map_err(|e| closed_error(&e))?;
     let mut prologue = [0u8; 32];
     conn.export_keying_material(&mut prologue, EXPORTER_LABEL, b"")
@@ -247,7 +251,7 @@ async fn attempt(
                     actual,
                     hint: target.hint.clone(),
                 },
-                other => other,
+                other => peer_text(other),
             })
         }
     }
@@ -284,7 +288,20 @@ pub async fn probe(identity: &Keypair, addr: SocketAddr) -> Result<PublicKey, Ne
         b"first contact: key learnt, asking the user",
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-    key
+    key.map_err(peer_text)
+}
+
+/// A connection or handshake failure made safe to show: its text may quote
+/// the peer's close reason (through the QUIC or stream error).
+fn peer_text(e: NetError) -> NetError {
+    match e {
+        NetError::Handshake(s) => NetError::Handshake(text::from_peer(&s)),
+        NetError::Unreachable { addr, detail } => NetError::Unreachable {
+            addr,
+            detail: text::from_peer(&detail),
+        },
+        other => other,
+    }
 }
 
 /// Reads control messages until one arrives; maps a closed connection.
@@ -495,13 +512,22 @@ pub async fn send(
         let done = done_bytes.clone();
         let ev = events.clone();
         writers.push(tokio::spawn(async move {
-            let mut s = conn.open_uni().await.map_err(|e| closed_error(&e))?;
-            s.write_all(DATA_MAGIC)
-                .await
-                .map_err(|e| NetError::lost(&e))?;
+            // A stream is opened with its first chunk: nothing to send (a
+            // plan that rejected everything) opens nothing.
+            let mut stream: Option<quinn::SendStream> = None;
             loop {
                 let next = rx.lock().await.recv().await;
                 let Some((frame, plain)) = next else { break };
+                let s = match stream.as_mut() {
+                    Some(s) => s,
+                    None => {
+                        let mut s = conn.open_uni().await.map_err(|e| closed_error(&e))?;
+                        s.write_all(DATA_MAGIC)
+                            .await
+                            .map_err(|e| NetError::lost(&e))?;
+                        stream.insert(s)
+                    }
+                };
                 let n = frame.len() as u64;
                 // Handing quinn the buffer itself saves a copy per chunk.
                 s.write_chunk(bytes::Bytes::from(frame))
@@ -511,7 +537,9 @@ pub async fn send(
                 let d = done.fetch_add(plain, Ordering::Relaxed) + plain;
                 let _ = ev.send(Event::Progress { done: d });
             }
-            let _ = s.finish();
+            if let Some(mut s) = stream {
+                let _ = s.finish();
+            }
             Ok::<_, NetError>(())
         }));
     }
