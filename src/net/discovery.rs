@@ -26,8 +26,8 @@ use crate::{crypto::keys::PublicKey, store::format::validate_node_name, text};
 
 /// The DNS-SD service type of p2pfs nodes.
 pub const SERVICE_TYPE: &str = "_p2pfs._udp.local.";
-/// The protocol version a node advertises in TXT `v` (ALPN `p2pfs/1`).
-pub const PROTOCOL_VERSION: &str = "1";
+/// The protocol version a node advertises in TXT `v` (ALPN `p2pfs/2`).
+pub const PROTOCOL_VERSION: &str = "2";
 /// Longest instance label we advertise, in bytes. DNS labels end at 63
 /// bytes, and a name conflict makes mdns-sd append " (N)".
 const MAX_INSTANCE: usize = 56;
@@ -723,7 +723,7 @@ mod tests {
     fn good(instance: &str, id: &PublicKey, ips: &str) -> ServiceInfo {
         info(
             instance,
-            &[("v", "1".into()), ("id", id.to_id())],
+            &[("v", "2".into()), ("id", id.to_id())],
             ips,
             47474,
         )
@@ -765,7 +765,7 @@ mod tests {
         let named = info(
             "vault-b (2)",
             &[
-                ("v", "1".into()),
+                ("v", "2".into()),
                 ("id", id.to_id()),
                 ("name", "vault.b".into()),
             ],
@@ -784,31 +784,31 @@ mod tests {
         let id = key().to_id();
         let cases: Vec<ServiceInfo> = vec![
             info("x", &[("id", id.clone())], "10.0.0.1", 1),
-            info("x", &[("v", "2".into()), ("id", id.clone())], "10.0.0.1", 1),
-            info("x", &[("v", "1".into())], "10.0.0.1", 1),
+            info("x", &[("v", "1".into()), ("id", id.clone())], "10.0.0.1", 1),
+            info("x", &[("v", "2".into())], "10.0.0.1", 1),
             info(
                 "x",
-                &[("v", "1".into()), ("id", "not-an-id".into())],
+                &[("v", "2".into()), ("id", "not-an-id".into())],
                 "10.0.0.1",
                 1,
             ),
             info(
                 "x",
-                &[("v", "1".into()), ("id", id[..40].into())],
+                &[("v", "2".into()), ("id", id[..40].into())],
                 "10.0.0.1",
                 1,
             ),
-            info("x", &[("v", "1".into()), ("id", id.clone())], "10.0.0.1", 0),
+            info("x", &[("v", "2".into()), ("id", id.clone())], "10.0.0.1", 0),
             info(
                 "x",
-                &[("v", "1".into()), ("id", id.clone())],
+                &[("v", "2".into()), ("id", id.clone())],
                 "fe80::1,224.0.0.1",
                 1,
             ),
             info(
                 "x",
                 &[
-                    ("v", "1".into()),
+                    ("v", "2".into()),
                     ("id", id.clone()),
                     ("name", "a\u{1b}[2J".into()),
                 ],
@@ -818,7 +818,7 @@ mod tests {
             info(
                 "x",
                 &[
-                    ("v", "1".into()),
+                    ("v", "2".into()),
                     ("id", id.clone()),
                     ("name", "n".repeat(65)),
                 ],
@@ -827,7 +827,7 @@ mod tests {
             ),
             info(
                 "\u{7}bell",
-                &[("v", "1".into()), ("id", id.clone())],
+                &[("v", "2".into()), ("id", id.clone())],
                 "10.0.0.1",
                 1,
             ),
@@ -837,7 +837,7 @@ mod tests {
                 "h.local.",
                 "10.0.0.1",
                 1,
-                &[("v", "1"), ("id", id.as_str())][..],
+                &[("v", "2"), ("id", id.as_str())][..],
             )
             .unwrap(),
         ];
@@ -869,7 +869,7 @@ mod tests {
         let ids: Vec<PublicKey> = m.peers().iter().map(|p| p.id).collect();
         assert!(ids.len() == 2 && ids.contains(&id) && ids.contains(&other));
         // A malformed re-announcement is skipped and hides nothing.
-        let broken = info("a", &[("v", "1".into())], "10.0.0.3", 47474);
+        let broken = info("a", &[("v", "2".into())], "10.0.0.3", 47474);
         assert!(!m.apply(ServiceEvent::ServiceResolved(broken)));
         assert_eq!(m.peers().len(), 2);
         // A goodbye withdraws both pairs of the instance, which stay known
@@ -939,7 +939,7 @@ mod tests {
         ] {
             let i = info(
                 instance,
-                &[("v", "1".into()), ("id", id.clone()), ("name", name.into())],
+                &[("v", "2".into()), ("id", id.clone()), ("name", name.into())],
                 "10.0.0.1",
                 1,
             );
@@ -948,7 +948,7 @@ mod tests {
         let long = "l".repeat(MAX_LABEL + 1);
         let i = info(
             &long,
-            &[("v", "1".into()), ("id", id.clone())],
+            &[("v", "2".into()), ("id", id.clone())],
             "10.0.0.1",
             1,
         );
