@@ -258,13 +258,26 @@ fn identity_secret(node: &Node) -> [u8; 32] {
 /// reads message 2, and — when `se_secret` (the claimed sender's secret) is
 /// known — completes the split and sends the key confirmation. Returns the
 /// first control message the receiver sends after that, if any.
+/// How the initiator of [`ik_as`] makes its key confirmation.
+enum Confirm {
+    /// With the claimed sender's secret: the real thing.
+    Real([u8; 32]),
+    /// Everything an attacker with the receiver's secret can compute: the
+    /// split keys as if `se` did not exist.
+    WithoutSe,
+    /// A confirmation recorded from another (real) session.
+    Replay(Vec<u8>),
+}
+
+/// Returns the first control message after the handshake, if any, and the
+/// confirmation that was sent.
 async fn ik_as(
     port: u16,
     receiver: PublicKey,
     claimed: PublicKey,
     ss: [u8; 32],
-    se_secret: Option<[u8; 32]>,
-) -> Option<Msg> {
+    confirm: Confirm,
+) -> (Option<Msg>, Vec<u8>) {
     let addr = local(port);
     let ep = endpoint::client(addr).unwrap();
     let conn = endpoint::connect(&ep, addr, Duration::from_secs(5))
@@ -289,35 +302,39 @@ async fn ik_as(
     frame.extend_from_slice(&m1);
     send.write_all(&frame).await.unwrap();
     let mut l = [0u8; 2];
-    recv.read_exact(&mut l).await.ok()?;
+    if recv.read_exact(&mut l).await.is_err() {
+        return (None, Vec::new());
+    }
     let mut m2 = vec![0u8; u16::from_be_bytes(l) as usize];
-    recv.read_exact(&mut m2).await.ok()?;
+    if recv.read_exact(&mut m2).await.is_err() {
+        return (None, Vec::new());
+    }
     let re: [u8; 32] = m2[..32].try_into().unwrap();
     sym.mix_hash(&re);
     sym.mix_key(&dh(&e_secret, &re));
-    let confirm = match se_secret {
-        Some(s) => {
+    let confirm = match confirm {
+        Confirm::Real(s) => {
             sym.mix_key(&dh(&s, &re));
             sym.hash_unchecked(&m2[32..]);
             let (k1, _) = sym.split();
             noise::seal(&k1, 0, &[], handshake::CONFIRM)
         }
-        // Without the claimed sender's secret, `se` is out of reach: the
-        // attacker can only send something of the right shape.
-        None => Keypair::generate().unwrap().public().as_bytes()[..]
-            .iter()
-            .chain([0u8; 8].iter())
-            .copied()
-            .collect(),
+        Confirm::WithoutSe => {
+            sym.hash_unchecked(&m2[32..]);
+            let (k1, _) = sym.split();
+            noise::seal(&k1, 0, &[], handshake::CONFIRM)
+        }
+        Confirm::Replay(c) => c,
     };
     let mut frame = (confirm.len() as u16).to_be_bytes().to_vec();
     frame.extend_from_slice(&confirm);
     send.write_all(&frame).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), wire::read_msg(&mut recv))
+    let reply = tokio::time::timeout(Duration::from_secs(10), wire::read_msg(&mut recv))
         .await
         .ok()
         .and_then(Result::ok)
-        .flatten()
+        .flatten();
+    (reply, confirm)
 }
 
 /// Issue 7, H2 (acceptance): with only a copy of the receiver's `identity`
@@ -338,25 +355,29 @@ fn a_copied_receiver_identity_cannot_impersonate_a_trusted_sender() {
     );
     let (a_sk, b_sk) = (identity_secret(&a), identity_secret(&b));
     rt().block_on(async {
-        // The attacker: ss from the stolen receiver secret, no se.
-        let forged = ik_as(srv.port, b_pub, a_pub, dh(&b_sk, a_pub.as_bytes()), None).await;
-        assert!(
-            !matches!(forged, Some(Msg::Welcome { .. })),
-            "a forged handshake was welcomed: {forged:?}"
-        );
         // The control: the real sender, same code path.
-        let real = ik_as(
+        let (real, recorded) = ik_as(
             srv.port,
             b_pub,
             a_pub,
             dh(&a_sk, b_pub.as_bytes()),
-            Some(a_sk),
+            Confirm::Real(a_sk),
         )
         .await;
         assert!(
             matches!(real, Some(Msg::Welcome { .. })),
             "the honest hand-made handshake must pass: {real:?}"
         );
+        // The attacker: ss from the stolen receiver secret; for the
+        // confirmation, everything it can compute, or a recorded one.
+        let stolen_ss = dh(&b_sk, a_pub.as_bytes());
+        for forged in [Confirm::WithoutSe, Confirm::Replay(recorded)] {
+            let (reply, _) = ik_as(srv.port, b_pub, a_pub, stolen_ss, forged).await;
+            assert!(
+                !matches!(reply, Some(Msg::Welcome { .. })),
+                "a forged handshake was welcomed: {reply:?}"
+            );
+        }
     });
     assert!(b.list().is_empty());
 }
@@ -707,6 +728,7 @@ fn stalled_handshakes_neither_exhaust_memory_nor_block_a_trusted_sender() {
         "took {during:?} under attack, {normal:?} normally"
     );
     let rss = srv.peak_rss();
+    eprintln!("serve peaked at {} MiB", rss / MIB);
     assert!(rss < 256 * MIB, "serve peaked at {} MiB", rss / MIB);
     let (_, took) = srv.stop_within(Duration::from_secs(20));
     assert!(took < Duration::from_secs(15), "stopping took {took:?}");
@@ -989,4 +1011,173 @@ fn send_never_follows_a_symlink_swapped_in_after_the_walk() {
     let e = res.expect_err("a swapped-in symlink must not be sent");
     assert!(e.to_string().contains("symbolic link"), "{e}");
     assert!(b.list().is_empty());
+}
+
+/// Starts a file on an accepted hostile connection: offers `size` bytes at
+/// `chunk_size`, sends its key; returns the file id and key.
+async fn start_file(
+    h: &mut sender::Authenticated,
+    name: &str,
+    size: u64,
+    chunk_size: u32,
+) -> ([u8; 16], FileKey) {
+    let Some(Msg::Plan { files }) = offer_and_reply(h, chunk_size, vec![offer(name, size)]).await
+    else {
+        panic!("no plan")
+    };
+    let FilePlan::New { file_id } = files[0] else {
+        panic!("not new")
+    };
+    let key = FileKey::generate().unwrap();
+    let wk = p2pfs::net::receiver::wrap_file_key(&h.session, 0, &file_id, &key).unwrap();
+    wire::write_msg(
+        &mut h.send,
+        &Msg::FileStart {
+            file: 0,
+            wrapped_key: wk,
+            fresh: false,
+        },
+    )
+    .await
+    .unwrap();
+    (file_id, key)
+}
+
+/// Issue 7, M3 (review): re-sending one valid chunk kept a transfer (and
+/// what it held) alive forever. Only new bytes stored count as progress:
+/// a transfer that stores less than 1 MiB per idle window is ended.
+#[test]
+fn a_transfer_that_only_repeats_itself_is_ended_as_idle() {
+    use tokio::io::AsyncWriteExt;
+    let (_, b) = nodes();
+    let srv = Serving::start(&b, &["--accept", "any", "--idle-timeout", "3"]);
+    let ended = rt().block_on(async {
+        let me = Keypair::generate().unwrap();
+        let (mut h, _) = connect_as(&me, srv.port).await;
+        let (id, key) = start_file(&mut h, "slow.bin", 10 << 20, 1 << 20).await;
+        let mut s = h.conn.open_uni().await.unwrap();
+        s.write_all(wire::DATA_MAGIC).await.unwrap();
+        let chunk = key.seal_chunk(&id, 0, false, &vec![1u8; 1 << 20]).unwrap();
+        let hdr = wire::ChunkHeader {
+            file: 0,
+            index: 0,
+            len: chunk.len() as u32,
+            mac: h.session.mac_tx.tag(&id, 0, &chunk),
+        };
+        let t = Instant::now();
+        // The same chunk again and again, each time a valid one.
+        while t.elapsed() < Duration::from_secs(30) {
+            if s.write_all(&hdr.encode()).await.is_err() || s.write_all(&chunk).await.is_err() {
+                break;
+            }
+            if h.conn.close_reason().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        (t.elapsed(), h.conn.close_reason())
+    });
+    let (took, reason) = ended;
+    assert!(
+        reason.is_some(),
+        "the connection was kept alive for {took:?}"
+    );
+    assert!(took < Duration::from_secs(15), "ended only after {took:?}");
+    // What arrived stays a resumable partial, or nothing; never a file.
+    assert!(b.list().is_empty());
+}
+
+/// Issue 7, M3 (review): a valid offer of very many entries cost about
+/// 3 GB per connection. Entries are now bounded per offer (100,000) and
+/// over the transfers in progress, and each costs little: two connections
+/// offering the most they may keep serve under 256 MiB.
+#[test]
+fn the_largest_offers_stay_within_memory() {
+    let (_, b) = nodes();
+    let srv = Serving::start(&b, &["--accept", "any"]);
+    let port = srv.port;
+    let runtime = rt();
+    runtime.block_on(async {
+        let me = Keypair::generate().unwrap();
+        let (mut h, _) = connect_as(&me, port).await;
+        let too_many: Vec<FileOffer> = (0..100_001).map(|i| offer(&format!("{i:06}"), 1)).collect();
+        match offer_and_reply(&mut h, 1 << 20, too_many).await {
+            Some(Msg::Refused {
+                code: RefuseCode::BadOffer,
+                message,
+            }) => {
+                assert!(message.contains("entries"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut held = Vec::new();
+        for c in 0..2 {
+            let me = Keypair::generate().unwrap();
+            let (mut h, _) = connect_as(&me, port).await;
+            let many: Vec<FileOffer> = (0..100_000)
+                .map(|i| {
+                    offer(
+                        &format!("dir-{c}/sub-{}/file-with-a-longish-name-{i:06}.jpg", i % 97),
+                        1,
+                    )
+                })
+                .collect();
+            let r = offer_and_reply(&mut h, 1 << 20, many).await;
+            assert!(matches!(r, Some(Msg::Plan { .. })), "{r:?}");
+            held.push(h);
+        }
+        std::mem::forget(held);
+    });
+    let rss = srv.peak_rss();
+    eprintln!("serve peaked at {} MiB", rss / MIB);
+    assert!(rss < 256 * MIB, "serve peaked at {} MiB", rss / MIB);
+    drop(runtime);
+}
+
+/// Issue 7, M3 (review): the receiver read whole chunks into memory with
+/// no budget: 16 streams of 16 MiB chunks per connection, four connections,
+/// a gigabyte before any MAC check. Chunk bytes in memory are now budgeted
+/// per connection and per node: six connections that each push 16
+/// never-finished 16 MiB chunks keep serve under 256 MiB.
+#[test]
+fn chunks_in_flight_are_budgeted() {
+    use tokio::io::AsyncWriteExt;
+    let (_, b) = nodes();
+    let srv = Serving::start(&b, &["--accept", "any"]);
+    let port = srv.port;
+    let runtime = rt();
+    runtime.block_on(async {
+        let cs: u32 = MAX_CHUNK_SIZE;
+        for _ in 0..6 {
+            let me = Keypair::generate().unwrap();
+            let (mut h, _) = connect_as(&me, port).await;
+            let (_, _) = start_file(&mut h, "big.bin", 16 * u64::from(cs), cs).await;
+            for i in 0..16u64 {
+                let conn = h.conn.clone();
+                tokio::spawn(async move {
+                    let Ok(mut s) = conn.open_uni().await else {
+                        return;
+                    };
+                    let hdr = wire::ChunkHeader {
+                        file: 0,
+                        index: i,
+                        len: cs + 28,
+                        mac: [0; 32],
+                    };
+                    let _ = s.write_all(wire::DATA_MAGIC).await;
+                    let _ = s.write_all(&hdr.encode()).await;
+                    // All but the last byte: never complete, never checked.
+                    let body = vec![7u8; cs as usize + 27];
+                    let _ = s.write_all(&body).await;
+                    conn.closed().await;
+                });
+            }
+            std::mem::forget(h);
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let rss = srv.peak_rss();
+    eprintln!("serve peaked at {} MiB", rss / MIB);
+    assert!(rss < 256 * MIB, "serve peaked at {} MiB", rss / MIB);
+    drop(runtime);
 }

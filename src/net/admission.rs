@@ -67,7 +67,7 @@ impl Default for Limits {
             prompts: 4,
             entries: 200_000,
             chunk_bytes_per_connection: 40 << 20,
-            chunk_bytes: 256 << 20,
+            chunk_bytes: 128 << 20,
             idle: std::time::Duration::from_secs(60),
         }
     }

@@ -27,7 +27,7 @@ fn setup<E: std::fmt::Display>(e: E) -> NetError {
 /// is authenticated and authorised: all it may have buffered here.
 pub const PRE_AUTH_WINDOW: u32 = 64 << 10;
 /// Connection-level receive window once authorised.
-pub const RECEIVE_WINDOW: u32 = 16 << 20;
+pub const RECEIVE_WINDOW: u32 = 8 << 20;
 
 /// Transport settings shared by both ends.
 fn transport() -> Arc<quinn::TransportConfig> {
