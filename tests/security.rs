@@ -1048,7 +1048,6 @@ async fn start_file(
 /// a transfer that stores less than 1 MiB per idle window is ended.
 #[test]
 fn a_transfer_that_only_repeats_itself_is_ended_as_idle() {
-    use tokio::io::AsyncWriteExt;
     let (_, b) = nodes();
     let srv = Serving::start(&b, &["--accept", "any", "--idle-timeout", "3"]);
     let ended = rt().block_on(async {
@@ -1141,7 +1140,6 @@ fn the_largest_offers_stay_within_memory() {
 /// never-finished 16 MiB chunks keep serve under 256 MiB.
 #[test]
 fn chunks_in_flight_are_budgeted() {
-    use tokio::io::AsyncWriteExt;
     let (_, b) = nodes();
     let srv = Serving::start(&b, &["--accept", "any"]);
     let port = srv.port;
