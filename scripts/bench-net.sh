@@ -19,7 +19,7 @@
 #        p2pfs   fresh receiver and sender homes (init is not timed);
 #                `/usr/bin/time p2pfs serve --listen 127.0.0.1:0 --accept any
 #                --no-mdns` in the background; then
-#                `/usr/bin/time p2pfs send -q FILE 127.0.0.1:PORT` (which exits
+#                `/usr/bin/time p2pfs send -q FILE NODEID@127.0.0.1:PORT` (which exits
 #                0 only once the receiver has committed and fsynced the file);
 #                then SIGINT to serve, and GNU time reports its figures.
 #        scp     `/usr/bin/time /usr/sbin/sshd -D` (the private sshd) in the
@@ -381,7 +381,10 @@ for run in $(seq 1 "$RUNS"); do
     "$P2PFS" --home "$shome" init --name bench-send >/dev/null
     start_serve "$run" "$rhome"
     warm "$FILE"
-    measure "p2pfs send (sender)" "$run" "$P2PFS" --home "$shome" -q send "${STREAM_ARGS[@]}" "$FILE" "$SERVE_ADDR"
+    # The receiver's key is given (NODEID@addr), as a user who pinned it would
+    # have it: no first-contact question, no key probe in the timing.
+    rid=$("$P2PFS" --home "$rhome" id --json | sed 's/.*"id":"\([a-z0-9]*\)".*/\1/')
+    measure "p2pfs send (sender)" "$run" "$P2PFS" --home "$shome" -q send "${STREAM_ARGS[@]}" "$FILE" "$rid@$SERVE_ADDR"
     stop_serve "$run"
     if [ "$run" = 1 ]; then
         "$P2PFS" --home "$rhome" vault list --json >"$WORK/list.json"
