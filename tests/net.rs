@@ -18,72 +18,8 @@ use p2pfs::{
 };
 use util::*;
 
-/// A running `serve`, stopped (SIGTERM) when dropped.
-struct Server {
-    proc: Option<Proc>,
-    port: u16,
-}
-
-impl Server {
-    fn start(node: &Node, extra: &[&str]) -> Self {
-        Self::start_on(node, 0, extra)
-    }
-
-    fn start_on(node: &Node, port: u16, extra: &[&str]) -> Self {
-        let listen = format!("127.0.0.1:{port}");
-        let mut args = vec!["serve", "--listen", &listen, "--no-mdns"];
-        args.extend_from_slice(extra);
-        let mut p = node.spawn(args);
-        assert!(
-            p.wait_for_output("(UDP)", Duration::from_secs(20)),
-            "serve did not start:\n{}\n{}",
-            p.stdout_now(),
-            p.stderr_now()
-        );
-        let out = p.stdout_now();
-        let line = out.lines().find(|l| l.contains("listening:")).unwrap();
-        let port = line
-            .split("127.0.0.1:")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {line:?}"));
-        Self {
-            proc: Some(p),
-            port,
-        }
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn kill9(mut self) -> Run {
-        self.proc.take().unwrap().kill9()
-    }
-
-    fn stop(mut self) -> Run {
-        let mut p = self.proc.take().unwrap();
-        p.signal(libc::SIGTERM);
-        assert!(
-            p.wait_timeout(Duration::from_secs(20)).is_some(),
-            "serve did not stop on SIGTERM"
-        );
-        p.finish()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(p) = self.proc.take() {
-            p.signal(libc::SIGTERM);
-            let mut p = p;
-            if p.wait_timeout(Duration::from_secs(10)).is_none() {
-                p.kill9();
-            }
-        }
-    }
-}
+/// The serving node of these tests (`util::Serving`).
+type Server = Serving;
 
 fn nodes() -> (Node, Node) {
     let (a, b) = Node::pair();

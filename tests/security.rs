@@ -889,40 +889,16 @@ fn a_rekey_while_serving_is_followed() {
 /// and serve stops within its bounded time whatever is pending.
 #[test]
 fn pending_prompts_are_bounded_and_never_block_shutdown() {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let (_, b) = nodes();
     let port = free_udp_port();
     let cmdline = format!("{BIN} serve --listen 127.0.0.1:{port} --accept ask --no-mdns");
-    let mut child = Command::new("script")
-        .args(["-q", "-e", "-c", &cmdline, "/dev/null"])
-        .env("P2PFS_HOME", &b.home)
-        .env("P2PFS_PASSPHRASE", b.passphrase.as_deref().unwrap())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("script(1) from util-linux");
-    let mut out = child.stdout.take().unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let reader = {
-        let seen = seen.clone();
-        std::thread::spawn(move || {
-            use std::io::Read;
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                seen.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        })
-    };
-    assert!(wait_until(Duration::from_secs(20), || seen
-        .lock()
-        .unwrap()
-        .contains("(UDP)")));
+    let pty = Pty::spawn(&cmdline, &b.work, &b.home, b.passphrase.as_deref());
+    assert!(
+        pty.wait_for("(UDP)", Duration::from_secs(20)),
+        "{}",
+        pty.shown()
+    );
     let runtime = rt();
     let declined = runtime.block_on(async {
         let mut tasks = Vec::new();
@@ -969,8 +945,7 @@ fn pending_prompts_are_bounded_and_never_block_shutdown() {
         "stopping took {:?}",
         t.elapsed()
     );
-    let _ = child.wait();
-    let _ = reader.join();
+    let _ = pty.finish(Duration::from_secs(10));
     drop(runtime);
 }
 

@@ -889,7 +889,13 @@ pub struct Serving {
 impl Serving {
     /// Starts `serve` for `node` on a free port with `extra` arguments.
     pub fn start(node: &Node, extra: &[&str]) -> Self {
-        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--no-mdns"];
+        Self::start_on(node, 0, extra)
+    }
+
+    /// Starts `serve` for `node` on 127.0.0.1:`port` (0: a free one).
+    pub fn start_on(node: &Node, port: u16, extra: &[&str]) -> Self {
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["serve", "--listen", &listen, "--no-mdns"];
         args.extend_from_slice(extra);
         let mut p = node.spawn(args);
         assert!(
@@ -930,6 +936,16 @@ impl Serving {
     /// Peak resident memory so far (VmHWM), in bytes.
     pub fn peak_rss(&self) -> u64 {
         peak_rss(self.proc().pid())
+    }
+
+    /// SIGKILL, and the outcome.
+    pub fn kill9(mut self) -> Run {
+        self.proc.take().unwrap().kill9()
+    }
+
+    /// SIGTERM, and the outcome (it must stop within 20 s).
+    pub fn stop(self) -> Run {
+        self.stop_within(Duration::from_secs(20)).0
     }
 
     /// SIGTERM, then waits (at most `within`) for it to exit.
