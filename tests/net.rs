@@ -28,17 +28,6 @@ fn nodes() -> (Node, Node) {
     (a, b)
 }
 
-/// Parses NDJSON events printed by `send --json`.
-fn events(out: &str) -> Vec<serde_json::Value> {
-    out.lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-fn event<'a>(evs: &'a [serde_json::Value], kind: &str) -> Option<&'a serde_json::Value> {
-    evs.iter().find(|e| e["event"] == kind)
-}
-
 #[test]
 fn file_tree_and_empty_file_arrive_verified() {
     let (a, b) = nodes();
@@ -199,29 +188,6 @@ fn unreachable_peer_fails_fast_with_a_hint() {
         t.elapsed()
     );
     assert!(r.stderr.contains("p2pfs serve"), "{r}");
-}
-
-/// Starts `send --json` and waits until it reports `fraction` of `total` sent.
-fn send_until(a: &Node, what: &str, addr: &str, total: u64, fraction: f64) -> Proc {
-    let mut p = a.spawn(["send", "--trust-new", "--json", what, addr]);
-    let target = (total as f64 * fraction) as u64;
-    let reached = wait_until(Duration::from_secs(120), || {
-        events(&p.stdout_now())
-            .iter()
-            .any(|e| e["event"] == "progress" && e["bytes_done"].as_u64().unwrap_or(0) >= target)
-    });
-    assert!(
-        reached,
-        "send never reached {target} bytes:\n{}\n{}",
-        p.stdout_now(),
-        p.stderr_now()
-    );
-    assert!(
-        p.try_wait().is_none(),
-        "send ended too early:\n{}",
-        p.stdout_now()
-    );
-    p
 }
 
 fn resumed_send(a: &Node, what: &str, addr: &str, total: u64) -> serde_json::Value {

@@ -42,12 +42,6 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn events(out: &str) -> Vec<serde_json::Value> {
-    out.lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 /// `NODEID@127.0.0.1:PORT` of a serving node: the key is given, so no
 /// first-contact question arises.
 fn given(node: &Node, srv: &Serving) -> String {
@@ -384,23 +378,6 @@ fn a_copied_receiver_identity_cannot_impersonate_a_trusted_sender() {
 
 // ------------------------------------------------------------------ H3
 
-/// Starts `send --json FILE PEER` and waits until `fraction` of `total` is sent.
-fn send_until(a: &Node, what: &str, peer: &str, total: u64, fraction: f64) -> Proc {
-    let p = a.spawn(["send", "--json", what, peer]);
-    let target = (total as f64 * fraction) as u64;
-    let reached = wait_until(Duration::from_secs(120), || {
-        events(&p.stdout_now())
-            .iter()
-            .any(|e| e["event"] == "progress" && e["bytes_done"].as_u64().unwrap_or(0) >= target)
-    });
-    assert!(
-        reached,
-        "send never reached {target} bytes: {}",
-        p.stderr_now()
-    );
-    p
-}
-
 /// A partial's state file (`docs/PROTOCOL.md`, *Resume*, state version 2).
 struct PartState {
     file_id: [u8; 16],
@@ -451,6 +428,18 @@ fn interrupted_send(
         "no resumable partial on the receiver: {:?}",
         b.staging_files()
     );
+    // Let the receiver finish its last checkpoint (no staging change for 1 s).
+    let snap = || snapshot(&b.vault().join("staging"));
+    let mut last = snap();
+    let t = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = snap();
+        if now == last || t.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        last = now;
+    }
     part.unwrap()
 }
 

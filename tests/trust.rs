@@ -38,13 +38,6 @@ fn entry(n: &Node, id: &str) -> Option<serde_json::Value> {
     trusted(n).into_iter().find(|p| p["id"] == id)
 }
 
-/// Parses NDJSON events printed by `send --json`.
-fn events(out: &str) -> Vec<serde_json::Value> {
-    out.lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 #[test]
 fn first_contact_by_address_needs_a_terminal_trust_new_or_the_key() {
     let (a, b) = (node("alice"), node("recv"));

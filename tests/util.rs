@@ -175,13 +175,16 @@ pub fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
     (0..=hay.len() - needle.len()).find(|&i| hay[i] == first && &hay[i..i + needle.len()] == needle)
 }
 
-/// Files under `dir` whose bytes contain `needle`, with the offset.
+/// Files under `dir` whose bytes contain `needle`, with the offset. A file
+/// that vanishes between listing and reading (a temporary file renamed by a
+/// process still running) is skipped.
 pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<(PathBuf, usize)> {
     files_under(dir)
         .into_iter()
-        .filter_map(|p| {
-            let data = fs::read(&p).unwrap();
-            find_bytes(&data, needle).map(|o| (p, o))
+        .filter_map(|p| match fs::read(&p) {
+            Ok(data) => find_bytes(&data, needle).map(|o| (p, o)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => panic!("read {}: {e}", p.display()),
         })
         .collect()
 }
@@ -979,4 +982,41 @@ pub fn peak_rss(pid: u32) -> u64 {
     let line = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
     let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     kb * 1024
+}
+
+// ---------------------------------------------------------------- send events
+
+/// Parses NDJSON events printed by `send --json`.
+pub fn events(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The first event of kind `kind`.
+pub fn event<'a>(evs: &'a [serde_json::Value], kind: &str) -> Option<&'a serde_json::Value> {
+    evs.iter().find(|e| e["event"] == kind)
+}
+
+/// Starts `send --json` and waits until it reports `fraction` of `total` sent.
+pub fn send_until(a: &Node, what: &str, addr: &str, total: u64, fraction: f64) -> Proc {
+    let mut p = a.spawn(["send", "--trust-new", "--json", what, addr]);
+    let target = (total as f64 * fraction) as u64;
+    let reached = wait_until(Duration::from_secs(120), || {
+        events(&p.stdout_now())
+            .iter()
+            .any(|e| e["event"] == "progress" && e["bytes_done"].as_u64().unwrap_or(0) >= target)
+    });
+    assert!(
+        reached,
+        "send never reached {target} bytes:\n{}\n{}",
+        p.stdout_now(),
+        p.stderr_now()
+    );
+    assert!(
+        p.try_wait().is_none(),
+        "send ended too early:\n{}",
+        p.stdout_now()
+    );
+    p
 }
