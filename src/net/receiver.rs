@@ -1225,7 +1225,9 @@ async fn data_stream(mut s: quinn::RecvStream, d: &DataCtx) -> Result<(), NetErr
             .reserve(want as u32)
             .await
             .ok_or_else(|| NetError::ConnectionLost("shutting down".into()))?;
-        let mut data = Vec::with_capacity(want);
+        let mut data = Vec::new();
+        data.try_reserve_exact(want)
+            .map_err(|_| NetError::ConnectionLost("out of memory for a chunk".into()))?;
         while data.len() < want {
             match s.read_chunk(want - data.len(), true).await {
                 Ok(Some(c)) => data.extend_from_slice(&c.bytes),

@@ -268,7 +268,11 @@ pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Msg>, Ne
             "frame of {n} bytes exceeds the limit"
         )));
     }
-    let mut body = vec![0u8; n as usize];
+    // Bounded above; still, an allocation the peer asks for fails cleanly.
+    let mut body = Vec::new();
+    body.try_reserve_exact(n as usize)
+        .map_err(|_| NetError::Protocol(format!("no memory for a frame of {n} bytes")))?;
+    body.resize(n as usize, 0);
     r.read_exact(&mut body).await.map_err(NetError::io)?;
     decode_msg(&body).map(Some)
 }

@@ -672,6 +672,52 @@ mod tests {
         }
     }
 
+    /// Review of issue 7: partials nobody can list must not stay forever.
+    #[test]
+    fn untouched_partials_expire_unless_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let vdir = dir.path().join("vault");
+        let params = crate::crypto::kdf::KdfParams {
+            m_kib: 8192,
+            t: 1,
+            p: 1,
+        };
+        Vault::create(&vdir, b"pw", params).unwrap();
+        let v = Vault::open(&vdir).unwrap();
+        let staging = vdir.join("staging");
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(8 * 86400);
+        let mut slots = Vec::new();
+        for b in 1..=3u8 {
+            let slot = Slot([b; 16]);
+            let (obj, part) = v.partial_paths(&slot);
+            std::fs::write(&obj, b"data").unwrap();
+            if b != 3 {
+                std::fs::write(&part, b"state").unwrap();
+            }
+            for f in [&obj, &part] {
+                if let Ok(h) = std::fs::File::options().write(true).open(f) {
+                    h.set_modified(old).unwrap();
+                }
+            }
+            slots.push(slot);
+        }
+        // A fresh one stays.
+        let fresh = Slot([9; 16]);
+        std::fs::write(v.partial_paths(&fresh).1, b"state").unwrap();
+        let week = std::time::Duration::from_secs(7 * 86400);
+        let in_use = |s: &Slot| *s == Slot([2; 16]);
+        assert_eq!(v.expire_partials(week, &in_use).unwrap(), 2);
+        let left: Vec<String> = std::fs::read_dir(&staging)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left.len(), 3, "{left:?}");
+        assert!(v.partial_paths(&Slot([2; 16])).1.exists());
+        assert!(v.partial_paths(&fresh).1.exists());
+        assert!(!v.partial_paths(&Slot([1; 16])).0.exists());
+        assert!(!v.partial_paths(&Slot([3; 16])).0.exists());
+    }
+
     /// Regression (issue 7, H1): the decoder sized its buffer 33× the file.
     #[test]
     fn a_huge_declared_count_allocates_nothing() {
