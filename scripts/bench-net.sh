@@ -17,7 +17,8 @@
 #      login by key only, UsePAM no, StrictModes no, pid file in the temp dir).
 #   3. runs BENCH_RUNS repetitions; each run does, in this order:
 #        p2pfs   fresh receiver and sender homes (init is not timed);
-#                `/usr/bin/time p2pfs serve --listen 127.0.0.1:0 --accept any
+#                the receiver trusts the sender (`trust add`, the usual setup);
+#                `/usr/bin/time p2pfs serve --listen 127.0.0.1:0
 #                --no-mdns` in the background; then
 #                `/usr/bin/time p2pfs send -q FILE NODEID@127.0.0.1:PORT` (which exits
 #                0 only once the receiver has committed and fsynced the file);
@@ -303,7 +304,7 @@ start_serve() { # run home
     local out=$WORK/serve.out i
     : >"$out"
     "$TIME" -f '%e %U %S %M' -o "$WORK/serve-time.$1" \
-        "$P2PFS" --home "$2" -q serve --listen 127.0.0.1:0 --accept any --no-mdns </dev/null >"$out" 2>&1 &
+        "$P2PFS" --home "$2" -q serve --listen 127.0.0.1:0 --no-mdns </dev/null >"$out" 2>&1 &
     SERVE_TPID=$!
     SERVE_PID=$(child_of "$SERVE_TPID") || die "p2pfs serve did not start: $(cat "$out")"
     for i in $(seq 1 300); do
@@ -379,6 +380,8 @@ for run in $(seq 1 "$RUNS"); do
     shome=$WORK/send-$run
     "$P2PFS" --home "$rhome" init --name bench-recv >/dev/null
     "$P2PFS" --home "$shome" init --name bench-send >/dev/null
+    sid=$("$P2PFS" --home "$shome" id --json | sed 's/.*"id":"\([a-z0-9]*\)".*/\1/')
+    "$P2PFS" --home "$rhome" trust add "$sid" >/dev/null
     start_serve "$run" "$rhome"
     warm "$FILE"
     # The receiver's key is given (NODEID@addr), as a user who pinned it would

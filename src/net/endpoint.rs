@@ -26,8 +26,12 @@ fn setup<E: std::fmt::Display>(e: E) -> NetError {
 /// Connection-level receive window of a server connection until its peer
 /// is authenticated and authorised: all it may have buffered here.
 pub const PRE_AUTH_WINDOW: u32 = 64 << 10;
-/// Connection-level receive window once authorised.
-pub const RECEIVE_WINDOW: u32 = 8 << 20;
+/// Connection-level receive window once authorised (a trusted peer): what
+/// keeps a fast transfer streaming (8 MiB measured 5 % slower on loopback).
+pub const RECEIVE_WINDOW: u32 = 16 << 20;
+/// The same for a peer that is not trusted (`--accept any` / `ask`): what
+/// anyone can obtain is kept smaller.
+pub const UNTRUSTED_RECEIVE_WINDOW: u32 = 8 << 20;
 
 /// Transport settings shared by both ends.
 fn transport() -> Arc<quinn::TransportConfig> {
@@ -45,9 +49,14 @@ fn server_transport() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
-/// Gives an authorised peer's connection its data streams and full window.
-pub fn authorise(conn: &quinn::Connection) {
-    conn.set_receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW));
+/// Gives an authorised peer's connection its data streams and window.
+pub fn authorise(conn: &quinn::Connection, trusted: bool) {
+    let window = if trusted {
+        RECEIVE_WINDOW
+    } else {
+        UNTRUSTED_RECEIVE_WINDOW
+    };
+    conn.set_receive_window(quinn::VarInt::from_u32(window));
     conn.set_max_concurrent_uni_streams(quinn::VarInt::from_u32(super::wire::MAX_STREAMS as u32));
 }
 

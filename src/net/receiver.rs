@@ -287,7 +287,7 @@ async fn handle(
         addr: addr.to_string(),
     });
     // Only now may it open data streams and fill a full window.
-    endpoint::authorise(&conn);
+    endpoint::authorise(&conn, trusted);
     send_msg(
         &mut send,
         &Msg::Welcome {

@@ -109,7 +109,7 @@ async fn serve(conn: quinn::Connection, identity: &Keypair, script: &Script) -> 
         .await
         .ok()?;
     // As a real receiver does once it accepts the sender.
-    p2pfs::net::endpoint::authorise(&conn);
+    p2pfs::net::endpoint::authorise(&conn, true);
     let welcome = Msg::Welcome {
         version: "0.1.0".into(),
         name: "evil".into(),
