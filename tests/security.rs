@@ -1143,3 +1143,55 @@ fn chunks_in_flight_are_budgeted() {
     assert!(rss < 256 * MIB, "serve peaked at {} MiB", rss / MIB);
     drop(runtime);
 }
+
+/// Issue 7, M4: the prompt showed "4116 item(s), 1000 B" for about 16 EiB
+/// over twenty innocent-looking names. Totals are checked sums within the
+/// budget, and the prompt lists the largest entries first.
+#[test]
+fn the_prompt_shows_the_true_total_and_the_largest_entries_first() {
+    let (_, b) = nodes();
+    let port = free_udp_port();
+    let cmdline = format!("{BIN} serve --listen 127.0.0.1:{port} --accept ask --no-mdns");
+    let mut pty = Pty::spawn(&cmdline, &b.work, &b.home, b.passphrase.as_deref());
+    assert!(
+        pty.wait_for("(UDP)", Duration::from_secs(20)),
+        "{}",
+        pty.shown()
+    );
+    let runtime = rt();
+    let reply = runtime.spawn(async move {
+        let me = Keypair::generate().unwrap();
+        let (mut h, _) = connect_as(&me, port).await;
+        let mut files: Vec<FileOffer> = (0..30)
+            .map(|i| offer(&format!("innocent-{i:02}.txt"), 100))
+            .collect();
+        files.push(offer("zz-hidden-at-the-end.iso", 1 << 40));
+        offer_and_reply(&mut h, 1 << 20, files).await
+    });
+    assert!(
+        pty.wait_for("accept?", Duration::from_secs(20)),
+        "{}",
+        pty.shown()
+    );
+    let shown = pty.shown();
+    let listing = &shown[shown.find("wants to send").unwrap()..];
+    assert!(listing.contains("31 item(s), 1.00 TiB in all"), "{listing}");
+    let first = listing.lines().nth(1).unwrap();
+    assert!(
+        first.contains("zz-hidden-at-the-end.iso"),
+        "largest first: {listing}"
+    );
+    assert!(listing.contains("… and 21 smaller item(s)"), "{listing}");
+    pty.type_line("n");
+    let r = runtime.block_on(reply).unwrap();
+    assert!(
+        matches!(
+            r,
+            Some(Msg::Refused {
+                code: RefuseCode::Declined,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+}
