@@ -414,7 +414,7 @@ fn interrupted_send(
     size: u64,
 ) -> std::path::PathBuf {
     write_random(&a.path(name), size);
-    let p = send_until(a, name, &given(b, srv), size, 0.5);
+    let p = send_until(a, name, &given(b, srv), size, 0.3);
     p.kill9();
     let mut part = None;
     assert!(
@@ -453,7 +453,7 @@ fn interrupted_send(
 fn a_stolen_vault_folder_cannot_be_decrypted_with_the_senders_help() {
     let (a, b) = nodes();
     let srv = Serving::start(&b, &["--accept", "any"]);
-    let size = 80 * MIB;
+    let size = 512 * MIB;
     let part = interrupted_send(&a, &b, &srv, "secret.bin", size);
     let stolen = read_part(&part);
     let stolen_obj = std::fs::read(part.with_extension("obj")).unwrap();
@@ -550,7 +550,7 @@ fn an_interrupted_transfer_leaves_its_name_nowhere_on_the_receiver() {
     let (a, b) = nodes();
     let srv = Serving::start(&b, &["--accept", "any"]);
     let name = "Secret-Merger-Plan-2027.bin";
-    let size = 96 * MIB;
+    let size = 512 * MIB;
     interrupted_send(&a, &b, &srv, name, size);
     for needle in [name.as_bytes(), b"Secret-Merger", b"Merger-Plan"] {
         let found = files_containing(&b.home, needle);
