@@ -38,12 +38,15 @@ const MAX_LABEL: usize = 63;
 pub const MAX_PEERS: usize = 1024;
 /// Most addresses kept for one (instance, id) pair.
 const MAX_ADDRESSES: usize = 16;
-/// After the first node matching a name, how long to wait for another one
-/// with the same name (which makes the name ambiguous).
-const MATCH_GRACE: Duration = Duration::from_millis(300);
+/// After the first node matching a name that no key is decided for (a first
+/// contact), how long to wait for another one with the same name (which
+/// makes the name ambiguous). Long enough for a responder that rate-limits
+/// its answers to once a second (RFC 6762 §6) to answer the browse's second
+/// query: a spoofer must be heard to be refused.
+const MATCH_GRACE: Duration = Duration::from_millis(1500);
 /// When the name is pinned to a key but only other keys answer, how long to
 /// wait for the pinned node before letting the handshake reject the others.
-const PINNED_GRACE: Duration = Duration::from_millis(1500);
+const PINNED_GRACE: Duration = Duration::from_millis(2000);
 /// How often a browse re-evaluates its stop condition without new records.
 const TICK: Duration = Duration::from_millis(50);
 /// Bound on each step of withdrawing an advertisement.
