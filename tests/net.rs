@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use p2pfs::{
     crypto::{chunk::FileKey, keys::Keypair},
     net::{
-        receiver::wrap_file_key,
-        sender::{self, Target},
+        client::{self as sender, Target},
+        engine::source::wrap_file_key,
         wire::{self, ChunkHeader, EntryKind, FileOffer, FilePlan, Msg, RefuseCode, DATA_MAGIC},
         KeyHint,
     },
@@ -369,7 +369,7 @@ async fn hostile(port: u16) -> sender::Authenticated {
         hint: KeyHint::Given,
     };
     let mut a = sender::connect(&me, &target).await.unwrap();
-    match wire::read_msg(&mut a.recv).await.unwrap() {
+    match wire::read_msg(&mut a.link.recv).await.unwrap() {
         Some(Msg::Welcome { .. }) => a,
         other => panic!("expected welcome, got {other:?}"),
     }
@@ -388,7 +388,7 @@ fn offer(name: &str, size: u64) -> FileOffer {
 
 async fn offer_and_plan(a: &mut sender::Authenticated, files: Vec<FileOffer>) -> Msg {
     wire::write_msg(
-        &mut a.send,
+        &mut a.link.send,
         &Msg::Offer {
             chunk_size: 1 << 20,
             files,
@@ -396,7 +396,7 @@ async fn offer_and_plan(a: &mut sender::Authenticated, files: Vec<FileOffer>) ->
     )
     .await
     .unwrap();
-    wire::read_msg(&mut a.recv).await.unwrap().unwrap()
+    wire::read_msg(&mut a.link.recv).await.unwrap().unwrap()
 }
 
 #[test]
@@ -455,9 +455,9 @@ async fn send_tampered(port: u16, remac: bool) -> (sender::Authenticated, Option
         panic!("not new")
     };
     let key = FileKey::generate().unwrap();
-    let wrapped = wrap_file_key(&a.session, 0, &file_id, &key).unwrap();
+    let wrapped = wrap_file_key(&a.link.session, 0, &file_id, &key).unwrap();
     wire::write_msg(
-        &mut a.send,
+        &mut a.link.send,
         &Msg::FileStart {
             file: 0,
             wrapped_key: wrapped,
@@ -467,14 +467,14 @@ async fn send_tampered(port: u16, remac: bool) -> (sender::Authenticated, Option
     .await
     .unwrap();
     let mut sealed = key.seal_chunk(&file_id, 0, true, b"0123456789").unwrap();
-    let good_mac = a.session.mac_tx.tag(&file_id, 0, &sealed);
+    let good_mac = a.link.session.mac_tx.tag(&file_id, 0, &sealed);
     sealed[15] ^= 1;
     let mac = if remac {
-        a.session.mac_tx.tag(&file_id, 0, &sealed)
+        a.link.session.mac_tx.tag(&file_id, 0, &sealed)
     } else {
         good_mac
     };
-    let mut s = a.conn.open_uni().await.unwrap();
+    let mut s = a.link.conn.open_uni().await.unwrap();
     s.write_all(DATA_MAGIC).await.unwrap();
     let h = ChunkHeader {
         file: 0,
@@ -487,14 +487,14 @@ async fn send_tampered(port: u16, remac: bool) -> (sender::Authenticated, Option
     s.finish().unwrap();
     let b3 = *blake3::hash(b"0123456789").as_bytes();
     let _ = wire::write_msg(
-        &mut a.send,
+        &mut a.link.send,
         &Msg::FileEnd {
             file: 0,
             blake3: b3,
         },
     )
     .await;
-    let reply = tokio::time::timeout(Duration::from_secs(10), wire::read_msg(&mut a.recv))
+    let reply = tokio::time::timeout(Duration::from_secs(10), wire::read_msg(&mut a.link.recv))
         .await
         .ok()
         .and_then(Result::ok)
@@ -523,7 +523,7 @@ fn chunk_with_bad_mac_drops_the_connection_before_writing() {
             reply.is_none(),
             "no result for a tampered transfer: {reply:?}"
         );
-        let why = a.conn.closed().await;
+        let why = a.link.conn.closed().await;
         match why {
             quinn::ConnectionError::ApplicationClosed(c) => {
                 assert_eq!(c.error_code.into_inner(), 4, "{c:?}");

@@ -18,9 +18,10 @@ use p2pfs::{
         keys::{Keypair, PublicKey},
     },
     net::{
-        endpoint, handshake,
-        receiver::unwrap_file_key,
-        sender::{self, Target},
+        client::{self as sender, Target},
+        endpoint,
+        engine::source::unwrap_file_key,
+        handshake,
         wire::{self, EntryKind, FileOffer, FilePlan, Msg, RefuseCode},
         KeyHint,
     },
@@ -63,7 +64,7 @@ async fn connect_as(me: &Keypair, port: u16) -> (sender::Authenticated, Msg) {
         hint: KeyHint::Given,
     };
     let mut a = sender::connect(me, &target).await.unwrap();
-    let first = wire::read_msg(&mut a.recv).await.unwrap().unwrap();
+    let first = wire::read_msg(&mut a.link.recv).await.unwrap().unwrap();
     (a, first)
 }
 
@@ -83,10 +84,10 @@ async fn offer_and_reply(
     chunk_size: u32,
     files: Vec<FileOffer>,
 ) -> Option<Msg> {
-    wire::write_msg(&mut a.send, &Msg::Offer { chunk_size, files })
+    wire::write_msg(&mut a.link.send, &Msg::Offer { chunk_size, files })
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(20), wire::read_msg(&mut a.recv))
+    tokio::time::timeout(Duration::from_secs(20), wire::read_msg(&mut a.link.recv))
         .await
         .ok()
         .and_then(Result::ok)
@@ -616,10 +617,11 @@ fn a_repeated_file_start_is_a_protocol_error() {
             panic!("not new")
         };
         let key = FileKey::generate().unwrap();
-        let wk = p2pfs::net::receiver::wrap_file_key(&h.session, 0, &file_id, &key).unwrap();
+        let wk =
+            p2pfs::net::engine::source::wrap_file_key(&h.link.session, 0, &file_id, &key).unwrap();
         for _ in 0..2 {
             let _ = wire::write_msg(
-                &mut h.send,
+                &mut h.link.send,
                 &Msg::FileStart {
                     file: 0,
                     wrapped_key: wk.clone(),
@@ -628,7 +630,7 @@ fn a_repeated_file_start_is_a_protocol_error() {
             )
             .await;
         }
-        match tokio::time::timeout(Duration::from_secs(10), h.conn.closed()).await {
+        match tokio::time::timeout(Duration::from_secs(10), h.link.conn.closed()).await {
             Ok(quinn::ConnectionError::ApplicationClosed(c)) => {
                 assert_eq!(c.error_code.into_inner(), 2, "{c:?}");
                 assert!(String::from_utf8_lossy(&c.reason).contains("second FileStart"));
@@ -993,9 +995,9 @@ async fn start_file(
         panic!("not new")
     };
     let key = FileKey::generate().unwrap();
-    let wk = p2pfs::net::receiver::wrap_file_key(&h.session, 0, &file_id, &key).unwrap();
+    let wk = p2pfs::net::engine::source::wrap_file_key(&h.link.session, 0, &file_id, &key).unwrap();
     wire::write_msg(
-        &mut h.send,
+        &mut h.link.send,
         &Msg::FileStart {
             file: 0,
             wrapped_key: wk,
@@ -1018,14 +1020,14 @@ fn a_transfer_that_only_repeats_itself_is_ended_as_idle() {
         let me = Keypair::generate().unwrap();
         let (mut h, _) = connect_as(&me, srv.port).await;
         let (id, key) = start_file(&mut h, "slow.bin", 10 << 20, 1 << 20).await;
-        let mut s = h.conn.open_uni().await.unwrap();
+        let mut s = h.link.conn.open_uni().await.unwrap();
         s.write_all(wire::DATA_MAGIC).await.unwrap();
         let chunk = key.seal_chunk(&id, 0, false, &vec![1u8; 1 << 20]).unwrap();
         let hdr = wire::ChunkHeader {
             file: 0,
             index: 0,
             len: chunk.len() as u32,
-            mac: h.session.mac_tx.tag(&id, 0, &chunk),
+            mac: h.link.session.mac_tx.tag(&id, 0, &chunk),
         };
         let t = Instant::now();
         // The same chunk again and again, each time a valid one.
@@ -1033,12 +1035,12 @@ fn a_transfer_that_only_repeats_itself_is_ended_as_idle() {
             if s.write_all(&hdr.encode()).await.is_err() || s.write_all(&chunk).await.is_err() {
                 break;
             }
-            if h.conn.close_reason().is_some() {
+            if h.link.conn.close_reason().is_some() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        (t.elapsed(), h.conn.close_reason())
+        (t.elapsed(), h.link.conn.close_reason())
     });
     let (took, reason) = ended;
     assert!(
@@ -1115,7 +1117,7 @@ fn chunks_in_flight_are_budgeted() {
             let (mut h, _) = connect_as(&me, port).await;
             let (_, _) = start_file(&mut h, "big.bin", 16 * u64::from(cs), cs).await;
             for i in 0..16u64 {
-                let conn = h.conn.clone();
+                let conn = h.link.conn.clone();
                 tokio::spawn(async move {
                     let Ok(mut s) = conn.open_uni().await else {
                         return;

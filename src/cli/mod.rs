@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use p2pfs::{
     crypto::kdf::KdfParams,
-    net::{discovery::DiscoveryError, receiver::AcceptPolicy, wire::RefuseCode, NetError},
+    net::{discovery::DiscoveryError, server::AcceptPolicy, wire::RefuseCode, NetError},
     store::{home::Home, trust::TrustError, StoreError},
 };
 

@@ -15,9 +15,9 @@ use anyhow::{bail, Context, Result};
 use p2pfs::{
     crypto::keys::{Keypair, PublicKey},
     net::{
+        client::{self as sender, item_for, SendOptions, Target},
         discovery::{self, Lookup, Resolved},
         events::Event,
-        sender::{self, item_for, SendOptions, Target},
         KeyHint, NetError, DEFAULT_PORT,
     },
     store::trust::TrustStore,

@@ -17,7 +17,7 @@ use p2pfs::{
         discovery::{self, AdvertEvent},
         endpoint,
         events::ServerEvent,
-        receiver::{self, AcceptPolicy, Asker, ServerCtx},
+        server::{self, AcceptPolicy, Asker, ServerCtx},
         wire::{FileOffer, OfferTotals},
     },
     text,
@@ -259,6 +259,8 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
                     ServerEvent::Failed { peer, message } => {
                         eprintln!("p2pfs: {}: {}", peer.map(|p| p.fingerprint()).unwrap_or_else(|| "?".into()), text::escape(&message));
                     }
+                    ServerEvent::Listed { peer, files } => println!("listed {files} fetchable item(s) for {}", peer.fingerprint()),
+                    ServerEvent::Served { peer, files, bytes } => println!("served {files} item(s), {} on the wire, to {} (verified there)", indicatif::HumanBytes(bytes), peer.fingerprint()),
                     ServerEvent::Closed { peer } => {
                         if let Some(b) = bars.remove(&peer) {
                             b.finish_and_clear();
@@ -267,7 +269,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
                 }
             }
         });
-        receiver::serve(ep, server_ctx, stop_rx).await?;
+        server::serve(ep, server_ctx, stop_rx).await?;
         if let Some(t) = advert_task {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(3), t).await;
         }

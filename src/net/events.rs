@@ -122,6 +122,22 @@ pub enum ServerEvent {
         /// What happened.
         message: String,
     },
+    /// A peer listed what it may fetch.
+    Listed {
+        /// The peer.
+        peer: PublicKey,
+        /// Entries shown to it.
+        files: usize,
+    },
+    /// A pull ended: objects sent to a peer that verified them.
+    Served {
+        /// The peer.
+        peer: PublicKey,
+        /// Objects it verified and stored.
+        files: usize,
+        /// Chunk bytes sent.
+        bytes: u64,
+    },
     /// A connection ended.
     Closed {
         /// The sender.

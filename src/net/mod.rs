@@ -1,17 +1,20 @@
 //! The network layer: QUIC endpoints (quinn + rustls), the Noise
-//! handshake bound to the TLS session, the wire frames, the sender and
-//! receiver state machines, and LAN discovery over mDNS (`docs/PROTOCOL.md`).
+//! handshake bound to the TLS session, the wire frames, the transfer
+//! engine (one source and one sink for every direction, their protocol
+//! decisions as pure state machines), the client and server ends of each
+//! request, and LAN discovery over mDNS (`docs/PROTOCOL.md`).
 //!
 //! This module never prints: progress and outcomes go to the caller as
 //! [`events::Event`]s over a channel and as typed [`NetError`]s.
 
 pub mod admission;
+pub mod client;
 pub mod discovery;
 pub mod endpoint;
+pub mod engine;
 pub mod events;
 pub mod handshake;
-pub mod receiver;
-pub mod sender;
+pub mod server;
 pub mod wire;
 
 use thiserror::Error;

@@ -157,7 +157,72 @@ pub enum Msg {
     },
     /// Client → server: all results received.
     Done,
+    /// Client → server (request): what this node may fetch here.
+    List,
+    /// Server → client: one page of the listing; `more` until the last.
+    Listing {
+        /// The vault header, once, to a peer with the `owner` capability
+        /// (its device opens the vault key with the passphrase typed there).
+        header: Option<Vec<u8>>,
+        /// The entries of this page.
+        files: Vec<RemoteFile>,
+        /// True when another page follows.
+        more: bool,
+    },
+    /// Client → server (request): send these objects (pull); the server
+    /// answers `Serving` and becomes the source of the transfer.
+    Fetch {
+        /// Object ids, each at most once.
+        ids: Vec<FileId>,
+    },
+    /// Server → client: the objects of a `Fetch`, in its order; then the
+    /// transfer runs as a push the other way (`Plan`, chunks, results).
+    Serving {
+        /// The vault header, to an `owner` peer (as in `Listing`).
+        header: Option<Vec<u8>>,
+        /// One entry per requested id.
+        files: Vec<RemoteFile>,
+    },
 }
+
+/// Why a peer may fetch an object.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The owner shared it with that peer: `key` is sealed to its node key.
+    Share,
+    /// The peer is one of the owner's devices: `key` is the object's
+    /// envelope, sealed to the vault key.
+    Owner,
+    /// The peer's own sealed deposit: `key` is its envelope, sealed to the
+    /// depositor's vault key.
+    Deposit,
+}
+
+/// An object a peer may fetch, as listed or served: everything clear
+/// except what `key` seals (file key, name, BLAKE3, times).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RemoteFile {
+    /// The object id (also the chunks' file id).
+    pub id: FileId,
+    /// File or directory.
+    pub kind: EntryKind,
+    /// Plaintext size.
+    pub size: u64,
+    /// Plaintext bytes per chunk.
+    pub chunk_size: u32,
+    /// Why the peer may fetch it.
+    pub access: Access,
+    /// The sealed key and metadata (see [`Access`]).
+    pub key: Vec<u8>,
+}
+
+/// Largest sealed key blob of a [`RemoteFile`] (an envelope is at most
+/// 8 KiB of body plus its header).
+pub const MAX_REMOTE_KEY: usize = 16 << 10;
+/// Largest vault header sent to an owner.
+pub const MAX_REMOTE_HEADER: usize = 4096;
+/// Entries per listing page.
+pub const LIST_PAGE: usize = 1024;
 
 /// `FileResult.code` values.
 pub mod result_code {
@@ -212,6 +277,10 @@ impl Msg {
             Msg::FileEnd { .. } => "FileEnd",
             Msg::FileResult { .. } => "FileResult",
             Msg::Done => "Done",
+            Msg::List => "List",
+            Msg::Listing { .. } => "Listing",
+            Msg::Fetch { .. } => "Fetch",
+            Msg::Serving { .. } => "Serving",
         }
     }
 
@@ -249,9 +318,68 @@ impl Msg {
             Msg::FileStart { wrapped_key, .. } if wrapped_key.len() != WRAPPED_KEY_LEN => {
                 Err(invalid("wrapped key length"))
             }
+            Msg::Listing { header, files, .. } | Msg::Serving { header, files } => {
+                if header.as_ref().is_some_and(|h| h.len() > MAX_REMOTE_HEADER) {
+                    return Err(invalid("vault header length"));
+                }
+                if files.len() > MAX_FILES {
+                    return Err(invalid("too many entries"));
+                }
+                for f in files {
+                    check_remote(f)?;
+                }
+                Ok(())
+            }
+            Msg::Fetch { ids } => {
+                if ids.is_empty() || ids.len() > MAX_FILES {
+                    return Err(invalid("number of requested objects"));
+                }
+                let mut seen = std::collections::HashSet::with_capacity(ids.len());
+                if !ids.iter().all(|id| seen.insert(*id)) {
+                    return Err(invalid("an object requested twice"));
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
+}
+
+/// Checks one listed or served object: sizes within the limits of an
+/// offered file, a key blob of bounded length.
+fn check_remote(f: &RemoteFile) -> Result<(), NetError> {
+    if f.key.len() > MAX_REMOTE_KEY || f.key.is_empty() {
+        return Err(invalid("sealed key length"));
+    }
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&f.chunk_size) {
+        return Err(invalid("chunk size"));
+    }
+    if f.size >= MAX_FILE_SIZE || chunk_count(f.size, f.chunk_size) > MAX_CHUNK_COUNT {
+        return Err(invalid("object size"));
+    }
+    if f.kind == EntryKind::Dir && f.size != 0 {
+        return Err(invalid("a directory with a size"));
+    }
+    Ok(())
+}
+
+/// Checks what a server serves against the budgets of one transfer (as
+/// [`validate_offer`] does for a push); returns the totals.
+pub fn validate_served(files: &[RemoteFile]) -> Result<OfferTotals, String> {
+    let mut totals = OfferTotals::default();
+    for f in files {
+        totals.bytes = totals
+            .bytes
+            .checked_add(f.size)
+            .filter(|b| *b <= MAX_OFFER_BYTES)
+            .ok_or("more than the byte budget of one transfer")?;
+        totals.chunks = totals
+            .chunks
+            .checked_add(chunk_count(f.size, f.chunk_size))
+            .filter(|c| *c <= MAX_OFFER_CHUNKS)
+            .ok_or("more than the chunk budget of one transfer")?;
+    }
+    Ok(totals)
 }
 
 /// Reads one control frame; `None` at a clean end of stream.

@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod home;
 pub mod partial;
 pub mod pin;
+pub mod remote;
 pub mod sent;
 pub mod trust;
 pub mod vault;

@@ -572,9 +572,8 @@ impl<'v> Partial<'v> {
     }
 
     /// Checks the whole file against the sender's `blake3` (from the running
-    /// verification, or by decrypting it again) and commits it to the vault;
-    /// removes the partial.
-    pub fn finish(mut self, blake3: &[u8; 32], meta: &Metadata) -> Result<()> {
+    /// verification, or by decrypting it again); returns the file key.
+    fn verified(&mut self, blake3: &[u8; 32], name: &str) -> Result<FileKey> {
         let n = self.writer.header().chunk_count;
         let Some(v) = self.verify.take() else {
             return Err(StoreError::Invalid("file key missing".into()));
@@ -586,13 +585,53 @@ impl<'v> Partial<'v> {
         };
         if &got != blake3 {
             return Err(StoreError::corrupt(
-                format!("received file {}", meta.name),
+                format!("received file {name}"),
                 "BLAKE3 of the received data does not match the sender's",
             ));
         }
+        Ok(v.key)
+    }
+
+    /// Checks the whole file against the sender's `blake3` and commits it
+    /// to the vault; removes the partial.
+    pub fn finish(mut self, blake3: &[u8; 32], meta: &Metadata) -> Result<()> {
+        let key = self.verified(blake3, &meta.name)?;
         let state = self.state_path.clone();
-        self.writer.commit(v.key.secret(), meta)?;
+        self.writer.commit(key.secret(), meta)?;
         fsutil::remove_if_exists(&state)
+    }
+
+    /// Checks the whole file against `blake3`, then decrypts it into a
+    /// plain file `name` in `dir`, published atomically as an export is
+    /// (never over an existing file without `force`; no plaintext left if
+    /// interrupted); removes the partial. A directory entry is created as
+    /// a directory.
+    pub fn publish(
+        mut self,
+        blake3: &[u8; 32],
+        meta: &Metadata,
+        dir: &fsutil::Dir,
+        name: &std::ffi::OsStr,
+        force: bool,
+    ) -> Result<()> {
+        let key = self.verified(blake3, &meta.name)?;
+        if meta.kind == crate::store::format::Kind::Dir {
+            dir.child_dir(name)?;
+        } else {
+            let writer = &self.writer;
+            super::vault::publish_plain(dir, name, force, &mut |w| {
+                if &writer.decrypt_into(&key, w)? != blake3 {
+                    return Err(StoreError::corrupt(
+                        format!("received file {}", meta.name),
+                        "the data changed on disk while it was published",
+                    ));
+                }
+                Ok(meta.clone())
+            })?;
+        }
+        let (slot, vault) = (self.meta.slot, self.vault());
+        drop(self);
+        vault.remove_partial(&slot)
     }
 }
 

@@ -48,8 +48,10 @@ const MAX_FILE: u64 = 16 << 20;
 pub enum Capability {
     /// Send files into this node's vault.
     Send,
-    /// Retrieve files from this node's vault.
+    /// List and fetch what the owner shared with it (and its deposits).
     Get,
+    /// List and fetch everything in the vault: one of the owner's devices.
+    Owner,
 }
 
 /// Refusals of the trust store. Each says what to do instead.

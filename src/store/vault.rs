@@ -145,7 +145,7 @@ struct Pinned {
     sealing: std::sync::Mutex<Option<(PublicKey, u64)>>,
 }
 
-fn read_header(path: &Path) -> Result<HeaderFile> {
+pub(crate) fn read_header(path: &Path) -> Result<HeaderFile> {
     let bytes = fsutil::read_limited(path, 4096)?;
     HeaderFile::decode(&bytes).map_err(|e| format_error(path, e))
 }
@@ -168,7 +168,7 @@ fn seal_secret(
     Ok(h)
 }
 
-fn open_secret(kek: &Secret32, h: &HeaderFile) -> Result<Keypair, CryptoError> {
+pub(crate) fn open_secret(kek: &Secret32, h: &HeaderFile) -> Result<Keypair, CryptoError> {
     let mut sk = zeroize::Zeroizing::new(AeadKey::new(kek).open(h.nonce, &h.ad(), &h.sealed_sk)?);
     let mut a = [0u8; 32];
     a.copy_from_slice(&sk[..32]);
@@ -229,7 +229,7 @@ fn seal_envelope(
     Ok(env.encode())
 }
 
-fn open_envelope(kp: &Keypair, env: &EnvelopeFile) -> Result<EnvelopeBody, String> {
+pub(crate) fn open_envelope(kp: &Keypair, env: &EnvelopeFile) -> Result<EnvelopeBody, String> {
     if env.recipient != kp.public() {
         return Err("envelope sealed to another vault key".into());
     }
@@ -288,9 +288,9 @@ fn parse_object_name(name: &str) -> Option<(FileId, &str)> {
 }
 
 #[derive(Default)]
-struct Scan {
-    env: BTreeMap<FileId, ()>,
-    obj: BTreeMap<FileId, ()>,
+pub(crate) struct Scan {
+    pub(crate) env: BTreeMap<FileId, ()>,
+    pub(crate) obj: BTreeMap<FileId, ()>,
 }
 
 impl Vault {
@@ -440,7 +440,7 @@ impl Vault {
         self.header.vault_pk
     }
 
-    fn objects(&self) -> PathBuf {
+    pub(crate) fn objects(&self) -> PathBuf {
         self.dir.join("objects")
     }
 
@@ -453,11 +453,11 @@ impl Vault {
         self.staging()
     }
 
-    fn obj_path(&self, id: &FileId) -> PathBuf {
+    pub(crate) fn obj_path(&self, id: &FileId) -> PathBuf {
         self.objects().join(format!("{}.obj", id_hex(id)))
     }
 
-    fn env_path(&self, id: &FileId) -> PathBuf {
+    pub(crate) fn env_path(&self, id: &FileId) -> PathBuf {
         self.objects().join(format!("{}.env", id_hex(id)))
     }
 
@@ -496,7 +496,7 @@ impl Vault {
         }
     }
 
-    fn scan(&self) -> Result<Scan> {
+    pub(crate) fn scan(&self) -> Result<Scan> {
         let dir = self.objects();
         let mut s = Scan::default();
         for e in fs::read_dir(&dir).map_err(|e| StoreError::io("cannot list", &dir, e))? {
@@ -1013,6 +1013,12 @@ impl<'v> ObjectWriter<'v> {
     /// Decrypts every written chunk in order (in memory only) and returns
     /// the BLAKE3 of the plaintext: the receiver's end-to-end check.
     pub fn verify_plaintext(&self, key: &FileKey) -> Result<[u8; 32]> {
+        self.decrypt_into(key, &mut std::io::sink())
+    }
+
+    /// Decrypts every written chunk in order into `out`; returns the
+    /// BLAKE3 of the plaintext.
+    pub fn decrypt_into(&self, key: &FileKey, out: &mut dyn Write) -> Result<[u8; 32]> {
         let n = self.header.chunk_count;
         let id = self.header.id;
         let mut hasher = blake3::Hasher::new();
@@ -1031,6 +1037,8 @@ impl<'v> ObjectWriter<'v> {
                     )
                 })?;
             hasher.update(pt);
+            out.write_all(pt)
+                .map_err(|e| StoreError::io("cannot write", "output", e))?;
         }
         Ok(*hasher.finalize().as_bytes())
     }
@@ -1102,6 +1110,49 @@ impl<'v> ObjectWriter<'v> {
         self.committed = true;
         Ok(())
     }
+}
+
+/// Publishes plaintext as `name` in `dir` (`docs/VAULT.md`, *Export*):
+/// `fill` writes it into an unnamed file there (or a named temporary one
+/// where the file system cannot) and returns its metadata after checking
+/// its BLAKE3; then the mode is set (the stored mode within 0777, less the
+/// umask), the time, an fsync, and the name: a link (never replacing
+/// anything) or, with `force`, a rename over it; directory fsynced. An
+/// interruption at any point leaves no file.
+pub(crate) fn publish_plain(
+    dir: &fsutil::Dir,
+    name: &std::ffi::OsStr,
+    force: bool,
+    fill: &mut dyn FnMut(&mut dyn Write) -> Result<Metadata>,
+) -> Result<Metadata> {
+    if !force && dir.contains(name)? {
+        return Err(StoreError::DestinationExists {
+            path: dir.shown(name),
+        });
+    }
+    let shown = dir.shown(name);
+    let out = fsutil::NewFile::create(dir, name)?;
+    let f = out.file();
+    let meta = {
+        let mut w = fsutil::WritebackWriter::new(f);
+        let m = fill(&mut w)?;
+        w.flush()
+            .map_err(|e| StoreError::io("cannot write", &shown, e))?;
+        m
+    };
+    if let Some(t) = unix_time(meta.mtime) {
+        // Best effort: a time the file system cannot hold is left out.
+        let _ = f.set_modified(t);
+    }
+    // The sender's (or source's) mode is a wish, not an order: never
+    // setuid, setgid or sticky, and never more than the umask allows.
+    let mode = meta.mode & 0o777 & !fsutil::umask();
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| StoreError::io("cannot set permissions on", &shown, e))?;
+    f.sync_all()
+        .map_err(|e| StoreError::io("cannot sync", &shown, e))?;
+    out.publish(force)?;
+    Ok(meta)
 }
 
 impl Drop for ObjectWriter<'_> {
@@ -1569,34 +1620,7 @@ impl Unlocked<'_> {
             dir.child_dir(name)?;
             return Ok(meta.clone());
         }
-        if !force && dir.contains(name)? {
-            return Err(StoreError::DestinationExists {
-                path: dir.shown(name),
-            });
-        }
-        let shown = dir.shown(name);
-        let out = fsutil::NewFile::create(dir, name)?;
-        let f = out.file();
-        let meta = {
-            let mut w = fsutil::WritebackWriter::new(f);
-            let m = self.decrypt_to(id, &mut w, progress)?;
-            w.flush()
-                .map_err(|e| StoreError::io("cannot write", &shown, e))?;
-            m
-        };
-        if let Some(t) = unix_time(meta.mtime) {
-            // Best effort: a time the file system cannot hold is left out.
-            let _ = f.set_modified(t);
-        }
-        // The sender's (or source's) mode is a wish, not an order: never
-        // setuid, setgid or sticky, and never more than the umask allows.
-        let mode = meta.mode & 0o777 & !fsutil::umask();
-        f.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(|e| StoreError::io("cannot set permissions on", &shown, e))?;
-        f.sync_all()
-            .map_err(|e| StoreError::io("cannot sync", &shown, e))?;
-        out.publish(force)?;
-        Ok(meta)
+        publish_plain(dir, name, force, &mut |w| self.decrypt_to(id, w, progress))
     }
 
     /// Removes an object: tombstone in the index first (the commit), then

@@ -1,0 +1,704 @@
+//! The client side of every request (`docs/PROTOCOL.md`): connects,
+//! authenticates the peer against the key the caller decided (given,
+//! pinned, or confirmed by the user at first contact after a [`probe`]),
+//! then asks for one thing — push files (`send`, this node is the source),
+//! list what it may fetch (`list`), or pull objects (`get`, this node is
+//! the sink) — and runs the transfer engine for it.
+
+use std::{
+    net::SocketAddr,
+    os::unix::fs::MetadataExt,
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use super::{
+    close, endpoint,
+    engine::{
+        self, closed_error, refused,
+        sink::{self, Expect, SinkCtx},
+        source::{self, From, Outcome, Sending},
+        Link, Note, Reporter,
+    },
+    events::{Event, EventTx},
+    handshake::{self, Mode, EXPORTER_LABEL},
+    wire::{self, bitmap, EntryKind, FileOffer, FilePlan, Msg, RemoteFile},
+    KeyHint, NetError,
+};
+use crate::{
+    crypto::{
+        chunk::{chunk_count, chunk_plain_len, FileId, FileKey, DEFAULT_CHUNK_SIZE},
+        keys::{Keypair, PublicKey},
+        to_hex,
+    },
+    store::{
+        partial::{open_key, StagingKey},
+        sent::{entry_tag, SentLog},
+        vault::Vault,
+        StoreError,
+    },
+    text,
+};
+
+pub use source::Item;
+
+/// Where to send, and the key the receiver must prove. The sender never
+/// decides trust itself: the caller resolved the key (given, pinned, or
+/// confirmed at first contact with [`probe`]).
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The socket address.
+    pub addr: SocketAddr,
+    /// How the user named it (`host:port`), for messages.
+    pub label: String,
+    /// The key the peer must have.
+    pub expected: PublicKey,
+    /// Why that key is expected (for the advice after a mismatch).
+    pub hint: KeyHint,
+}
+
+/// Tuning.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    /// Parallel data streams.
+    pub streams: usize,
+    /// Plaintext bytes per chunk.
+    pub chunk_size: u32,
+}
+
+impl Default for SendOptions {
+    fn default() -> Self {
+        Self {
+            streams: 4,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+        }
+    }
+}
+
+/// What a completed send did.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// The receiver.
+    pub peer: PublicKey,
+    /// Its name.
+    pub peer_name: String,
+    /// Files committed.
+    pub files: usize,
+    /// Chunk bytes sent on the wire.
+    pub bytes_sent: u64,
+    /// Plaintext bytes the receiver already had.
+    pub bytes_skipped: u64,
+}
+
+/// The version token of a source file (`docs/PROTOCOL.md`, `token`).
+pub fn source_token(m: &std::fs::Metadata) -> [u8; 16] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"p2pfs/source-token/v1");
+    for v in [m.dev(), m.ino(), m.size()] {
+        h.update(&v.to_be_bytes());
+    }
+    for v in [m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()] {
+        h.update(&v.to_be_bytes());
+    }
+    let mut t = [0u8; 16];
+    t.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    t
+}
+
+/// Builds the offer entry of a local file or empty directory.
+pub fn item_for(path: &Path, name: String, dir: bool) -> std::io::Result<Item> {
+    let m = std::fs::symlink_metadata(path)?;
+    Ok(Item {
+        path: path.to_path_buf(),
+        offer: FileOffer {
+            name,
+            kind: if dir { EntryKind::Dir } else { EntryKind::File },
+            size: if dir { 0 } else { m.len() },
+            mtime: m.mtime(),
+            mode: m.mode() & 0o777,
+            token: source_token(&m),
+        },
+    })
+}
+
+/// An authenticated connection.
+pub struct Authenticated {
+    /// The endpoint (kept alive with the connection).
+    pub endpoint: quinn::Endpoint,
+    /// The connection, its control stream and session.
+    pub link: Link,
+}
+
+/// A QUIC connection and its control stream, before authentication.
+async fn open(
+    target_addr: SocketAddr,
+) -> Result<
+    (
+        quinn::Endpoint,
+        quinn::Connection,
+        quinn::SendStream,
+        quinn::RecvStream,
+        [u8; 32],
+    ),
+    NetError,
+> {
+    let endpoint = endpoint::client(target_addr)?;
+    let conn = endpoint::connect(&endpoint, target_addr, Duration::from_secs(5))
+        .await
+        .map_err(peer_text)?;
+    let (send, recv) = conn.open_bi().await.map_err(|e| closed_error(&e))?;
+    let mut prologue = [0u8; 32];
+    conn.export_keying_material(&mut prologue, EXPORTER_LABEL, b"")
+        .map_err(|_| NetError::Setup("TLS exporter unavailable".into()))?;
+    Ok((endpoint, conn, send, recv, prologue))
+}
+
+async fn attempt(
+    identity: &Keypair,
+    target: &Target,
+    mode: Mode,
+) -> Result<Authenticated, NetError> {
+    let (endpoint, conn, mut send, mut recv, prologue) = open(target.addr).await?;
+    let hs = tokio::time::timeout(
+        Duration::from_secs(10),
+        handshake::initiate(
+            &mut recv,
+            &mut send,
+            identity,
+            &prologue,
+            target.expected,
+            mode,
+            &target.label,
+        ),
+    )
+    .await
+    .map_err(|_| NetError::Timeout("in the handshake"))?;
+    match hs {
+        Ok(session) => Ok(Authenticated {
+            endpoint,
+            link: Link {
+                conn,
+                send,
+                recv,
+                session,
+            },
+        }),
+        Err(e) => {
+            let code = if matches!(e, NetError::KeyChanged { .. }) {
+                close::KEY_MISMATCH
+            } else {
+                close::HANDSHAKE
+            };
+            conn.close(quinn::VarInt::from_u32(code), b"handshake failed");
+            Err(match e {
+                NetError::KeyChanged {
+                    addr,
+                    expected,
+                    actual,
+                    ..
+                } => NetError::KeyChanged {
+                    addr,
+                    expected,
+                    actual,
+                    hint: target.hint.clone(),
+                },
+                other => peer_text(other),
+            })
+        }
+    }
+}
+
+/// Connects and authenticates the receiver as `target.expected`: IK, and
+/// when that fails (the key changed?) once more as XX to name the key that
+/// answers — refused before our own key is sent.
+pub async fn connect(identity: &Keypair, target: &Target) -> Result<Authenticated, NetError> {
+    match attempt(identity, target, Mode::Ik).await {
+        Err(NetError::Handshake(first)) => match attempt(identity, target, Mode::Xx).await {
+            Err(e @ NetError::KeyChanged { .. }) => Err(e),
+            Err(_) => Err(NetError::Handshake(first)),
+            Ok(a) => Ok(a),
+        },
+        other => other,
+    }
+}
+
+/// Learns which key answers at `addr` (first contact) without sending our
+/// own static key or anything else: the Noise XX handshake up to the
+/// receiver's message 2, which proves it holds that key; then the
+/// connection is closed.
+pub async fn probe(identity: &Keypair, addr: SocketAddr) -> Result<PublicKey, NetError> {
+    let (endpoint, conn, mut send, mut recv, prologue) = open(addr).await?;
+    let key = tokio::time::timeout(
+        Duration::from_secs(10),
+        handshake::probe(&mut recv, &mut send, identity, &prologue),
+    )
+    .await
+    .map_err(|_| NetError::Timeout("in the handshake"))?;
+    conn.close(
+        quinn::VarInt::from_u32(close::HANDSHAKE),
+        b"first contact: key learnt, asking the user",
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    key.map_err(peer_text)
+}
+
+/// A connection or handshake failure made safe to show: its text may quote
+/// the peer's close reason (through the QUIC or stream error).
+fn peer_text(e: NetError) -> NetError {
+    match e {
+        NetError::Handshake(s) => NetError::Handshake(text::from_peer(&s)),
+        NetError::Unreachable { addr, detail } => NetError::Unreachable {
+            addr,
+            detail: text::from_peer(&detail),
+        },
+        other => other,
+    }
+}
+
+impl Authenticated {
+    /// Waits for the peer's `Welcome` (its name, a valid node name).
+    pub async fn welcome(&mut self) -> Result<String, NetError> {
+        match self
+            .link
+            .next_msg(Duration::from_secs(60), "waiting for the peer's welcome")
+            .await?
+        {
+            Msg::Welcome { name, .. } => Ok(name),
+            Msg::Refused { code, message } => Err(refused(code, &message)),
+            other => Err(NetError::Protocol(format!(
+                "expected a welcome, got {}",
+                other.kind()
+            ))),
+        }
+    }
+
+    /// Ends the connection cleanly.
+    pub async fn close(self) {
+        let stats = self.link.conn.stats();
+        tracing::debug!(
+            mtu = stats.path.current_mtu,
+            rtt_us = stats.path.rtt.as_micros() as u64,
+            lost = stats.path.lost_packets,
+            sent_packets = stats.path.sent_packets,
+            cwnd = stats.path.cwnd,
+            "connection statistics"
+        );
+        self.link.close(close::DONE, "done");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Connects, authenticates and waits for the welcome; reports `Connected`.
+async fn open_session(
+    identity: &Keypair,
+    target: &Target,
+    events: &EventTx,
+) -> Result<(Authenticated, String), NetError> {
+    let mut a = connect(identity, target).await?;
+    let name = a.welcome().await?;
+    let _ = events.send(Event::Connected {
+        peer: a.link.peer(),
+        name: name.clone(),
+    });
+    Ok((a, name))
+}
+
+/// A reporter that turns the engine's notes into UI events (progress as a
+/// running total from `start`).
+fn ui_reporter(events: &EventTx, start: u64) -> Reporter {
+    let events = events.clone();
+    let done = Arc::new(AtomicU64::new(start));
+    Arc::new(move |n: Note| {
+        let ev = match n {
+            Note::Start {
+                files,
+                bytes,
+                skipped,
+            } => {
+                done.store(skipped, Ordering::Relaxed);
+                Event::Start {
+                    files,
+                    bytes,
+                    skipped,
+                }
+            }
+            Note::Resuming { name, percent } => Event::Resuming { name, percent },
+            Note::FileStart { name, size } => Event::FileStart { name, size },
+            Note::Bytes(b) => Event::Progress {
+                done: done.fetch_add(b, Ordering::Relaxed) + b,
+            },
+            Note::FileDone { name, size, blake3 } => Event::FileDone {
+                name,
+                size,
+                blake3: blake3.map(|b| to_hex(&b)).unwrap_or_default(),
+            },
+            // A data stream's failure names no file: the connection ends
+            // and the error says why.
+            Note::FileFailed { name, .. } if name.is_empty() => return,
+            Note::FileFailed { name, message } => Event::FileFailed { name, message },
+        };
+        let _ = events.send(ev);
+    })
+}
+
+/// Sends `items` to `target` (a push: this node is the source).
+pub async fn send(
+    identity: &Keypair,
+    home: &Path,
+    target: &Target,
+    items: Vec<Item>,
+    opts: &SendOptions,
+    events: EventTx,
+) -> Result<Summary, NetError> {
+    let (mut a, peer_name) = open_session(identity, target, &events).await?;
+    let peer = a.link.peer();
+    let offers: Vec<FileOffer> = items.iter().map(|i| i.offer.clone()).collect();
+    a.link
+        .send_msg(&Msg::Offer {
+            chunk_size: opts.chunk_size,
+            files: offers,
+        })
+        .await?;
+    let plans = match a
+        .link
+        .next_msg(
+            Duration::from_secs(330),
+            "waiting for the receiver to accept",
+        )
+        .await?
+    {
+        Msg::Plan { files } if files.len() == items.len() => files,
+        Msg::Refused { code, message } => return Err(refused(code, &message)),
+        other => {
+            return Err(NetError::Protocol(format!(
+                "expected a plan for {} file(s), got {}",
+                items.len(),
+                other.kind()
+            )))
+        }
+    };
+
+    // A resume offer is honoured only for a transfer this node started with
+    // this very receiver, for this entry (`store::sent`), and only if the
+    // sealed key opens for the pair of us: a blob from anyone else (a stolen
+    // vault folder, say) is never opened, and the file starts afresh.
+    let mut log = SentLog::open(home)?;
+    let mut tags = Vec::with_capacity(plans.len());
+    let mut files = Vec::with_capacity(plans.len());
+    let mut skipped = 0u64;
+    for (item, p) in items.iter().zip(plans) {
+        let n = chunk_count(item.offer.size, opts.chunk_size);
+        let tag = entry_tag(
+            &item.offer.name,
+            item.offer.size,
+            &item.offer.token,
+            opts.chunk_size,
+        );
+        let fresh = |id: FileId, fresh: bool| -> Result<Sending, NetError> {
+            Ok(Sending {
+                id,
+                key: Some(FileKey::generate().map_err(StoreError::from)?),
+                have: None,
+                fresh,
+                rejected: None,
+            })
+        };
+        let next = match p {
+            FilePlan::New { file_id } => fresh(file_id, false)?,
+            FilePlan::Resume {
+                file_id,
+                sealed_key,
+                have,
+            } => {
+                let key = log
+                    .contains(&peer, &file_id, &tag)
+                    .then(|| open_key(identity, &peer, &file_id, &sealed_key).ok())
+                    .flatten();
+                match key {
+                    Some(key) if have.len() as u64 == n.div_ceil(8) => {
+                        let held: u64 = (0..n)
+                            .filter(|i| bitmap::get(&have, *i))
+                            .map(|i| chunk_plain_len(item.offer.size, opts.chunk_size, i) as u64)
+                            .sum();
+                        skipped = skipped.saturating_add(held);
+                        let percent = (u128::from(held) * 100)
+                            .checked_div(u128::from(item.offer.size))
+                            .unwrap_or(100)
+                            .min(100) as u8;
+                        let _ = events.send(Event::Resuming {
+                            name: item.offer.name.clone(),
+                            percent,
+                        });
+                        Sending {
+                            id: file_id,
+                            key: Some(key),
+                            have: Some(have),
+                            fresh: false,
+                            rejected: None,
+                        }
+                    }
+                    _ => {
+                        tracing::debug!(name = %text::escape(&item.offer.name), "resume offer not honoured: sending afresh");
+                        fresh(file_id, true)?
+                    }
+                }
+            }
+            FilePlan::Reject { reason } => Sending {
+                id: [0; 16],
+                key: None,
+                have: None,
+                fresh: false,
+                rejected: Some(text::from_peer(&reason)),
+            },
+        };
+        tags.push(tag);
+        match &next.rejected {
+            None => log.record(&peer, &next.id, &tag),
+            Some(why) => {
+                let _ = events.send(Event::FileFailed {
+                    name: item.offer.name.clone(),
+                    message: why.clone(),
+                });
+            }
+        }
+        files.push((From::Local(item.clone()), next));
+    }
+    log.save()?;
+    drop(log);
+    let total = items
+        .iter()
+        .try_fold(0u64, |t, i| t.checked_add(i.offer.size))
+        .ok_or_else(|| NetError::Protocol("the files to send exceed 2^64 bytes".into()))?;
+    let _ = events.send(Event::Start {
+        files: items.len(),
+        bytes: total,
+        skipped,
+    });
+    let rejected: Vec<Option<String>> = files.iter().map(|(_, s)| s.rejected.clone()).collect();
+    let ran = source::run(
+        &mut a.link,
+        files,
+        opts.streams,
+        opts.chunk_size,
+        true,
+        ui_reporter(&events, skipped),
+    )
+    .await?;
+    let mut failures = Vec::new();
+    let mut committed = Vec::new();
+    for (i, o) in ran.outcomes.iter().enumerate() {
+        let name = text::escape(&items[i].offer.name);
+        match (o, &rejected[i]) {
+            (Outcome::Ok, _) => committed.push(tags[i]),
+            (Outcome::Failed(why), _) | (Outcome::Pending, Some(why)) => {
+                failures.push(format!("  {name}: {why}"))
+            }
+            (Outcome::Pending, None) => failures.push(format!("  {name}: no result")),
+        }
+    }
+    if !committed.is_empty() {
+        let mut log = SentLog::open(home)?;
+        for tag in &committed {
+            log.forget(&peer, tag);
+        }
+        log.save()?;
+    }
+    a.close().await;
+    let _ = events.send(Event::Done {
+        files: committed.len(),
+        bytes_sent: ran.bytes_sent,
+        bytes_skipped: skipped,
+    });
+    if !failures.is_empty() {
+        return Err(NetError::FilesFailed {
+            failed: failures.len(),
+            details: failures.join("\n"),
+        });
+    }
+    Ok(Summary {
+        peer,
+        peer_name,
+        files: committed.len(),
+        bytes_sent: ran.bytes_sent,
+        bytes_skipped: skipped,
+    })
+}
+
+/// What a peer lets this node fetch.
+#[derive(Debug)]
+pub struct Listing {
+    /// The peer.
+    pub peer: PublicKey,
+    /// Its name.
+    pub peer_name: String,
+    /// Its vault header, when this node is one of the owner's devices.
+    pub header: Option<Vec<u8>>,
+    /// The entries (their names are sealed in `key`).
+    pub files: Vec<RemoteFile>,
+}
+
+/// Largest listing accepted (entries over all pages).
+pub const MAX_LISTING: usize = 1_000_000;
+
+/// Lists what `target` lets this node fetch.
+pub async fn list(
+    identity: &Keypair,
+    target: &Target,
+    events: EventTx,
+) -> Result<Listing, NetError> {
+    let (mut a, peer_name) = open_session(identity, target, &events).await?;
+    a.link.send_msg(&Msg::List).await?;
+    let mut header = None;
+    let mut files = Vec::new();
+    loop {
+        match a
+            .link
+            .next_msg(Duration::from_secs(60), "waiting for the listing")
+            .await?
+        {
+            Msg::Listing {
+                header: h,
+                files: page,
+                more,
+            } => {
+                if h.is_some() {
+                    header = h;
+                }
+                if files.len() + page.len() > MAX_LISTING {
+                    return Err(NetError::Protocol("the listing is too long".into()));
+                }
+                files.extend(page);
+                if !more {
+                    break;
+                }
+            }
+            Msg::Refused { code, message } => return Err(refused(code, &message)),
+            other => {
+                return Err(NetError::Protocol(format!(
+                    "expected a listing, got {}",
+                    other.kind()
+                )))
+            }
+        }
+    }
+    let peer = a.link.peer();
+    let _ = a.link.send_msg(&Msg::Done).await;
+    let _ = a.link.send.finish();
+    a.close().await;
+    Ok(Listing {
+        peer,
+        peer_name,
+        header,
+        files,
+    })
+}
+
+/// How a pull treats what it is served: opens each entry's sealed key
+/// (with this node's identity, or a vault key from the passphrase) and
+/// says where it goes.
+pub trait Opener: Send {
+    /// One expected file per served entry, in order; `header` is the
+    /// peer's vault header when it was served.
+    fn open(
+        &mut self,
+        header: Option<&[u8]>,
+        files: &[RemoteFile],
+    ) -> Result<Vec<Expect>, NetError>;
+}
+
+/// Where pulled files go.
+pub struct PullTo {
+    /// The local vault (its staging area holds the partials).
+    pub vault: &'static Vault,
+    /// Published files go under it (none: into the vault).
+    pub dest: Option<crate::store::fsutil::Dir>,
+    /// Replace existing files.
+    pub force: bool,
+}
+
+/// What a completed pull did.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// The peer.
+    pub peer: PublicKey,
+    /// Its name.
+    pub peer_name: String,
+    /// Files verified and stored or published.
+    pub files: usize,
+    /// Plaintext bytes already held (resume).
+    pub bytes_skipped: u64,
+}
+
+/// Pulls `ids` from `target` (this node is the sink).
+pub async fn get(
+    identity: &Keypair,
+    target: &Target,
+    ids: Vec<FileId>,
+    opener: &mut dyn Opener,
+    to: PullTo,
+    events: EventTx,
+) -> Result<Pulled, NetError> {
+    let (mut a, peer_name) = open_session(identity, target, &events).await?;
+    let peer = a.link.peer();
+    a.link.send_msg(&Msg::Fetch { ids: ids.clone() }).await?;
+    let (header, served) = match a
+        .link
+        .next_msg(Duration::from_secs(120), "waiting for the peer to serve")
+        .await?
+    {
+        Msg::Serving { header, files } => (header, files),
+        Msg::Refused { code, message } => return Err(refused(code, &message)),
+        other => {
+            return Err(NetError::Protocol(format!(
+                "expected the served files, got {}",
+                other.kind()
+            )))
+        }
+    };
+    if served.len() != ids.len() || served.iter().zip(&ids).any(|(f, id)| &f.id != id) {
+        return Err(NetError::Protocol(
+            "the peer served other objects than those asked for".into(),
+        ));
+    }
+    if let Err(why) = wire::validate_served(&served) {
+        return Err(NetError::Protocol(format!("the peer served {why}")));
+    }
+    let expects = opener.open(header.as_deref(), &served)?;
+    let limits = super::admission::Limits::default();
+    let admission = super::admission::Admission::new(limits);
+    let ctx = Arc::new(SinkCtx {
+        vault: to.vault,
+        staging: Arc::new(StagingKey::from_identity(identity)),
+        me: identity.public(),
+        budget: admission.chunk_budget(),
+        idle: limits.idle,
+        report: ui_reporter(&events, 0),
+        flow: engine::proto::KeyFlow::Known,
+        initiator: true,
+        dest: to.dest.map(Arc::new),
+        force: to.force,
+    });
+    let received = sink::run(&mut a.link, ctx, expects, Box::new(())).await?;
+    a.close().await;
+    let _ = events.send(Event::Done {
+        files: received.ok,
+        bytes_sent: 0,
+        bytes_skipped: received.skipped,
+    });
+    if !received.failures.is_empty() {
+        return Err(NetError::FilesFailed {
+            failed: received.failures.len(),
+            details: received.failures.join("\n"),
+        });
+    }
+    Ok(Pulled {
+        peer,
+        peer_name,
+        files: received.ok,
+        bytes_skipped: received.skipped,
+    })
+}

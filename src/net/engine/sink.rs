@@ -1,0 +1,1007 @@
+//! The sink of a transfer: plans the files on its disk thread (new, or
+//! resumed from this peer's partials, found by slot), checks every chunk's
+//! MAC before anything is written, writes chunks in place, verifies each
+//! file end to end, and commits it into the vault or publishes it as a
+//! plain file; what is left when the connection ends stays a resumable
+//! partial (ciphertext only).
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::{sync::mpsc, task::JoinSet};
+use tracing::{debug, warn};
+
+use super::{
+    proto::{chunk_bounds, ChunkPlan, KeyFlow, SinkMachine, SinkStep},
+    source::unwrap_file_key,
+    Link, Note, Reporter,
+};
+use crate::{
+    crypto::{
+        chunk::{sealed_chunk_hash, FileId, FileKey, CHUNK_OVERHEAD},
+        keys::PublicKey,
+        mac::MacKey,
+        random,
+    },
+    net::{
+        admission::{ChunkBudget, ChunkPlace, CONTROL_PROGRESS, MIN_PROGRESS},
+        close,
+        wire::{
+            self, result_code, ChunkHeader, EntryKind, FilePlan, Msg, RefuseCode, CHUNK_HEADER_LEN,
+            DATA_MAGIC,
+        },
+        NetError,
+    },
+    store::{
+        format::{Kind, Metadata},
+        fsutil::Dir,
+        partial::{seal_key_to, CheckpointJob, Partial, PartialMeta, Slot, StagingKey},
+        vault::Vault,
+        StoreError,
+    },
+    text,
+};
+
+/// What the sink knows in advance of a pulled file: its id, key and
+/// metadata (opened from the sealed entry the source served).
+pub struct Known {
+    /// The object id (the chunks' file id).
+    pub id: FileId,
+    /// The file key.
+    pub key: FileKey,
+    /// Its metadata (name, BLAKE3, times, mode).
+    pub meta: Metadata,
+}
+
+/// Where a finished file goes.
+pub enum Commit {
+    /// Into the local vault (sealed to its key).
+    Vault,
+    /// Decrypted into a plain file at this name under the destination.
+    Publish {
+        /// The name relative to the destination, `/`-separated (checked).
+        rel: String,
+    },
+}
+
+/// One file the sink expects.
+pub struct Expect {
+    /// Its name (push: as offered; pull: from its sealed metadata).
+    pub name: String,
+    /// File or directory.
+    pub kind: EntryKind,
+    /// Plaintext size.
+    pub size: u64,
+    /// Plaintext bytes per chunk.
+    pub chunk_size: u32,
+    /// Source modification time.
+    pub mtime: i64,
+    /// Source permission bits.
+    pub mode: u32,
+    /// The source's version token (resume only continues the same source).
+    pub token: [u8; 16],
+    /// A pull's id, key and metadata.
+    pub known: Option<Known>,
+    /// Where it goes once verified.
+    pub commit: Commit,
+}
+
+/// What the sink needs from its host.
+pub struct SinkCtx {
+    /// The vault whose staging area holds the partials (and which commits).
+    pub vault: &'static Vault,
+    /// The keyed hash that names this node's partials.
+    pub staging: Arc<StagingKey>,
+    /// This node's id.
+    pub me: PublicKey,
+    /// The memory budget of chunks in flight.
+    pub budget: ChunkBudget,
+    /// Each window of this length must bring [`MIN_PROGRESS`].
+    pub idle: Duration,
+    /// Where notes go.
+    pub report: Reporter,
+    /// How keys arrive.
+    pub flow: KeyFlow,
+    /// This end opened the connection (a pull).
+    pub initiator: bool,
+    /// The destination of published files (a pull to plain files).
+    pub dest: Option<Arc<Dir>>,
+    /// With `dest`: replace existing files.
+    pub force: bool,
+}
+
+/// What a sink run did.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// Files committed or published.
+    pub ok: usize,
+    /// Failures, one line each (escaped).
+    pub failures: Vec<String>,
+    /// Plaintext bytes already held (resume).
+    pub skipped: u64,
+}
+
+/// The slot name of a pulled object: not a valid file name (a NUL), so it
+/// never meets the slot of a file the same peer pushes.
+fn pull_slot_name(id: &FileId) -> String {
+    format!("\0pull {}", crate::store::vault::id_hex(id))
+}
+
+/// Runs the sink side of a transfer of `files` (already validated against
+/// the budgets) on `link`. `places` (the admission guards) are held by the
+/// disk thread until it ends.
+pub async fn run(
+    link: &mut Link,
+    ctx: Arc<SinkCtx>,
+    files: Vec<Expect>,
+    places: Box<dyn Send>,
+) -> Result<Received, NetError> {
+    let peer = link.peer();
+    let nfiles = files.len();
+    let bytes: u64 = files.iter().map(|f| f.size).fold(0, u64::saturating_add);
+    // All disk work happens on one thread per transfer (the disk actor),
+    // so neither an fsync, a lock held by an unlocked vault command, nor
+    // planning a large offer stalls the QUIC tasks; a bounded queue gives
+    // backpressure. The thread owns the transfer's places and claims: they
+    // are released when it ends.
+    let (cmd_tx, cmd_rx) = mpsc::channel::<DiskCmd>(16);
+    let (res_tx, mut res_rx) = mpsc::unbounded_channel::<Msg>();
+    let (plan_tx, plan_rx) = tokio::sync::oneshot::channel::<Result<Planned, NetError>>();
+    let (actor_done, actor) = tokio::sync::oneshot::channel::<Vec<String>>();
+    let progress = Arc::new(AtomicU64::new(0));
+    let ok_count = Arc::new(AtomicU64::new(0));
+    {
+        let ctx = ctx.clone();
+        let res_tx = res_tx.clone();
+        let conn = link.conn.clone();
+        let progress = progress.clone();
+        let ok_count = ok_count.clone();
+        std::thread::Builder::new()
+            .name("p2pfs-disk".into())
+            .spawn(move || {
+                let _places = places;
+                let mut claims = Claims(Vec::new());
+                let states = match plan(&ctx, peer, &conn, files, &mut claims) {
+                    Ok((states, planned)) => {
+                        let _ = plan_tx.send(Ok(planned));
+                        states
+                    }
+                    Err(e) => {
+                        let _ = plan_tx.send(Err(e));
+                        Vec::new()
+                    }
+                };
+                let failures =
+                    disk_actor(&ctx, peer, states, cmd_rx, &res_tx, &progress, &ok_count);
+                drop(claims);
+                let _ = actor_done.send(failures);
+            })
+            .map_err(NetError::Io)?;
+    }
+    drop(res_tx);
+    let planned = match tokio::time::timeout(Duration::from_secs(120), plan_rx).await {
+        Ok(Ok(Ok(p))) => p,
+        Ok(Ok(Err(e))) => {
+            if let NetError::Refused { code, message } = &e {
+                let _ = link.refuse(*code, message.clone()).await;
+            }
+            return Err(e);
+        }
+        _ => return Err(NetError::Timeout("planning the transfer")),
+    };
+    (ctx.report)(Note::Start {
+        files: nfiles,
+        bytes,
+        skipped: planned.held,
+    });
+    link.send_msg(&Msg::Plan {
+        files: planned.plans,
+    })
+    .await?;
+    let infos = planned.infos;
+    let data = {
+        let conn = link.conn.clone();
+        let d = Arc::new(DataCtx {
+            plans: infos.clone(),
+            cmd: cmd_tx.clone(),
+            mac: link.session.mac_rx.clone(),
+            budget: ctx.budget.clone(),
+        });
+        let report = ctx.report.clone();
+        tokio::spawn(async move { accept_data(conn, d, report).await })
+    };
+
+    let mut machine = SinkMachine::new(nfiles, ctx.flow, ctx.initiator);
+    let outcome: Result<(), NetError> = async {
+        // Progress: new chunk bytes stored (counted by the disk actor) and
+        // control messages; each `idle` window must bring MIN_PROGRESS.
+        let idle = ctx.idle;
+        let mut tick = tokio::time::interval(Duration::from_secs(1).min(idle));
+        let (mut mark_at, mut mark) = (tokio::time::Instant::now(), 0u64);
+        while !machine.finished() {
+            let reading = machine.reading();
+            tokio::select! {
+                msg = wire::read_msg(&mut link.recv), if reading => {
+                    progress.fetch_add(CONTROL_PROGRESS, Ordering::Relaxed);
+                    let Some(msg) = msg? else {
+                        return Err(NetError::ConnectionLost("the peer closed the control stream".into()));
+                    };
+                    let cmd = match machine.on_msg(&msg)? {
+                        SinkStep::Start(file) => {
+                            let Msg::FileStart { wrapped_key, fresh, .. } = msg else { continue };
+                            let id = infos.get(file as usize).map(|p| p.id).ok_or_else(|| NetError::Protocol("file index out of range".into()))?;
+                            let key = unwrap_file_key(&link.session, file, &id, &wrapped_key)?;
+                            DiskCmd::Start { file, key: Box::new(key), fresh }
+                        }
+                        SinkStep::End(file) => {
+                            let Msg::FileEnd { blake3, .. } = msg else { continue };
+                            DiskCmd::End { file, blake3 }
+                        }
+                        SinkStep::PeerDone => continue,
+                    };
+                    if cmd_tx.send(cmd).await.is_err() {
+                        return Err(storage_stopped(&mut res_rx, link).await);
+                    }
+                }
+                r = res_rx.recv() => {
+                    progress.fetch_add(CONTROL_PROGRESS, Ordering::Relaxed);
+                    let Some(m) = r else {
+                        return Err(NetError::ConnectionLost("storage stopped".into()));
+                    };
+                    link.send_msg(&m).await?;
+                    match m {
+                        Msg::FileResult { file, .. } => machine.on_result(file)?,
+                        Msg::Refused { code, message } => {
+                            let _ = link.send.finish();
+                            let _ = tokio::time::timeout(Duration::from_secs(2), link.conn.closed()).await;
+                            return Err(NetError::Refused { code, message });
+                        }
+                        _ => {}
+                    }
+                }
+                _ = tick.tick() => {
+                    if mark_at.elapsed() >= idle {
+                        let now = progress.load(Ordering::Relaxed);
+                        if now.saturating_sub(mark) < MIN_PROGRESS {
+                            link.close(close::SHUTDOWN, "too little progress: transfer ended, resumable");
+                            return Err(NetError::Timeout("waiting for the peer to make progress"));
+                        }
+                        (mark_at, mark) = (tokio::time::Instant::now(), now);
+                    }
+                }
+                d = link.conn.closed() => {
+                    return Err(NetError::lost(&d));
+                }
+            }
+        }
+        if ctx.initiator {
+            link.send_msg(&Msg::Done).await?;
+        }
+        let _ = link.send.finish();
+        Ok(())
+    }
+    .await;
+    // Stop the data streams; the actor drains what was verified, then
+    // checkpoints what is left as resumable partials.
+    data.abort();
+    let _ = data.await;
+    drop(cmd_tx);
+    let failures = match tokio::time::timeout(Duration::from_secs(30), actor).await {
+        Ok(Ok(f)) => f,
+        _ => {
+            warn!("storage did not finish in time");
+            Vec::new()
+        }
+    };
+    outcome?;
+    if !ctx.initiator {
+        let _ = tokio::time::timeout(Duration::from_secs(2), link.conn.closed()).await;
+    }
+    Ok(Received {
+        ok: ok_count.load(Ordering::Relaxed) as usize,
+        failures,
+        skipped: planned.held,
+    })
+}
+
+/// The disk actor stopped while a control message was handed to it: it
+/// stops only after reporting why (a `Refused`, e.g. disk full), which is
+/// forwarded with the results before it — never a bare "connection lost".
+async fn storage_stopped(res_rx: &mut mpsc::UnboundedReceiver<Msg>, link: &mut Link) -> NetError {
+    while let Ok(m) = res_rx.try_recv() {
+        if link.send_msg(&m).await.is_err() {
+            break;
+        }
+        if let Msg::Refused { code, message } = m {
+            let _ = link.send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(2), link.conn.closed()).await;
+            return NetError::Refused { code, message };
+        }
+    }
+    NetError::ConnectionLost("storage stopped".into())
+}
+
+/// The per-file state of a reception.
+struct FileState {
+    expect: Expect,
+    id: FileId,
+    slot: Slot,
+    version: [u8; 32],
+    partial: Option<Box<Partial<'static>>>,
+    end: Option<[u8; 32]>,
+    finished: bool,
+}
+
+/// Work for the disk actor.
+enum DiskCmd {
+    /// The key of a file arrived.
+    Start {
+        file: u32,
+        key: Box<FileKey>,
+        fresh: bool,
+    },
+    /// A MAC-checked chunk and its BLAKE3.
+    Chunk {
+        file: u32,
+        index: u64,
+        data: Vec<u8>,
+        leaf: [u8; 32],
+        /// Its place in the memory budgets, given back once it is written.
+        _place: ChunkPlace,
+    },
+    /// The source's BLAKE3 of a file.
+    End { file: u32, blake3: [u8; 32] },
+}
+
+/// What planning produced for the control task.
+struct Planned {
+    plans: Vec<FilePlan>,
+    infos: Arc<Vec<ChunkPlan>>,
+    held: u64,
+}
+
+/// Whether a partial can be resumed: a push needs the key sealed to its
+/// sender (who continues with it); a pull gets its key again with the
+/// served entry.
+fn resumable(ctx: &SinkCtx, p: &Partial<'_>) -> bool {
+    ctx.flow == KeyFlow::Known || p.meta.sealed_key.is_some()
+}
+
+/// Plans the files (on the disk thread): resume what this peer left, start
+/// the rest. Each entry's partial is found by its slot (a keyed hash of
+/// peer and name): only this peer's partials of the offered names are
+/// read, and each is claimed first, taking it over from an older
+/// connection.
+fn plan(
+    ctx: &SinkCtx,
+    peer: PublicKey,
+    conn: &quinn::Connection,
+    files: Vec<Expect>,
+    claims: &mut Claims,
+) -> Result<(Vec<FileState>, Planned), NetError> {
+    let vault = ctx.vault;
+    let mut plans = Vec::with_capacity(files.len());
+    let mut infos = Vec::with_capacity(files.len());
+    let mut states = Vec::with_capacity(files.len());
+    let mut held = 0u64;
+    for f in files {
+        let slot_name = match &f.known {
+            Some(k) => pull_slot_name(&k.id),
+            None => f.name.clone(),
+        };
+        let slot = ctx.staging.slot(&peer, &slot_name);
+        let version = ctx
+            .staging
+            .version(&peer, &slot_name, f.size, f.chunk_size, &f.token);
+        claim(slot, conn)?;
+        claims.0.push(slot);
+        let found = match vault.resume_partial(&slot) {
+            Ok(Some(p))
+                if p.meta.version == version
+                    && p.meta.size == f.size
+                    && p.meta.chunk_size == f.chunk_size
+                    && f.known.as_ref().is_none_or(|k| k.id == p.meta.file_id)
+                    && resumable(ctx, &p) =>
+            {
+                Some(p)
+            }
+            Ok(Some(_)) => {
+                // The source changed (or the chunk size): never mixed.
+                vault.remove_partial(&slot)?;
+                None
+            }
+            Ok(None) => None,
+            Err(e) => {
+                warn!("cannot resume a partial: {e}; starting over");
+                vault.remove_partial(&slot)?;
+                None
+            }
+        };
+        let fixed = f.known.as_ref().map(|k| k.id);
+        let (plan, mut partial, id) = match found {
+            Some(p) => {
+                held = held.saturating_add(p.held_bytes());
+                let id = p.meta.file_id;
+                let plan = FilePlan::Resume {
+                    file_id: id,
+                    sealed_key: p.meta.sealed_key.clone().unwrap_or_default(),
+                    have: p.have(),
+                };
+                (plan, Some(Box::new(p)), id)
+            }
+            None => {
+                let id: FileId = match fixed {
+                    Some(id) => id,
+                    None => random().map_err(StoreError::from)?,
+                };
+                (FilePlan::New { file_id: id }, None, id)
+            }
+        };
+        let mut end = None;
+        if let Some(k) = &f.known {
+            // A pulled file's key is known: the partial verifies as chunks
+            // arrive, and its end is the BLAKE3 of its metadata.
+            let p = match partial.take() {
+                Some(p) => p,
+                None => Box::new(start(ctx, slot, version, id, &f)?),
+            };
+            let mut p = p;
+            p.set_key(FileKey::from_secret(k.key.secret().clone()))?;
+            partial = Some(p);
+            end = Some(k.meta.blake3);
+        }
+        plans.push(plan);
+        infos.push(ChunkPlan {
+            id,
+            size: f.size,
+            chunk_size: f.chunk_size,
+        });
+        states.push(FileState {
+            expect: f,
+            id,
+            slot,
+            version,
+            partial,
+            end,
+            finished: false,
+        });
+    }
+    Ok((
+        states,
+        Planned {
+            plans,
+            infos: Arc::new(infos),
+            held,
+        },
+    ))
+}
+
+fn start(
+    ctx: &SinkCtx,
+    slot: Slot,
+    version: [u8; 32],
+    id: FileId,
+    f: &Expect,
+) -> Result<Partial<'static>, StoreError> {
+    ctx.vault.start_partial(PartialMeta {
+        slot,
+        version,
+        file_id: id,
+        size: f.size,
+        chunk_size: f.chunk_size,
+        sealed_key: None,
+    })
+}
+
+fn open_or_start<'a>(
+    ctx: &SinkCtx,
+    st: &'a mut FileState,
+) -> Result<&'a mut Partial<'static>, StoreError> {
+    let p = match st.partial.take() {
+        Some(p) => p,
+        None => Box::new(start(ctx, st.slot, st.version, st.id, &st.expect)?),
+    };
+    Ok(st.partial.insert(p))
+}
+
+/// Owns every partial of one transfer: writes chunks, checkpoints, verifies
+/// and commits finished files, and reports results. Returns the failures.
+fn disk_actor(
+    ctx: &Arc<SinkCtx>,
+    peer: PublicKey,
+    mut files: Vec<FileState>,
+    mut rx: mpsc::Receiver<DiskCmd>,
+    res: &mpsc::UnboundedSender<Msg>,
+    progress: &AtomicU64,
+    ok_count: &AtomicU64,
+) -> Vec<String> {
+    let syncer = Syncer::start();
+    let mut failures = Vec::new();
+    let mut fail = |name: &str, message: &str| {
+        (ctx.report)(Note::FileFailed {
+            name: name.to_string(),
+            message: message.to_string(),
+        });
+        failures.push(format!("  {}: {message}", text::escape(name)));
+    };
+    while let Some(cmd) = rx.blocking_recv() {
+        let file = match &cmd {
+            DiskCmd::Start { file, .. }
+            | DiskCmd::Chunk { file, .. }
+            | DiskCmd::End { file, .. } => *file as usize,
+        };
+        let Some(st) = files.get_mut(file) else {
+            continue;
+        };
+        if st.finished {
+            continue;
+        }
+        let step = (|| -> Result<(), StoreError> {
+            match cmd {
+                DiskCmd::Start { key, fresh, .. } => {
+                    let sealed = seal_key_to(&peer, &ctx.me, &st.id, key.secret())?;
+                    let p = open_or_start(ctx, st)?;
+                    if fresh {
+                        p.reset();
+                    }
+                    p.set_sealed_key(sealed);
+                    p.set_key(*key)?;
+                }
+                DiskCmd::Chunk {
+                    index, data, leaf, ..
+                } => {
+                    let p = open_or_start(ctx, st)?;
+                    // A chunk already held is not progress: re-sending one
+                    // cannot keep a transfer alive.
+                    if !p.has(index) {
+                        let plain = (data.len() - CHUNK_OVERHEAD) as u64;
+                        progress.fetch_add(plain.max(1), Ordering::Relaxed);
+                        if let Some(job) = p.write_chunk(index, data, leaf)? {
+                            syncer.run(job);
+                        }
+                        (ctx.report)(Note::Bytes(plain));
+                    }
+                }
+                DiskCmd::End { blake3, .. } => st.end = Some(blake3),
+            }
+            Ok(())
+        })();
+        if let Err(StoreError::Corrupt { what, detail }) = step {
+            // Data that passed its MAC but not the file key: an
+            // authenticated but broken or hostile source. That file is
+            // dropped; the others go on.
+            st.finished = true;
+            if let Some(p) = st.partial.take() {
+                let (slot, v) = (p.meta.slot, p.vault());
+                drop(p);
+                syncer.barrier();
+                let _ = v.remove_partial(&slot);
+            }
+            let message = text::bounded(
+                &format!("{what}: {detail}; not stored"),
+                text::MAX_MESSAGE - 4,
+            );
+            fail(&st.expect.name, &message);
+            let _ = res.send(Msg::FileResult {
+                file: file as u32,
+                ok: false,
+                code: result_code::VERIFY,
+                message,
+            });
+            continue;
+        }
+        if let Err(e) = step {
+            let (code, message) = match e {
+                StoreError::DiskFull { .. } => (
+                    RefuseCode::DiskFull,
+                    "the receiver's disk is full; what arrived is kept as a resumable partial — free space there and run the same command again".to_string(),
+                ),
+                other => (RefuseCode::Busy, format!("the receiver cannot store: {other}")),
+            };
+            fail(&st.expect.name, &message);
+            let _ = res.send(Msg::Refused { code, message });
+            break;
+        }
+        if let Some(msg) = finish_if_ready(ctx, st, file as u32, peer, &syncer) {
+            match &msg {
+                Msg::FileResult { ok: true, .. } => {
+                    ok_count.fetch_add(1, Ordering::Relaxed);
+                }
+                Msg::FileResult { message, .. } => fail(&st.expect.name, message),
+                _ => {}
+            }
+            let _ = res.send(msg);
+        }
+    }
+    // Whatever is left becomes a resumable partial, or is removed when it
+    // cannot be resumed (its key never arrived).
+    syncer.barrier();
+    for st in &mut files {
+        if let Some(mut p) = st.partial.take() {
+            if resumable(ctx, &p) {
+                if let Err(e) = p.checkpoint() {
+                    warn!("cannot checkpoint a partial: {e}");
+                }
+            } else {
+                let slot = p.meta.slot;
+                let v = p.vault();
+                drop(p);
+                let _ = v.remove_partial(&slot);
+            }
+        }
+    }
+    failures
+}
+
+/// Partials held by a live connection. A peer that comes back (after a
+/// crash or a network loss) while its old connection has not yet timed out
+/// takes its partials over: the old connection is closed and its disk actor
+/// finishes its last checkpoint before the new one resumes. One process
+/// uses one vault, so a process-wide table is exact.
+static ACTIVE: std::sync::LazyLock<std::sync::Mutex<HashMap<Slot, quinn::Connection>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn active() -> std::sync::MutexGuard<'static, HashMap<Slot, quinn::Connection>> {
+    ACTIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// True when a live connection holds the partial in `slot`.
+pub fn in_use(slot: &Slot) -> bool {
+    active().contains_key(slot)
+}
+
+/// Claims a partial for `conn`, superseding another connection that holds
+/// it: that one is closed, and its disk thread releases the claim once its
+/// last checkpoint is written. Blocking (runs on the disk thread).
+fn claim(id: Slot, conn: &quinn::Connection) -> Result<(), NetError> {
+    let deadline = std::time::Instant::now() + CLAIM_WAIT;
+    loop {
+        {
+            let mut a = active();
+            match a.get(&id) {
+                None => {
+                    a.insert(id, conn.clone());
+                    return Ok(());
+                }
+                Some(old) if old.stable_id() == conn.stable_id() => return Ok(()),
+                Some(old) => old.close(
+                    quinn::VarInt::from_u32(close::SHUTDOWN),
+                    b"superseded by a new connection from the same peer",
+                ),
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(NetError::Refused {
+                code: RefuseCode::Busy,
+                message: "an earlier transfer of the same file is still finishing here; try again in a moment".into(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How long a new connection waits for an older one of the same peer to
+/// finish with a partial (its disk thread's last checkpoint).
+const CLAIM_WAIT: Duration = Duration::from_secs(60);
+
+/// Releases its claims when dropped, after the disk actor has finished.
+struct Claims(Vec<Slot>);
+
+impl Drop for Claims {
+    fn drop(&mut self) {
+        let mut a = active();
+        for id in &self.0 {
+            a.remove(id);
+        }
+    }
+}
+
+/// Runs checkpoint jobs (fsync + state file) on their own thread so the
+/// disk actor keeps writing meanwhile.
+struct Syncer {
+    tx: Option<std::sync::mpsc::Sender<SyncJob>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+enum SyncJob {
+    Run(CheckpointJob),
+    Barrier(std::sync::mpsc::Sender<()>),
+}
+
+impl Syncer {
+    fn start() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<SyncJob>();
+        let thread = std::thread::spawn(move || {
+            for job in rx {
+                match job {
+                    SyncJob::Run(j) => {
+                        if let Err(e) = j.run() {
+                            warn!("checkpoint failed: {e}");
+                        }
+                    }
+                    SyncJob::Barrier(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn run(&self, job: CheckpointJob) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(SyncJob::Run(job));
+        }
+    }
+
+    /// Waits until every job queued so far has run.
+    fn barrier(&self) {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        if let Some(tx) = &self.tx {
+            if tx.send(SyncJob::Barrier(done_tx)).is_ok() {
+                let _ = done_rx.recv();
+            }
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Verifies and commits a file once its key, its end and all its chunks
+/// are in.
+fn finish_if_ready(
+    ctx: &SinkCtx,
+    st: &mut FileState,
+    file: u32,
+    peer: PublicKey,
+    syncer: &Syncer,
+) -> Option<Msg> {
+    let ready = st.end.is_some() && st.partial.as_ref().is_some_and(|p| p.is_complete());
+    if !ready {
+        return None;
+    }
+    st.finished = true;
+    let (Some(p), Some(blake3)) = (st.partial.take(), st.end) else {
+        return None;
+    };
+    // No checkpoint of this partial may land after its commit.
+    syncer.barrier();
+    let e = &st.expect;
+    let meta = match &e.known {
+        // A pulled file keeps its own metadata; it now comes from `peer`.
+        Some(k) => Metadata {
+            added_ms: now_ms(),
+            origin: Some(peer),
+            ..k.meta.clone()
+        },
+        None => Metadata {
+            kind: match e.kind {
+                EntryKind::File => Kind::File,
+                EntryKind::Dir => Kind::Dir,
+            },
+            size: e.size,
+            chunk_size: p.meta.chunk_size,
+            blake3,
+            added_ms: now_ms(),
+            mtime: e.mtime,
+            mode: e.mode & 0o777,
+            origin: Some(peer),
+            name: e.name.clone(),
+        },
+    };
+    let slot = p.meta.slot;
+    let v = p.vault();
+    let t0 = std::time::Instant::now();
+    let outcome = match (&e.commit, &ctx.dest) {
+        (Commit::Vault, _) => p.finish(&blake3, &meta),
+        (Commit::Publish { rel }, Some(dest)) => publish(*p, &blake3, &meta, dest, rel, ctx.force),
+        (Commit::Publish { .. }, None) => Err(StoreError::Invalid("no destination".into())),
+    };
+    debug!(name = %text::escape(&e.name), elapsed_ms = t0.elapsed().as_millis() as u64, "verified and committed");
+    match outcome {
+        Ok(()) => {
+            (ctx.report)(Note::FileDone {
+                name: e.name.clone(),
+                size: e.size,
+                blake3: Some(blake3),
+            });
+            Some(Msg::FileResult {
+                file,
+                ok: true,
+                code: result_code::OK,
+                message: String::new(),
+            })
+        }
+        Err(err) => {
+            // A file that fails verification is not kept: resuming it
+            // would only fail again. One that could not be published (an
+            // existing destination, say) stays resumable.
+            let keep = matches!(
+                err,
+                StoreError::DestinationExists { .. } | StoreError::DestinationLink { .. }
+            );
+            if !keep {
+                let _ = v.remove_partial(&slot);
+            }
+            let code = match err {
+                StoreError::DiskFull { .. } => result_code::DISK_FULL,
+                StoreError::Corrupt { .. } => result_code::VERIFY,
+                _ => result_code::STORE,
+            };
+            Some(Msg::FileResult {
+                file,
+                ok: false,
+                code,
+                message: text::bounded(&err.to_string(), text::MAX_MESSAGE - 4),
+            })
+        }
+    }
+}
+
+/// Publishes a verified partial at `rel` under `dest`: every directory on
+/// the way is entered relative to its parent and never through a link.
+fn publish(
+    p: Partial<'static>,
+    blake3: &[u8; 32],
+    meta: &Metadata,
+    dest: &Dir,
+    rel: &str,
+    force: bool,
+) -> Result<(), StoreError> {
+    let mut parts: Vec<&str> = rel.split('/').collect();
+    let Some(last) = parts.pop() else {
+        return Err(StoreError::Invalid(format!("{rel:?} is not a name")));
+    };
+    let mut dir: Option<Dir> = None;
+    for part in parts {
+        let next = dir.as_ref().unwrap_or(dest).child_dir(part.as_ref())?;
+        dir = Some(next);
+    }
+    p.publish(
+        blake3,
+        meta,
+        dir.as_ref().unwrap_or(dest),
+        last.as_ref(),
+        force,
+    )
+}
+
+/// What every data stream of a transfer needs.
+struct DataCtx {
+    plans: Arc<Vec<ChunkPlan>>,
+    cmd: mpsc::Sender<DiskCmd>,
+    mac: Arc<MacKey>,
+    budget: ChunkBudget,
+}
+
+async fn accept_data(
+    conn: quinn::Connection,
+    data: Arc<DataCtx>,
+    report: Reporter,
+) -> Result<(), NetError> {
+    let mut streams = JoinSet::new();
+    let mut count = 0usize;
+    loop {
+        tokio::select! {
+            s = conn.accept_uni() => {
+                let s = s.map_err(|e| NetError::lost(&e))?;
+                count += 1;
+                if count > wire::MAX_STREAMS {
+                    super::close_with(&conn, close::PROTOCOL, "too many data streams");
+                    return Err(NetError::Protocol("too many data streams".into()));
+                }
+                let (data, conn2, report) = (data.clone(), conn.clone(), report.clone());
+                streams.spawn(async move {
+                    if let Err(e) = data_stream(s, &data).await {
+                        let (code, why) = match &e {
+                            NetError::Tampered(m) => (close::TAMPERED, m.clone()),
+                            NetError::Protocol(m) => (close::PROTOCOL, m.clone()),
+                            other => (close::PROTOCOL, other.to_string()),
+                        };
+                        if !matches!(e, NetError::ConnectionLost(_)) {
+                            warn!("data stream: {why}");
+                            report(Note::FileFailed {
+                                name: String::new(),
+                                message: format!("{why}; connection dropped, nothing of it written"),
+                            });
+                            super::close_with(&conn2, code, &why);
+                        }
+                    }
+                });
+            }
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+}
+
+/// Reads chunk frames from one data stream: bounds each against the plan,
+/// checks its MAC, and only then hands it to the disk actor.
+async fn data_stream(mut s: quinn::RecvStream, d: &DataCtx) -> Result<(), NetError> {
+    let mut magic = [0u8; 4];
+    s.read_exact(&mut magic)
+        .await
+        .map_err(|e| NetError::lost(&e))?;
+    if &magic != DATA_MAGIC {
+        return Err(NetError::Protocol("bad data stream magic".into()));
+    }
+    loop {
+        let mut hb = [0u8; CHUNK_HEADER_LEN];
+        match s.read_exact(&mut hb).await {
+            Ok(()) => {}
+            Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(()),
+            Err(e) => return Err(NetError::lost(&e)),
+        }
+        let h = ChunkHeader::decode(&hb);
+        let (id, want) = chunk_bounds(&d.plans, &h)?;
+        // Room in the memory budgets first: the connection and the node
+        // hold a bounded number of chunk bytes, whatever the streams do.
+        let place = d
+            .budget
+            .reserve(want as u32)
+            .await
+            .ok_or_else(|| NetError::ConnectionLost("shutting down".into()))?;
+        let mut data = Vec::new();
+        data.try_reserve_exact(want)
+            .map_err(|_| NetError::ConnectionLost("out of memory for a chunk".into()))?;
+        while data.len() < want {
+            match s.read_chunk(want - data.len(), true).await {
+                Ok(Some(c)) => data.extend_from_slice(&c.bytes),
+                Ok(None) => {
+                    return Err(NetError::ConnectionLost(
+                        "data stream ended mid-chunk".into(),
+                    ))
+                }
+                Err(e) => return Err(NetError::lost(&e)),
+            }
+        }
+        // The MAC is checked before anything is written. Its BLAKE3 leaf
+        // is also the vault's ciphertext-digest leaf: computed once, here,
+        // on the network threads.
+        let leaf = sealed_chunk_hash(&data);
+        if d.mac
+            .verify_leaf(&id, h.index, data.len() as u64, &leaf, &h.mac)
+            .is_err()
+        {
+            return Err(NetError::Tampered(format!(
+                "chunk {} of file {} failed its MAC",
+                h.index, h.file
+            )));
+        }
+        if d.cmd
+            .send(DiskCmd::Chunk {
+                file: h.file,
+                index: h.index,
+                data,
+                leaf,
+                _place: place,
+            })
+            .await
+            .is_err()
+        {
+            return Err(NetError::ConnectionLost("storage stopped".into()));
+        }
+    }
+}

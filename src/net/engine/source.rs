@@ -1,0 +1,544 @@
+//! The source of a transfer: once the sink's plan is in, reads each file
+//! once and queues its chunks — sealing and MACing those of local files,
+//! only MACing those read from vault objects (sealed once, when stored) —
+//! on parallel QUIC streams, then collects the sink's results.
+
+use std::{
+    fs::File,
+    io::Read,
+    os::unix::fs::FileExt,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::sync::{mpsc, Mutex};
+
+use super::{closed_error, proto::SourceMachine, refused, Link, Note, Reporter};
+use crate::{
+    crypto::{
+        chunk::{chunk_count, chunk_plain_len, FileId, FileKey, CHUNK_OVERHEAD},
+        mac::MacKey,
+    },
+    net::{
+        close,
+        wire::{self, bitmap, ChunkHeader, EntryKind, FileOffer, FilePlan, Msg, DATA_MAGIC},
+        NetError,
+    },
+    store::{format::ObjectHeader, StoreError},
+    text,
+};
+
+/// How long a sink may stay silent, once every chunk is sent, before the
+/// source gives up on its results.
+pub const RESULT_WAIT: Duration = Duration::from_secs(120);
+
+/// One local entry to send.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// Local path.
+    pub path: PathBuf,
+    /// What is offered.
+    pub offer: FileOffer,
+}
+
+/// A vault object to send as stored.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// Its id (the chunks' file id).
+    pub id: FileId,
+    /// Its data file.
+    pub path: PathBuf,
+    /// Plaintext size.
+    pub size: u64,
+    /// Plaintext bytes per chunk.
+    pub chunk_size: u32,
+    /// What the host calls it (this side may not know its name).
+    pub label: String,
+}
+
+/// What a source reads from.
+#[derive(Debug, Clone)]
+pub enum From {
+    /// A local file (or empty directory), sealed here.
+    Local(Item),
+    /// A vault object, sent as stored.
+    Stored(Stored),
+}
+
+impl From {
+    fn label(&self) -> &str {
+        match self {
+            From::Local(i) => &i.offer.name,
+            From::Stored(s) => &s.label,
+        }
+    }
+
+    fn size(&self) -> u64 {
+        match self {
+            From::Local(i) => i.offer.size,
+            From::Stored(s) => s.size,
+        }
+    }
+}
+
+/// How one file goes, after the plan.
+pub struct Sending {
+    /// The chunks' file id.
+    pub id: FileId,
+    /// The key local chunks are sealed with (none for stored objects).
+    pub key: Option<FileKey>,
+    /// Chunks the sink already holds.
+    pub have: Option<Vec<u8>>,
+    /// True when the sink's partial is to be discarded.
+    pub fresh: bool,
+    /// Why the sink rejected it (nothing is sent).
+    pub rejected: Option<String>,
+}
+
+/// What the sink said of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not sent: rejected in the plan, or no result.
+    Pending,
+    /// Committed and verified.
+    Ok,
+    /// Failed, with why (bounded and escaped).
+    Failed(String),
+}
+
+/// What a source run did.
+#[derive(Debug)]
+pub struct Ran {
+    /// One outcome per file.
+    pub outcomes: Vec<Outcome>,
+    /// The BLAKE3 of each local file read.
+    pub blake3: Vec<Option<[u8; 32]>>,
+    /// Chunk bytes sent.
+    pub bytes_sent: u64,
+}
+
+/// Runs the source side once the plan is known. `initiator`: this end
+/// opened the connection (a push), and ends it with `Done`; otherwise (a
+/// pull) it waits for the peer's `Done`.
+pub async fn run(
+    link: &mut Link,
+    files: Vec<(From, Sending)>,
+    streams: usize,
+    chunk_size: u32,
+    initiator: bool,
+    report: Reporter,
+) -> Result<Ran, NetError> {
+    let plans: Vec<FilePlan> = files
+        .iter()
+        .map(|(_, s)| match &s.rejected {
+            Some(r) => FilePlan::Reject { reason: r.clone() },
+            None => FilePlan::New { file_id: s.id },
+        })
+        .collect();
+    let mut machine = SourceMachine::on_plan(files.len(), &plans)?;
+    let n = files.len();
+    let streams = streams.clamp(1, wire::MAX_STREAMS);
+    let (ctrl_tx, mut ctrl_rx) = mpsc::unbounded_channel::<Msg>();
+    let (data_tx, data_rx) = mpsc::channel::<(Vec<u8>, u64)>(streams * 2);
+    let data_rx = Arc::new(Mutex::new(data_rx));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for _ in 0..streams {
+        let conn = link.conn.clone();
+        let rx = data_rx.clone();
+        let sent = sent.clone();
+        let report = report.clone();
+        writers.push(tokio::spawn(async move {
+            // A stream is opened with its first chunk: nothing to send (a
+            // plan that rejected everything) opens nothing.
+            let mut stream: Option<quinn::SendStream> = None;
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some((frame, plain)) = next else { break };
+                let s = match stream.as_mut() {
+                    Some(s) => s,
+                    None => {
+                        let mut s = conn.open_uni().await.map_err(|e| closed_error(&e))?;
+                        s.write_all(DATA_MAGIC)
+                            .await
+                            .map_err(|e| NetError::lost(&e))?;
+                        stream.insert(s)
+                    }
+                };
+                let len = frame.len() as u64;
+                // Handing quinn the buffer itself saves a copy per chunk.
+                s.write_chunk(bytes::Bytes::from(frame))
+                    .await
+                    .map_err(|e| NetError::lost(&e))?;
+                sent.fetch_add(len, Ordering::Relaxed);
+                report(Note::Bytes(plain));
+            }
+            if let Some(mut s) = stream {
+                let _ = s.finish();
+            }
+            Ok::<_, NetError>(())
+        }));
+    }
+    let mac = link.session.mac_tx.clone();
+    let wrap_keys: Vec<Option<Vec<u8>>> = files
+        .iter()
+        .enumerate()
+        .map(|(i, (_, s))| match (&s.key, &s.rejected) {
+            (Some(k), None) => wrap_file_key(&link.session, i as u32, &s.id, k).map(Some),
+            _ => Ok(None),
+        })
+        .collect::<Result<_, _>>()?;
+    let hashes = Arc::new(std::sync::Mutex::new(vec![None::<[u8; 32]>; n]));
+    let reader_hashes = hashes.clone();
+    let labels: Vec<(String, u64)> = files
+        .iter()
+        .map(|(f, _)| (f.label().to_string(), f.size()))
+        .collect();
+    let rep = report.clone();
+    let reader = tokio::task::spawn_blocking(move || -> Result<(), NetError> {
+        for (i, (from, s)) in files.iter().enumerate() {
+            if s.rejected.is_some() {
+                continue;
+            }
+            rep(Note::FileStart {
+                name: from.label().to_string(),
+                size: from.size(),
+            });
+            match from {
+                From::Local(item) => {
+                    let (Some(wk), Some(key)) = (&wrap_keys[i], &s.key) else {
+                        continue;
+                    };
+                    let start = Msg::FileStart {
+                        file: i as u32,
+                        wrapped_key: wk.clone(),
+                        fresh: s.fresh,
+                    };
+                    if ctrl_tx.send(start).is_err() {
+                        return Ok(());
+                    }
+                    let blake3 = read_local(i as u32, item, s, key, chunk_size, &mac, &data_tx)?;
+                    if let Ok(mut h) = reader_hashes.lock() {
+                        h[i] = Some(blake3);
+                    }
+                    let end = Msg::FileEnd {
+                        file: i as u32,
+                        blake3,
+                    };
+                    if ctrl_tx.send(end).is_err() {
+                        return Ok(());
+                    }
+                }
+                From::Stored(st) => read_stored(i as u32, st, s, &mac, &data_tx)?,
+            }
+        }
+        Ok(())
+    });
+
+    // Results: one per accepted file, each at most once. Once everything
+    // is sent, a sink that stays silent for RESULT_WAIT is given up on.
+    let mut outcomes = vec![Outcome::Pending; n];
+    let mut reader = reader;
+    let mut reader_done = false;
+    while !machine.finished() {
+        let wait = if reader_done {
+            RESULT_WAIT
+        } else {
+            Duration::MAX
+        };
+        tokio::select! {
+            // The reader's FileStart and FileEnd go out on the control
+            // stream in its order.
+            Some(m) = ctrl_rx.recv() => {
+                link.send_msg(&m).await?;
+            }
+            m = tokio::time::timeout(wait, wire::read_msg(&mut link.recv)) => {
+                let Ok(m) = m else {
+                    link.close(close::DONE, "no results");
+                    return Err(NetError::Timeout("waiting for the peer to confirm the files"));
+                };
+                match m {
+                    Ok(Some(Msg::FileResult { file, ok, code, message })) => {
+                        let i = machine.on_result(file)?;
+                        let (name, size) = &labels[i];
+                        if ok {
+                            outcomes[i] = Outcome::Ok;
+                            let b3 = hashes.lock().ok().and_then(|h| h.get(i).copied().flatten());
+                            report(Note::FileDone { name: name.clone(), size: *size, blake3: b3 });
+                        } else {
+                            let message = text::from_peer(&message);
+                            let why = if code == wire::result_code::DISK_FULL {
+                                format!("the receiver's disk is full: {message}")
+                            } else {
+                                message
+                            };
+                            report(Note::FileFailed { name: name.clone(), message: why.clone() });
+                            outcomes[i] = Outcome::Failed(why);
+                        }
+                    }
+                    Ok(Some(Msg::Refused { code, message })) => return Err(refused(code, &message)),
+                    Ok(Some(other)) => return Err(NetError::Protocol(format!("unexpected message {}", other.kind()))),
+                    Ok(None) | Err(NetError::ConnectionLost(_)) => {
+                        let e = link.conn.closed().await;
+                        return Err(closed_error(&e));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            r = &mut reader, if !reader_done => {
+                reader_done = true;
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        link.close(close::DONE, "sender aborted");
+                        return Err(e);
+                    }
+                    Err(e) => return Err(NetError::Protocol(format!("reader failed: {e}"))),
+                }
+            }
+        }
+    }
+    for w in writers {
+        let _ = w.await;
+    }
+    if initiator {
+        let _ = wire::write_msg(&mut link.send, &Msg::Done).await;
+        let _ = link.send.finish();
+        // Wait for the peer to end the control stream.
+        let _ = tokio::time::timeout(Duration::from_secs(5), wire::read_msg(&mut link.recv)).await;
+    } else {
+        // The initiator ends the transfer once it has every result.
+        match link
+            .next_msg(RESULT_WAIT, "waiting for the peer to finish")
+            .await
+        {
+            Ok(Msg::Done) => {}
+            Ok(other) => {
+                return Err(NetError::Protocol(format!(
+                    "expected Done, got {}",
+                    other.kind()
+                )))
+            }
+            Err(e) => return Err(e),
+        }
+        let _ = link.send.finish();
+    }
+    let blake3 = hashes.lock().map(|h| h.clone()).unwrap_or_default();
+    Ok(Ran {
+        outcomes,
+        blake3,
+        bytes_sent: sent.load(Ordering::Relaxed),
+    })
+}
+
+fn key_nonce(file: u32) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[8..].copy_from_slice(&file.to_be_bytes());
+    n
+}
+
+/// Associated data of a transported file key.
+pub fn key_ad(id: &FileId) -> Vec<u8> {
+    let mut ad = b"p2pfs/2 file-key".to_vec();
+    ad.extend_from_slice(id);
+    ad
+}
+
+/// Wraps a file key for transport under the session key.
+pub fn wrap_file_key(
+    session: &crate::net::handshake::Session,
+    file: u32,
+    id: &FileId,
+    key: &FileKey,
+) -> Result<Vec<u8>, NetError> {
+    session
+        .wrap_tx
+        .seal(key_nonce(file), &key_ad(id), key.secret().expose())
+        .map_err(|e| NetError::Protocol(e.to_string()))
+}
+
+/// Opens a transported file key.
+pub fn unwrap_file_key(
+    session: &crate::net::handshake::Session,
+    file: u32,
+    id: &FileId,
+    wrapped: &[u8],
+) -> Result<FileKey, NetError> {
+    let raw = zeroize::Zeroizing::new(
+        session
+            .wrap_rx
+            .open(key_nonce(file), &key_ad(id), wrapped)
+            .map_err(|_| NetError::Tampered("file key does not authenticate".into()))?,
+    );
+    let arr: [u8; 32] = raw
+        .as_slice()
+        .try_into()
+        .map_err(|_| NetError::Protocol("file key length".into()))?;
+    Ok(FileKey::from_secret(
+        crate::crypto::keys::Secret32::from_bytes(arr),
+    ))
+}
+
+/// Frames a sealed chunk that sits at `frame[CHUNK_HEADER_LEN..]`: MAC and
+/// header in place; queues it.
+fn queue(
+    frame: &mut Vec<u8>,
+    file: u32,
+    id: &FileId,
+    index: u64,
+    plain: usize,
+    mac: &MacKey,
+    data_tx: &mpsc::Sender<(Vec<u8>, u64)>,
+) -> Result<(), NetError> {
+    let h = wire::CHUNK_HEADER_LEN;
+    let tag = mac.tag(id, index, &frame[h..]);
+    let hdr = ChunkHeader {
+        file,
+        index,
+        len: (plain + CHUNK_OVERHEAD) as u32,
+        mac: tag,
+    };
+    frame[..h].copy_from_slice(&hdr.encode());
+    if data_tx
+        .blocking_send((std::mem::take(frame), plain as u64))
+        .is_err()
+    {
+        return Err(NetError::ConnectionLost("data streams closed".into()));
+    }
+    Ok(())
+}
+
+/// Reads one local file front to back: hashes the plaintext, seals, MACs
+/// and queues the chunks the sink lacks. Returns the BLAKE3.
+fn read_local(
+    file: u32,
+    item: &Item,
+    s: &Sending,
+    key: &FileKey,
+    chunk_size: u32,
+    mac: &MacKey,
+    data_tx: &mpsc::Sender<(Vec<u8>, u64)>,
+) -> Result<[u8; 32], NetError> {
+    let size = item.offer.size;
+    let n = chunk_count(size, chunk_size);
+    let changed = || {
+        NetError::Store(StoreError::SourceChanged {
+            path: item.path.clone(),
+        })
+    };
+    let mut f: Option<File> = None;
+    if item.offer.kind == EntryKind::File {
+        // Never through a symbolic link swapped in after the walk, and
+        // only the very file the walk saw: the token covers its device,
+        // inode, size and times, taken from the opened descriptor.
+        let (fh, m) = crate::store::fsutil::open_source(&item.path, None)?;
+        if crate::net::client::source_token(&m) != item.offer.token {
+            return Err(changed());
+        }
+        f = Some(fh);
+    }
+    let h = wire::CHUNK_HEADER_LEN;
+    let mut hasher = blake3::Hasher::new();
+    let mut scratch = Vec::new();
+    for i in 0..n {
+        let len = chunk_plain_len(size, chunk_size, i);
+        let held = s.have.as_ref().is_some_and(|b| bitmap::get(b, i));
+        let mut frame = if held {
+            std::mem::take(&mut scratch)
+        } else {
+            Vec::new()
+        };
+        frame.resize(h + len + CHUNK_OVERHEAD, 0);
+        if let Some(fh) = f.as_mut() {
+            let body = &mut frame[h + 12..h + 12 + len];
+            read_full(fh, body).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    changed()
+                } else {
+                    NetError::Store(StoreError::io("cannot read", &item.path, e))
+                }
+            })?;
+            hasher.update(body);
+        }
+        if held {
+            scratch = frame;
+            continue;
+        }
+        key.seal_chunk_in_place(&s.id, i, i + 1 == n, &mut frame[h..])
+            .map_err(StoreError::from)?;
+        queue(&mut frame, file, &s.id, i, len, mac, data_tx)?;
+    }
+    if let Some(fh) = f.as_mut() {
+        let mut probe = [0u8; 1];
+        if fh
+            .read(&mut probe)
+            .map_err(|e| StoreError::io("cannot read", &item.path, e))?
+            != 0
+        {
+            return Err(changed());
+        }
+        let m = fh
+            .metadata()
+            .map_err(|e| StoreError::io("cannot read", &item.path, e))?;
+        if crate::net::client::source_token(&m) != item.offer.token {
+            return Err(changed());
+        }
+    }
+    Ok(*hasher.finalize().as_bytes())
+}
+
+/// Reads a vault object's sealed chunks as stored (no key: they are sent
+/// exactly as they were sealed when stored), MACs and queues those the
+/// sink lacks. The data file must match the object it claims to be.
+fn read_stored(
+    file: u32,
+    st: &Stored,
+    s: &Sending,
+    mac: &MacKey,
+    data_tx: &mpsc::Sender<(Vec<u8>, u64)>,
+) -> Result<(), NetError> {
+    let damaged = |what: &str| {
+        NetError::Store(StoreError::corrupt(
+            format!("object {}", crate::store::vault::id_hex(&st.id)),
+            what.to_string(),
+        ))
+    };
+    let f = File::open(&st.path).map_err(|e| StoreError::io("cannot open", &st.path, e))?;
+    let mut hb = [0u8; ObjectHeader::LEN as usize];
+    f.read_exact_at(&mut hb, 0)
+        .map_err(|_| damaged("data file truncated"))?;
+    let hdr = ObjectHeader::decode(&hb).map_err(|e| damaged(&e.to_string()))?;
+    let n = chunk_count(st.size, st.chunk_size);
+    if hdr.id != st.id || hdr.chunk_size != st.chunk_size || hdr.chunk_count != n {
+        return Err(damaged("data file header does not match the object"));
+    }
+    let h = wire::CHUNK_HEADER_LEN;
+    for i in 0..n {
+        if s.have.as_ref().is_some_and(|b| bitmap::get(b, i)) {
+            continue;
+        }
+        let len = chunk_plain_len(st.size, st.chunk_size, i);
+        let mut frame = vec![0u8; h + len + CHUNK_OVERHEAD];
+        f.read_exact_at(&mut frame[h..], hdr.chunk_offset(i))
+            .map_err(|e| StoreError::io("cannot read", &st.path, e))?;
+        queue(&mut frame, file, &st.id, i, len, mac, data_tx)?;
+    }
+    Ok(())
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<()> {
+    let mut off = 0;
+    while off < buf.len() {
+        match f.read(&mut buf[off..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => off += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,664 @@
+//! The serving side of every request (`p2pfs serve`): admits connections
+//! (caps on unauthenticated connections and on transfers, `admission`),
+//! authenticates the peer (Noise with key confirmation), opens the
+//! connection's windows only for a peer it may serve, then carries out the
+//! one request the peer makes, within its rights (`engine::proto::decide`):
+//! a push into the vault (this node is the sink, and needs no vault secret
+//! key), a listing, or a pull of stored objects sent as they are (this node
+//! is the source, and needs neither the passphrase nor the vault secret
+//! key) — `docs/PROTOCOL.md`.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn, Instrument};
+
+pub use super::admission::Asker;
+use super::{
+    admission::{Admission, ConnectionGuard, Limits, PromptQueue, TransferGuard},
+    close, endpoint,
+    engine::{
+        close_with,
+        proto::{self, KeyFlow, Refusal, Request, Rights},
+        sink::{self, Commit, Expect, SinkCtx},
+        source::{self, From, Outcome, Sending, Stored},
+        Link, Note, Reporter,
+    },
+    events::{ServerEvent, ServerEventTx},
+    handshake::{self, Session, EXPORTER_LABEL},
+    wire::{
+        self, Access, EntryKind, FileOffer, FilePlan, Msg, OfferTotals, RefuseCode, RemoteFile,
+    },
+    NetError,
+};
+use crate::{
+    crypto::{chunk::FileId, keys::PublicKey},
+    store::{
+        home::{Home, Identity},
+        partial::{Slot, StagingKey},
+        trust::{Capability, TrustStore},
+        vault::Vault,
+    },
+    text,
+};
+
+/// Who may send to this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptPolicy {
+    /// Only peers in the trust store with the `send` capability.
+    Trusted,
+    /// Ask the local user for peers that are not trusted.
+    Ask,
+    /// Everyone (an open drop box).
+    Any,
+}
+
+/// How long a connection may take from its first packet to a proven key
+/// confirmation (QUIC handshake, control stream, Noise).
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the local user has to answer a prompt.
+const PROMPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long shutdown waits for connections to checkpoint and close.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
+/// Everything a serving node needs.
+pub struct ServerCtx {
+    /// The node's home.
+    pub home: Home,
+    /// The node's identity.
+    pub identity: Identity,
+    /// The vault (for the life of the process).
+    pub vault: &'static Vault,
+    /// Accept policy.
+    pub policy: AcceptPolicy,
+    /// Where events go.
+    pub events: ServerEventTx,
+    staging: Arc<StagingKey>,
+    admission: Arc<Admission>,
+    prompts: Option<PromptQueue>,
+}
+
+impl ServerCtx {
+    /// A serving node's context; `asker` is the terminal prompt of the
+    /// `Ask` policy.
+    pub fn new(
+        home: Home,
+        identity: Identity,
+        vault: &'static Vault,
+        policy: AcceptPolicy,
+        asker: Option<Arc<dyn Asker>>,
+        limits: Limits,
+        events: ServerEventTx,
+    ) -> Result<Self, NetError> {
+        let prompts = match asker {
+            Some(a) if policy == AcceptPolicy::Ask => Some(PromptQueue::start(a, &limits)?),
+            _ => None,
+        };
+        Ok(Self {
+            home,
+            staging: Arc::new(StagingKey::from_identity(&identity.keypair)),
+            identity,
+            vault,
+            policy,
+            events,
+            admission: Admission::new(limits),
+            prompts,
+        })
+    }
+}
+
+/// Partials untouched for this long are removed (`docs/PROTOCOL.md`).
+pub const PARTIAL_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often expired partials are looked for.
+const EXPIRY_EVERY: Duration = Duration::from_secs(3600);
+
+/// Removes expired partials that no connection holds (blocking).
+fn expire_partials(ctx: &ServerCtx) {
+    let in_use = |slot: &Slot| sink::in_use(slot);
+    match ctx.vault.expire_partials(PARTIAL_TTL, &in_use) {
+        Ok(0) => {}
+        Ok(n) => info!("removed {n} interrupted transfer(s) untouched for 7 days"),
+        Err(e) => warn!("cannot remove expired partials: {e}"),
+    }
+}
+
+/// Serves until `shutdown` turns true; then closes every connection (their
+/// partials are checkpointed) within a bounded time.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    ctx: Arc<ServerCtx>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), NetError> {
+    let mut tasks = JoinSet::new();
+    let mut expiry = tokio::time::interval(EXPIRY_EVERY);
+    loop {
+        tokio::select! {
+            _ = expiry.tick() => {
+                let ctx = ctx.clone();
+                tokio::task::spawn_blocking(move || expire_partials(&ctx));
+            }
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                // Under load, an address must first prove it receives what
+                // is sent to it (QUIC Retry): spoofed sources cannot take
+                // places.
+                if !incoming.remote_address_validated() && ctx.admission.wants_retry() {
+                    if let Err(e) = incoming.retry() {
+                        e.into_incoming().refuse();
+                    }
+                    continue;
+                }
+                let addr = incoming.remote_address();
+                // Refused before any state is kept for it: too many
+                // connections are being set up, here or from that address.
+                let Some(guard) = ctx.admission.connection(addr.ip()) else {
+                    debug!(%addr, "refusing a connection: too many unauthenticated connections");
+                    incoming.refuse();
+                    continue;
+                };
+                let ctx = ctx.clone();
+                // One task per connection, inside its own span.
+                let span = tracing::info_span!("conn", %addr, peer = tracing::field::Empty);
+                tasks.spawn(async move {
+                    if let Err(e) = handle(ctx, incoming, addr, guard).await {
+                        debug!("connection ended: {e}");
+                    }
+                }.instrument(span));
+            }
+            _ = shutdown.changed() => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    endpoint.close(
+        quinn::VarInt::from_u32(close::SHUTDOWN),
+        b"receiver shutting down",
+    );
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_WAIT, drain).await.is_err() {
+        warn!("some connections did not finish cleaning up in time");
+        tasks.abort_all();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    Ok(())
+}
+
+/// QUIC handshake, control stream and Noise, bounded by [`AUTH_TIMEOUT`].
+async fn authenticate(
+    ctx: &ServerCtx,
+    incoming: quinn::Incoming,
+) -> Result<
+    (
+        quinn::Connection,
+        quinn::SendStream,
+        quinn::RecvStream,
+        Session,
+    ),
+    NetError,
+> {
+    let conn = incoming
+        .await
+        .map_err(|e| NetError::ConnectionLost(format!("QUIC handshake failed: {e}")))?;
+    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| NetError::lost(&e))?;
+    let mut prologue = [0u8; 32];
+    conn.export_keying_material(&mut prologue, EXPORTER_LABEL, b"")
+        .map_err(|_| NetError::Setup("TLS exporter unavailable".into()))?;
+    match handshake::respond(&mut recv, &mut send, &ctx.identity.keypair, &prologue).await {
+        Ok(s) => Ok((conn, send, recv, s)),
+        Err(e) => {
+            close_with(&conn, close::HANDSHAKE, "handshake failed");
+            Err(e)
+        }
+    }
+}
+
+async fn handle(
+    ctx: Arc<ServerCtx>,
+    incoming: quinn::Incoming,
+    addr: SocketAddr,
+    guard: ConnectionGuard,
+) -> Result<(), NetError> {
+    let (conn, send, recv, session) =
+        match tokio::time::timeout(AUTH_TIMEOUT, authenticate(&ctx, incoming)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(NetError::Timeout("authenticating a connection")),
+        };
+    let peer = session.peer;
+    let mut link = Link {
+        conn,
+        send,
+        recv,
+        session,
+    };
+    tracing::Span::current().record("peer", tracing::field::display(peer.fingerprint()));
+    let trust = TrustStore::load(ctx.home.root())?;
+    let trusted_send = trust.allows(&peer, Capability::Send);
+    let rights = Rights {
+        send: trusted_send || ctx.policy != AcceptPolicy::Trusted,
+        get: trust.allows(&peer, Capability::Get),
+        owner: owner_allowed(&trust, &peer),
+        trusted: trusted_send
+            || trust.allows(&peer, Capability::Get)
+            || owner_allowed(&trust, &peer),
+    };
+    if !rights.send && !rights.get && !rights.owner {
+        let message = format!(
+            "node {} does not trust you (your node id {peer}, fingerprint {}). \
+             On the receiving node run: p2pfs trust add {peer}",
+            text::escape(&ctx.identity.name),
+            peer.fingerprint()
+        );
+        let _ = link.refuse(RefuseCode::Untrusted, message).await;
+        let _ = ctx.events.send(ServerEvent::PeerRefused {
+            peer,
+            reason: "not trusted (use `p2pfs trust add`)".into(),
+        });
+        close_with(&link.conn, close::REFUSED, "untrusted");
+        return Ok(());
+    }
+    let Some(transfer) = ctx.admission.transfer(peer, rights.trusted) else {
+        let l = ctx.admission.limits();
+        let message = format!(
+            "the receiver is busy ({} transfers at once, {} per sender, {} from untrusted senders); try again in a moment",
+            l.transfers, l.transfers_per_peer, l.untrusted_transfers
+        );
+        let _ = link.refuse(RefuseCode::Busy, message).await;
+        close_with(&link.conn, close::REFUSED, "busy");
+        return Ok(());
+    };
+    // Admitted to a transfer: its place among the unauthenticated is free
+    // again (a refused peer kept it until it was gone).
+    drop(guard);
+    let _ = ctx.events.send(ServerEvent::PeerConnected {
+        peer,
+        addr: addr.to_string(),
+    });
+    // Only now may it open data streams and fill a full window.
+    endpoint::authorise(&link.conn, rights.trusted);
+    link.send_msg(&Msg::Welcome {
+        version: env!("CARGO_PKG_VERSION").into(),
+        name: ctx.identity.name.clone(),
+    })
+    .await?;
+    let result = request(&ctx, &mut link, rights, transfer).await;
+    match &result {
+        Ok(()) => {}
+        Err(NetError::Tampered(m)) => {
+            link.close(close::TAMPERED, m);
+            let _ = ctx.events.send(ServerEvent::Failed {
+                peer: Some(peer),
+                message: format!("tampered chunk: {m}; connection dropped"),
+            });
+        }
+        Err(NetError::Protocol(m)) => {
+            link.close(close::PROTOCOL, m);
+            let _ = ctx.events.send(ServerEvent::Failed {
+                peer: Some(peer),
+                message: format!("protocol error: {m}"),
+            });
+        }
+        Err(e) => {
+            let _ = ctx.events.send(ServerEvent::Failed {
+                peer: Some(peer),
+                message: e.to_string(),
+            });
+        }
+    }
+    let _ = ctx.events.send(ServerEvent::Closed { peer });
+    result
+}
+
+/// Whether `peer` is one of the owner's devices.
+fn owner_allowed(trust: &TrustStore, peer: &PublicKey) -> bool {
+    trust.allows(peer, Capability::Owner)
+}
+
+/// Reads the peer's one request and carries it out within its rights.
+async fn request(
+    ctx: &Arc<ServerCtx>,
+    link: &mut Link,
+    rights: Rights,
+    transfer: TransferGuard,
+) -> Result<(), NetError> {
+    let peer = link.peer();
+    let first = match tokio::time::timeout(Duration::from_secs(60), wire::read_msg(&mut link.recv))
+        .await
+        .map_err(|_| NetError::Timeout("waiting for a request"))??
+    {
+        Some(m) => m,
+        None => return Ok(()),
+    };
+    let req = match proto::decide(&first, rights) {
+        Ok(r) => r,
+        Err(Refusal { code, message }) => {
+            let _ = ctx.events.send(ServerEvent::PeerRefused {
+                peer,
+                reason: format!("{} not allowed", first.kind()),
+            });
+            return Err(link.refuse(code, message).await);
+        }
+    };
+    match (req, first) {
+        (Request::Push, Msg::Offer { chunk_size, files }) => {
+            receive(
+                ctx,
+                link,
+                rights.send && rights.trusted,
+                transfer,
+                chunk_size,
+                files,
+            )
+            .await
+        }
+        (Request::List, _) => list(ctx, link, rights).await,
+        (Request::Fetch(ids), _) => serve_fetch(ctx, link, rights, transfer, ids).await,
+        _ => Err(NetError::Protocol("request mismatch".into())),
+    }
+}
+
+/// Everything this peer may fetch here, with the sealed key of each (and
+/// the vault header for an owner). Read without any key.
+fn fetchable(
+    ctx: &ServerCtx,
+    rights: Rights,
+) -> Result<(Option<Vec<u8>>, Vec<RemoteFile>), NetError> {
+    let vault = ctx.vault;
+    let mut files = Vec::new();
+    let mut header = None;
+    if rights.owner {
+        header = Some(vault.header_bytes()?);
+        for id in vault.object_ids()? {
+            match vault.stored_object(&id) {
+                Ok(o) => files.push(RemoteFile {
+                    id,
+                    kind: EntryKind::File,
+                    size: o.size,
+                    chunk_size: o.chunk_size,
+                    access: Access::Owner,
+                    key: o.envelope,
+                }),
+                Err(e) => warn!("not listing a damaged object: {e}"),
+            }
+        }
+    }
+    Ok((header, files))
+}
+
+/// Answers a `List`: pages of what the peer may fetch. A peer that may
+/// fetch nothing was refused before (`proto::decide`); an empty list is
+/// the answer of a vault that shares nothing with it.
+async fn list(ctx: &Arc<ServerCtx>, link: &mut Link, rights: Rights) -> Result<(), NetError> {
+    let peer = link.peer();
+    let c = ctx.clone();
+    let (header, files) = tokio::task::spawn_blocking(move || fetchable(&c, rights))
+        .await
+        .map_err(|e| NetError::Protocol(format!("listing failed: {e}")))??;
+    let n = files.len();
+    let mut header = header;
+    let mut pages = files.chunks(wire::LIST_PAGE).peekable();
+    if pages.peek().is_none() {
+        link.send_msg(&Msg::Listing {
+            header: header.take(),
+            files: Vec::new(),
+            more: false,
+        })
+        .await?;
+    }
+    while let Some(page) = pages.next() {
+        link.send_msg(&Msg::Listing {
+            header: header.take(),
+            files: page.to_vec(),
+            more: pages.peek().is_some(),
+        })
+        .await?;
+    }
+    let _ = ctx.events.send(ServerEvent::Listed { peer, files: n });
+    let _ = link
+        .next_msg(Duration::from_secs(10), "waiting for the end")
+        .await;
+    let _ = link.send.finish();
+    Ok(())
+}
+
+/// Answers a `Fetch`: the stored objects, as they are, if every one is the
+/// peer's to fetch; then this node is the source of the transfer.
+async fn serve_fetch(
+    ctx: &Arc<ServerCtx>,
+    link: &mut Link,
+    rights: Rights,
+    transfer: TransferGuard,
+    ids: Vec<FileId>,
+) -> Result<(), NetError> {
+    let _transfer = transfer;
+    let peer = link.peer();
+    let c = ctx.clone();
+    let (header, mut files) = tokio::task::spawn_blocking(move || fetchable(&c, rights))
+        .await
+        .map_err(|e| NetError::Protocol(format!("listing failed: {e}")))??;
+    if let Err(Refusal { code, message }) =
+        proto::authorise_fetch(&ids, |id| files.iter().any(|f| &f.id == id))
+    {
+        let _ = ctx.events.send(ServerEvent::PeerRefused {
+            peer,
+            reason: "fetch of objects not available to it".into(),
+        });
+        return Err(link.refuse(code, message).await);
+    }
+    let mut served = Vec::with_capacity(ids.len());
+    for id in &ids {
+        if let Some(i) = files.iter().position(|f| &f.id == id) {
+            served.push(files.swap_remove(i));
+        }
+    }
+    link.send_msg(&Msg::Serving {
+        header,
+        files: served.clone(),
+    })
+    .await?;
+    let plans = match link
+        .next_msg(Duration::from_secs(330), "waiting for the peer's plan")
+        .await?
+    {
+        Msg::Plan { files } if files.len() == served.len() => files,
+        Msg::Refused { code, message } => return Err(super::engine::refused(code, &message)),
+        other => {
+            return Err(NetError::Protocol(format!(
+                "expected a plan for {} file(s), got {}",
+                served.len(),
+                other.kind()
+            )))
+        }
+    };
+    let mut sending = Vec::with_capacity(served.len());
+    for (f, p) in served.iter().zip(plans) {
+        let have = match p {
+            FilePlan::New { .. } => None,
+            FilePlan::Resume { have, .. } => Some(have),
+            FilePlan::Reject { reason } => {
+                debug!(
+                    "the peer rejected {}: {}",
+                    crate::store::vault::id_hex(&f.id),
+                    text::from_peer(&reason)
+                );
+                sending.push((
+                    From::Stored(stored_of(ctx, f)),
+                    Sending {
+                        id: f.id,
+                        key: None,
+                        have: None,
+                        fresh: false,
+                        rejected: Some(text::from_peer(&reason)),
+                    },
+                ));
+                continue;
+            }
+        };
+        sending.push((
+            From::Stored(stored_of(ctx, f)),
+            Sending {
+                id: f.id,
+                key: None,
+                have,
+                fresh: false,
+                rejected: None,
+            },
+        ));
+    }
+    let ran = source::run(
+        link,
+        sending,
+        wire::MAX_STREAMS / 4,
+        0,
+        false,
+        server_reporter(ctx, peer),
+    )
+    .await?;
+    let ok = ran.outcomes.iter().filter(|o| **o == Outcome::Ok).count();
+    let _ = ctx.events.send(ServerEvent::Served {
+        peer,
+        files: ok,
+        bytes: ran.bytes_sent,
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(2), link.conn.closed()).await;
+    Ok(())
+}
+
+fn stored_of(ctx: &ServerCtx, f: &RemoteFile) -> Stored {
+    Stored {
+        id: f.id,
+        path: ctx.vault.data_path(&f.id),
+        size: f.size,
+        chunk_size: f.chunk_size,
+        label: format!("object {}", crate::store::vault::id_hex(&f.id)),
+    }
+}
+
+/// Turns the engine's notes into the daemon's events.
+fn server_reporter(ctx: &ServerCtx, peer: PublicKey) -> Reporter {
+    let events = ctx.events.clone();
+    let sent = Arc::new(AtomicU64::new(0));
+    Arc::new(move |n: Note| {
+        let ev = match n {
+            Note::Start {
+                files,
+                bytes,
+                skipped,
+            } => ServerEvent::Offer {
+                peer,
+                files,
+                bytes,
+                held: skipped,
+            },
+            Note::Bytes(b) => {
+                sent.fetch_add(b, Ordering::Relaxed);
+                ServerEvent::Received { peer, bytes: b }
+            }
+            Note::FileDone { name, size, .. } => ServerEvent::Stored { peer, name, size },
+            Note::FileFailed { name, message } if name.is_empty() => ServerEvent::Failed {
+                peer: Some(peer),
+                message,
+            },
+            Note::FileFailed { name, message } => ServerEvent::Failed {
+                peer: Some(peer),
+                message: format!("{name}: {message}"),
+            },
+            Note::Resuming { .. } | Note::FileStart { .. } => return,
+        };
+        let _ = events.send(ev);
+    })
+}
+
+/// Receives a push into the vault (this node is the sink).
+async fn receive(
+    ctx: &Arc<ServerCtx>,
+    link: &mut Link,
+    trusted: bool,
+    transfer: TransferGuard,
+    chunk_size: u32,
+    files: Vec<FileOffer>,
+) -> Result<(), NetError> {
+    let peer = link.peer();
+    let totals = match wire::validate_offer(chunk_size, &files) {
+        Ok(t) => t,
+        Err(why) => {
+            return Err(link
+                .refuse(RefuseCode::BadOffer, format!("offer refused: {why}"))
+                .await)
+        }
+    };
+    if ctx.policy == AcceptPolicy::Ask && !trusted && !ask_user(ctx, peer, &files, totals).await {
+        let e = link
+            .refuse(
+                RefuseCode::Declined,
+                "the receiving user declined the transfer (or did not answer)".into(),
+            )
+            .await;
+        let _ = ctx.events.send(ServerEvent::PeerRefused {
+            peer,
+            reason: "declined".into(),
+        });
+        return Err(e);
+    }
+    // The entries of all transfers in progress share a budget: planning
+    // and bookkeeping cost memory per entry.
+    let Some(entries) = ctx.admission.entries(files.len()) else {
+        return Err(link
+            .refuse(
+                RefuseCode::Busy,
+                "the receiver is busy with other large transfers; try again in a moment".into(),
+            )
+            .await);
+    };
+    let expects = files
+        .into_iter()
+        .map(|f| Expect {
+            kind: f.kind,
+            size: f.size,
+            chunk_size,
+            mtime: f.mtime,
+            mode: f.mode,
+            token: f.token,
+            known: None,
+            commit: Commit::Vault,
+            name: f.name,
+        })
+        .collect();
+    let sink_ctx = Arc::new(SinkCtx {
+        vault: ctx.vault,
+        staging: ctx.staging.clone(),
+        me: ctx.identity.id(),
+        budget: ctx.admission.chunk_budget(),
+        idle: ctx.admission.limits().idle,
+        report: server_reporter(ctx, peer),
+        flow: KeyFlow::Announced,
+        initiator: false,
+        dest: None,
+        force: false,
+    });
+    sink::run(link, sink_ctx, expects, Box::new((transfer, entries)))
+        .await
+        .map(|_| ())
+}
+/// Asks the local user through the prompt queue: false when declined, not
+/// answered in time, or when the queue is full.
+async fn ask_user(
+    ctx: &ServerCtx,
+    peer: PublicKey,
+    files: &[FileOffer],
+    totals: OfferTotals,
+) -> bool {
+    let Some(q) = &ctx.prompts else { return false };
+    let Some(answer) = q.ask(peer, files.to_vec(), totals) else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(PROMPT_TIMEOUT, answer).await,
+        Ok(Ok(true))
+    )
+}
