@@ -13,7 +13,6 @@ use std::{
     io::{ErrorKind, Read, Write},
     os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
@@ -140,12 +139,8 @@ fn cut(s: &str, max: usize) -> &str {
 impl LogRecord {
     /// A record stamped now, its texts cut to [`MAX_FIELD`] bytes.
     pub fn now(peer: Option<PublicKey>, action: LogAction, object: &str, outcome: &str) -> Self {
-        let time_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
         Self {
-            time_ms,
+            time_ms: super::vault::now_ms(),
             peer,
             action,
             object: cut(object, MAX_FIELD).to_owned(),

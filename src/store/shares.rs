@@ -137,6 +137,27 @@ pub struct ShareRecord {
     pub blob: Vec<u8>,
 }
 
+impl ShareRecord {
+    /// Shares object `id` (its `body`, from [`super::vault::Unlocked::envelope_body`])
+    /// with `peer`, as this node (`owner`), now.
+    pub fn seal(
+        owner: &PublicKey,
+        peer: &PublicKey,
+        id: &FileId,
+        body: &EnvelopeBody,
+    ) -> Result<ShareRecord> {
+        Ok(ShareRecord {
+            peer: *peer,
+            id: *id,
+            kind: body.meta.kind,
+            size: body.meta.size,
+            chunk_size: body.meta.chunk_size,
+            added_ms: super::vault::now_ms(),
+            blob: seal_share(owner, peer, id, body)?,
+        })
+    }
+}
+
 /// The shares of one vault.
 #[derive(Debug)]
 pub struct Shares {

@@ -47,7 +47,8 @@ pub fn id_hex(id: &FileId) -> String {
     to_hex(id)
 }
 
-fn now_ms() -> u64 {
+/// Now, in unix milliseconds (0 before 1970).
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
