@@ -449,7 +449,7 @@ mod tests {
     fn rec(i: u64) -> LogRecord {
         LogRecord {
             time_ms: i,
-            peer: (i % 2 == 0).then_some(PublicKey([i as u8; 32])),
+            peer: i.is_multiple_of(2).then_some(PublicKey([i as u8; 32])),
             action: LogAction::ALL[(i % 6) as usize],
             object: format!("object {i}"),
             outcome: "ok".into(),

@@ -1,7 +1,10 @@
 //! The encrypted vault: storing objects without the passphrase, unlocking,
 //! reconciling the authenticated index, listing and resolving names by
-//! origin, export, removal, verification, passphrase change and crash-safe
-//! rekey (`docs/VAULT.md`, *Procedures*).
+//! origin, export, removal (with the object's shares), verification,
+//! passphrase change and crash-safe rekey (`docs/VAULT.md`, *Procedures*);
+//! the entry points of the access log ([`Vault::log`] appends without the
+//! passphrase, [`Unlocked::read_log`] reads), whose format is in
+//! [`super::log`].
 //!
 //! Storing takes a shared lock on `vault/lock`; anything unlocked takes it
 //! exclusively, so reconciliation never races a store in progress.
