@@ -1441,3 +1441,239 @@ fn serve_wipes_the_passphrase_from_its_environment() {
     // And the passphrase was used: the vault it created opens with it.
     assert!(n.list().is_empty());
 }
+
+// ---------------------------------------------------------------- trust rights, shares, access log
+
+/// `trust list --json` as values.
+fn trust_list(n: &Node) -> Vec<serde_json::Value> {
+    n.run(["trust", "list", "--json"]).ok().json()
+}
+
+#[test]
+fn trust_add_takes_the_owner_right_and_a_quota() {
+    let n = Node::new();
+    n.init("n");
+    let k = Keypair::generate().unwrap().public();
+    let r = n
+        .run([
+            "trust",
+            "add",
+            &k.to_id(),
+            "--name",
+            "phone",
+            "--allow",
+            "owner,get",
+            "--quota",
+            "500M",
+        ])
+        .ok();
+    assert!(r.stdout.contains("quota: 500MiB"), "{r}");
+    let l = trust_list(&n);
+    assert_eq!(l[0]["allow"], serde_json::json!(["get", "owner"]));
+    assert_eq!(l[0]["quota"], 500u64 << 20);
+    n.run(["trust", "list"]).ok().says("quota: 500MiB");
+    let json = fs::read_to_string(n.home.join("peers.json")).unwrap();
+    assert!(json.contains("\"quota\": 524288000"), "{json}");
+    // Units are powers of 1024 either way; the quota changes only when given.
+    n.run(["trust", "add", &k.to_id(), "--quota", "2GiB"]).ok();
+    assert_eq!(trust_list(&n)[0]["quota"], 2u64 << 30);
+    n.run(["trust", "add", &k.to_id(), "--allow", "send"]).ok();
+    let l = trust_list(&n);
+    assert_eq!(l[0]["quota"], 2u64 << 30);
+    assert_eq!(l[0]["allow"], serde_json::json!(["send", "get", "owner"]));
+    // Bad sizes and rights are refused and change nothing.
+    for bad in ["10X", "1.5G", "-1"] {
+        n.run(["trust", "add", &k.to_id(), &format!("--quota={bad}")])
+            .code_is(2)
+            .says("not a size");
+    }
+    n.run(["trust", "add", &k.to_id(), "--quota", "2000000T"])
+        .code_is(2)
+        .says("at most 1 EiB");
+    n.run(["trust", "add", &k.to_id(), "--allow", "root"])
+        .code_is(1)
+        .says("owner");
+    assert_eq!(trust_list(&n), l);
+    // A peer without a quota has none in the file or the list.
+    let k2 = Keypair::generate().unwrap().public();
+    n.run(["trust", "add", &k2.to_id()]).ok();
+    let l = trust_list(&n);
+    assert!(l[1]["quota"].is_null(), "{l:?}");
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SharedJson {
+    peer: String,
+    peer_fingerprint: String,
+    alias: Option<String>,
+    id: String,
+    name: Option<String>,
+    size: u64,
+    kind: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct LoggedJson {
+    time: Option<String>,
+    time_ms: u64,
+    peer: Option<String>,
+    peer_fingerprint: Option<String>,
+    alias: Option<String>,
+    action: String,
+    object: String,
+    outcome: String,
+}
+
+fn shared(n: &Node) -> Vec<SharedJson> {
+    n.run(["vault", "shares", "--json"]).ok().json()
+}
+
+fn logged(n: &Node) -> Vec<LoggedJson> {
+    n.run(["vault", "log", "--json"]).ok().json()
+}
+
+#[test]
+fn shares_are_sealed_to_the_peer_listed_logged_and_withdrawn() {
+    let (a, b) = Node::pair();
+    a.init("a");
+    b.init("b");
+    let (aid, bid) = (a.id(), b.id());
+    let secret = format!("secret-name-{}", random_hex(6));
+    write_bytes(&a.path(&format!("docs/{secret}.txt")), b"first");
+    write_bytes(&a.path("docs/two.txt"), b"second");
+    write_bytes(&a.path("top.txt"), b"top");
+    a.import(&["docs", "top.txt"]);
+
+    // Unknown peers are refused with the way to trust them; nothing is written.
+    a.run(["vault", "share", "top.txt", &bid.id])
+        .code_is(1)
+        .says("p2pfs trust add ID --allow get");
+    assert!(!a.vault().join("shares").exists());
+    // A known peer without `get` is shared with, and told how to grant it.
+    a.run(["trust", "add", &bid.id, "--name", "bob", "--allow", "send"])
+        .ok();
+    a.run(["vault", "share", "top.txt", "bob"])
+        .ok()
+        .says(&bid.fingerprint)
+        .says("--allow get");
+    // A folder is a snapshot of what is under it now.
+    a.run(["trust", "add", &bid.id, "--allow", "get"]).ok();
+    a.run(["vault", "share", "docs", &bid.id[..10]])
+        .ok()
+        .says("snapshot")
+        .says("2 file(s)")
+        .never_says("--allow get");
+    write_bytes(&a.path("later/docs/three.txt"), b"later");
+    a.cmd(["vault", "import", "docs"])
+        .cwd(&a.path("later"))
+        .run()
+        .ok();
+    let list = shared(&a);
+    let mut names: Vec<String> = list.iter().filter_map(|s| s.name.clone()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            format!("docs/{secret}.txt"),
+            "docs/two.txt".into(),
+            "top.txt".into()
+        ]
+    );
+    for s in &list {
+        assert_eq!(
+            (s.peer.as_str(), s.peer_fingerprint.as_str()),
+            (bid.id.as_str(), bid.fingerprint.as_str())
+        );
+        assert_eq!(s.alias.as_deref(), Some("bob"));
+        assert_eq!((s.id.len(), s.kind.as_str()), (32, "file"));
+        assert_eq!(s.size, a.entry(s.name.as_deref().unwrap()).size);
+    }
+    // Sharing again replaces, never duplicates.
+    a.run(["vault", "share", "top.txt", "bob"]).ok();
+    assert_eq!(shared(&a).len(), 3);
+
+    // The sealed body opens with the peer's node key only, and its file
+    // key decrypts the object.
+    let vault_dir = a.vault();
+    let shares = p2pfs::store::shares::Shares::load(&vault_dir).unwrap();
+    let bkp = p2pfs::store::home::Home::new(&b.home)
+        .load_identity()
+        .unwrap()
+        .keypair;
+    let akp = p2pfs::store::home::Home::new(&a.home)
+        .load_identity()
+        .unwrap()
+        .keypair;
+    let apk = PublicKey::parse_id(&aid.id).unwrap();
+    for r in shares.records() {
+        let body = p2pfs::store::shares::open_share(&bkp, &apk, &r.id, &r.blob).unwrap();
+        assert_eq!((body.meta.size, body.meta.kind), (r.size, r.kind));
+        let key = FileKey::from_secret(body.file_key.clone());
+        let obj = fs::read(a.obj(&p2pfs::crypto::to_hex(&r.id))).unwrap();
+        let mut c0 = obj[40..].to_vec();
+        let pt = key.open_chunk_in_place(&r.id, 0, true, &mut c0).unwrap();
+        assert_eq!(pt.len() as u64, r.size);
+        assert!(p2pfs::store::shares::open_share(&akp, &apk, &r.id, &r.blob).is_err());
+    }
+
+    // The log shows the shares, sealed: only the passphrase opens it.
+    let log = logged(&a);
+    let shares_logged: Vec<&LoggedJson> = log.iter().filter(|l| l.action == "share").collect();
+    assert_eq!(shares_logged.len(), 4, "{log:?}");
+    for l in &log {
+        assert_eq!(l.peer.as_deref(), Some(bid.id.as_str()));
+        assert_eq!(
+            l.peer_fingerprint.as_deref(),
+            Some(bid.fingerprint.as_str())
+        );
+        assert_eq!(l.alias.as_deref(), Some("bob"));
+        assert!(l.time.is_some() && l.time_ms > 0, "{l:?}");
+    }
+    assert!(log.iter().any(|l| l.object == format!("docs/{secret}.txt")));
+    a.run(["vault", "log"]).ok().says("share").says("bob");
+    a.run_with_passphrase("wrong", ["vault", "log"])
+        .code_is(exit::WRONG_PASSPHRASE);
+
+    // unshare withdraws one share and logs it.
+    a.run(["vault", "unshare", "docs/two.txt", "bob"])
+        .ok()
+        .says("unshared");
+    a.run(["vault", "unshare", "docs/two.txt", "bob"])
+        .code_is(1)
+        .says("not shared");
+    let left: Vec<Option<String>> = shared(&a).into_iter().map(|s| s.name).collect();
+    assert_eq!(left.len(), 2);
+    assert!(!left.contains(&Some("docs/two.txt".into())));
+    let log = logged(&a);
+    assert!(
+        log.iter()
+            .any(|l| l.action == "unshare" && l.object == "docs/two.txt"),
+        "{log:?}"
+    );
+
+    // vault rm drops the object's shares (and says so in the log).
+    a.run(["vault", "rm", &format!("docs/{secret}.txt")]).ok();
+    let left: Vec<Option<String>> = shared(&a).into_iter().map(|s| s.name).collect();
+    assert_eq!(left, [Some("top.txt".to_string())]);
+    let log = logged(&a);
+    assert!(
+        log.iter().any(|l| l.action == "unshare"
+            && l.object == format!("docs/{secret}.txt")
+            && l.outcome.contains("removed")),
+        "{log:?}"
+    );
+
+    // Neither file names a shared file in clear; both are private.
+    for f in ["shares", "log"] {
+        let p = a.vault().join(f);
+        let bytes = fs::read(&p).unwrap();
+        for needle in [secret.as_bytes(), b"top.txt", b"docs/two"] {
+            assert!(util::find_bytes(&bytes, needle).is_none(), "{f}");
+        }
+        assert_eq!(mode_of(&p), 0o600, "{f}");
+    }
+    assert!(files_containing(&a.home, secret.as_bytes()).is_empty());
+    // What is left still verifies, and the share of it is still there.
+    a.run(["vault", "verify", "--full"]).ok();
+    assert_eq!(shared(&a).len(), 1);
+}

@@ -1,11 +1,11 @@
 //! `p2pfs trust …`: the keys this node knows, the aliases the user gave
-//! them, and what each may do here.
+//! them, what each may do here, and how much it may keep here (quota).
 
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use p2pfs::{
     crypto::keys::PublicKey,
-    store::trust::{Capability, TrustStore},
+    store::trust::{self, Capability, TrustStore},
     text,
 };
 
@@ -13,7 +13,7 @@ use super::Ctx;
 
 #[derive(Subcommand)]
 pub enum TrustCmd {
-    /// Trust a node: pin its key, optionally name it, and let it send (and/or get).
+    /// Trust a node: pin its key, optionally name it, and let it send (and/or get, or act as owner).
     Add {
         /// The node id (52 characters, from `p2pfs id` on that node).
         id: String,
@@ -21,9 +21,14 @@ pub enum TrustCmd {
         /// An alias names exactly one key.
         #[arg(long, value_name = "ALIAS")]
         name: Option<String>,
-        /// What it may do here: send, get (comma-separated), or none (pin and name only).
+        /// What it may do here, comma-separated: send (into this vault), get (files
+        /// shared with it), owner (one of your own devices); or none (pin and name only).
         #[arg(long, value_delimiter = ',', default_value = "send")]
         allow: Vec<String>,
+        /// How much it may keep here (deposits): bytes, or with K, M, G, T — powers of
+        /// 1024, so 500M = 500MiB = 524288000 bytes; KiB, MiB, GiB, TiB also work.
+        #[arg(long, value_name = "SIZE", value_parser = parse_quota)]
+        quota: Option<u64>,
     },
     /// List known and trusted peers.
     List {
@@ -44,14 +49,32 @@ fn caps(allow: &[String]) -> Result<Vec<Capability>> {
         match a.trim() {
             "send" => caps.push(Capability::Send),
             "get" => caps.push(Capability::Get),
+            "owner" => caps.push(Capability::Owner),
             "none" if allow.len() == 1 => {}
             other => bail!(
-                "unknown capability {:?} (use send, get, or none alone)",
+                "unknown capability {:?} (use send, get, owner, or none alone)",
                 text::escape(other)
             ),
         }
     }
     Ok(caps)
+}
+
+fn parse_quota(s: &str) -> std::result::Result<u64, String> {
+    trust::parse_size(s)
+}
+
+/// A quota for people: exact bytes, with the binary unit when it is round.
+pub fn shown_quota(q: Option<u64>) -> String {
+    let Some(q) = q else {
+        return "-".into();
+    };
+    for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if q >= 1 << shift && q % (1 << shift) == 0 {
+            return format!("{}{unit}", q >> shift);
+        }
+    }
+    format!("{q}B")
 }
 
 fn shown_caps(allow: &[Capability]) -> String {
@@ -69,7 +92,12 @@ pub fn run(ctx: &Ctx, cmd: TrustCmd) -> Result<()> {
     ctx.home.load_identity()?;
     let mut store = TrustStore::load(ctx.home.root())?;
     match cmd {
-        TrustCmd::Add { id, name, allow } => {
+        TrustCmd::Add {
+            id,
+            name,
+            allow,
+            quota,
+        } => {
             let Some(key) = PublicKey::parse_id(&id) else {
                 bail!(
                     "{:?} is not a node id (52 base32 characters, as `p2pfs id` prints)",
@@ -82,15 +110,20 @@ pub fn run(ctx: &Ctx, cmd: TrustCmd) -> Result<()> {
                 store.add_alias(&key, alias)?;
             }
             store.trust(&key, &caps)?;
+            if quota.is_some() {
+                store.set_quota(&key, quota)?;
+            }
             store.save()?;
             let named = name
                 .map(|a| format!(", alias {:?}", text::escape(&a)))
                 .unwrap_or_default();
+            let now = store.get(&key).map(|p| p.allow.clone()).unwrap_or_default();
             println!(
-                "trusted {} (fingerprint {}){named}, allowed: {}",
+                "trusted {} (fingerprint {}){named}, allowed: {}, quota: {}",
                 key,
                 key.fingerprint(),
-                shown_caps(&caps)
+                shown_caps(&now),
+                shown_quota(store.quota(&key))
             );
         }
         TrustCmd::List { json } => {
@@ -105,6 +138,7 @@ pub fn run(ctx: &Ctx, cmd: TrustCmd) -> Result<()> {
                             "aliases": p.aliases,
                             "peer_name": p.peer_name,
                             "allow": p.allow,
+                            "quota": p.quota,
                             "addresses": p.addresses,
                         })
                     })
@@ -123,10 +157,11 @@ pub fn run(ctx: &Ctx, cmd: TrustCmd) -> Result<()> {
                         .map(|n| format!("  (calls itself {:?})", text::escape(n)))
                         .unwrap_or_default();
                     println!(
-                        "{}  {:<16} allow: {:<9} {}  {}{calls}",
+                        "{}  {:<16} allow: {:<9} quota: {:<7} {}  {}{calls}",
                         p.key.fingerprint(),
                         aliases,
                         shown_caps(&p.allow),
+                        shown_quota(p.quota),
                         p.key,
                         text::escape(&p.addresses.join(" ")),
                     );

@@ -1,4 +1,5 @@
-//! `p2pfs vault …`: import, list, export, rm, verify, passwd, rekey.
+//! `p2pfs vault …`: import, list, export, rm, verify, passwd, rekey; shares
+//! of stored files with trusted peers, and the access log.
 
 use std::{
     fs,
@@ -9,13 +10,17 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use p2pfs::{
-    crypto::to_hex,
+    crypto::{chunk::FileId, keys::PublicKey, to_hex},
     store::{
         format::Kind,
         fsutil,
+        log::{LogAction, LogRecord},
+        shares::{ShareRecord, Shares},
+        trust::{Capability, TrustStore},
         vault::{id_hex, Entry, Origin, Problem, Unlocked, Vault},
         StoreError,
     },
+    text::escape,
 };
 
 use super::{exit, passphrase, progress, walk, Ctx};
@@ -78,6 +83,40 @@ pub enum VaultCmd {
     },
     /// Replace the vault key pair and rewrap every file key.
     Rekey,
+    /// Let a trusted peer retrieve a stored file, or every file under a stored folder as it
+    /// is now (a snapshot: files stored under the folder later are not shared). The file key
+    /// is sealed to the peer's node key, so `serve` can hand it out without the passphrase.
+    Share {
+        /// Name, id or unique id prefix (8+ hex digits), or a stored folder.
+        what: String,
+        /// The peer: an alias, node id or unique id prefix (8+ characters) from `p2pfs trust list`.
+        peer: String,
+        /// Only files of this origin (as for export).
+        #[arg(long, value_name = "ORIGIN")]
+        from: Option<String>,
+    },
+    /// Stop sharing a stored file (or the files under a stored folder) with a peer.
+    Unshare {
+        /// Name, id or unique id prefix (8+ hex digits), or a stored folder.
+        what: String,
+        /// The peer: an alias, node id or unique id prefix (8+ characters).
+        peer: String,
+        /// Only files of this origin (as for export).
+        #[arg(long, value_name = "ORIGIN")]
+        from: Option<String>,
+    },
+    /// List what is shared with whom.
+    Shares {
+        /// JSON array output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the access log: retrievals, listings, shares, deposits and refusals.
+    Log {
+        /// JSON array output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<()> {
@@ -100,7 +139,7 @@ pub fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<()> {
             let from = from.map(|f| u.origin(&f)).transpose()?;
             let e = u.resolve_from(&what, from)?;
             u.remove(&e.id)?;
-            println!("removed {} ({})", e.meta.name, id_hex(&e.id));
+            println!("removed {} ({})", escape(&e.meta.name), id_hex(&e.id));
             Ok(())
         }
         VaultCmd::Verify { full } => verify(ctx, &vault, full),
@@ -122,6 +161,10 @@ pub fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<()> {
             println!("vault rekeyed: {n} file key(s) rewrapped to the new vault key");
             Ok(())
         }
+        VaultCmd::Share { what, peer, from } => share(ctx, &vault, &what, &peer, from),
+        VaultCmd::Unshare { what, peer, from } => unshare(ctx, &vault, &what, &peer, from),
+        VaultCmd::Shares { json } => list_shares(ctx, &vault, json),
+        VaultCmd::Log { json } => show_log(ctx, &vault, json),
     }
 }
 
@@ -215,7 +258,7 @@ fn entry_json(e: &Entry) -> serde_json::Value {
     serde_json::json!({
         "id": id_hex(&e.id),
         "name": e.meta.name,
-        "kind": match e.meta.kind { Kind::File => "file", Kind::Dir => "dir" },
+        "kind": kind_name(e.meta.kind),
         "size": e.meta.size,
         "blake3": to_hex(&e.meta.blake3),
         "added": rfc3339_ms(e.meta.added_ms),
@@ -262,36 +305,54 @@ fn export(
     from: Option<Origin>,
 ) -> Result<()> {
     let base_of = |name: &str| name.rsplit('/').next().unwrap_or(name).to_owned();
+    let Target { entries, folder } = target(u, what, from)?;
+    let Some(folder) = folder else {
+        let e = &entries[0];
+        let dest = match dest {
+            None => PathBuf::from(base_of(&e.meta.name)),
+            Some(d) if d.is_dir() && e.meta.kind == Kind::File => d.join(base_of(&e.meta.name)),
+            Some(d) => d,
+        };
+        let pb = progress::bytes(e.meta.size, ctx.quiet, &e.meta.name);
+        u.export(&e.id, &dest, force, &mut |d| pb.set_position(d))?;
+        pb.finish_and_clear();
+        exported(e, &dest);
+        return Ok(());
+    };
+    let root = dest.unwrap_or_else(|| PathBuf::from(base_of(&folder)));
+    // The root is the user's choice (a link there is followed);
+    // below it, export creates and enters each directory itself.
+    let root_dir = fsutil::Dir::create_all(&root)?;
+    for e in &entries {
+        let rel = &e.meta.name[folder.len() + 1..];
+        let pb = progress::bytes(e.meta.size, ctx.quiet, &e.meta.name);
+        u.export_under(&e.id, &root_dir, rel, force, &mut |d| pb.set_position(d))?;
+        pb.finish_and_clear();
+        exported(e, &root.join(rel));
+    }
+    Ok(())
+}
+
+/// What a NAME|ID|FOLDER argument names.
+struct Target {
+    /// One object, or every object under the folder (of one origin).
+    entries: Vec<Entry>,
+    /// The folder's name (without a trailing `/`), when it named one.
+    folder: Option<String>,
+}
+
+/// Resolves a stored name, id or unique id prefix; failing that, a stored
+/// folder: every name under `what/`, of one origin.
+fn target(u: &Unlocked<'_>, what: &str, from: Option<Origin>) -> Result<Target> {
     match u.resolve_from(what, from) {
-        Ok(e) => {
-            let dest = match dest {
-                None => PathBuf::from(base_of(&e.meta.name)),
-                Some(d) if d.is_dir() && e.meta.kind == Kind::File => d.join(base_of(&e.meta.name)),
-                Some(d) => d,
-            };
-            let pb = progress::bytes(e.meta.size, ctx.quiet, &e.meta.name);
-            u.export(&e.id, &dest, force, &mut |d| pb.set_position(d))?;
-            pb.finish_and_clear();
-            exported(&e, &dest);
-            Ok(())
-        }
-        Err(StoreError::NotFound { .. }) => {
-            // A folder: every stored name under `what/`, of one origin.
-            let under = u.folder(what, from)?;
-            let folder = what.trim_end_matches('/');
-            let root = dest.unwrap_or_else(|| PathBuf::from(base_of(folder)));
-            // The root is the user's choice (a link there is followed);
-            // below it, export creates and enters each directory itself.
-            let root_dir = fsutil::Dir::create_all(&root)?;
-            for e in &under {
-                let rel = &e.meta.name[folder.len() + 1..];
-                let pb = progress::bytes(e.meta.size, ctx.quiet, &e.meta.name);
-                u.export_under(&e.id, &root_dir, rel, force, &mut |d| pb.set_position(d))?;
-                pb.finish_and_clear();
-                exported(e, &root.join(rel));
-            }
-            Ok(())
-        }
+        Ok(e) => Ok(Target {
+            entries: vec![e],
+            folder: None,
+        }),
+        Err(StoreError::NotFound { .. }) => Ok(Target {
+            entries: u.folder(what, from)?,
+            folder: Some(what.trim_end_matches('/').to_owned()),
+        }),
         Err(e) => Err(e.into()),
     }
 }
@@ -351,4 +412,247 @@ fn verify(ctx: &Ctx, vault: &Vault, full: bool) -> Result<()> {
             lines.join("\n")
         )
     ))
+}
+
+/// How a peer is shown: its alias (escaped) and fingerprint.
+fn peer_label(store: &TrustStore, key: &PublicKey) -> String {
+    match store.get(key).and_then(|p| p.aliases.first()) {
+        Some(a) => format!("{} ({})", escape(a), key.fingerprint()),
+        None => key.fingerprint(),
+    }
+}
+
+/// The peer a PEER argument names in the trust store; shares go to known
+/// peers only.
+fn known_peer(store: &TrustStore, word: &str) -> Result<PublicKey> {
+    match store.key_for_word(word)? {
+        Some(k) => Ok(k),
+        None => bail!(
+            "{:?} is not a peer this node knows (see `p2pfs trust list`): files are shared only \
+             with trusted peers. Add it first with `p2pfs trust add ID --allow get` (ID as \
+             `p2pfs id` prints it on that node), then share again",
+            escape(word)
+        ),
+    }
+}
+
+fn share(ctx: &Ctx, vault: &Vault, what: &str, peer: &str, from: Option<String>) -> Result<()> {
+    let me = ctx.home.load_identity()?.id();
+    let u = unlock(ctx, vault)?;
+    let from = from.map(|f| u.origin(&f)).transpose()?;
+    let store = TrustStore::load(ctx.home.root())?;
+    let key = known_peer(&store, peer)?;
+    let label = peer_label(&store, &key);
+    let Target { entries, folder } = target(&u, what, from)?;
+    // Loaded while the vault is unlocked: the index lock keeps other
+    // owners' commands from rewriting the file meanwhile.
+    let mut shares = Shares::load(vault.dir())?;
+    let mut recs = Vec::with_capacity(entries.len());
+    for e in &entries {
+        let body = u.envelope_body(&e.id)?;
+        shares.add(ShareRecord::seal(&me, &key, &e.id, &body)?);
+        recs.push(LogRecord::now(
+            Some(key),
+            LogAction::Share,
+            &e.meta.name,
+            &format!("shared (id {})", id_hex(&e.id)),
+        ));
+    }
+    shares.save()?;
+    vault
+        .log_all(&recs)
+        .context("the files are shared, but the access log could not be written")?;
+    match &folder {
+        None => println!(
+            "shared {} ({}) with {label}",
+            escape(&entries[0].meta.name),
+            &id_hex(&entries[0].id)[..12]
+        ),
+        Some(f) => {
+            for e in &entries {
+                println!("shared {} ({})", escape(&e.meta.name), &id_hex(&e.id)[..12]);
+            }
+            println!(
+                "shared {} file(s) under {}/ with {label}: a snapshot of the folder as it is now \
+                 (files stored under it later are not shared; run `p2pfs vault share` again)",
+                entries.len(),
+                escape(f)
+            );
+        }
+    }
+    if !(store.allows(&key, Capability::Get) || store.allows(&key, Capability::Owner)) {
+        println!(
+            "note: {label} may not retrieve files from this node yet; allow it with \
+             `p2pfs trust add {key} --allow get`"
+        );
+    }
+    Ok(())
+}
+
+/// The peer an `unshare` names: as for `share`, or, for a peer no longer
+/// in the trust store, its node id or a unique id prefix among the shares.
+fn shared_peer(store: &TrustStore, shares: &Shares, word: &str) -> Result<PublicKey> {
+    if let Some(k) = store.key_for_word(word)? {
+        return Ok(k);
+    }
+    let w = word.trim().to_ascii_lowercase();
+    let mut hits: Vec<PublicKey> = shares
+        .records()
+        .iter()
+        .map(|r| r.peer)
+        .filter(|k| {
+            let id = k.to_id();
+            id == w || (w.len() >= 8 && id.starts_with(&w))
+        })
+        .collect();
+    hits.sort();
+    hits.dedup();
+    match hits.as_slice() {
+        [one] => Ok(*one),
+        [] => bail!(
+            "nothing is shared with {:?} (see `p2pfs vault shares`)",
+            escape(word)
+        ),
+        _ => bail!(
+            "{:?} matches several peers; give more of the node id (see `p2pfs vault shares`)",
+            escape(word)
+        ),
+    }
+}
+
+fn unshare(ctx: &Ctx, vault: &Vault, what: &str, peer: &str, from: Option<String>) -> Result<()> {
+    let u = unlock(ctx, vault)?;
+    let from = from.map(|f| u.origin(&f)).transpose()?;
+    let store = TrustStore::load(ctx.home.root())?;
+    let mut shares = Shares::load(vault.dir())?;
+    let key = shared_peer(&store, &shares, peer)?;
+    let label = peer_label(&store, &key);
+    let Target { entries, .. } = target(&u, what, from)?;
+    let mut recs = Vec::new();
+    for e in &entries {
+        if shares.remove(&key, &e.id) {
+            println!(
+                "unshared {} ({})",
+                escape(&e.meta.name),
+                &id_hex(&e.id)[..12]
+            );
+            recs.push(LogRecord::now(
+                Some(key),
+                LogAction::Unshare,
+                &e.meta.name,
+                &format!("unshared (id {})", id_hex(&e.id)),
+            ));
+        }
+    }
+    if recs.is_empty() {
+        bail!(
+            "{:?} is not shared with {label} (see `p2pfs vault shares`)",
+            escape(what)
+        );
+    }
+    shares.save()?;
+    vault
+        .log_all(&recs)
+        .context("the shares are withdrawn, but the access log could not be written")?;
+    println!("{} file(s) no longer shared with {label}", recs.len());
+    Ok(())
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::File => "file",
+        Kind::Dir => "dir",
+    }
+}
+
+fn list_shares(ctx: &Ctx, vault: &Vault, json: bool) -> Result<()> {
+    let u = unlock(ctx, vault)?;
+    let store = TrustStore::load(ctx.home.root())?;
+    let shares = Shares::load(vault.dir())?;
+    let entries = u.entries();
+    let names: std::collections::HashMap<FileId, &Entry> =
+        entries.iter().map(|e| (e.id, e)).collect();
+    let alias = |k: &PublicKey| store.get(k).and_then(|p| p.aliases.first().cloned());
+    let name = |r: &ShareRecord| names.get(&r.id).map(|e| e.meta.name.clone());
+    let mut recs: Vec<&ShareRecord> = shares.records().iter().collect();
+    recs.sort_by_key(|r| (alias(&r.peer), r.peer, name(r), r.id));
+    if json {
+        let v: Vec<_> = recs
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "peer": r.peer.to_id(),
+                    "peer_fingerprint": r.peer.fingerprint(),
+                    "alias": alias(&r.peer),
+                    "id": id_hex(&r.id),
+                    "name": name(r),
+                    "size": r.size,
+                    "kind": kind_name(r.kind),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    for r in &recs {
+        println!(
+            "{}  {:<16}  {}  {:>10}  {}",
+            r.peer.fingerprint(),
+            alias(&r.peer).map_or_else(|| "-".to_owned(), |a| escape(&a)),
+            &id_hex(&r.id)[..12],
+            human(r.size),
+            name(r).map_or_else(|| "(no longer in the vault)".to_owned(), |n| escape(&n)),
+        );
+    }
+    if recs.is_empty() {
+        eprintln!("(nothing is shared)");
+    }
+    Ok(())
+}
+
+fn show_log(ctx: &Ctx, vault: &Vault, json: bool) -> Result<()> {
+    let u = unlock(ctx, vault)?;
+    let store = TrustStore::load(ctx.home.root())?;
+    let (recs, damaged) = u.read_log()?;
+    let alias = |k: &PublicKey| store.get(k).and_then(|p| p.aliases.first().cloned());
+    if json {
+        let v: Vec<_> = recs
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "time": rfc3339_ms(r.time_ms),
+                    "time_ms": r.time_ms,
+                    "peer": r.peer.map(|k| k.to_id()),
+                    "peer_fingerprint": r.peer.map(|k| k.fingerprint()),
+                    "alias": r.peer.as_ref().and_then(alias),
+                    "action": r.action,
+                    "object": r.object,
+                    "outcome": r.outcome,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for r in &recs {
+            println!(
+                "{:<20}  {:<30}  {:<8}  {}  {}",
+                rfc3339_ms(r.time_ms).unwrap_or_else(|| "(time out of range)".into()),
+                r.peer
+                    .map_or_else(|| "-".to_owned(), |k| peer_label(&store, &k)),
+                r.action.as_str(),
+                escape(&r.object),
+                escape(&r.outcome),
+            );
+        }
+        if recs.is_empty() {
+            eprintln!("(the access log is empty)");
+        }
+    }
+    if damaged > 0 {
+        eprintln!(
+            "p2pfs: warning: {damaged} access-log record(s) could not be opened: cut short by a \
+             crash, altered, or sealed to a vault key replaced by `vault rekey`"
+        );
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! Everything p2pfs keeps on disk: the home directory, the node identity,
 //! the encrypted vault (format, index, staging, crash-safe commit, verify,
-//! rekey) and, later, the trust store.
+//! rekey), the trust store, the shares of vault objects with peers and the
+//! sealed access log.
 //!
 //! This module never touches the network. Layouts are specified in
 //! `docs/VAULT.md`; [`format`] encodes and decodes them, [`vault`] runs the
@@ -11,10 +12,12 @@ pub mod error;
 pub mod format;
 pub mod fsutil;
 pub mod home;
+pub mod log;
 pub mod partial;
 pub mod pin;
 pub mod remote;
 pub mod sent;
+pub mod shares;
 pub mod trust;
 pub mod vault;
 

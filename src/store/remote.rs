@@ -95,7 +95,7 @@ impl Vault {
     /// The vault header as stored (for the owner's devices: it holds the
     /// vault secret key sealed under the passphrase).
     pub fn header_bytes(&self) -> Result<Vec<u8>> {
-        fsutil::read_limited(&self.objects().with_file_name("header"), 4096)
+        fsutil::read_limited(&self.dir().join("header"), 4096)
     }
 }
 

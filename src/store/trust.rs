@@ -8,7 +8,8 @@
 //! * what the peer **calls itself** (its `Welcome` name): display only, it
 //!   never decides where a send goes;
 //! * the **addresses** (`host:port`) at which it proved that key;
-//! * what it may do here (receiver side: `send`, `get`).
+//! * what it may do here (receiver side: `send`, `get`, `owner`), and how
+//!   many bytes it may keep here (`quota`, for deposits).
 //!
 //! Everything in it is validated and bounded, so the file stays far below
 //! its own read limit whatever peers say or do. Errors say what to do.
@@ -38,6 +39,9 @@ pub const MAX_ALIASES: usize = 4;
 pub const MAX_ADDRESSES: usize = 8;
 /// Longest address pin: `[` + a 253-byte host + `]:` + a 5-digit port.
 pub const MAX_ADDRESS: usize = 262;
+/// The largest quota that can be set (1 EiB): far above any disk, and far
+/// below where byte counts could overflow.
+pub const MAX_QUOTA: u64 = 1 << 60;
 /// The largest file read back. The bounds above keep a full store at a
 /// few MiB, far below it (a unit test checks the worst case).
 const MAX_FILE: u64 = 16 << 20;
@@ -48,9 +52,10 @@ const MAX_FILE: u64 = 16 << 20;
 pub enum Capability {
     /// Send files into this node's vault.
     Send,
-    /// List and fetch what the owner shared with it (and its deposits).
+    /// Retrieve files from this node's vault that are shared with it.
     Get,
-    /// List and fetch everything in the vault: one of the owner's devices.
+    /// One of the owner's own devices: may retrieve from the vault as the
+    /// owner (it opens the sealed vault key with the passphrase typed there).
     Owner,
 }
 
@@ -103,6 +108,12 @@ pub enum TrustError {
         /// Why not.
         why: &'static str,
     },
+    /// A quota that cannot be set.
+    #[error("invalid quota: {why}")]
+    InvalidQuota {
+        /// Why not.
+        why: &'static str,
+    },
     /// One word names several keys (an alias and another key's id prefix,
     /// or a store edited by hand): never resolved by order.
     #[error("{}", ambiguous_message(word, keys))]
@@ -143,6 +154,8 @@ pub struct Peer {
     pub allow: Vec<Capability>,
     /// Addresses (`host:port`) at which this key answered, oldest first.
     pub addresses: Vec<String>,
+    /// How many bytes it may keep here (deposits); `None` = no quota set.
+    pub quota: Option<u64>,
 }
 
 impl Peer {
@@ -153,6 +166,7 @@ impl Peer {
             peer_name: None,
             allow: Vec::new(),
             addresses: Vec::new(),
+            quota: None,
         }
     }
 
@@ -182,6 +196,47 @@ pub fn validate_alias(alias: &str) -> std::result::Result<(), &'static str> {
     Ok(())
 }
 
+fn validate_quota(q: u64) -> std::result::Result<(), &'static str> {
+    if q > MAX_QUOTA {
+        return Err("a quota is at most 1 EiB (1152921504606846976 bytes)");
+    }
+    Ok(())
+}
+
+/// Parses a size as `trust add --quota` takes it: a number of bytes,
+/// optionally followed by a unit. `K`, `M`, `G`, `T` (and `KB`…, `KiB`…)
+/// are all powers of 1024: `500M` = `500MiB` = 524288000 bytes. Case and
+/// a space before the unit are ignored; at most [`MAX_QUOTA`].
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shown = text::escape(&text::bounded(t, 64));
+    let bad = || {
+        format!(
+            "{shown:?} is not a size: give bytes, or a number with K, M, G or T (powers of 1024; \
+             KiB, MiB, GiB, TiB also work), e.g. 500M or 2GiB"
+        )
+    };
+    if num.is_empty() {
+        return Err(bad());
+    }
+    let shift = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(bad()),
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let v = n
+        .checked_mul(1u64 << shift)
+        .filter(|v| validate_quota(*v).is_ok())
+        .ok_or_else(|| format!("{shown} is too large: a quota is at most 1 EiB"))?;
+    Ok(v)
+}
+
 fn validate_address(address: &str) -> std::result::Result<(), &'static str> {
     if address.is_empty() || address.len() > MAX_ADDRESS {
         return Err("an address pin is 1 to 262 bytes");
@@ -204,6 +259,8 @@ struct Record {
     allow: Vec<Capability>,
     #[serde(default)]
     addresses: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    quota: Option<u64>,
 }
 
 /// One entry as c3e3ae4 wrote it (version 1).
@@ -304,6 +361,7 @@ impl TrustStore {
                     peer_name: p.peer_name.clone(),
                     allow: p.allow.clone(),
                     addresses: p.addresses.clone(),
+                    quota: p.quota,
                 })
                 .collect(),
         };
@@ -337,6 +395,24 @@ impl TrustStore {
     /// True when `key` may do `cap` here.
     pub fn allows(&self, key: &PublicKey, cap: Capability) -> bool {
         self.get(key).is_some_and(|p| p.allow.contains(&cap))
+    }
+
+    /// The quota of `key` here in bytes, if one is set.
+    pub fn quota(&self, key: &PublicKey) -> Option<u64> {
+        self.get(key).and_then(|p| p.quota)
+    }
+
+    /// Sets (or, with `None`, clears) the quota of `key`, pinning the key.
+    pub fn set_quota(
+        &mut self,
+        key: &PublicKey,
+        quota: Option<u64>,
+    ) -> std::result::Result<(), TrustError> {
+        if let Some(q) = quota {
+            validate_quota(q).map_err(|why| TrustError::InvalidQuota { why })?;
+        }
+        self.entry(key)?.quota = quota;
+        Ok(())
     }
 
     /// Pins `key` (no rights, no alias) if it is not known yet.
@@ -487,12 +563,16 @@ fn from_v2(r: Record) -> std::result::Result<Peer, String> {
     {
         return bad("invalid or too many addresses");
     }
+    if r.quota.is_some_and(|q| validate_quota(q).is_err()) {
+        return bad("quota over 1 EiB");
+    }
     Ok(Peer {
         key,
         aliases: r.aliases,
         peer_name: r.peer_name,
         allow: r.allow,
         addresses: r.addresses,
+        quota: r.quota,
     })
 }
 
@@ -517,6 +597,7 @@ fn from_v1(r: RecordV1) -> std::result::Result<Peer, String> {
         peer_name: r.name.filter(|n| validate_node_name(n).is_ok()),
         allow: r.allow,
         addresses,
+        quota: None,
     })
 }
 
@@ -690,6 +771,83 @@ mod tests {
     }
 
     #[test]
+    fn sizes_parse_in_powers_of_1024() {
+        for (s, v) in [
+            ("123", 123),
+            ("0", 0),
+            ("500M", 500 << 20),
+            ("500MiB", 500 << 20),
+            ("500 mb", 500 << 20),
+            ("10G", 10 << 30),
+            ("1T", 1 << 40),
+            ("64KiB", 64 << 10),
+            ("64k", 64 << 10),
+            ("2GiB", 2 << 30),
+            ("7b", 7),
+            ("1048576T", 1 << 60),
+        ] {
+            assert_eq!(parse_size(s), Ok(v), "{s}");
+        }
+        for bad in [
+            "",
+            "M",
+            "-1",
+            "1.5G",
+            "10X",
+            "1 0",
+            "10GG",
+            "1e3",
+            "+5",
+            "1048577T",
+            "99999999999999999999",
+            "18446744073709551615T",
+            "5\u{1b}[2J",
+        ] {
+            let e = parse_size(bad).unwrap_err();
+            assert!(!e.contains('\u{1b}'), "{e}");
+        }
+    }
+
+    #[test]
+    fn quotas_and_the_owner_right_round_trip_and_are_bounded() {
+        let (d, mut s) = store();
+        let (a, b) = (key(), key());
+        s.trust(&a, &[Capability::Owner, Capability::Get]).unwrap();
+        s.set_quota(&a, Some(10 << 30)).unwrap();
+        s.pin_key(&b).unwrap();
+        assert!(matches!(
+            s.set_quota(&b, Some(MAX_QUOTA + 1)),
+            Err(TrustError::InvalidQuota { .. })
+        ));
+        s.save().unwrap();
+        let text = std::fs::read_to_string(d.path().join("peers.json")).unwrap();
+        assert!(text.contains("\"owner\"") && text.contains("\"quota\": 10737418240"));
+        let s = TrustStore::load(d.path()).unwrap();
+        assert_eq!(s.quota(&a), Some(10 << 30));
+        assert_eq!(s.quota(&b), None);
+        assert_eq!(s.quota(&key()), None);
+        assert!(s.allows(&a, Capability::Owner) && s.allows(&a, Capability::Get));
+        assert!(!s.allows(&a, Capability::Send));
+        // Files without the field load; one over the bound is refused.
+        let p = d.path().join("peers.json");
+        let f = serde_json::json!({"version": 2, "peers": [{"id": a.to_id(), "allow": ["get"]}]});
+        std::fs::write(&p, f.to_string()).unwrap();
+        assert_eq!(TrustStore::load(d.path()).unwrap().quota(&a), None);
+        for q in [
+            serde_json::json!(MAX_QUOTA + 1),
+            serde_json::json!(-1),
+            serde_json::json!("1G"),
+        ] {
+            let f = serde_json::json!({"version": 2, "peers": [{"id": a.to_id(), "quota": q}]});
+            std::fs::write(&p, f.to_string()).unwrap();
+            assert!(
+                matches!(TrustStore::load(d.path()), Err(StoreError::Corrupt { .. })),
+                "{q}"
+            );
+        }
+    }
+
+    #[test]
     fn address_pins_move_and_are_bounded() {
         let (_d, mut s) = store();
         let (a, b) = (key(), key());
@@ -713,7 +871,9 @@ mod tests {
         let name = "\"".repeat(64);
         for i in 0..MAX_PEERS {
             let k = key();
-            s.trust(&k, &[Capability::Send, Capability::Get]).unwrap();
+            s.trust(&k, &[Capability::Send, Capability::Get, Capability::Owner])
+                .unwrap();
+            s.set_quota(&k, Some(MAX_QUOTA)).unwrap();
             for j in 0..MAX_ALIASES {
                 let alias = format!("{i:04}{j}{}", "\"".repeat(59));
                 s.add_alias(&k, &alias).unwrap();

@@ -1,7 +1,10 @@
 //! The encrypted vault: storing objects without the passphrase, unlocking,
 //! reconciling the authenticated index, listing and resolving names by
-//! origin, export, removal, verification, passphrase change and crash-safe
-//! rekey (`docs/VAULT.md`, *Procedures*).
+//! origin, export, removal (with the object's shares), verification,
+//! passphrase change and crash-safe rekey (`docs/VAULT.md`, *Procedures*);
+//! the entry points of the access log ([`Vault::log`] appends without the
+//! passphrase, [`Unlocked::read_log`] reads), whose format is in
+//! [`super::log`].
 //!
 //! Storing takes a shared lock on `vault/lock`; anything unlocked takes it
 //! exclusively, so reconciliation never races a store in progress.
@@ -25,7 +28,9 @@ use super::{
     },
     fsutil,
     home::format_error,
+    log::{self, LogAction, LogRecord},
     pin::{self, Pin, PinKey},
+    shares::Shares,
 };
 use crate::crypto::{
     aead::{random_nonce, AeadKey, NONCE_LEN, TAG_LEN},
@@ -45,7 +50,8 @@ pub fn id_hex(id: &FileId) -> String {
     to_hex(id)
 }
 
-fn now_ms() -> u64 {
+/// Now, in unix milliseconds (0 before 1970).
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -438,6 +444,35 @@ impl Vault {
     /// The vault public key new objects are sealed to.
     pub fn public_key(&self) -> PublicKey {
         self.header.vault_pk
+    }
+
+    /// The vault directory (`HOME/vault`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The shares file (`HOME/vault/shares`, see [`Shares`]).
+    pub fn shares_path(&self) -> PathBuf {
+        self.dir.join("shares")
+    }
+
+    /// The current access-log file (`HOME/vault/log`).
+    pub fn log_path(&self) -> PathBuf {
+        log::log_path(&self.dir)
+    }
+
+    /// Appends one record to the access log, sealed to the key new objects
+    /// are sealed to (the one the pin allows); no passphrase needed.
+    pub fn log(&self, rec: &LogRecord) -> Result<()> {
+        self.log_all(std::slice::from_ref(rec))
+    }
+
+    /// Appends several records (one `write` each, one `fsync`).
+    pub fn log_all(&self, recs: &[LogRecord]) -> Result<()> {
+        if recs.is_empty() {
+            return Ok(());
+        }
+        log::append(&self.dir, &self.sealing_key()?, recs)
     }
 
     pub(crate) fn objects(&self) -> PathBuf {
@@ -1489,14 +1524,10 @@ impl Unlocked<'_> {
         }
     }
 
-    /// Decrypts an object into `out`, checking every chunk and the final
-    /// BLAKE3; returns the metadata.
-    pub fn decrypt_to(
-        &self,
-        id: &FileId,
-        out: &mut dyn Write,
-        progress: &mut dyn FnMut(u64),
-    ) -> Result<Metadata> {
+    /// Reads an object's envelope and opens it, checked against the
+    /// authenticated index: envelope digest, id, ciphertext digest and
+    /// metadata must all be what the index recorded.
+    fn open_indexed(&self, id: &FileId) -> Result<(EnvelopeBody, &Metadata)> {
         let (env_digest, ct, meta) = self.live(id)?;
         let name = meta.name.as_str();
         let ep = self.vault.env_path(id);
@@ -1511,6 +1542,25 @@ impl Unlocked<'_> {
         if &body.meta != meta || &env.ct_digest != ct || &env.id != id {
             return Err(self.damaged(id, name, "envelope does not match the index"));
         }
+        Ok((body, meta))
+    }
+
+    /// An object's file key and metadata (for sealing a share to a peer),
+    /// from its envelope checked against the index as for a decryption.
+    pub fn envelope_body(&self, id: &FileId) -> Result<EnvelopeBody> {
+        self.open_indexed(id).map(|(body, _)| body)
+    }
+
+    /// Decrypts an object into `out`, checking every chunk and the final
+    /// BLAKE3; returns the metadata.
+    pub fn decrypt_to(
+        &self,
+        id: &FileId,
+        out: &mut dyn Write,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Metadata> {
+        let (body, meta) = self.open_indexed(id)?;
+        let name = meta.name.as_str();
         let key = FileKey::from_secret(body.file_key.clone());
         let op = self.vault.obj_path(id);
         let f = File::open(&op).map_err(|e| self.damaged(id, name, format!("data file: {e}")))?;
@@ -1624,16 +1674,55 @@ impl Unlocked<'_> {
     }
 
     /// Removes an object: tombstone in the index first (the commit), then
-    /// the files.
+    /// the files, then its shares (each withdrawal logged).
     pub fn remove(&mut self, id: &FileId) -> Result<()> {
         let Some(rec) = self.records.iter_mut().find(|r| &r.id == id) else {
             return Err(StoreError::NotFound { query: id_hex(id) });
+        };
+        let name = match &rec.state {
+            RecordState::Live { meta, .. } => meta.name.clone(),
+            RecordState::Deleted => id_hex(id),
         };
         rec.state = RecordState::Deleted;
         self.save_index()?;
         fsutil::remove_if_exists(&self.vault.env_path(id))?;
         fsutil::remove_if_exists(&self.vault.obj_path(id))?;
-        fsutil::fsync_dir(&self.vault.objects())
+        fsutil::fsync_dir(&self.vault.objects())?;
+        let mut shares = Shares::load(&self.vault.dir)?;
+        let peers: Vec<PublicKey> = shares
+            .records()
+            .iter()
+            .filter(|r| &r.id == id)
+            .map(|r| r.peer)
+            .collect();
+        if peers.is_empty() {
+            return Ok(());
+        }
+        shares.remove_object(id);
+        shares.save()?;
+        let recs: Vec<LogRecord> = peers
+            .into_iter()
+            .map(|p| {
+                LogRecord::now(
+                    Some(p),
+                    LogAction::Unshare,
+                    &name,
+                    &format!("object {} removed from the vault", id_hex(id)),
+                )
+            })
+            .collect();
+        if let Err(e) = self.vault.log_all(&recs) {
+            // The object and its shares are gone; only the record is missing.
+            tracing::warn!("cannot write the access log: {e}");
+        }
+        Ok(())
+    }
+
+    /// Reads the access log (`log.1`, then `log`): the records this vault
+    /// key opens, and how many frames it could not (torn by a crash,
+    /// altered, or sealed to a vault key replaced by `vault rekey`).
+    pub fn read_log(&self) -> Result<(Vec<LogRecord>, usize)> {
+        log::read(&self.vault.dir, &[&self.keypair])
     }
 
     /// Full verification: reconciliation problems, ciphertext digests, and a
