@@ -2,6 +2,7 @@
 //! calls; progress bars (indicatif) and exit codes. No protocol or crypto
 //! logic lives here.
 
+mod get_cmd;
 mod passphrase;
 mod peers_cmd;
 mod progress;
@@ -133,6 +134,40 @@ enum Command {
         #[arg(long)]
         trust_new: bool,
     },
+    /// Fetch from a peer what it lets this node fetch (files it shared with this node,
+    /// everything when this node is one of its owner's devices): PEER NAME|ID|FOLDER [DEST].
+    /// Every chunk's MAC is checked before it is written, the BLAKE3 before a file is
+    /// published; interrupted fetches resume.
+    Get {
+        /// The peer (as for `send`).
+        peer: String,
+        /// A name, an id or unique id prefix, or a folder (see `p2pfs remote list PEER`).
+        what: String,
+        /// Destination file or folder (default: its name, here).
+        dest: Option<PathBuf>,
+        /// Store it encrypted in this node's vault instead of writing a plain file.
+        #[arg(long, conflicts_with = "dest")]
+        into_vault: bool,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+        /// Parallel QUIC data streams the peer may use.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16))]
+        streams: u16,
+        /// NDJSON events on stdout (as for `send`).
+        #[arg(long)]
+        json: bool,
+        /// Pin the key of a node met for the first time without asking.
+        #[arg(long)]
+        trust_new: bool,
+        /// Owner access: read the passphrase of the peer's vault from FILE (else
+        /// P2PFS_REMOTE_PASSPHRASE_FILE, P2PFS_REMOTE_PASSPHRASE, or the terminal).
+        #[arg(long, value_name = "FILE")]
+        remote_passphrase_file: Option<PathBuf>,
+    },
+    /// What a peer lets this node fetch.
+    #[command(subcommand)]
+    Remote(RemoteCmd),
     /// List the p2pfs nodes advertised on the LAN (mDNS).
     Peers {
         /// How long to listen, in seconds.
@@ -145,6 +180,25 @@ enum Command {
     /// Manage trusted peers and pinned keys.
     #[command(subcommand)]
     Trust(trust_cmd::TrustCmd),
+}
+
+/// `p2pfs remote …`.
+#[derive(clap::Subcommand)]
+enum RemoteCmd {
+    /// List what PEER lets this node fetch (names are opened here).
+    List {
+        /// The peer (as for `send`).
+        peer: String,
+        /// JSON output: an array of {id, name, size, kind, sealed, access, blake3, mtime}.
+        #[arg(long)]
+        json: bool,
+        /// Pin the key of a node met for the first time without asking.
+        #[arg(long)]
+        trust_new: bool,
+        /// Owner access: read the passphrase of the peer's vault from FILE.
+        #[arg(long, value_name = "FILE")]
+        remote_passphrase_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -308,6 +362,46 @@ fn run(cli: Cli) -> Result<()> {
             json,
             trust_new,
         } => send_cmd::run(&ctx, args, streams as usize, json, trust_new),
+        Command::Get {
+            peer,
+            what,
+            dest,
+            into_vault,
+            force,
+            streams,
+            json,
+            trust_new,
+            remote_passphrase_file,
+        } => get_cmd::get(
+            &ctx,
+            get_cmd::Common {
+                peer,
+                json,
+                trust_new,
+                remote_passphrase_file,
+            },
+            get_cmd::GetArgs {
+                what,
+                dest,
+                into_vault,
+                force,
+                streams: streams as usize,
+            },
+        ),
+        Command::Remote(RemoteCmd::List {
+            peer,
+            json,
+            trust_new,
+            remote_passphrase_file,
+        }) => get_cmd::remote_list(
+            &ctx,
+            get_cmd::Common {
+                peer,
+                json,
+                trust_new,
+                remote_passphrase_file,
+            },
+        ),
         Command::Peers { wait, json } => peers_cmd::run(&ctx, wait, json),
         Command::Trust(cmd) => trust_cmd::run(&ctx, cmd),
     }

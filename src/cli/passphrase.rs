@@ -40,9 +40,10 @@ pub struct Source<'a> {
 }
 
 /// The variables holding a passphrase itself (not a file name).
-const SECRET_VARS: [(&str, &CStr); 2] = [
+const SECRET_VARS: [(&str, &CStr); 3] = [
     ("P2PFS_PASSPHRASE", c"P2PFS_PASSPHRASE"),
     ("P2PFS_NEW_PASSPHRASE", c"P2PFS_NEW_PASSPHRASE"),
+    ("P2PFS_REMOTE_PASSPHRASE", c"P2PFS_REMOTE_PASSPHRASE"),
 ];
 
 /// Values of [`SECRET_VARS`] taken out of the environment, until used.
@@ -107,6 +108,17 @@ pub fn new_source(file: Option<&Path>) -> Source<'_> {
     }
 }
 
+/// The passphrase of a peer's vault, typed on this device for owner
+/// access (`get`, `remote list`).
+pub fn remote_source(file: Option<&Path>) -> Source<'_> {
+    Source {
+        file,
+        file_var: "P2PFS_REMOTE_PASSPHRASE_FILE",
+        var: "P2PFS_REMOTE_PASSPHRASE",
+        prompt: "Passphrase of the peer's vault",
+    }
+}
+
 fn from_file(path: &Path) -> Result<Passphrase> {
     let mut bytes = Zeroizing::new(
         std::fs::read(path)
@@ -147,7 +159,8 @@ pub fn get(src: &Source<'_>, purpose: Purpose) -> Result<Passphrase> {
     } else {
         bail!(
             "a passphrase is needed and there is no terminal to ask on: \
-             use --passphrase-file FILE, or set {} or {}",
+             use {} FILE, or set {} or {}",
+            if src.var == "P2PFS_REMOTE_PASSPHRASE" { "--remote-passphrase-file" } else { "--passphrase-file" },
             src.file_var,
             src.var
         );

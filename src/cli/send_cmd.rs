@@ -17,7 +17,7 @@ use p2pfs::{
     net::{
         client::{self as sender, item_for, SendOptions, Target},
         discovery::{self, Lookup, Resolved},
-        events::Event,
+        events::{Event, EventTx},
         KeyHint, NetError, DEFAULT_PORT,
     },
     store::trust::TrustStore,
@@ -128,7 +128,7 @@ async fn resolve(spec: &PeerSpec) -> Result<SocketAddr> {
         .with_context(|| format!("{label} resolves to no address"))
 }
 
-fn human(n: u64) -> String {
+pub(crate) fn human(n: u64) -> String {
     indicatif::HumanBytes(n).to_string()
 }
 
@@ -266,16 +266,16 @@ fn no_address() -> NetError {
 }
 
 /// Where to send, decided before anything is sent.
-struct Plan {
-    targets: Vec<Target>,
+pub(crate) struct Plan {
+    pub(crate) targets: Vec<Target>,
     /// A key new here: confirmed and pinned already, or given (pinned once
     /// the handshake proves it).
-    first_contact: bool,
+    pub(crate) first_contact: bool,
 }
 
 /// Decides the key the receiver must prove (`docs/PROTOCOL.md`,
 /// *Resolving a PEER argument* and *First contact*).
-async fn plan(
+pub(crate) async fn plan(
     ctx: &Ctx,
     identity: &Keypair,
     peer: PeerArg,
@@ -464,8 +464,47 @@ async fn send(
         targets,
         first_contact,
     } = plan(ctx, identity, peer, trust_new, json).await?;
+    let (tx, ui) = ui_task(json, ctx.quiet, first_contact, "sending");
+    let opts = SendOptions {
+        streams,
+        ..SendOptions::default()
+    };
+    let home = ctx.home.root();
+    let opts = &opts;
+    let (res, proven) = first_that_answers(&targets, tx, |t, tx| {
+        let items = items.clone();
+        async move { sender::send(identity, home, &t, items, opts, tx).await }
+    })
+    .await;
+    let _ = ui.await;
+    if let Some(p) = proven {
+        pin_proven(ctx.home.root(), &targets[p.target], p.name.as_deref());
+    }
+    let s = res?;
+    if !json && !ctx.quiet {
+        println!(
+            "sent {} file(s) to {} ({}): {} on the wire, {} already there (resumed); committed and verified by the receiver",
+            s.files,
+            text::escape(&s.peer_name),
+            s.peer.fingerprint(),
+            human(s.bytes_sent),
+            human(s.bytes_skipped)
+        );
+    }
+    Ok(())
+}
+
+
+/// The task that shows a transfer's events: progress bars and failure
+/// lines on a terminal, or NDJSON events (`--json`). Ends when every
+/// sender of the channel is gone.
+pub(crate) fn ui_task(
+    json: bool,
+    quiet: bool,
+    first_contact: bool,
+    verb: &'static str,
+) -> (EventTx, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let quiet = ctx.quiet;
     let ui = tokio::spawn(async move {
         let mut pb = None;
         let mut last = std::time::Instant::now() - Duration::from_secs(1);
@@ -484,7 +523,7 @@ async fn send(
                     }
                 }
                 Event::Start { bytes, skipped, .. } => {
-                    let b = progress::bytes(bytes, quiet, "sending");
+                    let b = progress::bytes(bytes, quiet, verb);
                     b.set_position(skipped);
                     pb = Some(b);
                 }
@@ -518,34 +557,14 @@ async fn send(
             }
         }
     });
-    let opts = SendOptions {
-        streams,
-        ..SendOptions::default()
-    };
-    let (res, proven) = send_to_first(identity, ctx.home.root(), &targets, items, &opts, tx).await;
-    let _ = ui.await;
-    if let Some(p) = proven {
-        pin_proven(ctx.home.root(), &targets[p.target], p.name.as_deref());
-    }
-    let s = res?;
-    if !json && !ctx.quiet {
-        println!(
-            "sent {} file(s) to {} ({}): {} on the wire, {} already there (resumed); committed and verified by the receiver",
-            s.files,
-            text::escape(&s.peer_name),
-            s.peer.fingerprint(),
-            human(s.bytes_sent),
-            human(s.bytes_skipped)
-        );
-    }
-    Ok(())
+    (tx, ui)
 }
 
 /// After the handshake proved `t.expected` at `t.addr`: pins the address
 /// to it (and the key, when it was given and new here), and records what
 /// it calls itself (display only). A failure here is only a warning: the
 /// transfer's outcome stands.
-fn pin_proven(home: &Path, t: &Target, peer_name: Option<&str>) {
+pub(crate) fn pin_proven(home: &Path, t: &Target, peer_name: Option<&str>) {
     let pinned = (|| -> Result<bool> {
         let mut trust = TrustStore::load(home)?;
         let new = trust.get(&t.expected).is_none();
@@ -621,26 +640,27 @@ fn targets_of(r: &Resolved, word: &str, given: bool) -> Vec<Target> {
 
 /// The target whose key the handshake proved, and the name it welcomed us
 /// with.
-struct Proven {
-    target: usize,
-    name: Option<String>,
+pub(crate) struct Proven {
+    pub(crate) target: usize,
+    pub(crate) name: Option<String>,
 }
 
 /// Sends to the first target that authenticates: a target that fails before
 /// the receiver welcomed us (unreachable, wrong key, failed handshake) makes
 /// way for the next. When all fail, a key mismatch is what is reported.
-async fn send_to_first(
-    identity: &Keypair,
-    home: &Path,
+pub(crate) async fn first_that_answers<T, F, Fut>(
     targets: &[Target],
-    items: Vec<sender::Item>,
-    opts: &SendOptions,
-    ui: p2pfs::net::events::EventTx,
-) -> (Result<sender::Summary, NetError>, Option<Proven>) {
+    ui: EventTx,
+    mut op: F,
+) -> (Result<T, NetError>, Option<Proven>)
+where
+    F: FnMut(Target, EventTx) -> Fut,
+    Fut: std::future::Future<Output = Result<T, NetError>>,
+{
     let mut key_changed = None;
     for (i, target) in targets.iter().enumerate() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let send = sender::send(identity, home, target, items.clone(), opts, tx);
+        let send = op(target.clone(), tx);
         tokio::pin!(send);
         let mut welcomed = None;
         let mut forward = |ev: Event| {

@@ -638,13 +638,19 @@ pub async fn get(
     identity: &Keypair,
     target: &Target,
     ids: Vec<FileId>,
+    streams: usize,
     opener: &mut dyn Opener,
     to: PullTo,
     events: EventTx,
 ) -> Result<Pulled, NetError> {
     let (mut a, peer_name) = open_session(identity, target, &events).await?;
     let peer = a.link.peer();
-    a.link.send_msg(&Msg::Fetch { ids: ids.clone() }).await?;
+    a.link
+        .send_msg(&Msg::Fetch {
+            ids: ids.clone(),
+            streams: streams.clamp(1, wire::MAX_STREAMS) as u8,
+        })
+        .await?;
     let (header, served) = match a
         .link
         .next_msg(Duration::from_secs(120), "waiting for the peer to serve")

@@ -43,8 +43,11 @@ use crate::{
     store::{
         home::{Home, Identity},
         partial::{Slot, StagingKey},
+        format::Kind,
+        log::{LogAction, LogRecord},
+        shares::Shares,
         trust::{Capability, TrustStore},
-        vault::Vault,
+        vault::{id_hex, Vault},
     },
     text,
 };
@@ -259,6 +262,11 @@ async fn handle(
             peer,
             reason: "not trusted (use `p2pfs trust add`)".into(),
         });
+        let c = ctx.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            log(&c, peer, LogAction::Refused, "connection", "not trusted")
+        })
+        .await;
         close_with(&link.conn, close::REFUSED, "untrusted");
         return Ok(());
     }
@@ -314,6 +322,17 @@ async fn handle(
     result
 }
 
+/// Records what a peer did in the sealed access log (best effort: a log
+/// that cannot be written never stops serving, but says so).
+fn log(ctx: &ServerCtx, peer: PublicKey, action: LogAction, object: &str, outcome: &str) {
+    if let Err(e) = ctx
+        .vault
+        .log(&LogRecord::now(Some(peer), action, object, outcome))
+    {
+        warn!("cannot write the access log: {e}");
+    }
+}
+
 /// Whether `peer` is one of the owner's devices.
 fn owner_allowed(trust: &TrustStore, peer: &PublicKey) -> bool {
     trust.allows(peer, Capability::Owner)
@@ -341,6 +360,12 @@ async fn request(
                 peer,
                 reason: format!("{} not allowed", first.kind()),
             });
+            let c = ctx.clone();
+            let kind = first.kind();
+            let _ = tokio::task::spawn_blocking(move || {
+                log(&c, peer, LogAction::Refused, kind, "not allowed")
+            })
+            .await;
             return Err(link.refuse(code, message).await);
         }
     };
@@ -357,7 +382,9 @@ async fn request(
             .await
         }
         (Request::List, _) => list(ctx, link, rights).await,
-        (Request::Fetch(ids), _) => serve_fetch(ctx, link, rights, transfer, ids).await,
+        (Request::Fetch(ids, streams), _) => {
+            serve_fetch(ctx, link, rights, transfer, ids, streams).await
+        }
         _ => Err(NetError::Protocol("request mismatch".into())),
     }
 }
@@ -367,10 +394,31 @@ async fn request(
 fn fetchable(
     ctx: &ServerCtx,
     rights: Rights,
+    peer: PublicKey,
 ) -> Result<(Option<Vec<u8>>, Vec<RemoteFile>), NetError> {
     let vault = ctx.vault;
     let mut files = Vec::new();
     let mut header = None;
+    if rights.get && !rights.owner {
+        let shares = Shares::load(vault.dir())?;
+        for r in shares.for_peer(&peer) {
+            match vault.stored_object(&r.id) {
+                Ok(o) => files.push(RemoteFile {
+                    id: r.id,
+                    kind: match r.kind {
+                        Kind::File => EntryKind::File,
+                        Kind::Dir => EntryKind::Dir,
+                    },
+                    size: o.size,
+                    chunk_size: o.chunk_size,
+                    access: Access::Share,
+                    key: r.blob.clone(),
+                }),
+                // Shared, then removed: no longer there to fetch.
+                Err(e) => debug!("a shared object is not served: {e}"),
+            }
+        }
+    }
     if rights.owner {
         header = Some(vault.header_bytes()?);
         for id in vault.object_ids()? {
@@ -396,7 +444,7 @@ fn fetchable(
 async fn list(ctx: &Arc<ServerCtx>, link: &mut Link, rights: Rights) -> Result<(), NetError> {
     let peer = link.peer();
     let c = ctx.clone();
-    let (header, files) = tokio::task::spawn_blocking(move || fetchable(&c, rights))
+    let (header, files) = tokio::task::spawn_blocking(move || fetchable(&c, rights, peer))
         .await
         .map_err(|e| NetError::Protocol(format!("listing failed: {e}")))??;
     let n = files.len();
@@ -419,6 +467,11 @@ async fn list(ctx: &Arc<ServerCtx>, link: &mut Link, rights: Rights) -> Result<(
         .await?;
     }
     let _ = ctx.events.send(ServerEvent::Listed { peer, files: n });
+    let c = ctx.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        log(&c, peer, LogAction::List, "", &format!("{n} item(s) listed"))
+    })
+    .await;
     let _ = link
         .next_msg(Duration::from_secs(10), "waiting for the end")
         .await;
@@ -434,11 +487,12 @@ async fn serve_fetch(
     rights: Rights,
     transfer: TransferGuard,
     ids: Vec<FileId>,
+    streams: usize,
 ) -> Result<(), NetError> {
     let _transfer = transfer;
     let peer = link.peer();
     let c = ctx.clone();
-    let (header, mut files) = tokio::task::spawn_blocking(move || fetchable(&c, rights))
+    let (header, mut files) = tokio::task::spawn_blocking(move || fetchable(&c, rights, peer))
         .await
         .map_err(|e| NetError::Protocol(format!("listing failed: {e}")))??;
     if let Err(Refusal { code, message }) =
@@ -448,6 +502,12 @@ async fn serve_fetch(
             peer,
             reason: "fetch of objects not available to it".into(),
         });
+        let c = ctx.clone();
+        let what = ids.iter().map(id_hex).collect::<Vec<_>>().join(" ");
+        let _ = tokio::task::spawn_blocking(move || {
+            log(&c, peer, LogAction::Refused, &what, "fetch of objects not available to it")
+        })
+        .await;
         return Err(link.refuse(code, message).await);
     }
     let mut served = Vec::with_capacity(ids.len());
@@ -513,13 +573,32 @@ async fn serve_fetch(
     let ran = source::run(
         link,
         sending,
-        wire::MAX_STREAMS / 4,
+        streams,
         0,
         false,
         server_reporter(ctx, peer),
     )
     .await?;
     let ok = ran.outcomes.iter().filter(|o| **o == Outcome::Ok).count();
+    let records: Vec<LogRecord> = ids
+        .iter()
+        .zip(&ran.outcomes)
+        .map(|(id, o)| {
+            let outcome = match o {
+                Outcome::Ok => "sent, verified by the peer".to_string(),
+                Outcome::Failed(why) => format!("failed: {why}"),
+                Outcome::Pending => "not completed".to_string(),
+            };
+            LogRecord::now(Some(peer), LogAction::Get, &id_hex(id), &outcome)
+        })
+        .collect();
+    let vault = ctx.vault;
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Err(e) = vault.log_all(&records) {
+            warn!("cannot write the access log: {e}");
+        }
+    })
+    .await;
     let _ = ctx.events.send(ServerEvent::Served {
         peer,
         files: ok,
@@ -535,7 +614,7 @@ fn stored_of(ctx: &ServerCtx, f: &RemoteFile) -> Stored {
         path: ctx.vault.data_path(&f.id),
         size: f.size,
         chunk_size: f.chunk_size,
-        label: format!("object {}", crate::store::vault::id_hex(&f.id)),
+        label: format!("object {}", id_hex(&f.id)),
     }
 }
 

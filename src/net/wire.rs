@@ -174,6 +174,8 @@ pub enum Msg {
     Fetch {
         /// Object ids, each at most once.
         ids: Vec<FileId>,
+        /// Data streams the server may open (1 ..= 16).
+        streams: u8,
     },
     /// Server → client: the objects of a `Fetch`, in its order; then the
     /// transfer runs as a push the other way (`Plan`, chunks, results).
@@ -305,8 +307,9 @@ impl Msg {
                 for p in files {
                     match p {
                         FilePlan::Reject { reason } => bounded_text(reason, "rejection reason")?,
+                        // Empty in a pull: the source needs no key.
                         FilePlan::Resume { sealed_key, .. }
-                            if sealed_key.len() != SEALED_KEY_LEN =>
+                            if !sealed_key.is_empty() && sealed_key.len() != SEALED_KEY_LEN =>
                         {
                             return Err(invalid("sealed key length"))
                         }
@@ -330,7 +333,10 @@ impl Msg {
                 }
                 Ok(())
             }
-            Msg::Fetch { ids } => {
+            Msg::Fetch { ids, streams } => {
+                if !(1..=MAX_STREAMS).contains(&usize::from(*streams)) {
+                    return Err(invalid("number of data streams"));
+                }
                 if ids.is_empty() || ids.len() > MAX_FILES {
                     return Err(invalid("number of requested objects"));
                 }

@@ -40,7 +40,7 @@ pub enum Request {
     /// List what the peer may fetch.
     List,
     /// Send these objects (this node is the source).
-    Fetch(Vec<FileId>),
+    Fetch(Vec<FileId>, usize),
 }
 
 /// A refusal: its code and the message the peer is shown.
@@ -73,7 +73,9 @@ pub fn decide(first: &Msg, rights: Rights) -> Result<Request, Refusal> {
             message: "this node does not let you send to it".into(),
         }),
         Msg::List if rights.get || rights.owner => Ok(Request::List),
-        Msg::Fetch { ids } if rights.get || rights.owner => Ok(Request::Fetch(ids.clone())),
+        Msg::Fetch { ids, streams } if rights.get || rights.owner => {
+            Ok(Request::Fetch(ids.clone(), usize::from(*streams)))
+        }
         Msg::List | Msg::Fetch { .. } => Err(no_access()),
         other => Err(Refusal {
             code: RefuseCode::BadOffer,
@@ -391,7 +393,10 @@ mod tests {
             chunk_size: 1 << 20,
             files: vec![],
         };
-        let fetch = Msg::Fetch { ids: vec![[0; 16]] };
+        let fetch = Msg::Fetch {
+            ids: vec![[0; 16]],
+            streams: 4,
+        };
         let none = Rights::default();
         let sender = Rights {
             send: true,
@@ -406,7 +411,7 @@ mod tests {
         assert_eq!(decide(&offer, sender), Ok(Request::Push));
         assert!(decide(&offer, getter).is_err());
         assert_eq!(decide(&Msg::List, getter), Ok(Request::List));
-        assert_eq!(decide(&fetch, getter), Ok(Request::Fetch(vec![[0; 16]])));
+        assert_eq!(decide(&fetch, getter), Ok(Request::Fetch(vec![[0; 16]], 4)));
         // Without get or owner, a list and a fetch are refused with the
         // one message that says nothing of the vault.
         for m in [&Msg::List, &fetch] {

@@ -1,0 +1,324 @@
+//! Retrieval over the real binary and real QUIC on loopback: `get` of
+//! shared files and folders, owner access with the passphrase typed on the
+//! fetching side, refusals that reveal nothing, resume after kill -9 of
+//! either end, `--into-vault`, and the access log (issue 8).
+
+mod util;
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use util::*;
+
+#[derive(Deserialize, Debug)]
+struct Remote {
+    id: String,
+    name: String,
+    size: u64,
+    kind: String,
+    sealed: bool,
+    access: String,
+    blake3: String,
+}
+
+#[derive(Deserialize, Debug)]
+struct LogLine {
+    peer: Option<String>,
+    action: String,
+    object: String,
+    outcome: String,
+}
+
+/// A serving node `a` that trusts `b` with `allow`, and `b` pinned to it.
+fn pair_serving(allow: &str) -> (Node, Node, Serving) {
+    let (a, b) = Node::pair();
+    a.init("a");
+    b.init("b");
+    let bid = b.id();
+    a.run(["trust", "add", &bid.id, "--name", "bee", "--allow", allow])
+        .ok();
+    let s = Serving::start(&a, &[]);
+    (a, b, s)
+}
+
+fn at(a: &Node, s: &Serving) -> String {
+    format!("{}@{}", a.id().id, s.addr())
+}
+
+fn remote_list(b: &Node, peer: &str) -> Vec<Remote> {
+    let mut v: Vec<Remote> = b
+        .run(["remote", "list", peer, "--json"])
+        .ok()
+        .json();
+    v.sort_by(|x, y| x.name.cmp(&y.name));
+    v
+}
+
+fn log_of(a: &Node) -> Vec<LogLine> {
+    a.run(["vault", "log", "--json"]).ok().json()
+}
+
+#[test]
+fn a_shared_file_and_folder_come_back_identical_and_verified() {
+    let (a, b, s) = pair_serving("send,get");
+    let one = write_random(&a.path("report.pdf"), 3 << 20);
+    let x = write_random(&a.path("photos/x.jpg"), 200_000);
+    let y = write_random(&a.path("photos/trip/y.jpg"), 1);
+    write_bytes(&a.path("private.txt"), b"not shared");
+    a.import(&["report.pdf", "photos", "private.txt"]);
+    a.run(["vault", "share", "report.pdf", "bee"]).ok();
+    a.run(["vault", "share", "photos", "bee"]).ok();
+    let peer = at(&a, &s);
+
+    // What b may fetch, with names opened on b.
+    let list = remote_list(&b, &peer);
+    let names: Vec<&str> = list.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["photos/trip/y.jpg", "photos/x.jpg", "report.pdf"]);
+    for r in &list {
+        assert!(!r.sealed && r.access == "share" && r.kind == "file" && r.id.len() == 32);
+    }
+    assert_eq!(list[2].size, 3 << 20);
+    assert_eq!(list[2].blake3, one);
+
+    // One file, to a chosen name.
+    b.run(["get", &peer, "report.pdf", "got.pdf"]).ok();
+    assert_eq!(blake3_file(&b.path("got.pdf")), one);
+    // Never over an existing file without --force.
+    b.run(["get", &peer, "report.pdf", "got.pdf"]).code_is(7);
+    b.run(["get", &peer, "report.pdf", "got.pdf", "--force"])
+        .ok();
+    // A folder keeps its structure.
+    b.run(["get", &peer, "photos", "album"]).ok();
+    assert_eq!(blake3_file(&b.path("album/x.jpg")), x);
+    assert_eq!(blake3_file(&b.path("album/trip/y.jpg")), y);
+    // By id prefix.
+    b.run(["get", &peer, &list[1].id[..10], "byid.jpg"]).ok();
+    assert_eq!(blake3_file(&b.path("byid.jpg")), x);
+    // Nothing but ciphertext passed through b's home.
+    assert!(files_containing(&b.home, b"not shared").is_empty());
+    s.stop();
+}
+
+#[test]
+fn into_vault_stores_the_file_encrypted_with_its_name_and_origin() {
+    let (a, b, s) = pair_serving("get");
+    let h = write_random(&a.path("keep.bin"), 1 << 20);
+    a.import(&["keep.bin"]);
+    a.run(["vault", "share", "keep.bin", "bee"]).ok();
+    b.run(["get", &at(&a, &s), "keep.bin", "--into-vault"]).ok();
+    assert!(!b.path("keep.bin").exists(), "no plain file");
+    let e = b.entry("keep.bin");
+    assert_eq!(e.blake3, h);
+    b.export("keep.bin", "out.bin");
+    assert_eq!(blake3_file(&b.path("out.bin")), h);
+    s.stop();
+}
+
+#[test]
+fn an_owner_device_fetches_everything_with_the_passphrase_typed_there() {
+    let (a, b, s) = pair_serving("owner");
+    let h = write_random(&a.path("notes/plan.txt"), 70_000);
+    a.import(&["notes"]);
+    let peer = at(&a, &s);
+    let pass_file = b.path("a-pass");
+    std::fs::write(&pass_file, a.passphrase.as_deref().unwrap()).unwrap();
+    let pf = pass_file.to_str().unwrap();
+    // Without the passphrase of a's vault there is nothing to open.
+    b.run(["remote", "list", &peer, "--json"]).code_is(1);
+    let wrong = b.path("wrong");
+    std::fs::write(&wrong, "not it").unwrap();
+    b.run([
+        "remote",
+        "list",
+        &peer,
+        "--remote-passphrase-file",
+        wrong.to_str().unwrap(),
+    ])
+    .code_is(3);
+    let list: Vec<Remote> = b
+        .run(["remote", "list", &peer, "--json", "--remote-passphrase-file", pf])
+        .ok()
+        .json();
+    assert_eq!(list.len(), 1);
+    assert_eq!((list[0].name.as_str(), list[0].access.as_str()), ("notes/plan.txt", "owner"));
+    b.run(["get", &peer, "notes", "--remote-passphrase-file", pf])
+        .ok();
+    assert_eq!(blake3_file(&b.path("notes/plan.txt")), h);
+    // The daemon never needed a's passphrase: it was started without one.
+    s.stop();
+}
+
+#[test]
+fn refusals_reveal_nothing_and_write_nothing() {
+    let (a, b, s) = pair_serving("send");
+    let c = Node::new();
+    c.init("c");
+    write_random(&a.path("shared.bin"), 1000);
+    write_random(&a.path("secret.bin"), 1000);
+    a.import(&["shared.bin", "secret.bin"]);
+    let peer = at(&a, &s);
+    let ids: Vec<String> = a.list().iter().map(|e| e.id.clone()).collect();
+
+    // An untrusted node: refused before anything, list and get alike.
+    let r = c.run(["remote", "list", &peer, "--json"]).code_is(11);
+    assert!(r.all().contains("does not trust you"), "{}", r.all());
+    c.run(["get", &peer, &ids[0]]).code_is(11);
+    // Trusted to send, not to get: the same answer whether the vault is
+    // full or empty.
+    let full = b.run(["remote", "list", &peer]).code_is(11).all();
+    let empty_node = Node::new();
+    empty_node.init("empty");
+    empty_node
+        .run(["trust", "add", &b.id().id, "--allow", "send"])
+        .ok();
+    let s2 = Serving::start(&empty_node, &[]);
+    let empty = b
+        .run(["remote", "list", &format!("{}@{}", empty_node.id().id, s2.addr())])
+        .code_is(11)
+        .all();
+    let error = |t: &str| {
+        t.lines()
+            .find(|l| l.starts_with("p2pfs: error:"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(error(&full).contains("lets you fetch nothing"), "{full}");
+    assert_eq!(error(&full), error(&empty));
+    s2.stop();
+    // A `get` peer asking for what is not shared with it (or does not
+    // exist) gets the same refusal, and nothing is written.
+    a.run(["trust", "add", &b.id().id, "--allow", "send,get"]).ok();
+    a.run(["vault", "share", "shared.bin", "bee"]).ok();
+    assert_eq!(remote_list(&b, &peer).len(), 1);
+    let secret = a.entry("secret.bin").id;
+    let before = snapshot(&b.home);
+    b.run(["get", &peer, &secret]).code_is(9);
+    assert_eq!(snapshot(&b.home), before);
+    assert!(!b.path("secret.bin").exists());
+    let log = log_of(&a);
+    let bid = b.id().id;
+    assert!(
+        log.iter()
+            .any(|l| l.action == "refused" && l.peer.as_deref() == Some(bid.as_str())),
+        "{log:?}"
+    );
+    assert!(log
+        .iter()
+        .any(|l| l.action == "refused" && l.peer.as_deref() == Some(c.id().id.as_str())));
+    s.stop();
+}
+
+/// A hand-built fetch of an unshared id is refused by the server itself
+/// (the client's listing is not what protects it).
+#[test]
+fn the_server_refuses_a_fetch_of_an_unshared_id() {
+    let (a, b, s) = pair_serving("get");
+    write_random(&a.path("shared.bin"), 1000);
+    write_random(&a.path("secret.bin"), 1000);
+    a.import(&["shared.bin", "secret.bin"]);
+    a.run(["vault", "share", "shared.bin", "bee"]).ok();
+    let secret = a.entry("secret.bin").id;
+    let listed = remote_list(&b, &at(&a, &s));
+    assert!(listed.iter().all(|r| r.id != secret));
+    let r = hostile_fetch(&b, &a, &s, &secret);
+    assert!(r.contains("not available to you"), "{r}");
+    let log = log_of(&a);
+    assert!(log.iter().any(|l| l.action == "refused" && l.object.contains(&secret)));
+    s.stop();
+}
+
+/// Sends a `Fetch` for `id` as `b` through the library and returns the
+/// refusal's text.
+fn hostile_fetch(b: &Node, a: &Node, s: &Serving, id: &str) -> String {
+    use p2pfs::{
+        crypto::{from_hex, keys::Keypair},
+        net::{
+            client::{self, Target},
+            wire::Msg,
+            KeyHint,
+        },
+        store::home::Home,
+    };
+    let me: Keypair = Home::new(&b.home).load_identity().unwrap().keypair;
+    let a_id = p2pfs::crypto::keys::PublicKey::parse_id(&a.id().id).unwrap();
+    let addr = s.addr().parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let t = Target {
+            addr,
+            label: s.addr(),
+            expected: a_id,
+            hint: KeyHint::Given,
+        };
+        let mut c = client::connect(&me, &t).await.unwrap();
+        c.welcome().await.unwrap();
+        let id: [u8; 16] = from_hex(id).unwrap();
+        c.link
+            .send_msg(&Msg::Fetch {
+                ids: vec![id],
+                streams: 4,
+            })
+            .await
+            .unwrap();
+        match c.link.next_msg(Duration::from_secs(10), "answer").await {
+            Ok(Msg::Refused { message, .. }) => message,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    })
+}
+
+fn staged(n: &Node) -> usize {
+    n.staging_files().len()
+}
+
+fn get_until(b: &Node, peer: &str, what: &str, dest: &str, total: u64, fraction: f64) -> Proc {
+    let mut p = b.spawn(["get", peer, what, dest, "--json"]);
+    let want = (total as f64 * fraction) as u64;
+    let ok = wait_until(Duration::from_secs(60), || {
+        events(&p.stdout_now())
+            .iter()
+            .filter_map(|e| e["bytes_done"].as_u64())
+            .any(|d| d >= want)
+    });
+    assert!(ok, "no progress: {}\n{}", p.stdout_now(), p.stderr_now());
+    let _ = p.try_wait();
+    p
+}
+
+#[test]
+fn an_interrupted_get_resumes_after_kill_9_of_the_client_or_the_server() {
+    let (a, b, s) = pair_serving("get");
+    let total = 256u64 << 20;
+    let h = write_random(&a.path("big.bin"), total);
+    a.import(&["big.bin"]);
+    a.run(["vault", "share", "big.bin", "bee"]).ok();
+    let peer = at(&a, &s);
+
+    // The client dies: what arrived stays (ciphertext only), no plain file.
+    let p = get_until(&b, &peer, "big.bin", "big.out", total, 0.3);
+    p.kill9();
+    assert!(!b.path("big.out").exists());
+    assert!(staged(&b) > 0, "a partial stays");
+    let marker = std::fs::read(a.path("big.bin")).unwrap();
+    assert!(
+        files_containing(&b.home, &marker[1000..1064]).is_empty(),
+        "no plaintext in b's home"
+    );
+    // The server dies too, later in the second attempt.
+    let port = s.port;
+    let p = get_until(&b, &peer, "big.bin", "big.out", total, 0.6);
+    s.kill9();
+    let _ = p.finish();
+    assert!(!b.path("big.out").exists());
+    let s = Serving::start_on(&a, port, &[]);
+    let r = b.run(["get", &peer, "big.bin", "big.out", "--json"]).ok();
+    let evs = events(&r.all());
+    let skipped = event(&evs, "start").unwrap()["bytes_skipped"].as_u64().unwrap();
+    assert!(skipped >= total / 2, "resumed from {skipped}");
+    assert_eq!(blake3_file(&b.path("big.out")), h);
+    assert_eq!(staged(&b), 0, "the partial is gone once published");
+    let log = log_of(&a);
+    assert!(log.iter().any(|l| l.action == "get" && l.outcome.contains("verified")));
+    s.stop();
+}
+
