@@ -134,6 +134,12 @@ impl Vault {
         Ok(files)
     }
 
+    /// True when `deposits/` holds any deposit file (committed or not).
+    pub(crate) fn has_deposit_files(&self) -> Result<bool> {
+        let f = self.deposit_files()?;
+        Ok(!f.dep.is_empty() || !f.other.is_empty())
+    }
+
     /// Reads one committed deposit's record.
     pub fn deposit(&self, id: &FileId) -> Result<Deposit> {
         let p = self.deposit_file(id, "dep");

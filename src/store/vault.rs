@@ -557,10 +557,10 @@ impl Vault {
         Ok(s)
     }
 
-    /// True when any object (or leftover) is stored.
+    /// True when any object, deposit (or leftover of either) is stored.
     pub fn has_objects(&self) -> Result<bool> {
         let s = self.scan()?;
-        Ok(!s.env.is_empty() || !s.obj.is_empty())
+        Ok(!s.env.is_empty() || !s.obj.is_empty() || self.has_deposit_files()?)
     }
 
     /// Starts storing a new object of `size` bytes (see [`ObjectWriter`]).
