@@ -1041,32 +1041,168 @@ fn store_as_daemon(n: &Node, name: &str, data: &[u8], tweak: impl FnOnce(&mut Me
     let vault = Vault::open(&n.vault()).unwrap();
     let id: FileId = p2pfs::crypto::random().unwrap();
     let key = FileKey::generate().unwrap();
-    let (size, cs) = (data.len() as u64, 4096u32);
-    let count = chunk_count(size, cs);
-    let mut w = vault.writer(id, size, cs).unwrap();
-    let mut at = 0;
-    for i in 0..count {
-        let len = chunk_plain_len(size, cs, i);
-        let sealed = key
-            .seal_chunk(&id, i, i + 1 == count, &data[at..at + len])
-            .unwrap();
-        w.write_chunk(i, &sealed).unwrap();
-        at += len;
+    let mut w = vault.writer(id, data.len() as u64, 4096).unwrap();
+    for (i, sealed) in seal_chunks(&id, &key, data).iter().enumerate() {
+        w.write_chunk(i as u64, sealed).unwrap();
     }
-    let mut meta = Metadata {
+    let mut meta = test_meta(name, data);
+    tweak(&mut meta);
+    w.commit(key.secret(), &meta).unwrap();
+    hex::encode(id)
+}
+
+/// `data` as sealed chunks of 4096 bytes under `key`, for object `id`.
+fn seal_chunks(id: &FileId, key: &FileKey, data: &[u8]) -> Vec<Vec<u8>> {
+    let size = data.len() as u64;
+    let count = chunk_count(size, 4096);
+    let mut at = 0;
+    (0..count)
+        .map(|i| {
+            let len = chunk_plain_len(size, 4096, i);
+            at += len;
+            key.seal_chunk(id, i, i + 1 == count, &data[at - len..at])
+                .unwrap()
+        })
+        .collect()
+}
+
+/// The metadata of a stored test file named `name` holding `data`.
+fn test_meta(name: &str, data: &[u8]) -> Metadata {
+    Metadata {
         kind: Kind::File,
-        size,
-        chunk_size: cs,
+        size: data.len() as u64,
+        chunk_size: 4096,
         blake3: *blake3::hash(data).as_bytes(),
         added_ms: 1_700_000_000_000,
         mtime: 1_700_000_000,
         mode: 0o644,
         origin: None,
         name: name.into(),
+    }
+}
+
+// ---------------------------------------------------------------- sealed deposits
+
+/// Stores `data` in `n`'s vault as a sealed deposit of `depositor`, the way
+/// a receiving daemon does (a keyless partial, then `finish_deposit`): its
+/// chunks sealed under a file key only the envelope holds, the envelope
+/// sealed to `to` (the depositor's own vault key). Returns the id.
+fn deposit_as_daemon(n: &Node, depositor: &PublicKey, to: &PublicKey, data: &[u8]) -> String {
+    use p2pfs::store::{
+        partial::{PartialMeta, Slot, SEALED_KEY_LEN},
+        vault::seal_envelope,
     };
-    tweak(&mut meta);
-    w.commit(key.secret(), &meta).unwrap();
+    let vault = Vault::open(&n.vault()).unwrap();
+    let id: FileId = p2pfs::crypto::random().unwrap();
+    let key = FileKey::generate().unwrap();
+    let mut p = vault
+        .start_partial(PartialMeta {
+            slot: Slot(id),
+            version: [0; 32],
+            file_id: id,
+            size: data.len() as u64,
+            chunk_size: 4096,
+            sealed_key: None,
+        })
+        .unwrap();
+    p.set_sealed_key(vec![7; SEALED_KEY_LEN]);
+    let mut leaves = Vec::new();
+    for (i, sealed) in seal_chunks(&id, &key, data).into_iter().enumerate() {
+        let leaf = p2pfs::crypto::chunk::sealed_chunk_hash(&sealed);
+        leaves.push(leaf);
+        p.write_chunk(i as u64, sealed, leaf).unwrap();
+    }
+    let meta = test_meta("Deposited-Secret-Name.txt", data);
+    let ct = p2pfs::crypto::chunk::ct_digest(&leaves);
+    let env = seal_envelope(to, id, ct, key.secret(), &meta).unwrap();
+    p.finish_deposit(depositor, &env).unwrap();
     hex::encode(id)
+}
+
+#[test]
+fn sealed_deposits_are_listed_verified_and_removed_but_never_exported() {
+    let n = Node::new();
+    n.init("b");
+    write_random(&n.path("src/mine.bin"), 5000);
+    n.import(&["src/mine.bin"]);
+    let (a_node, a_vault) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
+    n.run(["trust", "add", &a_node.public().to_id(), "--name", "alice"])
+        .ok();
+    let marker = b"DEPOSIT-PLAINTEXT-MARKER-1234".repeat(400);
+    let id = deposit_as_daemon(&n, &a_node.public(), &a_vault.public(), &marker);
+    let id2 = deposit_as_daemon(&n, &a_node.public(), &a_vault.public(), b"small");
+    let fp = a_node.public().fingerprint();
+
+    let v: Vec<serde_json::Value> = n.run(["vault", "list", "--json"]).ok().json();
+    assert_eq!(v.len(), 3, "{v:#?}");
+    let mine: Vec<_> = v.iter().filter(|e| e["sealed"] == false).collect();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0]["name"], "mine.bin");
+    let dep = v.iter().find(|e| e["id"] == id.as_str()).unwrap();
+    assert_eq!(dep["sealed"], true);
+    assert_eq!(dep["kind"], "file");
+    assert_eq!(dep["size"], marker.len() as u64);
+    assert_eq!(dep["depositor"], a_node.public().to_id().as_str());
+    assert_eq!(dep["depositor_fingerprint"], fp.as_str());
+    assert!(
+        dep.get("name").is_none() && dep.get("blake3").is_none(),
+        "{dep}"
+    );
+    let text = n
+        .run(["vault", "list"])
+        .ok()
+        .never_says("Deposited-Secret-Name");
+    assert!(
+        text.stdout
+            .contains(&format!("sealed deposit from {fp} (alice)")),
+        "{text}"
+    );
+    assert!(!text.stderr.contains("warning"), "{text}");
+
+    // Nothing on B holds the plaintext or the name.
+    for needle in [&b"DEPOSIT-PLAINTEXT-MARKER"[..], b"Deposited-Secret-Name"] {
+        assert_eq!(
+            files_containing(&n.home, needle),
+            vec![],
+            "plaintext on disk"
+        );
+    }
+
+    // Export refuses, naming the depositor, and writes nothing.
+    for what in [id.as_str(), &id[..12]] {
+        n.run(["vault", "export", what, "out.bin"])
+            .code_is(exit::SEALED_DEPOSIT)
+            .says("sealed deposit from")
+            .says(&fp)
+            .says("only its depositor can fetch and open it");
+        assert!(files_under(&n.work).iter().all(|f| !f.ends_with("out.bin")));
+    }
+
+    n.run(["vault", "verify"]).ok().says("3 object(s)");
+    n.run(["vault", "verify", "--full"])
+        .ok()
+        .says("3 object(s)");
+    let obj = n.vault().join("deposits").join(format!("{id}.obj"));
+    flip_byte(&obj, 40 + 1000, 0x01);
+    n.run(["vault", "verify"])
+        .code_is(exit::CORRUPT)
+        .says(&id)
+        .says("sealed deposit from")
+        .never_says(&id2);
+    n.run(["vault", "verify", "--full"])
+        .code_is(exit::CORRUPT)
+        .says(&id);
+    // Damage in a deposit is not the owner's damage: unlocking still works.
+    n.run(["vault", "list"]).ok().never_says("damaged");
+
+    n.run(["vault", "rm", &id])
+        .ok()
+        .says("removed sealed deposit");
+    n.run(["vault", "verify"]).ok().says("2 object(s)");
+    n.run(["vault", "rm", &id]).code_is(exit::NOT_FOUND);
+    let left: Vec<serde_json::Value> = n.run(["vault", "list", "--json"]).ok().json();
+    assert_eq!(left.len(), 2);
+    assert!(!obj.exists());
 }
 
 fn full_mode(p: &Path) -> u32 {

@@ -46,10 +46,7 @@ fn at(a: &Node, s: &Serving) -> String {
 }
 
 fn remote_list(b: &Node, peer: &str) -> Vec<Remote> {
-    let mut v: Vec<Remote> = b
-        .run(["remote", "list", peer, "--json"])
-        .ok()
-        .json();
+    let mut v: Vec<Remote> = b.run(["remote", "list", peer, "--json"]).ok().json();
     v.sort_by(|x, y| x.name.cmp(&y.name));
     v
 }
@@ -136,11 +133,21 @@ fn an_owner_device_fetches_everything_with_the_passphrase_typed_there() {
     ])
     .code_is(3);
     let list: Vec<Remote> = b
-        .run(["remote", "list", &peer, "--json", "--remote-passphrase-file", pf])
+        .run([
+            "remote",
+            "list",
+            &peer,
+            "--json",
+            "--remote-passphrase-file",
+            pf,
+        ])
         .ok()
         .json();
     assert_eq!(list.len(), 1);
-    assert_eq!((list[0].name.as_str(), list[0].access.as_str()), ("notes/plan.txt", "owner"));
+    assert_eq!(
+        (list[0].name.as_str(), list[0].access.as_str()),
+        ("notes/plan.txt", "owner")
+    );
     b.run(["get", &peer, "notes", "--remote-passphrase-file", pf])
         .ok();
     assert_eq!(blake3_file(&b.path("notes/plan.txt")), h);
@@ -173,7 +180,11 @@ fn refusals_reveal_nothing_and_write_nothing() {
         .ok();
     let s2 = Serving::start(&empty_node, &[]);
     let empty = b
-        .run(["remote", "list", &format!("{}@{}", empty_node.id().id, s2.addr())])
+        .run([
+            "remote",
+            "list",
+            &format!("{}@{}", empty_node.id().id, s2.addr()),
+        ])
         .code_is(11)
         .all();
     let error = |t: &str| {
@@ -187,7 +198,8 @@ fn refusals_reveal_nothing_and_write_nothing() {
     s2.stop();
     // A `get` peer asking for what is not shared with it (or does not
     // exist) gets the same refusal, and nothing is written.
-    a.run(["trust", "add", &b.id().id, "--allow", "send,get"]).ok();
+    a.run(["trust", "add", &b.id().id, "--allow", "send,get"])
+        .ok();
     a.run(["vault", "share", "shared.bin", "bee"]).ok();
     assert_eq!(remote_list(&b, &peer).len(), 1);
     let secret = a.entry("secret.bin").id;
@@ -223,7 +235,9 @@ fn the_server_refuses_a_fetch_of_an_unshared_id() {
     let r = hostile_fetch(&b, &a, &s, &secret);
     assert!(r.contains("not available to you"), "{r}");
     let log = log_of(&a);
-    assert!(log.iter().any(|l| l.action == "refused" && l.object.contains(&secret)));
+    assert!(log
+        .iter()
+        .any(|l| l.action == "refused" && l.object.contains(&secret)));
     s.stop();
 }
 
@@ -313,12 +327,15 @@ fn an_interrupted_get_resumes_after_kill_9_of_the_client_or_the_server() {
     let s = Serving::start_on(&a, port, &[]);
     let r = b.run(["get", &peer, "big.bin", "big.out", "--json"]).ok();
     let evs = events(&r.all());
-    let skipped = event(&evs, "start").unwrap()["bytes_skipped"].as_u64().unwrap();
+    let skipped = event(&evs, "start").unwrap()["bytes_skipped"]
+        .as_u64()
+        .unwrap();
     assert!(skipped >= total / 2, "resumed from {skipped}");
     assert_eq!(blake3_file(&b.path("big.out")), h);
     assert_eq!(staged(&b), 0, "the partial is gone once published");
     let log = log_of(&a);
-    assert!(log.iter().any(|l| l.action == "get" && l.outcome.contains("verified")));
+    assert!(log
+        .iter()
+        .any(|l| l.action == "get" && l.outcome.contains("verified")));
     s.stop();
 }
-

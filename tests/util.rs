@@ -40,6 +40,7 @@ pub mod exit {
     pub const EXISTS: i32 = 7;
     pub const DISK_FULL: i32 = 8;
     pub const NOT_FOUND: i32 = 9;
+    pub const SEALED_DEPOSIT: i32 = 18;
 }
 
 // ---------------------------------------------------------------- randomness

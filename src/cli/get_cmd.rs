@@ -207,7 +207,11 @@ pub fn remote_list(ctx: &Ctx, c: Common) -> Result<()> {
             human(o.body.meta.size),
             access_name(o.remote.access),
             text::escape(&o.body.meta.name),
-            if o.body.meta.kind == Kind::Dir { "/" } else { "" }
+            if o.body.meta.kind == Kind::Dir {
+                "/"
+            } else {
+                ""
+            }
         );
     }
     Ok(())
@@ -377,8 +381,7 @@ pub fn get(ctx: &Ctx, c: Common, a: GetArgs) -> Result<()> {
                     }
                     Some(d) => d.clone(),
                 };
-                let Some(file) = path.file_name().map(|f| f.to_string_lossy().into_owned())
-                else {
+                let Some(file) = path.file_name().map(|f| f.to_string_lossy().into_owned()) else {
                     bail!("{} does not name a file", path.display());
                 };
                 if !a.force && path.exists() && chosen[0].body.meta.kind == Kind::File {

@@ -57,6 +57,9 @@ pub mod exit {
     /// The peer's key is new here and was not confirmed (declined, or no
     /// terminal and no `--trust-new`).
     pub const NOT_CONFIRMED: u8 = 17;
+    /// The file is a sealed deposit of another node: only its depositor
+    /// can fetch and open it.
+    pub const SEALED_DEPOSIT: u8 = 18;
 }
 
 #[derive(Parser)]
@@ -262,6 +265,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                     exit::EXISTS
                 }
                 StoreError::DiskFull { .. } => exit::DISK_FULL,
+                StoreError::SealedDeposit { .. } => exit::SEALED_DEPOSIT,
                 StoreError::NotFound { .. }
                 | StoreError::Ambiguous { .. }
                 | StoreError::MixedOrigins { .. }

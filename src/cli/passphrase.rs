@@ -160,7 +160,11 @@ pub fn get(src: &Source<'_>, purpose: Purpose) -> Result<Passphrase> {
         bail!(
             "a passphrase is needed and there is no terminal to ask on: \
              use {} FILE, or set {} or {}",
-            if src.var == "P2PFS_REMOTE_PASSPHRASE" { "--remote-passphrase-file" } else { "--passphrase-file" },
+            if src.var == "P2PFS_REMOTE_PASSPHRASE" {
+                "--remote-passphrase-file"
+            } else {
+                "--passphrase-file"
+            },
             src.file_var,
             src.var
         );

@@ -494,7 +494,6 @@ async fn send(
     Ok(())
 }
 
-
 /// The task that shows a transfer's events: progress bars and failure
 /// lines on a terminal, or NDJSON events (`--json`). Ends when every
 /// sender of the channel is gone.

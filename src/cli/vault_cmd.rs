@@ -1,5 +1,7 @@
 //! `p2pfs vault …`: import, list, export, rm, verify, passwd, rekey; shares
-//! of stored files with trusted peers, and the access log.
+//! of stored files with trusted peers, and the access log. Sealed deposits
+//! of other nodes are listed (without a name), verified and removed here,
+//! never exported: no key of this node opens them.
 
 use std::{
     fs,
@@ -12,6 +14,7 @@ use clap::Subcommand;
 use p2pfs::{
     crypto::{chunk::FileId, keys::PublicKey, to_hex},
     store::{
+        deposit::{Deposit, DepositList},
         format::Kind,
         fsutil,
         log::{LogAction, LogRecord},
@@ -39,7 +42,9 @@ pub enum VaultCmd {
         paths: Vec<PathBuf>,
     },
     /// List stored files with their origin: `local`, or the fingerprint of
-    /// the peer that sent them (needs the passphrase: names are encrypted).
+    /// the peer that sent them (needs the passphrase: names are encrypted);
+    /// and the sealed deposits other nodes keep here (no name: only their
+    /// depositor can open them).
     List {
         /// JSON array output (`added` is null for a stored time outside
         /// RFC 3339's years 0000-9999).
@@ -61,7 +66,7 @@ pub enum VaultCmd {
         #[arg(long, value_name = "ORIGIN")]
         from: Option<String>,
     },
-    /// Remove a stored file.
+    /// Remove a stored file, or a sealed deposit (by its id).
     Rm {
         /// Name, id or unique id prefix.
         what: String,
@@ -123,7 +128,7 @@ pub fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<()> {
     let vault = ctx.home.vault()?;
     match cmd {
         VaultCmd::Import { paths } => import(ctx, &vault, &paths),
-        VaultCmd::List { json } => list(&unlock(ctx, &vault)?, json),
+        VaultCmd::List { json } => list(ctx, &vault, &unlock(ctx, &vault)?, json),
         VaultCmd::Export {
             what,
             dest,
@@ -132,14 +137,25 @@ pub fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<()> {
         } => {
             let u = unlock(ctx, &vault)?;
             let from = from.map(|f| u.origin(&f)).transpose()?;
-            export(ctx, &u, &what, dest, force, from)
+            export(ctx, &vault, &u, &what, dest, force, from)
         }
         VaultCmd::Rm { what, from } => {
             let mut u = unlock(ctx, &vault)?;
             let from = from.map(|f| u.origin(&f)).transpose()?;
-            let e = u.resolve_from(&what, from)?;
-            u.remove(&e.id)?;
-            println!("removed {} ({})", escape(&e.meta.name), id_hex(&e.id));
+            match resolve(ctx, &vault, &u, &what, from)? {
+                Resolved::Entry(e) => {
+                    u.remove(&e.id)?;
+                    println!("removed {} ({})", escape(&e.meta.name), id_hex(&e.id));
+                }
+                Resolved::Deposit(d) => {
+                    vault.remove_deposit(&d.id)?;
+                    println!(
+                        "removed sealed deposit {} from {}",
+                        id_hex(&d.id),
+                        Depositor::new(ctx, &d)
+                    );
+                }
+            }
             Ok(())
         }
         VaultCmd::Verify { full } => verify(ctx, &vault, full),
@@ -265,13 +281,127 @@ fn entry_json(e: &Entry) -> serde_json::Value {
         "mtime": e.meta.mtime,
         "mode": format!("{:o}", e.meta.mode),
         "origin": e.meta.origin.map(|o| o.to_id()),
+        "sealed": false,
     })
 }
 
-fn list(u: &Unlocked<'_>, json: bool) -> Result<()> {
+/// What a query names: a stored object, or a sealed deposit (by id).
+enum Resolved {
+    Entry(Entry),
+    Deposit(Deposit),
+}
+
+/// Resolves `what` among stored objects and, by id or id prefix, sealed
+/// deposits; an id prefix that matches one of each is ambiguous.
+fn resolve(
+    ctx: &Ctx,
+    vault: &Vault,
+    u: &Unlocked<'_>,
+    what: &str,
+    from: Option<Origin>,
+) -> Result<Resolved> {
+    let deposit = || -> Result<Option<Deposit>> {
+        Ok(match from {
+            Some(_) => None,
+            None => vault.resolve_deposit(what)?,
+        })
+    };
+    match u.resolve_from(what, from) {
+        Ok(e) if e.meta.name != what => match deposit()? {
+            Some(d) => Err(StoreError::Ambiguous {
+                query: what.to_owned(),
+                candidates: vec![
+                    format!("  {}  {:<19}  {}", id_hex(&e.id), e.origin(), e.meta.name),
+                    format!(
+                        "  {}  sealed deposit from {}",
+                        id_hex(&d.id),
+                        Depositor::new(ctx, &d)
+                    ),
+                ],
+            }
+            .into()),
+            None => Ok(Resolved::Entry(e)),
+        },
+        Ok(e) => Ok(Resolved::Entry(e)),
+        Err(err @ StoreError::NotFound { .. }) => match deposit()? {
+            Some(d) => Ok(Resolved::Deposit(d)),
+            None => Err(err.into()),
+        },
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// A depositor as shown: its fingerprint, and the alias (or the name it
+/// gives itself) when this node knows it.
+struct Depositor {
+    fingerprint: String,
+    alias: Option<String>,
+}
+
+impl Depositor {
+    fn new(ctx: &Ctx, d: &Deposit) -> Self {
+        let alias = TrustStore::load(ctx.home.root()).ok().and_then(|t| {
+            t.get(&d.depositor)
+                .and_then(|p| p.aliases.first().cloned().or_else(|| p.peer_name.clone()))
+        });
+        Self {
+            fingerprint: d.depositor.fingerprint(),
+            alias,
+        }
+    }
+}
+
+impl std::fmt::Display for Depositor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.alias {
+            // Aliases and peer names are valid node names; escaped anyway.
+            Some(a) => write!(f, "{} ({})", self.fingerprint, p2pfs::text::escape(a)),
+            None => f.write_str(&self.fingerprint),
+        }
+    }
+}
+
+/// A deposit in `list --json`: no name, no BLAKE3 (this node knows neither).
+fn deposit_json(d: &Deposit, who: &Depositor) -> serde_json::Value {
+    serde_json::json!({
+        "id": id_hex(&d.id),
+        "sealed": true,
+        "kind": "file",
+        "size": d.size,
+        "added": rfc3339_ms(d.added_ms),
+        "depositor": d.depositor.to_id(),
+        "depositor_fingerprint": who.fingerprint,
+        "depositor_alias": who.alias,
+    })
+}
+
+/// The deposits kept here; a failure to read them is a warning, never a
+/// reason for `list` to fail.
+fn deposits(vault: &Vault) -> DepositList {
+    match vault.deposit_scan() {
+        Ok(l) => {
+            for p in &l.problems {
+                eprintln!("p2pfs: warning: skipped {p} (see `p2pfs vault verify`)");
+            }
+            l
+        }
+        Err(e) => {
+            eprintln!("p2pfs: warning: sealed deposits not listed: {e}");
+            DepositList::default()
+        }
+    }
+}
+
+fn list(ctx: &Ctx, vault: &Vault, u: &Unlocked<'_>, json: bool) -> Result<()> {
     let entries = u.entries();
+    let deps = deposits(vault).deposits;
+    let who: Vec<Depositor> = deps.iter().map(|d| Depositor::new(ctx, d)).collect();
     if json {
-        let v: Vec<_> = entries.iter().map(entry_json).collect();
+        let v: Vec<_> = entries
+            .iter()
+            .map(entry_json)
+            .chain(deps.iter().zip(&who).map(|(d, w)| deposit_json(d, w)))
+            .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -290,7 +420,15 @@ fn list(u: &Unlocked<'_>, json: bool) -> Result<()> {
             name
         );
     }
-    if entries.is_empty() {
+    for (d, w) in deps.iter().zip(&who) {
+        println!(
+            "{}  sealed deposit from {w}, {}, {}",
+            &id_hex(&d.id)[..12],
+            human(d.size),
+            rfc3339_ms(d.added_ms).unwrap_or_else(|| "(time out of range)".into()),
+        );
+    }
+    if entries.is_empty() && deps.is_empty() {
         eprintln!("(vault is empty)");
     }
     Ok(())
@@ -298,6 +436,7 @@ fn list(u: &Unlocked<'_>, json: bool) -> Result<()> {
 
 fn export(
     ctx: &Ctx,
+    vault: &Vault,
     u: &Unlocked<'_>,
     what: &str,
     dest: Option<PathBuf>,
@@ -305,6 +444,25 @@ fn export(
     from: Option<Origin>,
 ) -> Result<()> {
     let base_of = |name: &str| name.rsplit('/').next().unwrap_or(name).to_owned();
+    match resolve(ctx, vault, u, what, from) {
+        // Refused before anything is written.
+        Ok(Resolved::Deposit(d)) => {
+            return Err(StoreError::SealedDeposit {
+                id: id_hex(&d.id),
+                depositor: Depositor::new(ctx, &d).to_string(),
+            }
+            .into())
+        }
+        Err(e)
+            if matches!(
+                e.downcast_ref::<StoreError>(),
+                Some(StoreError::Ambiguous { .. })
+            ) =>
+        {
+            return Err(e)
+        }
+        _ => {}
+    }
     let Target { entries, folder } = target(u, what, from)?;
     let Some(folder) = folder else {
         let e = &entries[0];
@@ -372,7 +530,7 @@ fn verify(ctx: &Ctx, vault: &Vault, full: bool) -> Result<()> {
         let r = u.verify_full(&mut |n, t| {
             pb.set_length(t as u64);
             pb.set_position(n as u64)
-        });
+        })?;
         pb.finish_and_clear();
         r
     } else {

@@ -1,7 +1,9 @@
 //! Sealing to a public key (the vault's): an ephemeral X25519 key agrees a
 //! one-time AES-256-GCM key with the recipient through HKDF-SHA256, so anyone
 //! can seal and only the holder of the vault secret key can open
-//! (`docs/VAULT.md`, *Envelope*).
+//! (`docs/VAULT.md`, *Envelope*). The authenticated variant adds the
+//! sender's static key, so only a holder of one of the two secret keys can
+//! make a sealing that opens (`docs/VAULT.md`, *Old vault keys*).
 
 use hkdf::Hkdf;
 use sha2::Sha256;
@@ -17,10 +19,14 @@ use super::{
 pub const ENVELOPE_INFO: &[u8] = b"p2pfs/envelope/v1";
 
 fn derive(shared: &Secret32, ephemeral: &PublicKey, recipient: &PublicKey, info: &[u8]) -> AeadKey {
+    derive_from(shared.expose(), ephemeral, recipient, info)
+}
+
+fn derive_from(ikm: &[u8], ephemeral: &PublicKey, recipient: &PublicKey, info: &[u8]) -> AeadKey {
     let mut salt = [0u8; 64];
     salt[..32].copy_from_slice(ephemeral.as_bytes());
     salt[32..].copy_from_slice(recipient.as_bytes());
-    let hk = Hkdf::<Sha256>::new(Some(&salt), shared.expose());
+    let hk = Hkdf::<Sha256>::new(Some(&salt), ikm);
     let mut okm = [0u8; 32];
     // 32 bytes is far below HKDF-SHA256's output limit.
     #[allow(clippy::expect_used)]
@@ -54,6 +60,49 @@ pub fn unwrap_key(
 ) -> Result<AeadKey, CryptoError> {
     let shared = recipient.diffie_hellman(ephemeral)?;
     Ok(derive(&shared, ephemeral, &recipient.public(), info))
+}
+
+/// `X25519(a, b) || X25519(c, d)`, zeroized on drop.
+fn two_secrets(first: Secret32, second: Secret32) -> zeroize::Zeroizing<[u8; 64]> {
+    let mut ikm = zeroize::Zeroizing::new([0u8; 64]);
+    ikm[..32].copy_from_slice(first.expose());
+    ikm[32..].copy_from_slice(second.expose());
+    ikm
+}
+
+/// As [`wrap_key_for`], authenticated by `sender`'s static key: the key
+/// comes from `X25519(e, recipient) || X25519(sender, recipient)`, so a
+/// sealing opens only if a holder of the sender's or the recipient's
+/// secret key made it (plain [`wrap_key_for`] can be made by anyone).
+pub fn wrap_key_from(
+    sender: &Keypair,
+    recipient: &PublicKey,
+    info: &[u8],
+) -> Result<(PublicKey, AeadKey), CryptoError> {
+    let eph = Keypair::generate()?;
+    let ikm = two_secrets(
+        eph.diffie_hellman(recipient)?,
+        sender.diffie_hellman(recipient)?,
+    );
+    Ok((
+        eph.public(),
+        derive_from(&*ikm, &eph.public(), recipient, info),
+    ))
+}
+
+/// Recovers the key of [`wrap_key_from`] with the recipient's key pair,
+/// the sender's public key and the stored ephemeral public key.
+pub fn unwrap_key_from(
+    recipient: &Keypair,
+    sender: &PublicKey,
+    ephemeral: &PublicKey,
+    info: &[u8],
+) -> Result<AeadKey, CryptoError> {
+    let ikm = two_secrets(
+        recipient.diffie_hellman(ephemeral)?,
+        recipient.diffie_hellman(sender)?,
+    );
+    Ok(derive_from(&*ikm, ephemeral, &recipient.public(), info))
 }
 
 /// The nonce used with a one-time wrapping key (each key seals once).
@@ -96,5 +145,20 @@ mod tests {
             k3.open(WRAP_NONCE, b"ad", &ct),
             Err(CryptoError::AuthFailed)
         );
+    }
+
+    #[test]
+    fn an_authenticated_wrap_opens_only_from_its_sender() {
+        let (sender, vault) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
+        let (eph, k) = wrap_key_from(&sender, &vault.public(), b"p2pfs/x/v1").unwrap();
+        let ct = k.seal(WRAP_NONCE, b"ad", b"secret").unwrap();
+        let k2 = unwrap_key_from(&vault, &sender.public(), &eph, b"p2pfs/x/v1").unwrap();
+        assert_eq!(k2.open(WRAP_NONCE, b"ad", &ct).unwrap(), b"secret");
+        // Anyone else's sealing to the vault key, claiming the sender.
+        let forger = Keypair::generate().unwrap();
+        let (eph, k) = wrap_key_from(&forger, &vault.public(), b"p2pfs/x/v1").unwrap();
+        let ct = k.seal(WRAP_NONCE, b"ad", b"secret").unwrap();
+        let k3 = unwrap_key_from(&vault, &sender.public(), &eph, b"p2pfs/x/v1").unwrap();
+        assert!(k3.open(WRAP_NONCE, b"ad", &ct).is_err());
     }
 }

@@ -41,10 +41,10 @@ use super::{
 use crate::{
     crypto::{chunk::FileId, keys::PublicKey},
     store::{
-        home::{Home, Identity},
-        partial::{Slot, StagingKey},
         format::Kind,
+        home::{Home, Identity},
         log::{LogAction, LogRecord},
+        partial::{Slot, StagingKey},
         shares::Shares,
         trust::{Capability, TrustStore},
         vault::{id_hex, Vault},
@@ -469,7 +469,13 @@ async fn list(ctx: &Arc<ServerCtx>, link: &mut Link, rights: Rights) -> Result<(
     let _ = ctx.events.send(ServerEvent::Listed { peer, files: n });
     let c = ctx.clone();
     let _ = tokio::task::spawn_blocking(move || {
-        log(&c, peer, LogAction::List, "", &format!("{n} item(s) listed"))
+        log(
+            &c,
+            peer,
+            LogAction::List,
+            "",
+            &format!("{n} item(s) listed"),
+        )
     })
     .await;
     let _ = link
@@ -505,7 +511,13 @@ async fn serve_fetch(
         let c = ctx.clone();
         let what = ids.iter().map(id_hex).collect::<Vec<_>>().join(" ");
         let _ = tokio::task::spawn_blocking(move || {
-            log(&c, peer, LogAction::Refused, &what, "fetch of objects not available to it")
+            log(
+                &c,
+                peer,
+                LogAction::Refused,
+                &what,
+                "fetch of objects not available to it",
+            )
         })
         .await;
         return Err(link.refuse(code, message).await);
@@ -570,15 +582,7 @@ async fn serve_fetch(
             },
         ));
     }
-    let ran = source::run(
-        link,
-        sending,
-        streams,
-        0,
-        false,
-        server_reporter(ctx, peer),
-    )
-    .await?;
+    let ran = source::run(link, sending, streams, 0, false, server_reporter(ctx, peer)).await?;
     let ok = ran.outcomes.iter().filter(|o| **o == Outcome::Ok).count();
     let records: Vec<LogRecord> = ids
         .iter()

@@ -173,6 +173,29 @@ pub enum StoreError {
          once (for example `p2pfs vault list`) to pin the vault key, then try again"
     )]
     VaultNotPinned,
+    /// An envelope is sealed to a key that is none of this vault's keys,
+    /// current or old.
+    #[error(
+        "envelope {id} is sealed to vault key {recipient}, which is not a key of this vault \
+         (current or older, vault/keys): it belongs to another vault"
+    )]
+    ForeignEnvelope {
+        /// The object id.
+        id: String,
+        /// Fingerprint of the key it is sealed to.
+        recipient: String,
+    },
+    /// The object is a sealed deposit of another node: it cannot be opened here.
+    #[error(
+        "{id} is a sealed deposit from {depositor}: it is sealed to that node's vault key; \
+         only its depositor can fetch and open it (`p2pfs vault rm {id}` removes it)"
+    )]
+    SealedDeposit {
+        /// The deposit's id.
+        id: String,
+        /// The depositor's fingerprint (and alias, when known).
+        depositor: String,
+    },
     /// A name or argument is not acceptable.
     #[error("{0}")]
     Invalid(String),

@@ -1,6 +1,7 @@
 //! Encoding and decoding of every on-disk structure in `docs/VAULT.md`:
 //! identity, vault header, object data header, envelope (and its sealed
-//! body), index (and its sealed body), plus the rules for stored names.
+//! body), index (and its sealed body), the old vault keys (`vault/keys`),
+//! deposit records (`deposits/<id>.dep`), plus the rules for stored names.
 //!
 //! Decoders check, in this order: magic, version, checksum, then fields with
 //! their bounds. They never panic and never allocate more than their input.
@@ -27,6 +28,10 @@ pub const MAGIC_OBJECT: &[u8; 8] = b"P2PFSOB\0";
 pub const MAGIC_ENVELOPE: &[u8; 8] = b"P2PFSEN\0";
 /// Magic of the index.
 pub const MAGIC_INDEX: &[u8; 8] = b"P2PFSIX\0";
+/// Magic of the old vault keys file.
+pub const MAGIC_KEYS: &[u8; 8] = b"P2PFSVK\0";
+/// Magic of a deposit record.
+pub const MAGIC_DEPOSIT: &[u8; 8] = b"P2PFSDP\0";
 
 /// Largest envelope body.
 pub const MAX_ENVELOPE_BODY: u32 = 8192;
@@ -38,6 +43,8 @@ pub const MAX_NAME: usize = 4096;
 pub const MAX_COMPONENT: usize = 255;
 /// Largest node name in bytes.
 pub const MAX_NODE_NAME: usize = 64;
+/// Most old vault keys kept in `vault/keys` (one per rekey).
+pub const MAX_OLD_KEYS: usize = 1024;
 
 const CHECKSUM_LEN: usize = 32;
 
@@ -630,6 +637,142 @@ pub fn decode_records(bytes: &[u8]) -> Result<Vec<IndexRecord>, FormatError> {
     Ok(out)
 }
 
+// ---------------------------------------------------------------- old vault keys
+
+/// One old vault secret key, sealed to the vault key that replaced it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OldKeyEntry {
+    /// The old vault public key.
+    pub old_pk: PublicKey,
+    /// The vault public key the old secret key is sealed to.
+    pub sealed_to: PublicKey,
+    /// Ephemeral public key of the sealing.
+    pub ephemeral: PublicKey,
+    /// AES-256-GCM(wrap key, nonce 0, old secret key, AD = [`Self::ad`]).
+    pub sealed_sk: [u8; 48],
+}
+
+impl OldKeyEntry {
+    /// Encoded length of one entry.
+    pub const LEN: usize = 32 * 3 + 48;
+
+    /// The HKDF info and the AD of the sealing: the label, the old and the
+    /// new vault public keys, so an entry opens only as what it says it is.
+    pub fn context(old_pk: &PublicKey, sealed_to: &PublicKey) -> Vec<u8> {
+        let mut c = b"p2pfs/old-vault-key/v1".to_vec();
+        c.extend_from_slice(old_pk.as_bytes());
+        c.extend_from_slice(sealed_to.as_bytes());
+        c
+    }
+}
+
+/// `vault/keys`: the old vault secret keys, oldest first; entry `i` is
+/// sealed to entry `i + 1`'s old key, the newest to the current one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeysFile {
+    /// The entries, oldest first (at most [`MAX_OLD_KEYS`]).
+    pub entries: Vec<OldKeyEntry>,
+}
+
+impl KeysFile {
+    /// Largest encoded file.
+    pub const MAX_LEN: u64 = 10 + 2 + (MAX_OLD_KEYS * OldKeyEntry::LEN) as u64 + 32;
+
+    /// Encodes the file.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = begin(MAGIC_KEYS);
+        w.u16(self.entries.len() as u16);
+        for e in &self.entries {
+            w.bytes(e.old_pk.as_bytes())
+                .bytes(e.sealed_to.as_bytes())
+                .bytes(e.ephemeral.as_bytes())
+                .bytes(&e.sealed_sk);
+        }
+        with_checksum(w)
+    }
+
+    /// Decodes the file, bounding the entry count.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let body = checked(bytes, MAGIC_KEYS)?;
+        let mut r = Reader::new(&body[10..]);
+        let n = r.u16("entry count")? as usize;
+        if n > MAX_OLD_KEYS || n > r.remaining() / OldKeyEntry::LEN {
+            return Err(DecodeError::Invalid("entry count").into());
+        }
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            entries.push(OldKeyEntry {
+                old_pk: PublicKey(r.array("old key")?),
+                sealed_to: PublicKey(r.array("sealed-to key")?),
+                ephemeral: PublicKey(r.array("ephemeral key")?),
+                sealed_sk: r.array("sealed key")?,
+            });
+        }
+        r.finish()?;
+        Ok(Self { entries })
+    }
+}
+
+// ---------------------------------------------------------------- deposits
+
+/// `deposits/<id>.dep`: what the storing node knows, in clear, about a
+/// sealed deposit (its envelope it cannot open).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DepositRecord {
+    /// Object id (also the file names and the data file's id).
+    pub id: FileId,
+    /// Node id of the depositor.
+    pub depositor: PublicKey,
+    /// Plaintext size (as the data file's length shows it).
+    pub size: u64,
+    /// Plaintext bytes per chunk.
+    pub chunk_size: u32,
+    /// Ciphertext digest of the data file.
+    pub ct_digest: [u8; 32],
+    /// When stored, unix milliseconds.
+    pub added_ms: u64,
+}
+
+impl DepositRecord {
+    /// Encoded length.
+    pub const LEN: usize = 10 + 16 + 32 + 8 + 4 + 8 + 32 + 8 + 32;
+
+    /// Encodes the record.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = begin(MAGIC_DEPOSIT);
+        w.bytes(&self.id)
+            .bytes(self.depositor.as_bytes())
+            .u64(self.size)
+            .u32(self.chunk_size)
+            .u64(chunk_count(self.size, self.chunk_size))
+            .bytes(&self.ct_digest)
+            .u64(self.added_ms);
+        with_checksum(w)
+    }
+
+    /// Decodes a record, checking sizes and the chunk count.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let body = checked(bytes, MAGIC_DEPOSIT)?;
+        let mut r = Reader::new(&body[10..]);
+        let id = r.array("object id")?;
+        let depositor = PublicKey(r.array("depositor")?);
+        let (size, chunk_size) = read_size(&mut r)?;
+        if r.u64("chunk count")? != chunk_count(size, chunk_size) {
+            return Err(DecodeError::Invalid("chunk count").into());
+        }
+        let d = Self {
+            id,
+            depositor,
+            size,
+            chunk_size,
+            ct_digest: r.array("ciphertext digest")?,
+            added_ms: r.u64("added")?,
+        };
+        r.finish()?;
+        Ok(d)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -704,6 +847,38 @@ mod tests {
             let _ = EnvelopeBody::decode(&data);
             let _ = IndexFile::decode(&data);
             let _ = decode_records(&data);
+            let _ = KeysFile::decode(&data);
+            let _ = DepositRecord::decode(&data);
+        }
+
+        #[test]
+        fn keys_file_round_trip(raw in proptest::collection::vec(any::<[u8; 32]>(), 0..12)) {
+            let entries: Vec<OldKeyEntry> = raw.chunks(3).map(|c| OldKeyEntry {
+                old_pk: PublicKey(c[0]),
+                sealed_to: PublicKey(*c.last().unwrap_or(&c[0])),
+                ephemeral: PublicKey(c[c.len() / 2]),
+                sealed_sk: [c[0][0]; 48],
+            }).collect();
+            let f = KeysFile { entries };
+            let enc = f.encode();
+            prop_assert_eq!(enc.len(), 10 + 2 + f.entries.len() * OldKeyEntry::LEN + 32);
+            prop_assert_eq!(&KeysFile::decode(&enc).unwrap(), &f);
+            let mut bad = enc.clone();
+            let i = bad.len() / 2;
+            bad[i] ^= 1;
+            prop_assert_eq!(KeysFile::decode(&bad), Err(FormatError::Checksum));
+        }
+
+        #[test]
+        fn deposit_record_round_trip(id in any::<[u8; 16]>(), dep in any::<[u8; 32]>(),
+                                     size in 0u64..(1 << 40), ct in any::<[u8; 32]>(), added in any::<u64>()) {
+            let d = DepositRecord { id, depositor: PublicKey(dep), size, chunk_size: 1 << 20, ct_digest: ct, added_ms: added };
+            let enc = d.encode();
+            prop_assert_eq!(enc.len(), DepositRecord::LEN);
+            prop_assert_eq!(&DepositRecord::decode(&enc).unwrap(), &d);
+            for cut in [0, 9, 10, enc.len() - 1] {
+                prop_assert!(DepositRecord::decode(&enc[..cut]).is_err());
+            }
         }
     }
 

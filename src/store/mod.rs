@@ -1,17 +1,19 @@
 //! Everything p2pfs keeps on disk: the home directory, the node identity,
 //! the encrypted vault (format, index, staging, crash-safe commit, verify,
-//! rekey), the trust store, the shares of vault objects with peers and the
-//! sealed access log.
+//! rekey, old vault keys), sealed deposits of other nodes, the trust store,
+//! the shares of vault objects with peers and the sealed access log.
 //!
 //! This module never touches the network. Layouts are specified in
 //! `docs/VAULT.md`; [`format`] encodes and decodes them, [`vault`] runs the
 //! procedures.
 
 pub mod chunks;
+pub mod deposit;
 pub mod error;
 pub mod format;
 pub mod fsutil;
 pub mod home;
+pub(crate) mod keychain;
 pub mod log;
 pub mod partial;
 pub mod pin;

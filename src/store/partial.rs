@@ -510,6 +510,17 @@ impl<'v> Partial<'v> {
 
     /// A checkpoint of what is written now.
     pub fn checkpoint_job(&mut self) -> Result<CheckpointJob> {
+        if self
+            .meta
+            .sealed_key
+            .as_ref()
+            .is_some_and(|k| k.len() != SEALED_KEY_LEN)
+        {
+            // The state could not be read back: never write it.
+            return Err(StoreError::Invalid(format!(
+                "a partial's sealed key must be {SEALED_KEY_LEN} bytes"
+            )));
+        }
         self.since_checkpoint = 0;
         Ok(CheckpointJob {
             file: self.writer.file_handle()?,
@@ -523,7 +534,9 @@ impl<'v> Partial<'v> {
         self.checkpoint_job()?.run()
     }
 
-    /// Records the file key (sealed to the sender).
+    /// Records the file key sealed to the sender ([`SEALED_KEY_LEN`]
+    /// bytes; a checkpoint refuses any other length). For a deposit it is
+    /// the sender's own sealing: this node never has the key.
     pub fn set_sealed_key(&mut self, sealed: Vec<u8>) {
         self.meta.sealed_key = Some(sealed);
     }
@@ -632,6 +645,21 @@ impl<'v> Partial<'v> {
         let (slot, vault) = (self.meta.slot, self.vault());
         drop(self);
         vault.remove_partial(&slot)
+    }
+}
+
+impl Partial<'_> {
+    /// Commits the partial as a sealed deposit of `depositor`, without any
+    /// key (`docs/VAULT.md`, *Deposits*): `envelope` is the depositor's
+    /// own, sealed to its vault key; only its clear fields are checked
+    /// (the id, and the ciphertext digest against the chunks recorded and
+    /// against the data on disk). Removes the partial. A deposit partial
+    /// never has a file key: the sender keeps its own, sealed to itself,
+    /// in [`PartialMeta::sealed_key`] ([`Partial::set_sealed_key`]).
+    pub fn finish_deposit(self, depositor: &PublicKey, envelope: &[u8]) -> Result<()> {
+        let state = self.state_path;
+        self.writer.commit_deposit(depositor, envelope)?;
+        fsutil::remove_if_exists(&state)
     }
 }
 

@@ -4,7 +4,9 @@
 //! passphrase change and crash-safe rekey (`docs/VAULT.md`, *Procedures*);
 //! the entry points of the access log ([`Vault::log`] appends without the
 //! passphrase, [`Unlocked::read_log`] reads), whose format is in
-//! [`super::log`].
+//! [`super::log`]. A rekey keeps the replaced key, sealed to the new one
+//! ([`super::keychain`]), so envelopes sealed to any earlier key of this
+//! vault still open ([`Unlocked::open_envelope_any`]).
 //!
 //! Storing takes a shared lock on `vault/lock`; anything unlocked takes it
 //! exclusively, so reconciliation never races a store in progress.
@@ -28,6 +30,7 @@ use super::{
     },
     fsutil,
     home::format_error,
+    keychain,
     log::{self, LogAction, LogRecord},
     pin::{self, Pin, PinKey},
     shares::Shares,
@@ -44,6 +47,23 @@ use crate::crypto::{
     wrap::{hkdf32, unwrap_key, wrap_key_for, ENVELOPE_INFO, WRAP_NONCE},
     CryptoError,
 };
+
+// Test hook: `Err` at the named step of a rekey, as if the process had
+// been killed there (nothing after it runs, nothing is cleaned up).
+#[cfg(test)]
+thread_local! {
+    pub(crate) static CRASH_AT: std::cell::Cell<Option<&'static str>> =
+        const { std::cell::Cell::new(None) };
+}
+
+fn crash_point(step: &'static str) -> Result<()> {
+    #[cfg(test)]
+    if CRASH_AT.with(|c| c.get()) == Some(step) {
+        return Err(StoreError::Invalid(format!("simulated crash after {step}")));
+    }
+    let _ = step;
+    Ok(())
+}
 
 /// An object id as its 32-digit hex file name.
 pub fn id_hex(id: &FileId) -> String {
@@ -206,8 +226,10 @@ fn seal_index(kp: &Keypair, generation: u64, records: &[IndexRecord]) -> Result<
     Ok(f.encode())
 }
 
-/// Seals an envelope for `meta` and `file_key` to `recipient`.
-fn seal_envelope(
+/// Seals an envelope for `meta` and `file_key` to `recipient` (the vault
+/// key of the node that will open it: this vault's, or, for a sealed
+/// deposit, the depositor's own). Returns the encoded envelope file.
+pub fn seal_envelope(
     recipient: &PublicKey,
     id: FileId,
     ct: [u8; 32],
@@ -247,8 +269,15 @@ pub(crate) fn open_envelope(kp: &Keypair, env: &EnvelopeFile) -> Result<Envelope
     EnvelopeBody::decode(&body).map_err(|e| format!("envelope body: {e}"))
 }
 
-/// Checks a data file's ciphertext against a ciphertext digest, without keys.
-fn check_ciphertext(path: &Path, id: &FileId, expected: &[u8; 32]) -> Result<(), String> {
+/// Checks a data file's ciphertext against a ciphertext digest, without
+/// keys; with `shape` (plaintext size, chunk size), also its header and its
+/// exact length.
+pub(crate) fn check_ciphertext(
+    path: &Path,
+    id: &FileId,
+    expected: &[u8; 32],
+    shape: Option<(u64, u32)>,
+) -> Result<(), String> {
     let mut f = File::open(path).map_err(|e| format!("data file unreadable: {e}"))?;
     let len = f
         .metadata()
@@ -260,6 +289,15 @@ fn check_ciphertext(path: &Path, id: &FileId, expected: &[u8; 32]) -> Result<(),
     let h = ObjectHeader::decode(&hb).map_err(|e| format!("data file header: {e}"))?;
     if &h.id != id {
         return Err("data file belongs to another object (swapped)".into());
+    }
+    if let Some((size, chunk_size)) = shape {
+        let n = chunk_count(size, chunk_size);
+        if h.chunk_size != chunk_size || h.chunk_count != n {
+            return Err("data file header does not match".into());
+        }
+        if Some(len) != size.checked_add(ObjectHeader::LEN + n * CHUNK_OVERHEAD as u64) {
+            return Err("data file has the wrong length (truncated or extended)".into());
+        }
     }
     let full = u64::from(h.chunk_size) + CHUNK_OVERHEAD as u64;
     let last_start = h.chunk_offset(h.chunk_count - 1);
@@ -310,6 +348,7 @@ impl Vault {
         fsutil::create_private_dir(dir)?;
         fsutil::create_private_dir(&dir.join("objects"))?;
         fsutil::create_private_dir(&dir.join("staging"))?;
+        fsutil::create_private_dir(&dir.join("deposits"))?;
         let salt = random()?;
         let kek = derive_kek(passphrase, &salt, params)?;
         let kp = Keypair::generate()?;
@@ -548,10 +587,10 @@ impl Vault {
         Ok(s)
     }
 
-    /// True when any object (or leftover) is stored.
+    /// True when any object, deposit (or leftover of either) is stored.
     pub fn has_objects(&self) -> Result<bool> {
         let s = self.scan()?;
-        Ok(!s.env.is_empty() || !s.obj.is_empty())
+        Ok(!s.env.is_empty() || !s.obj.is_empty() || self.has_deposit_files()?)
     }
 
     /// Starts storing a new object of `size` bytes (see [`ObjectWriter`]).
@@ -731,7 +770,7 @@ impl Vault {
                 });
                 continue;
             }
-            if let Err(what) = check_ciphertext(&self.obj_path(id), id, &env.ct_digest) {
+            if let Err(what) = check_ciphertext(&self.obj_path(id), id, &env.ct_digest, None) {
                 report.problems.push(Problem {
                     id: *id,
                     name: None,
@@ -744,6 +783,7 @@ impl Vault {
             .keys()
             .filter(|k| !scan.env.contains_key(*k))
             .count();
+        self.verify_deposits(&mut report)?;
         Ok(report)
     }
 
@@ -812,9 +852,18 @@ impl Vault {
         );
         let records = decode_records(&body)
             .map_err(|e| StoreError::corrupt(ip.display().to_string(), e.to_string()))?;
+        // Every older key must open, link by link (a rekey in progress
+        // may already have sealed the current key to the next one).
+        let old_keys = keychain::open_chain(
+            &self.dir,
+            &keychain::load(&self.dir)?,
+            &keypair,
+            next.as_ref().map(|(_, kp)| kp),
+        )?;
         let mut u = Unlocked {
             vault: self,
             keypair,
+            old_keys,
             kek,
             records,
             generation: file.generation,
@@ -1107,43 +1156,72 @@ impl<'v> ObjectWriter<'v> {
         Ok(())
     }
 
+    /// The ciphertext digest of the written chunks, when every one is.
+    pub(crate) fn ct_digest(&self) -> Result<[u8; 32]> {
+        match self.hashes.complete() {
+            Some(hashes) => Ok(ct_digest(&hashes)),
+            None => Err(StoreError::Invalid("object is missing chunks".into())),
+        }
+    }
+
+    /// The staging data file.
+    pub(crate) fn staging_path(&self) -> &Path {
+        &self.tmp
+    }
+
     /// Makes the object durable and visible: fsync, envelope, renames.
     pub fn commit(mut self, file_key: &Secret32, meta: &Metadata) -> Result<()> {
         let id = self.header.id;
-        let Some(hashes) = self.hashes.complete() else {
-            return Err(StoreError::Invalid("object is missing chunks".into()));
-        };
+        let ct = self.ct_digest()?;
         if meta.size != self.size || meta.chunk_size != self.header.chunk_size {
             return Err(StoreError::Invalid(
                 "metadata does not match the data".into(),
             ));
         }
-        let ct = ct_digest(&hashes);
-        self.file
-            .sync_all()
-            .map_err(|e| StoreError::io("cannot sync", &self.tmp, e))?;
         let env = seal_envelope(&self.vault.sealing_key()?, id, ct, file_key, meta)?;
+        // The envelope's rename is the commit.
+        self.publish(&env, &self.vault.objects())?;
+        self.committed = true;
+        Ok(())
+    }
+
+    /// Moves the data file and `env` into `dir` as `<id>.obj` and
+    /// `<id>.env`: fsync the data, write the envelope in staging and fsync
+    /// it, rename the data file, fsync `dir`, rename the envelope, fsync
+    /// `dir` (`docs/VAULT.md`, *Commit of a new object*). On failure the
+    /// staged envelope and the moved data file are removed.
+    pub(crate) fn publish(&mut self, env: &[u8], dir: &Path) -> Result<()> {
+        let name = id_hex(&self.header.id);
+        let (obj, env_path) = (
+            dir.join(format!("{name}.obj")),
+            dir.join(format!("{name}.env")),
+        );
         let env_tmp = self.tmp.with_extension("env");
         let res = (|| {
+            self.file
+                .sync_all()
+                .map_err(|e| StoreError::io("cannot sync", &self.tmp, e))?;
             let mut f = fsutil::create_private(&env_tmp)?;
-            f.write_all(&env)
+            f.write_all(env)
                 .and_then(|_| f.sync_all())
                 .map_err(|e| StoreError::io("cannot write", &env_tmp, e))?;
-            let objects = self.vault.objects();
-            fsutil::rename(&self.tmp, &self.vault.obj_path(&id))?;
-            fsutil::fsync_dir(&objects)?;
-            fsutil::rename(&env_tmp, &self.vault.env_path(&id))?;
-            fsutil::fsync_dir(&objects)
+            fsutil::rename(&self.tmp, &obj)?;
+            fsutil::fsync_dir(dir)?;
+            fsutil::rename(&env_tmp, &env_path)?;
+            fsutil::fsync_dir(dir)
         })();
         if res.is_err() {
             let _ = fs::remove_file(&env_tmp);
-            // The data file may already be in objects/: without an envelope it
-            // is a leftover that the next unlock removes.
-            let _ = fs::remove_file(self.vault.obj_path(&id));
+            // The data file may already be in `dir`: without an envelope
+            // (or a deposit record) it is a leftover the next unlock removes.
+            let _ = fs::remove_file(&obj);
         }
-        res?;
+        res
+    }
+
+    /// Marks the staging file as moved (nothing for a drop to remove).
+    pub(crate) fn mark_committed(&mut self) {
         self.committed = true;
-        Ok(())
     }
 }
 
@@ -1202,6 +1280,8 @@ impl Drop for ObjectWriter<'_> {
 pub struct Unlocked<'v> {
     vault: &'v Vault,
     keypair: Keypair,
+    /// The vault's earlier key pairs, newest first (`vault/keys`).
+    old_keys: Vec<Keypair>,
     kek: Secret32,
     records: Vec<IndexRecord>,
     generation: u64,
@@ -1357,6 +1437,8 @@ impl Unlocked<'_> {
             }
             // Partials of the old format kept the file name in clear.
             v.drop_legacy_partials()?;
+            // Deposit commits that died before their record's rename.
+            v.clean_deposit_leftovers()?;
         }
         if removed {
             fsutil::fsync_dir(&v.objects())?;
@@ -1726,8 +1808,9 @@ impl Unlocked<'_> {
     }
 
     /// Full verification: reconciliation problems, ciphertext digests, and a
-    /// decryption of every object with its BLAKE3 checked.
-    pub fn verify_full(&self, progress: &mut dyn FnMut(usize, usize)) -> VerifyReport {
+    /// decryption of every object with its BLAKE3 checked; deposits (which
+    /// no key here opens) by their ciphertext digests.
+    pub fn verify_full(&self, progress: &mut dyn FnMut(usize, usize)) -> Result<VerifyReport> {
         let mut report = VerifyReport {
             problems: self.problems.clone(),
             ..Default::default()
@@ -1740,7 +1823,7 @@ impl Unlocked<'_> {
                 continue;
             }
             let res = self.live(&e.id).and_then(|(_, ct, _)| {
-                check_ciphertext(&self.vault.obj_path(&e.id), &e.id, ct)
+                check_ciphertext(&self.vault.obj_path(&e.id), &e.id, ct, None)
                     .map_err(|w| self.damaged(&e.id, &e.meta.name, w))
             });
             let res = res.and_then(|_| self.decrypt_to(&e.id, &mut std::io::sink(), &mut |_| {}));
@@ -1756,7 +1839,8 @@ impl Unlocked<'_> {
                 });
             }
         }
-        report
+        self.vault.verify_deposits(&mut report)?;
+        Ok(report)
     }
 
     /// Changes the passphrase: the vault secret key sealed under a new KEK
@@ -1791,19 +1875,35 @@ impl Unlocked<'_> {
                 ))
             }
         }
+        // Refused before anything is written: a rekey must be able to keep
+        // the key it replaces.
+        if !keychain::has_room(&self.vault.dir)? {
+            return Err(StoreError::Invalid(format!(
+                "vault/keys already holds {} old vault keys, the most a vault keeps: rekey refused",
+                super::format::MAX_OLD_KEYS
+            )));
+        }
         let cur = read_header(&self.vault.dir.join("header"))?;
         let kp = Keypair::generate()?;
         let next = seal_secret(&self.kek, cur.params, cur.salt, &kp)?;
         fsutil::write_atomic(&self.vault.dir.join("header.next"), &next.encode())?;
+        crash_point("header.next")?;
         self.finish_rekey(next, kp)
     }
 
+    /// Steps (2) to (6) of a rekey (`docs/VAULT.md`, *Rekey*); also the
+    /// resumption of one that was interrupted, so every step is idempotent.
     fn finish_rekey(&mut self, next: HeaderFile, new: Keypair) -> Result<usize> {
         let v = self.vault;
         let old = self.keypair.clone();
+        // The old key stays available, sealed to the new one, before
+        // anything is sealed to the new key or names it as the current one.
+        keychain::record(&v.dir, &old, &new)?;
+        crash_point("keys")?;
         // Storing follows the rotation only to keys the pin allows: name
         // the new key there before the header does.
         v.write_pin(old.public(), Some(new.public()))?;
+        crash_point("pin next")?;
         let scan = v.scan()?;
         let mut count = 0;
         for id in scan.env.keys() {
@@ -1865,14 +1965,51 @@ impl Unlocked<'_> {
                 *env_digest = crate::crypto::blake3(&fresh);
             }
             count += 1;
+            crash_point("rewrap")?;
         }
         self.keypair = new;
+        self.old_keys.insert(0, old);
         self.save_index()?;
+        crash_point("index")?;
         let _ = next;
         fsutil::rename(&v.dir.join("header.next"), &v.dir.join("header"))?;
         fsutil::fsync_dir(&v.dir)?;
+        crash_point("header")?;
         v.write_pin(self.keypair.public(), None)?;
         Ok(count)
+    }
+
+    /// Every public key of this vault that it can still open envelopes
+    /// for: the current one first, then the older ones, newest first.
+    pub fn known_public_keys(&self) -> Vec<PublicKey> {
+        std::iter::once(&self.keypair)
+            .chain(&self.old_keys)
+            .map(Keypair::public)
+            .collect()
+    }
+
+    /// Opens an envelope sealed to this vault's current key or to any older
+    /// one (`vault/keys`): for instance the envelope of a deposit this node
+    /// left elsewhere before a rekey.
+    pub fn open_envelope_any(&self, env: &EnvelopeFile) -> Result<EnvelopeBody> {
+        let Some(kp) = std::iter::once(&self.keypair)
+            .chain(&self.old_keys)
+            .find(|k| k.public() == env.recipient)
+        else {
+            return Err(StoreError::ForeignEnvelope {
+                id: id_hex(&env.id),
+                recipient: env.recipient.fingerprint(),
+            });
+        };
+        open_envelope(kp, env)
+            .map_err(|what| StoreError::corrupt(format!("envelope {}", id_hex(&env.id)), what))
+    }
+
+    /// As [`Self::open_envelope_any`], from an envelope file's bytes.
+    pub fn open_envelope_bytes(&self, bytes: &[u8]) -> Result<EnvelopeBody> {
+        let env = EnvelopeFile::decode(bytes)
+            .map_err(|e| StoreError::corrupt("envelope", e.to_string()))?;
+        self.open_envelope_any(&env)
     }
 
     /// The vault public key (after a rekey, the new one).
