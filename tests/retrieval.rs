@@ -339,3 +339,111 @@ fn an_interrupted_get_resumes_after_kill_9_of_the_client_or_the_server() {
         .any(|l| l.action == "get" && l.outcome.contains("verified")));
     s.stop();
 }
+
+#[derive(Deserialize, Debug)]
+struct Stored {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    size: u64,
+    sealed: bool,
+    #[serde(default)]
+    depositor: Option<String>,
+    #[serde(default)]
+    blake3: Option<String>,
+}
+
+/// Issue 8, acceptance: a sealed deposit is unreadable where it is stored
+/// (its passphrase and `vault export` yield nothing; the name and the
+/// plaintext appear nowhere under its home) and comes back identical to
+/// its owner, also after the owner's `vault rekey`.
+#[test]
+fn a_sealed_deposit_is_unreadable_where_stored_and_comes_back_to_its_owner() {
+    // b stores, a deposits.
+    let (b, a, s) = pair_serving("send,get");
+    let name = format!("Deposit-Only-For-A-{}.bin", random_hex(4));
+    let mut data = random_bytes(5 << 20);
+    let marker = format!("PLAINTEXT-MARKER-{}", random_hex(8));
+    data[1 << 20..(1 << 20) + marker.len()].copy_from_slice(marker.as_bytes());
+    let h = write_bytes(&a.path(&name), &data);
+    let peer = at(&b, &s);
+    a.run(["send", "--sealed", &name, &peer]).ok();
+
+    // b lists it as sealed: the depositor and the size only.
+    let listed: Vec<Stored> = b.run(["vault", "list", "--json"]).ok().json();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let d = &listed[0];
+    assert!(d.sealed && d.name.is_none() && d.blake3.is_none(), "{d:?}");
+    assert_eq!(d.depositor.as_deref(), Some(a.id().id.as_str()));
+    assert_eq!(d.size, 5 << 20);
+    // b cannot open it, with its passphrase or otherwise.
+    b.run(["vault", "export", &d.id, "out.bin"]).code_is(18);
+    assert!(!b.path("out.bin").exists());
+    b.run(["vault", "verify"]).ok();
+    for needle in [marker.as_bytes(), name.as_bytes()] {
+        assert!(files_containing(&b.home, needle).is_empty());
+    }
+    // a sees it by name, and gets it back identical.
+    let mine = remote_list(&a, &peer);
+    assert_eq!(mine.len(), 1);
+    assert!(mine[0].sealed && mine[0].name == name && mine[0].access == "deposit");
+    a.run(["get", &peer, &mine[0].id, "back.bin"]).ok();
+    assert_eq!(blake3_file(&a.path("back.bin")), h);
+    // After a's rekey the deposit still opens (older keys stay sealed
+    // under the newer one).
+    a.run(["vault", "rekey"]).ok();
+    a.run(["get", &peer, &name, "again.bin"]).ok();
+    assert_eq!(blake3_file(&a.path("again.bin")), h);
+    // b's log has the deposit and the gets.
+    let log = log_of(&b);
+    assert!(log.iter().any(|l| l.action == "deposit"), "{log:?}");
+    assert!(log.iter().filter(|l| l.action == "get").count() >= 2);
+    s.stop();
+}
+
+#[test]
+fn a_deposit_over_the_quota_is_refused_before_data_flows() {
+    let (b, a, s) = pair_serving("send,get");
+    b.run(["trust", "add", &a.id().id, "--quota", "3M"]).ok();
+    write_random(&a.path("two.bin"), 2 << 20);
+    write_random(&a.path("more.bin"), 2 << 20);
+    let peer = at(&b, &s);
+    a.run(["send", "--sealed", "two.bin", &peer]).ok();
+    let before = snapshot(&b.home.join("vault/deposits"));
+    let r = a.run(["send", "--sealed", "more.bin", &peer]).code_is(11);
+    assert!(r.all().contains("quota"), "{}", r.all());
+    assert_eq!(snapshot(&b.home.join("vault/deposits")), before);
+    assert!(b.staging_files().is_empty(), "nothing staged");
+    // Plain sends are not deposits: they go into b's own vault.
+    a.run(["send", "more.bin", &peer]).ok();
+    s.stop();
+}
+
+#[test]
+fn an_interrupted_deposit_resumes() {
+    let (b, a, s) = pair_serving("send,get");
+    let total = 192u64 << 20;
+    let h = write_random(&a.path("big.dep"), total);
+    let peer = at(&b, &s);
+    let mut p = a.spawn(["send", "--sealed", "--json", "big.dep", &peer]);
+    let want = total / 3;
+    assert!(wait_until(Duration::from_secs(120), || {
+        events(&p.stdout_now())
+            .iter()
+            .any(|e| e["event"] == "progress" && e["bytes_done"].as_u64().unwrap_or(0) >= want)
+    }));
+    let _ = p.try_wait();
+    p.kill9();
+    let r = a.run(["send", "--sealed", "--json", "big.dep", &peer]).ok();
+    let evs = events(&r.all());
+    let skipped = event(&evs, "start").unwrap()["bytes_skipped"]
+        .as_u64()
+        .unwrap();
+    assert!(skipped > 0, "the deposit resumed");
+    b.run(["vault", "verify"]).ok();
+    let mine = remote_list(&a, &peer);
+    assert_eq!(mine.len(), 1);
+    a.run(["get", &peer, "big.dep", "back.dep"]).ok();
+    assert_eq!(blake3_file(&a.path("back.dep")), h);
+    s.stop();
+}

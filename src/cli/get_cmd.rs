@@ -25,7 +25,7 @@ use p2pfs::{
         fsutil,
         remote::{open_remote_envelope, open_remote_vault},
         shares::open_share,
-        vault::id_hex,
+        vault::{id_hex, Unlocked, Vault},
         StoreError,
     },
     text,
@@ -63,6 +63,9 @@ struct Keys<'a> {
     peer: PublicKey,
     remote_file: Option<&'a Path>,
     vault: Option<Keypair>,
+    /// This node's vault, unlocked with its own passphrase when a deposit
+    /// of this node's is to be opened.
+    local: (&'a Ctx, &'static Vault, Option<Unlocked<'static>>),
 }
 
 impl Keys<'_> {
@@ -89,9 +92,22 @@ impl Keys<'_> {
                     None => Err(StoreError::WrongPassphrase),
                 }
             }
-            Access::Deposit => Err(StoreError::Invalid(
-                "sealed deposits are not fetched by this version".into(),
-            )),
+            Access::Deposit => {
+                let (ctx, vault, unlocked) = &mut self.local;
+                if unlocked.is_none() {
+                    let pass = passphrase::get(
+                        &passphrase::vault_source(ctx.passphrase_file.as_deref()),
+                        Purpose::Existing,
+                    )
+                    .map_err(|e| StoreError::Invalid(format!("{e:#}")))?;
+                    *unlocked = Some(vault.unlock(&pass)?);
+                }
+                match unlocked {
+                    // Sealed to this vault's key now or before a rekey.
+                    Some(u) => u.open_envelope_bytes(&f.key),
+                    None => Err(StoreError::WrongPassphrase),
+                }
+            }
         }
     }
 
@@ -166,11 +182,13 @@ pub fn remote_list(ctx: &Ctx, c: Common) -> Result<()> {
     let identity = ctx.home.load_identity()?;
     let rt = runtime()?;
     let (_, l) = rt.block_on(listing(ctx, &identity.keypair, &c))?;
+    let vault: &'static Vault = Box::leak(Box::new(ctx.home.vault()?));
     let mut keys = Keys {
         identity: &identity.keypair,
         peer: l.peer,
         remote_file: c.remote_passphrase_file.as_deref(),
         vault: None,
+        local: (ctx, vault, None),
     };
     let opened = keys.open_all(l.header.as_deref(), l.files)?;
     if c.json {
@@ -352,7 +370,7 @@ fn base_of(name: &str) -> &str {
 /// `p2pfs get PEER NAME|ID|FOLDER [DEST]`.
 pub fn get(ctx: &Ctx, c: Common, a: GetArgs) -> Result<()> {
     let identity = ctx.home.load_identity()?;
-    let vault: &'static _ = Box::leak(Box::new(ctx.home.vault()?));
+    let vault: &'static Vault = Box::leak(Box::new(ctx.home.vault()?));
     if a.into_vault {
         vault.check_pin()?;
     }
@@ -363,6 +381,7 @@ pub fn get(ctx: &Ctx, c: Common, a: GetArgs) -> Result<()> {
         peer: l.peer,
         remote_file: c.remote_passphrase_file.as_deref(),
         vault: None,
+        local: (ctx, vault, None),
     };
     let opened = keys.open_all(l.header.as_deref(), l.files)?;
     let (chosen, folder) = select(opened, &a.what)?;
@@ -440,7 +459,7 @@ pub fn get(ctx: &Ctx, c: Common, a: GetArgs) -> Result<()> {
         .zip(layout.iter())
         .map(|(o, (_, c))| {
             let to = match c {
-                Commit::Vault => "the vault".to_string(),
+                Commit::Vault | Commit::Deposit => "the vault".to_string(),
                 Commit::Publish { rel } => match (&folder, &a.dest) {
                     (Some(f), d) => d
                         .clone()

@@ -136,6 +136,11 @@ enum Command {
         /// still refused.
         #[arg(long)]
         trust_new: bool,
+        /// A sealed deposit: seal the files to this node's own vault key, so the
+        /// receiver stores them without being able to read them (not even their
+        /// names); only this node gets them back (`p2pfs get`, with its passphrase).
+        #[arg(long)]
+        sealed: bool,
     },
     /// Fetch from a peer what it lets this node fetch (files it shared with this node,
     /// everything when this node is one of its owner's devices): PEER NAME|ID|FOLDER [DEST].
@@ -365,7 +370,8 @@ fn run(cli: Cli) -> Result<()> {
             streams,
             json,
             trust_new,
-        } => send_cmd::run(&ctx, args, streams as usize, json, trust_new),
+            sealed,
+        } => send_cmd::run(&ctx, args, streams as usize, json, trust_new, sealed),
         Command::Get {
             peer,
             what,

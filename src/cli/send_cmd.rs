@@ -406,6 +406,7 @@ pub fn run(
     streams: usize,
     json: bool,
     trust_new: bool,
+    sealed: bool,
 ) -> Result<()> {
     let Some((peer, paths)) = args.split_last() else {
         bail!("usage: p2pfs send PATH... PEER");
@@ -431,12 +432,26 @@ pub fn run(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // A deposit is sealed to this node's own vault key (the one its pin
+    // allows): no passphrase is needed to seal, only to open it again.
+    let sealed = if sealed {
+        let vault = ctx.home.vault()?;
+        vault.check_pin()?;
+        Some(vault.public_key())
+    } else {
+        None
+    };
+    let opts = SendOptions {
+        streams,
+        sealed,
+        ..SendOptions::default()
+    };
     let res = rt.block_on(send(
         ctx,
         &identity.keypair,
         peer,
         items,
-        streams,
+        opts,
         json,
         trust_new,
     ));
@@ -456,7 +471,7 @@ async fn send(
     identity: &Keypair,
     peer: PeerArg,
     items: Vec<sender::Item>,
-    streams: usize,
+    opts: SendOptions,
     json: bool,
     trust_new: bool,
 ) -> Result<()> {
@@ -465,10 +480,6 @@ async fn send(
         first_contact,
     } = plan(ctx, identity, peer, trust_new, json).await?;
     let (tx, ui) = ui_task(json, ctx.quiet, first_contact, "sending");
-    let opts = SendOptions {
-        streams,
-        ..SendOptions::default()
-    };
     let home = ctx.home.root();
     let opts = &opts;
     let (res, proven) = first_that_answers(&targets, tx, |t, tx| {
@@ -482,8 +493,13 @@ async fn send(
     }
     let s = res?;
     if !json && !ctx.quiet {
+        let what = if opts.sealed.is_some() {
+            "deposited (sealed to this node's vault key; the receiver cannot open them)"
+        } else {
+            "committed and verified by the receiver"
+        };
         println!(
-            "sent {} file(s) to {} ({}): {} on the wire, {} already there (resumed); committed and verified by the receiver",
+            "sent {} file(s) to {} ({}): {} on the wire, {} already there (resumed); {what}",
             s.files,
             text::escape(&s.peer_name),
             s.peer.fingerprint(),

@@ -21,12 +21,12 @@ use super::{
     engine::{
         self, closed_error, refused,
         sink::{self, Expect, SinkCtx},
-        source::{self, From, Outcome, Sending},
+        source::{self, From, Outcome, Seal, Sending},
         Link, Note, Reporter,
     },
     events::{Event, EventTx},
     handshake::{self, Mode, EXPORTER_LABEL},
-    wire::{self, bitmap, EntryKind, FileOffer, FilePlan, Msg, RemoteFile},
+    wire::{self, bitmap, EntryKind, FileOffer, FilePlan, Msg, RemoteFile, SealedOffer},
     KeyHint, NetError,
 };
 use crate::{
@@ -36,7 +36,8 @@ use crate::{
         to_hex,
     },
     store::{
-        partial::{open_key, StagingKey},
+        format::{Kind, Metadata},
+        partial::{open_key, seal_key_to, StagingKey},
         sent::{entry_tag, SentLog},
         vault::Vault,
         StoreError,
@@ -64,6 +65,9 @@ pub struct Target {
 /// Tuning.
 #[derive(Debug, Clone)]
 pub struct SendOptions {
+    /// A sealed deposit (`send --sealed`): the files are sealed to this
+    /// vault key (this node's own), and the receiver never gets a key.
+    pub sealed: Option<PublicKey>,
     /// Parallel data streams.
     pub streams: usize,
     /// Plaintext bytes per chunk.
@@ -73,6 +77,7 @@ pub struct SendOptions {
 impl Default for SendOptions {
     fn default() -> Self {
         Self {
+            sealed: None,
             streams: 4,
             chunk_size: DEFAULT_CHUNK_SIZE,
         }
@@ -356,13 +361,26 @@ pub async fn send(
 ) -> Result<Summary, NetError> {
     let (mut a, peer_name) = open_session(identity, target, &events).await?;
     let peer = a.link.peer();
-    let offers: Vec<FileOffer> = items.iter().map(|i| i.offer.clone()).collect();
-    a.link
-        .send_msg(&Msg::Offer {
+    let request = match opts.sealed {
+        None => Msg::Offer {
             chunk_size: opts.chunk_size,
-            files: offers,
-        })
-        .await?;
+            files: items.iter().map(|i| i.offer.clone()).collect(),
+        },
+        // No name, time or mode leaves this node: only an opaque tag.
+        Some(_) => Msg::Deposit {
+            chunk_size: opts.chunk_size,
+            files: items
+                .iter()
+                .map(|i| SealedOffer {
+                    tag: deposit_tag(identity, &i.offer.name),
+                    kind: i.offer.kind,
+                    size: i.offer.size,
+                    token: i.offer.token,
+                })
+                .collect(),
+        },
+    };
+    a.link.send_msg(&request).await?;
     let plans = match a
         .link
         .next_msg(
@@ -398,17 +416,71 @@ pub async fn send(
             &item.offer.token,
             opts.chunk_size,
         );
+        // A deposit's key is sealed to this node itself, for its resume.
+        let seal = |id: FileId, key: &FileKey, held: Vec<[u8; 32]>| -> Result<_, NetError> {
+            Ok(match opts.sealed {
+                None => None,
+                Some(vault_pk) => Some(Seal {
+                    vault_pk,
+                    sealed_key: seal_key_to(&identity.public(), &peer, &id, key.secret())
+                        .map_err(StoreError::from)?,
+                    held,
+                    meta: Metadata {
+                        kind: match item.offer.kind {
+                            EntryKind::File => Kind::File,
+                            EntryKind::Dir => Kind::Dir,
+                        },
+                        size: item.offer.size,
+                        chunk_size: opts.chunk_size,
+                        blake3: [0; 32],
+                        added_ms: 0,
+                        mtime: item.offer.mtime,
+                        mode: item.offer.mode & 0o777,
+                        origin: None,
+                        name: item.offer.name.clone(),
+                    },
+                }),
+            })
+        };
         let fresh = |id: FileId, fresh: bool| -> Result<Sending, NetError> {
+            let key = FileKey::generate().map_err(StoreError::from)?;
             Ok(Sending {
                 id,
-                key: Some(FileKey::generate().map_err(StoreError::from)?),
+                deposit: seal(id, &key, Vec::new())?,
+                key: Some(key),
                 have: None,
                 fresh,
                 rejected: None,
             })
         };
+        // A plan's resume entry must be of the request's kind.
+        let (p, leaves, mismatch) = match (p, opts.sealed) {
+            (
+                FilePlan::ResumeSealed {
+                    file_id,
+                    sealed_key,
+                    have,
+                    leaves,
+                },
+                Some(_),
+            ) => (
+                FilePlan::Resume {
+                    file_id,
+                    sealed_key,
+                    have,
+                },
+                Some(leaves),
+                false,
+            ),
+            (FilePlan::Resume { file_id, .. }, Some(_))
+            | (FilePlan::ResumeSealed { file_id, .. }, None) => {
+                (FilePlan::New { file_id }, None, true)
+            }
+            (p, _) => (p, None, false),
+        };
         let next = match p {
-            FilePlan::New { file_id } => fresh(file_id, false)?,
+            FilePlan::New { file_id } => fresh(file_id, mismatch)?,
+            FilePlan::ResumeSealed { file_id, .. } => fresh(file_id, true)?,
             FilePlan::Resume {
                 file_id,
                 sealed_key,
@@ -435,6 +507,7 @@ pub async fn send(
                         });
                         Sending {
                             id: file_id,
+                            deposit: seal(file_id, &key, leaves.unwrap_or_default())?,
                             key: Some(key),
                             have: Some(have),
                             fresh: false,
@@ -453,6 +526,7 @@ pub async fn send(
                 have: None,
                 fresh: false,
                 rejected: Some(text::from_peer(&reason)),
+                deposit: None,
             },
         };
         tags.push(tag);
@@ -526,6 +600,22 @@ pub async fn send(
         bytes_sent: ran.bytes_sent,
         bytes_skipped: skipped,
     })
+}
+
+/// The opaque tag a deposit's entry is offered under: a keyed hash of its
+/// name under a key derived from this node's identity, so the storing node
+/// cannot test guesses of the name, and a rerun finds its partial.
+pub fn deposit_tag(identity: &Keypair, name: &str) -> [u8; 16] {
+    let key = crate::crypto::wrap::hkdf_key(
+        identity.secret_bytes().expose(),
+        b"",
+        b"p2pfs/deposit-tag/v1",
+    );
+    let mut h = blake3::Hasher::new_keyed(key.expose());
+    h.update(name.as_bytes());
+    let mut t = [0u8; 16];
+    t.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    t
 }
 
 /// What a peer lets this node fetch.

@@ -35,6 +35,7 @@ use super::{
     handshake::{self, Session, EXPORTER_LABEL},
     wire::{
         self, Access, EntryKind, FileOffer, FilePlan, Msg, OfferTotals, RefuseCode, RemoteFile,
+        SealedOffer,
     },
     NetError,
 };
@@ -249,6 +250,7 @@ async fn handle(
         trusted: trusted_send
             || trust.allows(&peer, Capability::Get)
             || owner_allowed(&trust, &peer),
+        deposit: trusted_send,
     };
     if !rights.send && !rights.get && !rights.owner {
         let message = format!(
@@ -381,6 +383,9 @@ async fn request(
             )
             .await
         }
+        (Request::Deposit, Msg::Deposit { chunk_size, files }) => {
+            receive_deposit(ctx, link, transfer, chunk_size, files).await
+        }
         (Request::List, _) => list(ctx, link, rights).await,
         (Request::Fetch(ids, streams), _) => {
             serve_fetch(ctx, link, rights, transfer, ids, streams).await
@@ -416,6 +421,22 @@ fn fetchable(
                 }),
                 // Shared, then removed: no longer there to fetch.
                 Err(e) => debug!("a shared object is not served: {e}"),
+            }
+        }
+    }
+    if rights.get || rights.owner {
+        // The peer's own deposits: only it can open them.
+        for d in vault.deposits_of(&peer)? {
+            match vault.deposit_envelope(&d.id) {
+                Ok(key) => files.push(RemoteFile {
+                    id: d.id,
+                    kind: EntryKind::File,
+                    size: d.size,
+                    chunk_size: d.chunk_size,
+                    access: Access::Deposit,
+                    key,
+                }),
+                Err(e) => warn!("not listing a damaged deposit: {e}"),
             }
         }
     }
@@ -552,6 +573,11 @@ async fn serve_fetch(
         let have = match p {
             FilePlan::New { .. } => None,
             FilePlan::Resume { have, .. } => Some(have),
+            FilePlan::ResumeSealed { .. } => {
+                return Err(NetError::Protocol(
+                    "a resumed deposit in the plan of a pull".into(),
+                ))
+            }
             FilePlan::Reject { reason } => {
                 debug!(
                     "the peer rejected {}: {}",
@@ -566,6 +592,7 @@ async fn serve_fetch(
                         have: None,
                         fresh: false,
                         rejected: Some(text::from_peer(&reason)),
+                        deposit: None,
                     },
                 ));
                 continue;
@@ -579,6 +606,7 @@ async fn serve_fetch(
                 have,
                 fresh: false,
                 rejected: None,
+                deposit: None,
             },
         ));
     }
@@ -615,7 +643,10 @@ async fn serve_fetch(
 fn stored_of(ctx: &ServerCtx, f: &RemoteFile) -> Stored {
     Stored {
         id: f.id,
-        path: ctx.vault.data_path(&f.id),
+        path: match f.access {
+            Access::Deposit => ctx.vault.deposit_data_path(&f.id),
+            Access::Share | Access::Owner => ctx.vault.data_path(&f.id),
+        },
         size: f.size,
         chunk_size: f.chunk_size,
         label: format!("object {}", id_hex(&f.id)),
@@ -655,6 +686,117 @@ fn server_reporter(ctx: &ServerCtx, peer: PublicKey) -> Reporter {
         };
         let _ = events.send(ev);
     })
+}
+
+/// Receives sealed deposits (this node is the sink and never gets a key):
+/// within the budgets of a push and the depositor's quota, checked before
+/// any data flows.
+async fn receive_deposit(
+    ctx: &Arc<ServerCtx>,
+    link: &mut Link,
+    transfer: TransferGuard,
+    chunk_size: u32,
+    files: Vec<SealedOffer>,
+) -> Result<(), NetError> {
+    let peer = link.peer();
+    let totals = match wire::validate_deposit(chunk_size, &files) {
+        Ok(t) => t,
+        Err(why) => {
+            return Err(link
+                .refuse(RefuseCode::BadOffer, format!("deposit refused: {why}"))
+                .await)
+        }
+    };
+    let c = ctx.clone();
+    let quota = tokio::task::spawn_blocking(move || -> Result<Option<(u64, u64)>, NetError> {
+        let trust = TrustStore::load(c.home.root())?;
+        match trust.quota(&peer) {
+            None => Ok(None),
+            Some(q) => Ok(Some((q, c.vault.deposit_usage(&peer)?))),
+        }
+    })
+    .await
+    .map_err(|e| NetError::Protocol(format!("quota check failed: {e}")))??;
+    if let Some((quota, used)) = quota {
+        if used.checked_add(totals.bytes).is_none_or(|t| t > quota) {
+            let message = format!(
+                "over your quota here: {} of {} used, this deposit is {} (the owner raises it with `p2pfs trust add YOUR-ID --quota SIZE`)",
+                human(used),
+                human(quota),
+                human(totals.bytes)
+            );
+            let c = ctx.clone();
+            let m = message.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                log(&c, peer, LogAction::Refused, "deposit", &m)
+            })
+            .await;
+            return Err(link.refuse(RefuseCode::Quota, message).await);
+        }
+    }
+    let Some(entries) = ctx.admission.entries(files.len()) else {
+        return Err(link
+            .refuse(
+                RefuseCode::Busy,
+                "the receiver is busy with other large transfers; try again in a moment".into(),
+            )
+            .await);
+    };
+    let expects = files
+        .into_iter()
+        .map(|f| Expect {
+            name: format!("sealed deposit {}", crate::crypto::to_hex(&f.tag)),
+            kind: f.kind,
+            size: f.size,
+            chunk_size,
+            mtime: 0,
+            mode: 0,
+            token: f.token,
+            known: None,
+            commit: Commit::Deposit,
+        })
+        .collect();
+    let sink_ctx = Arc::new(SinkCtx {
+        vault: ctx.vault,
+        staging: ctx.staging.clone(),
+        me: ctx.identity.id(),
+        budget: ctx.admission.chunk_budget(),
+        idle: ctx.admission.limits().idle,
+        report: server_reporter(ctx, peer),
+        flow: KeyFlow::Sealed,
+        initiator: false,
+        dest: None,
+        force: false,
+    });
+    let r = sink::run(link, sink_ctx, expects, Box::new((transfer, entries))).await;
+    let stored = r.as_ref().map(|r| r.ok).unwrap_or(0);
+    let c = ctx.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        log(
+            &c,
+            peer,
+            LogAction::Deposit,
+            "",
+            &format!("{stored} sealed deposit(s) stored"),
+        )
+    })
+    .await;
+    r.map(|_| ())
+}
+
+fn human(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
 }
 
 /// Receives a push into the vault (this node is the sink).

@@ -82,6 +82,19 @@ pub enum FilePlan {
         /// Why.
         reason: String,
     },
+    /// Continue a partial deposit: as `Resume`, with the BLAKE3 of each
+    /// held sealed chunk (in index order), which the depositor needs for
+    /// the envelope's ciphertext digest.
+    ResumeSealed {
+        /// The partial's id.
+        file_id: FileId,
+        /// The key the depositor sealed to itself.
+        sealed_key: Vec<u8>,
+        /// Bitmap of chunks held.
+        have: Vec<u8>,
+        /// BLAKE3 of each held sealed chunk, in index order.
+        leaves: Vec<[u8; 32]>,
+    },
 }
 
 /// Why a receiver refuses.
@@ -97,6 +110,8 @@ pub enum RefuseCode {
     Busy,
     /// The receiver's disk is full.
     DiskFull,
+    /// The depositor's quota here would be exceeded.
+    Quota,
 }
 
 /// Control-stream messages. Variants are only ever appended.
@@ -185,6 +200,47 @@ pub enum Msg {
         /// One entry per requested id.
         files: Vec<RemoteFile>,
     },
+    /// Client → server (request): deposit these files sealed to the
+    /// client's own vault key (`send --sealed`); no name crosses the wire.
+    Deposit {
+        /// Plaintext bytes per chunk.
+        chunk_size: u32,
+        /// The entries.
+        files: Vec<SealedOffer>,
+    },
+    /// Client → server: a deposited file starts: its key sealed to the
+    /// client itself (for resume), never the key.
+    DepositStart {
+        /// Index in the offer.
+        file: u32,
+        /// The file key sealed to the depositor's node key, bound to both
+        /// node ids and the file id (`SEALED_KEY_LEN` bytes).
+        sealed_key: Vec<u8>,
+        /// True when a partial is discarded and the file starts over.
+        fresh: bool,
+    },
+    /// Client → server: every chunk of a deposited file was sent; its
+    /// envelope, sealed to the depositor's vault key.
+    DepositEnd {
+        /// Index in the offer.
+        file: u32,
+        /// The envelope (`docs/VAULT.md`, *Envelope*).
+        envelope: Vec<u8>,
+    },
+}
+
+/// One entry of a deposit: what the storing node may know of it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SealedOffer {
+    /// An opaque tag of the entry, keyed by the depositor (stable across
+    /// reruns, so a resumed deposit finds its partial; never the name).
+    pub tag: [u8; 16],
+    /// File or empty directory.
+    pub kind: EntryKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Identifies the source version (for resume).
+    pub token: [u8; 16],
 }
 
 /// Why a peer may fetch an object.
@@ -283,6 +339,9 @@ impl Msg {
             Msg::Listing { .. } => "Listing",
             Msg::Fetch { .. } => "Fetch",
             Msg::Serving { .. } => "Serving",
+            Msg::Deposit { .. } => "Deposit",
+            Msg::DepositStart { .. } => "DepositStart",
+            Msg::DepositEnd { .. } => "DepositEnd",
         }
     }
 
@@ -313,6 +372,17 @@ impl Msg {
                         {
                             return Err(invalid("sealed key length"))
                         }
+                        FilePlan::ResumeSealed {
+                            sealed_key,
+                            have,
+                            leaves,
+                            ..
+                        } => {
+                            let held: u32 = have.iter().map(|b| b.count_ones()).sum();
+                            if sealed_key.len() != SEALED_KEY_LEN || held as usize != leaves.len() {
+                                return Err(invalid("resumed deposit"));
+                            }
+                        }
                         _ => {}
                     }
                 }
@@ -332,6 +402,12 @@ impl Msg {
                     check_remote(f)?;
                 }
                 Ok(())
+            }
+            Msg::DepositStart { sealed_key, .. } if sealed_key.len() != SEALED_KEY_LEN => {
+                Err(invalid("sealed key length"))
+            }
+            Msg::DepositEnd { envelope, .. } if envelope.len() > MAX_REMOTE_KEY => {
+                Err(invalid("envelope length"))
             }
             Msg::Fetch { ids, streams } => {
                 if !(1..=MAX_STREAMS).contains(&usize::from(*streams)) {
@@ -367,6 +443,23 @@ fn check_remote(f: &RemoteFile) -> Result<(), NetError> {
         return Err(invalid("a directory with a size"));
     }
     Ok(())
+}
+
+/// Checks a deposit against the limits and budgets of a push (no names:
+/// the tags must be unique).
+pub fn validate_deposit(chunk_size: u32, files: &[SealedOffer]) -> Result<OfferTotals, String> {
+    let as_offers: Vec<FileOffer> = files
+        .iter()
+        .map(|f| FileOffer {
+            name: crate::crypto::to_hex(&f.tag),
+            kind: f.kind,
+            size: f.size,
+            mtime: 0,
+            mode: 0,
+            token: f.token,
+        })
+        .collect();
+    validate_offer(chunk_size, &as_offers)
 }
 
 /// Checks what a server serves against the budgets of one transfer (as

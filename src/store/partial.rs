@@ -579,6 +579,18 @@ impl<'v> Partial<'v> {
         self.verify.is_some()
     }
 
+    /// True when every chunk is held (whether or not the key is known: a
+    /// deposit's never is).
+    pub fn has_every_chunk(&self) -> bool {
+        self.writer.is_complete()
+    }
+
+    /// The BLAKE3 of each held sealed chunk, in index order (what a
+    /// depositor needs to seal its envelope after a resume).
+    pub fn held_leaves(&self) -> Vec<[u8; 32]> {
+        self.writer.hashes().iter().map(|(_, h)| *h).collect()
+    }
+
     /// True when every chunk is held and the key is known.
     pub fn is_complete(&self) -> bool {
         self.verify.is_some() && self.writer.is_complete()

@@ -30,6 +30,9 @@ pub struct Rights {
     pub owner: bool,
     /// It is in the trust store with some right (windows, limits).
     pub trusted: bool,
+    /// It may leave sealed deposits (trusted with `send`: a deposit counts
+    /// against its quota, so it needs an entry in the trust store).
+    pub deposit: bool,
 }
 
 /// A request the server accepted, to be carried out.
@@ -37,6 +40,8 @@ pub struct Rights {
 pub enum Request {
     /// Receive the offered files (this node is the sink).
     Push,
+    /// Receive sealed deposits (this node is the sink, and never gets a key).
+    Deposit,
     /// List what the peer may fetch.
     List,
     /// Send these objects (this node is the source).
@@ -71,6 +76,11 @@ pub fn decide(first: &Msg, rights: Rights) -> Result<Request, Refusal> {
         Msg::Offer { .. } => Err(Refusal {
             code: RefuseCode::Untrusted,
             message: "this node does not let you send to it".into(),
+        }),
+        Msg::Deposit { .. } if rights.deposit => Ok(Request::Deposit),
+        Msg::Deposit { .. } => Err(Refusal {
+            code: RefuseCode::Untrusted,
+            message: "this node takes sealed deposits only from peers it trusts to send (`p2pfs trust add YOUR-ID --allow send --quota SIZE` there)".into(),
         }),
         Msg::List if rights.get || rights.owner => Ok(Request::List),
         Msg::Fetch { ids, streams } if rights.get || rights.owner => {
@@ -174,6 +184,10 @@ pub enum KeyFlow {
     /// A pull: both came sealed with the served entry; the source sends
     /// only chunks, and a `FileStart` or `FileEnd` is a violation.
     Known,
+    /// A deposit: the sink never learns the key; the source sends
+    /// `DepositStart` (its key sealed to itself) and `DepositEnd` (the
+    /// envelope sealed to its vault key) for every accepted file.
+    Sealed,
 }
 
 /// A control message the sink acts on.
@@ -236,6 +250,14 @@ impl SinkMachine {
             }
             (Msg::FileEnd { file, .. }, KeyFlow::Announced) => {
                 Self::once(&mut self.ended, *file, "FileEnd")?;
+                Ok(SinkStep::End(*file))
+            }
+            (Msg::DepositStart { file, .. }, KeyFlow::Sealed) => {
+                Self::once(&mut self.started, *file, "DepositStart")?;
+                Ok(SinkStep::Start(*file))
+            }
+            (Msg::DepositEnd { file, .. }, KeyFlow::Sealed) => {
+                Self::once(&mut self.ended, *file, "DepositEnd")?;
                 Ok(SinkStep::End(*file))
             }
             (Msg::Done, _) if !self.initiator => {
@@ -361,6 +383,43 @@ mod tests {
         assert!(sink.on_msg(&Msg::Plan { files: vec![] }).is_err());
         sink.on_result(0).unwrap();
         assert!(sink.on_result(0).is_err(), "a second result");
+    }
+
+    #[test]
+    fn a_deposit_sink_takes_only_sealed_announcements() {
+        let mut sink = SinkMachine::new(1, KeyFlow::Sealed, false);
+        assert!(sink.on_msg(&start(0)).is_err(), "a key must never come");
+        assert!(sink.on_msg(&end(0)).is_err());
+        let ds = Msg::DepositStart {
+            file: 0,
+            sealed_key: vec![0; 80],
+            fresh: false,
+        };
+        let de = Msg::DepositEnd {
+            file: 0,
+            envelope: vec![1],
+        };
+        assert_eq!(sink.on_msg(&ds).unwrap(), SinkStep::Start(0));
+        assert!(sink.on_msg(&ds).is_err());
+        assert_eq!(sink.on_msg(&de).unwrap(), SinkStep::End(0));
+        assert!(sink.on_msg(&de).is_err());
+        let deposit = Msg::Deposit {
+            chunk_size: 1 << 20,
+            files: vec![],
+        };
+        let sender = Rights {
+            send: true,
+            ..Rights::default()
+        };
+        assert!(
+            decide(&deposit, sender).is_err(),
+            "untrusted senders may not deposit"
+        );
+        let trusted = Rights {
+            deposit: true,
+            ..sender
+        };
+        assert_eq!(decide(&deposit, trusted), Ok(Request::Deposit));
     }
 
     #[test]

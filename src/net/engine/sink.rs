@@ -63,6 +63,8 @@ pub struct Known {
 pub enum Commit {
     /// Into the local vault (sealed to its key).
     Vault,
+    /// Kept as a sealed deposit of the peer (its envelope, unopened).
+    Deposit,
     /// Decrypted into a plain file at this name under the destination.
     Publish {
         /// The name relative to the destination, `/`-separated (checked).
@@ -233,16 +235,22 @@ pub async fn run(
                         return Err(NetError::ConnectionLost("the peer closed the control stream".into()));
                     };
                     let cmd = match machine.on_msg(&msg)? {
-                        SinkStep::Start(file) => {
-                            let Msg::FileStart { wrapped_key, fresh, .. } = msg else { continue };
-                            let id = infos.get(file as usize).map(|p| p.id).ok_or_else(|| NetError::Protocol("file index out of range".into()))?;
-                            let key = unwrap_file_key(&link.session, file, &id, &wrapped_key)?;
-                            DiskCmd::Start { file, key: Box::new(key), fresh }
-                        }
-                        SinkStep::End(file) => {
-                            let Msg::FileEnd { blake3, .. } = msg else { continue };
-                            DiskCmd::End { file, blake3 }
-                        }
+                        SinkStep::Start(file) => match msg {
+                            Msg::FileStart { wrapped_key, fresh, .. } => {
+                                let id = infos.get(file as usize).map(|p| p.id).ok_or_else(|| NetError::Protocol("file index out of range".into()))?;
+                                let key = unwrap_file_key(&link.session, file, &id, &wrapped_key)?;
+                                DiskCmd::Start { file, key: StartKey::Key(Box::new(key)), fresh }
+                            }
+                            Msg::DepositStart { sealed_key, fresh, .. } => {
+                                DiskCmd::Start { file, key: StartKey::Sealed(sealed_key), fresh }
+                            }
+                            _ => continue,
+                        },
+                        SinkStep::End(file) => match msg {
+                            Msg::FileEnd { blake3, .. } => DiskCmd::End { file, end: End::Blake3(blake3) },
+                            Msg::DepositEnd { envelope, .. } => DiskCmd::End { file, end: End::Envelope(envelope) },
+                            _ => continue,
+                        },
                         SinkStep::PeerDone => continue,
                     };
                     if cmd_tx.send(cmd).await.is_err() {
@@ -334,8 +342,24 @@ struct FileState {
     slot: Slot,
     version: [u8; 32],
     partial: Option<Box<Partial<'static>>>,
-    end: Option<[u8; 32]>,
+    end: Option<End>,
     finished: bool,
+}
+
+/// How a file's key arrives at the sink.
+enum StartKey {
+    /// The key itself (a push).
+    Key(Box<FileKey>),
+    /// Only the key the depositor sealed to itself (a deposit).
+    Sealed(Vec<u8>),
+}
+
+/// What ends a file.
+enum End {
+    /// The source's BLAKE3 of the plaintext.
+    Blake3([u8; 32]),
+    /// A deposit's envelope, sealed to the depositor's vault key.
+    Envelope(Vec<u8>),
 }
 
 /// Work for the disk actor.
@@ -343,7 +367,7 @@ enum DiskCmd {
     /// The key of a file arrived.
     Start {
         file: u32,
-        key: Box<FileKey>,
+        key: StartKey,
         fresh: bool,
     },
     /// A MAC-checked chunk and its BLAKE3.
@@ -355,8 +379,8 @@ enum DiskCmd {
         /// Its place in the memory budgets, given back once it is written.
         _place: ChunkPlace,
     },
-    /// The source's BLAKE3 of a file.
-    End { file: u32, blake3: [u8; 32] },
+    /// The source's end of a file.
+    End { file: u32, end: End },
 }
 
 /// What planning produced for the control task.
@@ -371,6 +395,17 @@ struct Planned {
 /// served entry.
 fn resumable(ctx: &SinkCtx, p: &Partial<'_>) -> bool {
     ctx.flow == KeyFlow::Known || p.meta.sealed_key.is_some()
+}
+
+/// The slot name of an entry: a pull's object, a deposit's tag, or a
+/// pushed name. The first two are not valid file names (a NUL), so they
+/// never meet the slot of a file the same peer pushes.
+fn slot_name(flow: KeyFlow, f: &Expect) -> String {
+    match (&f.known, flow) {
+        (Some(k), _) => pull_slot_name(&k.id),
+        (None, KeyFlow::Sealed) => format!("\0{}", f.name),
+        (None, _) => f.name.clone(),
+    }
 }
 
 /// Plans the files (on the disk thread): resume what this peer left, start
@@ -391,10 +426,7 @@ fn plan(
     let mut states = Vec::with_capacity(files.len());
     let mut held = 0u64;
     for f in files {
-        let slot_name = match &f.known {
-            Some(k) => pull_slot_name(&k.id),
-            None => f.name.clone(),
-        };
+        let slot_name = slot_name(ctx.flow, &f);
         let slot = ctx.staging.slot(&peer, &slot_name);
         let version = ctx
             .staging
@@ -428,10 +460,20 @@ fn plan(
             Some(p) => {
                 held = held.saturating_add(p.held_bytes());
                 let id = p.meta.file_id;
-                let plan = FilePlan::Resume {
-                    file_id: id,
-                    sealed_key: p.meta.sealed_key.clone().unwrap_or_default(),
-                    have: p.have(),
+                let sealed_key = p.meta.sealed_key.clone().unwrap_or_default();
+                let plan = if ctx.flow == KeyFlow::Sealed {
+                    FilePlan::ResumeSealed {
+                        file_id: id,
+                        sealed_key,
+                        have: p.have(),
+                        leaves: p.held_leaves(),
+                    }
+                } else {
+                    FilePlan::Resume {
+                        file_id: id,
+                        sealed_key,
+                        have: p.have(),
+                    }
                 };
                 (plan, Some(Box::new(p)), id)
             }
@@ -454,7 +496,7 @@ fn plan(
             let mut p = p;
             p.set_key(FileKey::from_secret(k.key.secret().clone()))?;
             partial = Some(p);
-            end = Some(k.meta.blake3);
+            end = Some(End::Blake3(k.meta.blake3));
         }
         plans.push(plan);
         infos.push(ChunkPlan {
@@ -545,13 +587,20 @@ fn disk_actor(
         let step = (|| -> Result<(), StoreError> {
             match cmd {
                 DiskCmd::Start { key, fresh, .. } => {
-                    let sealed = seal_key_to(&peer, &ctx.me, &st.id, key.secret())?;
+                    let id = st.id;
                     let p = open_or_start(ctx, st)?;
                     if fresh {
                         p.reset();
                     }
-                    p.set_sealed_key(sealed);
-                    p.set_key(*key)?;
+                    match key {
+                        StartKey::Key(key) => {
+                            let sealed = seal_key_to(&peer, &ctx.me, &id, key.secret())?;
+                            p.set_sealed_key(sealed);
+                            p.set_key(*key)?;
+                        }
+                        // The depositor's own seal, kept for its resume.
+                        StartKey::Sealed(sealed) => p.set_sealed_key(sealed),
+                    }
                 }
                 DiskCmd::Chunk {
                     index, data, leaf, ..
@@ -568,7 +617,7 @@ fn disk_actor(
                         (ctx.report)(Note::Bytes(plain));
                     }
                 }
-                DiskCmd::End { blake3, .. } => st.end = Some(blake3),
+                DiskCmd::End { end, .. } => st.end = Some(end),
             }
             Ok(())
         })();
@@ -779,17 +828,29 @@ fn finish_if_ready(
     peer: PublicKey,
     syncer: &Syncer,
 ) -> Option<Msg> {
-    let ready = st.end.is_some() && st.partial.as_ref().is_some_and(|p| p.is_complete());
+    let ready = match &st.end {
+        Some(End::Blake3(_)) => st.partial.as_ref().is_some_and(|p| p.is_complete()),
+        Some(End::Envelope(_)) => st.partial.as_ref().is_some_and(|p| p.has_every_chunk()),
+        None => false,
+    };
     if !ready {
         return None;
     }
     st.finished = true;
-    let (Some(p), Some(blake3)) = (st.partial.take(), st.end) else {
+    let (Some(p), Some(end)) = (st.partial.take(), st.end.take()) else {
         return None;
     };
     // No checkpoint of this partial may land after its commit.
     syncer.barrier();
     let e = &st.expect;
+    let blake3 = match end {
+        End::Blake3(b) => b,
+        End::Envelope(envelope) => {
+            let (slot, v) = (p.meta.slot, p.vault());
+            let outcome = p.finish_deposit(&peer, &envelope);
+            return Some(result(ctx, v, slot, file, e, None, outcome));
+        }
+    };
     let meta = match &e.known {
         // A pulled file keeps its own metadata; it now comes from `peer`.
         Some(k) => Metadata {
@@ -818,22 +879,37 @@ fn finish_if_ready(
     let outcome = match (&e.commit, &ctx.dest) {
         (Commit::Vault, _) => p.finish(&blake3, &meta),
         (Commit::Publish { rel }, Some(dest)) => publish(*p, &blake3, &meta, dest, rel, ctx.force),
-        (Commit::Publish { .. }, None) => Err(StoreError::Invalid("no destination".into())),
+        (Commit::Publish { .. }, None) | (Commit::Deposit, _) => {
+            Err(StoreError::Invalid("no destination".into()))
+        }
     };
     debug!(name = %text::escape(&e.name), elapsed_ms = t0.elapsed().as_millis() as u64, "verified and committed");
+    Some(result(ctx, v, slot, file, e, Some(blake3), outcome))
+}
+
+/// The result message of a finished file, and what is kept of it.
+fn result(
+    ctx: &SinkCtx,
+    v: &Vault,
+    slot: Slot,
+    file: u32,
+    e: &Expect,
+    blake3: Option<[u8; 32]>,
+    outcome: Result<(), StoreError>,
+) -> Msg {
     match outcome {
         Ok(()) => {
             (ctx.report)(Note::FileDone {
                 name: e.name.clone(),
                 size: e.size,
-                blake3: Some(blake3),
+                blake3,
             });
-            Some(Msg::FileResult {
+            Msg::FileResult {
                 file,
                 ok: true,
                 code: result_code::OK,
                 message: String::new(),
-            })
+            }
         }
         Err(err) => {
             // A file that fails verification is not kept: resuming it
@@ -851,12 +927,12 @@ fn finish_if_ready(
                 StoreError::Corrupt { .. } => result_code::VERIFY,
                 _ => result_code::STORE,
             };
-            Some(Msg::FileResult {
+            Msg::FileResult {
                 file,
                 ok: false,
                 code,
                 message: text::bounded(&err.to_string(), text::MAX_MESSAGE - 4),
-            })
+            }
         }
     }
 }

@@ -20,7 +20,10 @@ use tokio::sync::{mpsc, Mutex};
 use super::{closed_error, proto::SourceMachine, refused, Link, Note, Reporter};
 use crate::{
     crypto::{
-        chunk::{chunk_count, chunk_plain_len, FileId, FileKey, CHUNK_OVERHEAD},
+        chunk::{
+            chunk_count, chunk_plain_len, ct_digest, sealed_chunk_hash, FileId, FileKey,
+            CHUNK_OVERHEAD,
+        },
         mac::MacKey,
     },
     net::{
@@ -97,6 +100,21 @@ pub struct Sending {
     pub fresh: bool,
     /// Why the sink rejected it (nothing is sent).
     pub rejected: Option<String>,
+    /// A deposit: how the file is sealed for its depositor.
+    pub deposit: Option<Seal>,
+}
+
+/// How a deposited file is sealed: the sink gets chunks and, at the end, an
+/// envelope sealed to the depositor's own vault key — never a key.
+pub struct Seal {
+    /// The depositor's vault key (the envelope's recipient).
+    pub vault_pk: crate::crypto::keys::PublicKey,
+    /// The file key sealed to the depositor's node key (for its resume).
+    pub sealed_key: Vec<u8>,
+    /// The BLAKE3 of each sealed chunk the sink holds, in index order.
+    pub held: Vec<[u8; 32]>,
+    /// The metadata to seal (its BLAKE3 and time are filled in at the end).
+    pub meta: crate::store::format::Metadata,
 }
 
 /// What the sink said of one file.
@@ -187,8 +205,8 @@ pub async fn run(
     let wrap_keys: Vec<Option<Vec<u8>>> = files
         .iter()
         .enumerate()
-        .map(|(i, (_, s))| match (&s.key, &s.rejected) {
-            (Some(k), None) => wrap_file_key(&link.session, i as u32, &s.id, k).map(Some),
+        .map(|(i, (_, s))| match (&s.key, &s.rejected, &s.deposit) {
+            (Some(k), None, None) => wrap_file_key(&link.session, i as u32, &s.id, k).map(Some),
             _ => Ok(None),
         })
         .collect::<Result<_, _>>()?;
@@ -210,24 +228,37 @@ pub async fn run(
             });
             match from {
                 From::Local(item) => {
-                    let (Some(wk), Some(key)) = (&wrap_keys[i], &s.key) else {
-                        continue;
-                    };
-                    let start = Msg::FileStart {
-                        file: i as u32,
-                        wrapped_key: wk.clone(),
-                        fresh: s.fresh,
+                    let Some(key) = &s.key else { continue };
+                    let start = match (&s.deposit, &wrap_keys[i]) {
+                        (Some(seal), _) => Msg::DepositStart {
+                            file: i as u32,
+                            sealed_key: seal.sealed_key.clone(),
+                            fresh: s.fresh,
+                        },
+                        (None, Some(wk)) => Msg::FileStart {
+                            file: i as u32,
+                            wrapped_key: wk.clone(),
+                            fresh: s.fresh,
+                        },
+                        (None, None) => continue,
                     };
                     if ctrl_tx.send(start).is_err() {
                         return Ok(());
                     }
-                    let blake3 = read_local(i as u32, item, s, key, chunk_size, &mac, &data_tx)?;
+                    let (blake3, leaves) =
+                        read_local(i as u32, item, s, key, chunk_size, &mac, &data_tx)?;
                     if let Ok(mut h) = reader_hashes.lock() {
                         h[i] = Some(blake3);
                     }
-                    let end = Msg::FileEnd {
-                        file: i as u32,
-                        blake3,
+                    let end = match &s.deposit {
+                        Some(seal) => Msg::DepositEnd {
+                            file: i as u32,
+                            envelope: seal_deposit(seal, &s.id, key, blake3, &leaves)?,
+                        },
+                        None => Msg::FileEnd {
+                            file: i as u32,
+                            blake3,
+                        },
                     };
                     if ctrl_tx.send(end).is_err() {
                         return Ok(());
@@ -393,9 +424,10 @@ fn queue(
     plain: usize,
     mac: &MacKey,
     data_tx: &mpsc::Sender<(Vec<u8>, u64)>,
-) -> Result<(), NetError> {
+) -> Result<[u8; 32], NetError> {
     let h = wire::CHUNK_HEADER_LEN;
-    let tag = mac.tag(id, index, &frame[h..]);
+    let leaf = sealed_chunk_hash(&frame[h..]);
+    let tag = mac.tag_leaf(id, index, (frame.len() - h) as u64, &leaf);
     let hdr = ChunkHeader {
         file,
         index,
@@ -409,11 +441,36 @@ fn queue(
     {
         return Err(NetError::ConnectionLost("data streams closed".into()));
     }
-    Ok(())
+    Ok(leaf)
+}
+
+/// Seals a deposited file's envelope to its depositor's vault key: its
+/// metadata with the BLAKE3, and the ciphertext digest over every sealed
+/// chunk (those the sink held, then those sent now, in index order).
+fn seal_deposit(
+    seal: &Seal,
+    id: &FileId,
+    key: &FileKey,
+    blake3: [u8; 32],
+    leaves: &[[u8; 32]],
+) -> Result<Vec<u8>, NetError> {
+    let meta = crate::store::format::Metadata {
+        blake3,
+        added_ms: crate::store::vault::now_ms(),
+        ..seal.meta.clone()
+    };
+    Ok(crate::store::vault::seal_envelope(
+        &seal.vault_pk,
+        *id,
+        ct_digest(leaves),
+        key.secret(),
+        &meta,
+    )?)
 }
 
 /// Reads one local file front to back: hashes the plaintext, seals, MACs
-/// and queues the chunks the sink lacks. Returns the BLAKE3.
+/// and queues the chunks the sink lacks. Returns the BLAKE3 and, for a
+/// deposit, the BLAKE3 of every sealed chunk in index order.
 fn read_local(
     file: u32,
     item: &Item,
@@ -422,8 +479,10 @@ fn read_local(
     chunk_size: u32,
     mac: &MacKey,
     data_tx: &mpsc::Sender<(Vec<u8>, u64)>,
-) -> Result<[u8; 32], NetError> {
+) -> Result<([u8; 32], Vec<[u8; 32]>), NetError> {
     let size = item.offer.size;
+    let mut held_leaves = s.deposit.as_ref().map(|d| d.held.iter());
+    let mut leaves = Vec::new();
     let n = chunk_count(size, chunk_size);
     let changed = || {
         NetError::Store(StoreError::SourceChanged {
@@ -465,12 +524,23 @@ fn read_local(
             hasher.update(body);
         }
         if held {
+            if let Some(it) = held_leaves.as_mut() {
+                let leaf = it.next().ok_or_else(|| {
+                    NetError::Protocol(
+                        "the receiver's plan lists fewer chunks than it holds".into(),
+                    )
+                })?;
+                leaves.push(*leaf);
+            }
             scratch = frame;
             continue;
         }
         key.seal_chunk_in_place(&s.id, i, i + 1 == n, &mut frame[h..])
             .map_err(StoreError::from)?;
-        queue(&mut frame, file, &s.id, i, len, mac, data_tx)?;
+        let leaf = queue(&mut frame, file, &s.id, i, len, mac, data_tx)?;
+        if s.deposit.is_some() {
+            leaves.push(leaf);
+        }
     }
     if let Some(fh) = f.as_mut() {
         let mut probe = [0u8; 1];
@@ -488,7 +558,7 @@ fn read_local(
             return Err(changed());
         }
     }
-    Ok(*hasher.finalize().as_bytes())
+    Ok((*hasher.finalize().as_bytes(), leaves))
 }
 
 /// Reads a vault object's sealed chunks as stored (no key: they are sent
