@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# bench-net.sh — benchmark (not a test) of a network transfer with
-# `p2pfs send` → `p2pfs serve` against scp (OpenSSH, AES-256-GCM) to a private
-# sshd, on the same file, over loopback, in the same run, under the same
-# conditions.
+# bench-net.sh — benchmark (not a test) of network transfers over loopback,
+# in the same run, on the same file, under the same conditions:
+#   send  `p2pfs send` → `p2pfs serve` against scp (OpenSSH, AES-256-GCM)
+#         uploading to a private sshd;
+#   get   `p2pfs get` ← `p2pfs serve` (a shared file pulled out of the serving
+#         node's vault into a plain file) against scp downloading the same
+#         file from that private sshd (same cipher and options).
 #
 # What it does
 #   1. builds p2pfs in release (skip with BENCH_NO_BUILD=1); installs, when
@@ -15,7 +18,8 @@
 #      a random file of BENCH_SIZE_MIB MiB, an sshd host key, a client key
 #      pair and an sshd_config of its own (127.0.0.1 on a free port, root
 #      login by key only, UsePAM no, StrictModes no, pid file in the temp dir).
-#   3. runs BENCH_RUNS repetitions; each run does, in this order:
+#   3. runs BENCH_RUNS repetitions; each run does, in this order (the send
+#      half is skipped with BENCH_ONLY=get):
 #        p2pfs   fresh receiver and sender homes (init is not timed);
 #                the receiver trusts the sender (`trust add`, the usual setup);
 #                `/usr/bin/time p2pfs serve --listen 127.0.0.1:0
@@ -30,9 +34,32 @@
 #                timed separately); then SIGTERM to that sshd by its pid.
 #      Each timed command runs after an untimed `sync` (so no write-back of an
 #      earlier command runs during it) and after its input was read once.
+#      Then, unless BENCH_ONLY=send, in the same run:
+#        get     (setup once, before run 1, not timed: a serving home that
+#                `vault import`s FILE, trusts a fetching home with
+#                `trust add ID --allow get` and `vault share`s the file with
+#                it; then ONE `p2pfs serve --listen 127.0.0.1:0 --no-mdns`
+#                started WITHOUT any passphrase in its environment, under
+#                GNU time, that serves every run)
+#                the server's vault objects are read once (warm); then
+#                `/usr/bin/time p2pfs get -q NODEID@127.0.0.1:PORT input.bin
+#                DEST` (exits 0 only once every MAC and the BLAKE3 were
+#                checked and DEST was fsynced and published, directory
+#                fsynced); the serving daemon's CPU is the delta of its
+#                /proc/PID/stat utime+stime over the get (read again until
+#                it stops moving after get exits), its peak RSS the VmHWM
+#                of the run (reset with `echo 5 > /proc/PID/clear_refs`
+#                before it); then `cmp DEST FILE` (every run) and DEST is
+#                removed.
+#        scp dl  a fresh private sshd as above; `/usr/bin/time scp -c
+#                aes256-gcm@openssh.com -o Compression=no
+#                root@127.0.0.1:FILE FRESH_PATH`; `sync FRESH_PATH DIR`
+#                (timed separately); SIGTERM to that sshd; `cmp` (every
+#                run); FRESH_PATH removed.
 #   4. prints the median of each figure over the runs and the verdicts on the
-#      targets: p2pfs throughput >= scp throughput, and peak RSS < 128 MiB for
-#      the sender and for the receiver.
+#      targets: send: p2pfs throughput >= scp throughput, and peak RSS < 128
+#      MiB for the sender and for the receiver; get: p2pfs get throughput >=
+#      1.25x scp download throughput.
 #
 # How each side is measured (wall, CPU = user + sys, peak RSS, by GNU time,
 # i.e. wait4() rusage: a process plus all its descendants that were waited for)
@@ -54,6 +81,14 @@
 #                  directory), scp does not: this row is the like-for-like
 #                  durable figure. The target verdict uses plain scp (the
 #                  stricter comparison); both are printed.
+#   p2pfs get      the fetching process (it does not fork). Wall = the fetch
+#                  as a user sees it (connect, list, open the share, pull,
+#                  verify, decrypt into DEST, fsync, publish).
+#   p2pfs serve    (get) the serving daemon, long-lived: CPU delta and VmHWM
+#                  per run from /proc (all its threads), see above. Its GNU
+#                  time figures over its whole life are logged at the end.
+#   scp download   scp + ssh (client, writes DEST); sshd as for the upload
+#                  (reads FILE). scp dl + fsync = like-for-like durable figure.
 #   Kernel write-back done by flusher threads is charged to no process.
 #
 # scp mode: OpenSSH >= 9.0 scp speaks SFTP by default (sshd runs
@@ -61,7 +96,9 @@
 # adds -O (the old scp/rcp protocol) instead.
 #
 # Page cache: WARM. The input is read once (cat > /dev/null) before every timed
-# transfer; outputs stay cached (the machine has plenty of RAM).
+# transfer; outputs stay cached (the machine has plenty of RAM). The same
+# for get: the serving vault's files (resp. FILE for the scp download) are
+# read once before each timed fetch; caches are never dropped.
 #
 # Throughput is MiB/s (2^20 bytes per second) of file data, from the median
 # wall time. RSS is in MiB.
@@ -71,13 +108,16 @@
 #   BENCH_RUNS        repetitions                                 (default 5)
 #   BENCH_TMPDIR      parent of the temporary directory           (default <repo>/target)
 #   BENCH_NO_BUILD    1 = use the existing target/release/p2pfs
-#   BENCH_STREAMS     `p2pfs send --streams N`                    (default: p2pfs's default)
+#   BENCH_P2PFS       FILE: use this p2pfs binary (implies BENCH_NO_BUILD=1)
+#   BENCH_ONLY        send | get: run only that half             (default: both)
+#   BENCH_STREAMS     `p2pfs send/get --streams N`                (default: p2pfs's default)
 #   BENCH_SCP_LEGACY  1 = scp -O (legacy protocol) instead of SFTP
 #   BENCH_STRICT      1 = exit 1 when a target is missed          (default: report only)
 #   BENCH_RAW         FILE: also write the per-run figures there (TSV)
 #
 # Usage:  scripts/bench-net.sh
 #         BENCH_SIZE_MIB=256 BENCH_RUNS=3 scripts/bench-net.sh
+#         BENCH_ONLY=get BENCH_SIZE_MIB=32 BENCH_RUNS=1 scripts/bench-net.sh
 #
 # Everything it starts (serve, sshd, and the GNU time wrapping them) is stopped
 # by pid on exit, also on Ctrl-C; the temporary directory is removed. It never
@@ -90,6 +130,13 @@ SIZE_MIB=${BENCH_SIZE_MIB:-1024}
 RUNS=${BENCH_RUNS:-5}
 STRICT=${BENCH_STRICT:-0}
 RSS_TARGET_MIB=128
+GET_TARGET=1.25 # p2pfs get throughput / scp download throughput
+case ${BENCH_ONLY:-} in
+'') DO_SEND=1 DO_GET=1 ;;
+send) DO_SEND=1 DO_GET=0 ;;
+get) DO_SEND=0 DO_GET=1 ;;
+*) echo "BENCH_ONLY must be send or get (or unset for both)" >&2; exit 2 ;;
+esac
 
 case $SIZE_MIB in '' | *[!0-9]* | 0) echo "BENCH_SIZE_MIB must be a positive integer" >&2; exit 2 ;; esac
 case $RUNS in '' | *[!0-9]* | 0) echo "BENCH_RUNS must be a positive integer" >&2; exit 2 ;; esac
@@ -107,6 +154,8 @@ SERVE_TPID= # GNU time wrapping serve
 SERVE_PID=  # p2pfs serve
 SSHD_TPID=  # GNU time wrapping sshd
 SSHD_PID=   # the private sshd listener
+GSERVE_TPID= # GNU time wrapping the serve of the get runs
+GSERVE_PID=  # p2pfs serve of the get runs
 MADE_POLICY_RC=0
 MADE_RUN_SSHD=0
 
@@ -134,7 +183,9 @@ stop_all() {
     if [ -n "$SERVE_TPID" ]; then wait "$SERVE_TPID" 2>/dev/null || true; fi
     if [ -n "$SSHD_PID" ] && is_our_sshd "$SSHD_PID"; then stop_pid "$SSHD_PID" TERM; fi
     if [ -n "$SSHD_TPID" ]; then wait "$SSHD_TPID" 2>/dev/null || true; fi
-    SERVE_PID= SERVE_TPID= SSHD_PID= SSHD_TPID=
+    if [ -n "$GSERVE_PID" ]; then stop_pid "$GSERVE_PID" TERM; fi
+    if [ -n "$GSERVE_TPID" ]; then wait "$GSERVE_TPID" 2>/dev/null || true; fi
+    SERVE_PID= SERVE_TPID= SSHD_PID= SSHD_TPID= GSERVE_PID= GSERVE_TPID=
 }
 
 cleanup() {
@@ -180,11 +231,15 @@ SSHD=/usr/sbin/sshd
 [ -x "$TIME" ] && [ -x "$SSHD" ] || die "could not install GNU time / openssh-server"
 command -v pgrep >/dev/null || apt_install procps
 
-if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
-    log "building p2pfs (release)"
-    (cd "$REPO" && cargo build --release --quiet --bin p2pfs)
+if [ -n "${BENCH_P2PFS:-}" ]; then
+    P2PFS=$(realpath -- "$BENCH_P2PFS")
+else
+    if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+        log "building p2pfs (release)"
+        (cd "$REPO" && cargo build --release --quiet --bin p2pfs)
+    fi
+    P2PFS=$REPO/target/release/p2pfs
 fi
-P2PFS=$REPO/target/release/p2pfs
 [ -x "$P2PFS" ] || die "no $P2PFS (build failed, or BENCH_NO_BUILD=1 without a build)"
 
 # ---------------------------------------------------------------- work dir
@@ -198,7 +253,9 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 log "work dir $WORK ($(df -T "$WORK" | awk 'NR==2 {print $2 " on " $1}'))"
 avail_mib=$(df -Pm "$WORK" | awk 'NR==2 {print $4}')
-[ "$avail_mib" -gt $((SIZE_MIB * 4 + 512)) ] || die "not enough disk space in $WORK (${avail_mib} MiB free)"
+# get adds the serving vault's copy, the fetcher's ciphertext partial and
+# the published file
+[ "$avail_mib" -gt $((SIZE_MIB * (4 + 2 * DO_GET) + 512)) ] || die "not enough disk space in $WORK (${avail_mib} MiB free)"
 log "creating ${SIZE_MIB} MiB random file"
 head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom >"$FILE"
 sync
@@ -284,7 +341,7 @@ start_sshd() { # run
     die "sshd did not come up: $(tail -n 5 "$SSHDIR/sshd.log" 2>/dev/null)"
 }
 
-stop_sshd() { # run
+stop_sshd() { # run [op]
     local i
     # let the per-connection processes end and be reaped, so their rusage
     # is in the listener's children figures
@@ -296,7 +353,7 @@ stop_sshd() { # run
     stop_pid "$SSHD_PID" TERM
     wait "$SSHD_TPID" 2>/dev/null || true
     SSHD_PID= SSHD_TPID=
-    record_time_file "sshd (server, all processes)" "$1" "$WORK/sshd-time.$1"
+    record_time_file "${2:-sshd (server, all processes)}" "$1" "$WORK/sshd-time.$1"
 }
 
 # ---------------------------------------------------------------- p2pfs serve
@@ -324,6 +381,64 @@ stop_serve() { # run
     grep -q '^stopped' "$WORK/serve.out" || log "  (serve did not report a clean stop: $(tail -n 2 "$WORK/serve.out"))"
     record_time_file "p2pfs serve (receiver)" "$1" "$WORK/serve-time.$1"
 }
+
+# ---------------------------------------------------------------- p2pfs serve for get
+CLK_TCK=$(getconf CLK_TCK)
+
+# start_get_serve HOME: one serve for every get run, with no passphrase in
+# its environment (serving shares needs none).
+start_get_serve() {
+    local out=$WORK/get-serve.out i
+    : >"$out"
+    env -u P2PFS_PASSPHRASE -u P2PFS_PASSPHRASE_FILE \
+        "$TIME" -f '%e %U %S %M' -o "$WORK/get-serve-time" \
+        "$P2PFS" --home "$1" -q serve --listen 127.0.0.1:0 --no-mdns </dev/null >"$out" 2>&1 &
+    GSERVE_TPID=$!
+    GSERVE_PID=$(child_of "$GSERVE_TPID") || die "p2pfs serve (get) did not start: $(cat "$out")"
+    for i in $(seq 1 300); do
+        GSERVE_ADDR=$(sed -n 's/^ *listening: *\([0-9.]*:[0-9]*\) (UDP).*/\1/p' "$out" | head -n1)
+        [ -n "$GSERVE_ADDR" ] && return 0
+        kill -0 "$GSERVE_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    die "p2pfs serve (get) did not print its address: $(cat "$out")"
+}
+
+stop_get_serve() {
+    local wall user sys rss
+    stop_pid "$GSERVE_PID" INT
+    wait "$GSERVE_TPID" 2>/dev/null || true
+    GSERVE_PID= GSERVE_TPID=
+    grep -q '^stopped' "$WORK/get-serve.out" || log "  (serve (get) did not report a clean stop: $(tail -n 2 "$WORK/get-serve.out"))"
+    read -r wall user sys rss < <(tail -n 1 "$WORK/get-serve-time")
+    log "p2pfs serve (get), whole life over $RUNS run(s): ${user} user, ${sys} sys, $((rss / 1024)) MiB peak (GNU time)"
+}
+
+# proc_ticks PID: utime + stime of PID (all its threads), in clock ticks.
+proc_ticks() {
+    local s
+    s=$(cat "/proc/$1/stat") || die "pid $1 is gone"
+    s=${s##*) } # the fields after the command name (which may hold spaces)
+    # shellcheck disable=SC2086
+    set -- $s
+    echo "$((${12} + ${13})) ${12} ${13}"
+}
+
+# settled_ticks PID: proc_ticks once they stop moving (teardown after the
+# client exited), at most ~5 s.
+settled_ticks() {
+    local a b i
+    a=$(proc_ticks "$1")
+    for i in $(seq 1 25); do
+        sleep 0.2
+        b=$(proc_ticks "$1")
+        [ "$b" = "$a" ] && break
+        a=$b
+    done
+    echo "$b"
+}
+
+hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
 
 # ---------------------------------------------------------------- measuring
 # record_time_file OP RUN FILE: append the figures GNU time wrote to FILE
@@ -371,47 +486,103 @@ STREAM_ARGS=()
 if [ -n "${BENCH_STREAMS:-}" ]; then STREAM_ARGS=(--streams "$BENCH_STREAMS"); fi
 LOADS=()
 
+if [ "$DO_GET" = 1 ]; then
+    # serving node: the file in its vault, shared with the fetching node,
+    # which may get; the fetcher pins the server (NODEID@addr)
+    GHOME=$WORK/get-server
+    FHOME=$WORK/get-fetcher
+    GDIR=$WORK/get-out
+    mkdir "$GDIR"
+    log "get setup: importing ${SIZE_MIB} MiB into the serving vault, trust --allow get, share"
+    "$P2PFS" --home "$GHOME" init --name bench-get-server >/dev/null
+    "$P2PFS" --home "$FHOME" init --name bench-get-fetcher >/dev/null
+    "$P2PFS" --home "$GHOME" -q vault import "$FILE" >/dev/null
+    "$P2PFS" --home "$GHOME" vault list --json >"$WORK/get-list.json"
+    grep -q "\"$NAME\"" "$WORK/get-list.json" || die "the imported file is not in the serving vault: $(cat "$WORK/get-list.json")"
+    fid=$("$P2PFS" --home "$FHOME" id --json | sed 's/.*"id":"\([a-z0-9]*\)".*/\1/')
+    gid=$("$P2PFS" --home "$GHOME" id --json | sed 's/.*"id":"\([a-z0-9]*\)".*/\1/')
+    "$P2PFS" --home "$GHOME" trust add "$fid" --name bench-get-fetcher --allow get >/dev/null
+    "$P2PFS" --home "$GHOME" vault share "$NAME" bench-get-fetcher >/dev/null
+    start_get_serve "$GHOME"
+    log "get setup: serve (no passphrase) pid $GSERVE_PID on $GSERVE_ADDR"
+fi
+
 for run in $(seq 1 "$RUNS"); do
     log "run $run/$RUNS (load avg $(cut -d' ' -f1 /proc/loadavg))"
     LOADS+=("$(cut -d' ' -f1 /proc/loadavg)")
+    if [ "$DO_SEND" = 1 ]; then
+        # (a) p2pfs: fresh receiver and sender homes
+        rhome=$WORK/recv-$run
+        shome=$WORK/send-$run
+        "$P2PFS" --home "$rhome" init --name bench-recv >/dev/null
+        "$P2PFS" --home "$shome" init --name bench-send >/dev/null
+        sid=$("$P2PFS" --home "$shome" id --json | sed 's/.*"id":"\([a-z0-9]*\)".*/\1/')
+        "$P2PFS" --home "$rhome" trust add "$sid" >/dev/null
+        start_serve "$run" "$rhome"
+        warm "$FILE"
+        # The receiver's key is given (NODEID@addr), as a user who pinned it would
+        # have it: no first-contact question, no key probe in the timing.
+        rid=$("$P2PFS" --home "$rhome" id --json | sed 's/.*"id":"\([a-z0-9]*\)".*/\1/')
+        measure "p2pfs send (sender)" "$run" "$P2PFS" --home "$shome" -q send "${STREAM_ARGS[@]}" "$FILE" "$rid@$SERVE_ADDR"
+        stop_serve "$run"
+        if [ "$run" = 1 ]; then
+            "$P2PFS" --home "$rhome" vault list --json >"$WORK/list.json"
+            grep -q "\"$NAME\"" "$WORK/list.json" || die "the received file is not in the vault: $(cat "$WORK/list.json")"
+            "$P2PFS" --home "$rhome" -q vault export "$NAME" "$WORK/export.bin" >/dev/null
+            cmp -s "$FILE" "$WORK/export.bin" || die "the file exported from the receiving vault differs from the input"
+            rm -f -- "$WORK/export.bin"
+            log "  (run 1: received file is in the vault and exports identical)"
+        fi
+        rm -rf -- "$rhome" "$shome"
 
-    # (a) p2pfs: fresh receiver and sender homes
-    rhome=$WORK/recv-$run
-    shome=$WORK/send-$run
-    "$P2PFS" --home "$rhome" init --name bench-recv >/dev/null
-    "$P2PFS" --home "$shome" init --name bench-send >/dev/null
-    sid=$("$P2PFS" --home "$shome" id --json | sed 's/.*"id":"\([a-z0-9]*\)".*/\1/')
-    "$P2PFS" --home "$rhome" trust add "$sid" >/dev/null
-    start_serve "$run" "$rhome"
-    warm "$FILE"
-    # The receiver's key is given (NODEID@addr), as a user who pinned it would
-    # have it: no first-contact question, no key probe in the timing.
-    rid=$("$P2PFS" --home "$rhome" id --json | sed 's/.*"id":"\([a-z0-9]*\)".*/\1/')
-    measure "p2pfs send (sender)" "$run" "$P2PFS" --home "$shome" -q send "${STREAM_ARGS[@]}" "$FILE" "$rid@$SERVE_ADDR"
-    stop_serve "$run"
-    if [ "$run" = 1 ]; then
-        "$P2PFS" --home "$rhome" vault list --json >"$WORK/list.json"
-        grep -q "\"$NAME\"" "$WORK/list.json" || die "the received file is not in the vault: $(cat "$WORK/list.json")"
-        "$P2PFS" --home "$rhome" -q vault export "$NAME" "$WORK/export.bin" >/dev/null
-        cmp -s "$FILE" "$WORK/export.bin" || die "the file exported from the receiving vault differs from the input"
-        rm -f -- "$WORK/export.bin"
-        log "  (run 1: received file is in the vault and exports identical)"
+        # (b) scp to a fresh path via the private sshd, (c) the same + fsync
+        dest_dir=$WORK/scp-$run
+        mkdir "$dest_dir"
+        start_sshd "$run"
+        warm "$FILE"
+        measure "scp client (scp+ssh)" "$run" scp "${SCP_OPTS[@]}" "$FILE" "root@127.0.0.1:$dest_dir/$NAME"
+        timed_sync "scp + fsync(dest, dir)" "$run" "$dest_dir/$NAME" "$dest_dir"
+        stop_sshd "$run"
+        if [ "$run" = 1 ]; then
+            cmp -s "$FILE" "$dest_dir/$NAME" || die "the scp copy differs from the input"
+        fi
+        rm -rf -- "$dest_dir"
     fi
-    rm -rf -- "$rhome" "$shome"
 
-    # (b) scp to a fresh path via the private sshd, (c) the same + fsync
-    dest_dir=$WORK/scp-$run
-    mkdir "$dest_dir"
-    start_sshd "$run"
-    warm "$FILE"
-    measure "scp client (scp+ssh)" "$run" scp "${SCP_OPTS[@]}" "$FILE" "root@127.0.0.1:$dest_dir/$NAME"
-    timed_sync "scp + fsync(dest, dir)" "$run" "$dest_dir/$NAME" "$dest_dir"
-    stop_sshd "$run"
-    if [ "$run" = 1 ]; then
-        cmp -s "$FILE" "$dest_dir/$NAME" || die "the scp copy differs from the input"
+    if [ "$DO_GET" = 1 ]; then
+        # (d) p2pfs get from the long-lived serve into a plain file
+        gdest=$GDIR/$NAME
+        rm -f -- "$gdest"
+        find "$GHOME" -type f -exec cat -- {} + >/dev/null # warm: the served objects
+        sync
+        echo 5 >"/proc/$GSERVE_PID/clear_refs" # reset its VmHWM to the current RSS
+        read -r _ u0 s0 < <(proc_ticks "$GSERVE_PID")
+        measure "p2pfs get (fetcher)" "$run" "$P2PFS" --home "$FHOME" -q get "${STREAM_ARGS[@]}" "$gid@$GSERVE_ADDR" "$NAME" "$gdest"
+        read -r _ u1 s1 < <(settled_ticks "$GSERVE_PID")
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "p2pfs serve (get server)" "$run" "$(tail -n 1 "$RES" | cut -f3)" \
+            "$(awk -v a="$u0" -v b="$u1" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t }')" \
+            "$(awk -v a="$s0" -v b="$s1" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t }')" \
+            "$(hwm_kib "$GSERVE_PID")" >>"$RES"
+        IFS=$'\t' read -r _ _ _ gu gs grss < <(tail -n 1 "$RES")
+        log "  $(printf '%-30s' "p2pfs serve (get server)") ${gu} user, ${gs} sys, $((grss / 1024)) MiB peak (/proc delta)"
+        cmp -s "$FILE" "$gdest" || die "run $run: the file fetched by p2pfs get differs from the input"
+        log "  (fetched file identical to the input; fetcher home now $(du -sm "$FHOME" | cut -f1) MiB)"
+        rm -f -- "$gdest"
+
+        # (e) scp downloading the same file from a fresh private sshd, (f) + fsync
+        dest_dir=$WORK/scpdl-$run
+        mkdir "$dest_dir"
+        start_sshd "$run"
+        warm "$FILE"
+        measure "scp download (scp+ssh)" "$run" scp "${SCP_OPTS[@]}" "root@127.0.0.1:$FILE" "$dest_dir/$NAME"
+        timed_sync "scp dl + fsync(dest, dir)" "$run" "$dest_dir/$NAME" "$dest_dir"
+        stop_sshd "$run" "sshd (download, all processes)"
+        cmp -s "$FILE" "$dest_dir/$NAME" || die "run $run: the scp download differs from the input"
+        rm -rf -- "$dest_dir"
     fi
-    rm -rf -- "$dest_dir"
 done
+
+if [ "$DO_GET" = 1 ]; then stop_get_serve; fi
 
 # ---------------------------------------------------------------- report
 # per-run totals of both sides
@@ -420,9 +591,15 @@ $1 == "p2pfs send (sender)"          { pw[$2] = $3; pc[$2] += $4 + $5 }
 $1 == "p2pfs serve (receiver)"       { pc[$2] += $4 + $5 }
 $1 == "scp client (scp+ssh)"         { sw[$2] = $3; sc[$2] += $4 + $5 }
 $1 == "sshd (server, all processes)" { sc[$2] += $4 + $5 }
+$1 == "p2pfs get (fetcher)"          { gw[$2] = $3; gc[$2] += $4 + $5 }
+$1 == "p2pfs serve (get server)"     { gc[$2] += $4 + $5 }
+$1 == "scp download (scp+ssh)"       { dw[$2] = $3; dc[$2] += $4 + $5 }
+$1 == "sshd (download, all processes)" { dc[$2] += $4 + $5 }
 END {
     for (r in pw) printf "p2pfs both sides\t%s\t%s\t%s\t0\t0\n", r, pw[r], pc[r]
     for (r in sw) printf "scp both sides (scp+ssh+sshd)\t%s\t%s\t%s\t0\t0\n", r, sw[r], sc[r]
+    for (r in gw) printf "p2pfs get both sides\t%s\t%s\t%s\t0\t0\n", r, gw[r], gc[r]
+    for (r in dw) printf "scp dl both sides (+sshd)\t%s\t%s\t%s\t0\t0\n", r, dw[r], dc[r]
 }' "$RES" | sort -t $'\t' -k1,1 -k2,2n >"$WORK/totals.tsv"
 cat "$WORK/totals.tsv" >>"$RES"
 
@@ -441,11 +618,16 @@ echo "  page cache: WARM — the input is read once before every timed transfer;
 echo "  machine:    $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1), $(df -T "$WORK" | awk 'NR==2 {print $2}') file system"
 echo "  CPU ISA:    ${isa:-?}"
 echo "  load avg:   $LOAD_START at start, per run: ${LOADS[*]}, $(cut -d' ' -f1-3 /proc/loadavg) at end (other work on the machine skews the figures)"
-echo "  p2pfs:      $rev${dirty:+ (+ uncommitted changes)}, send --streams ${BENCH_STREAMS:-default}"
+if [ -n "${BENCH_P2PFS:-}" ]; then
+    echo "  p2pfs:      $P2PFS (BENCH_P2PFS; $("$P2PFS" --version 2>/dev/null || echo '?')), send/get --streams ${BENCH_STREAMS:-default}"
+else
+    echo "  p2pfs:      $rev${dirty:+ (+ uncommitted changes)}, send/get --streams ${BENCH_STREAMS:-default}"
+fi
+echo "  measured:   $([ "$DO_SEND" = 1 ] && printf 'send vs scp upload; ')$([ "$DO_GET" = 1 ] && printf 'get vs scp download (one serve, no passphrase, for all runs; fetched files cmp-checked every run)')"
 echo "  scp:        $(ssh -V 2>&1), -c aes256-gcm@openssh.com -o Compression=no, $SCP_MODE; sshd $(dpkg-query -W -f '${Version}' openssh-server 2>/dev/null || echo '?')"
 echo
 
-awk -F'\t' -v size="$SIZE_MIB" -v rss_target="$RSS_TARGET_MIB" -v strict="$STRICT" '
+awk -F'\t' -v size="$SIZE_MIB" -v rss_target="$RSS_TARGET_MIB" -v strict="$STRICT" -v get_target="$GET_TARGET" '
 function median(list,   a, n, i, j, t) {
     n = split(list, a, " ")
     for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
@@ -480,6 +662,8 @@ END {
     print "(medians over runs; MiB/s = file size / median wall; CPU = user + sys; RSS = peak resident set;"
     print " serve and sshd run for the whole transfer, their wall time is the client row above them)"
     print ""
+    ok_thr = ok_rs = ok_rr = ok_get = 1
+    if ("p2pfs send (sender)" in mw) {
     p = mw["p2pfs send (sender)"]; s = mw["scp client (scp+ssh)"]; sf = mw["scp + fsync(dest, dir)"]
     ok_thr = (size / p) >= (size / s)
     printf "p2pfs / scp throughput:            %.2fx  (%.0f vs %.0f MiB/s; target >= 1.0x: %s)\n", s / p, size / p, size / s, ok_thr ? "MET" : "MISSED"
@@ -489,5 +673,22 @@ END {
     ok_rr = mr["p2pfs serve (receiver)"] < rss_target
     printf "peak RSS sender (max over runs):   %.1f MiB  (target < %d MiB: %s)\n", mr["p2pfs send (sender)"], rss_target, ok_rs ? "MET" : "MISSED"
     printf "peak RSS receiver (max over runs): %.1f MiB  (target < %d MiB: %s)\n", mr["p2pfs serve (receiver)"], rss_target, ok_rr ? "MET" : "MISSED"
-    if (strict == 1 && !(ok_thr && ok_rs && ok_rr)) exit 1
+    }
+    if ("p2pfs get (fetcher)" in mw) {
+        if ("p2pfs send (sender)" in mw) print ""
+        g = mw["p2pfs get (fetcher)"]; d = mw["scp download (scp+ssh)"]; df = mw["scp dl + fsync(dest, dir)"]
+        gb = mc["p2pfs get both sides"]; db = mc["scp dl both sides (+sshd)"]
+        ok_get = (d / g) >= get_target
+        printf "%-22s %9s %9s %9s %11s %11s\n", "get vs scp download", "MiB/s", "wall s", "CPU s", "RSS client", "RSS server"
+        printf "%-22s %9s %9s %9s %11s %11s\n", "-------------------", "-----", "------", "-----", "----------", "----------"
+        printf "%-22s %9.0f %9.2f %9.2f %11.1f %11.1f\n", "p2pfs get", size / g, g, gb, mr["p2pfs get (fetcher)"], mr["p2pfs serve (get server)"]
+        printf "%-22s %9.0f %9.2f %9.2f %11.1f %11.1f\n", "scp download", size / d, d, db, mr["scp download (scp+ssh)"], mr["sshd (download, all processes)"]
+        printf "%-22s %8.2fx %8.2fx %8.2fx %10.2fx %10.2fx\n", "p2pfs / scp", d / g, g / d, gb / db, \
+            mr["p2pfs get (fetcher)"] / mr["scp download (scp+ssh)"], mr["p2pfs serve (get server)"] / mr["sshd (download, all processes)"]
+        print "(MiB/s and wall: medians; CPU s: median of both sides together; RSS: peak, max over runs)"
+        print ""
+        printf "get / scp download throughput:            %.2fx  (%.0f vs %.0f MiB/s; target >= %.2fx: %s)\n", d / g, size / g, size / d, get_target, ok_get ? "MET" : "MISSED"
+        printf "get / (scp download + fsync) throughput:  %.2fx  (%.0f vs %.0f MiB/s; both durable, for context)\n", df / g, size / g, size / df
+    }
+    if (strict == 1 && !(ok_thr && ok_rs && ok_rr && ok_get)) exit 1
 }' "$RES"
