@@ -351,11 +351,11 @@ impl Opener for Pull<'_> {
                 mtime: meta.mtime,
                 mode: meta.mode,
                 token,
-                known: Some(Known {
+                known: Some(Box::new(Known {
                     id: f.id,
                     key: FileKey::from_secret(body.file_key),
                     meta,
-                }),
+                })),
                 commit,
             });
         }

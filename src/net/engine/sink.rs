@@ -88,8 +88,9 @@ pub struct Expect {
     pub mode: u32,
     /// The source's version token (resume only continues the same source).
     pub token: [u8; 16],
-    /// A pull's id, key and metadata.
-    pub known: Option<Known>,
+    /// A pull's id, key and metadata (boxed: a key schedule is large, and
+    /// an offer may hold 100,000 entries that have none).
+    pub known: Option<Box<Known>>,
     /// Where it goes once verified.
     pub commit: Commit,
 }
