@@ -29,7 +29,9 @@ struct LogLine {
     outcome: String,
 }
 
-/// A serving node `a` that trusts `b` with `allow`, and `b` pinned to it.
+/// A serving node `a` that trusts `b` with `allow`. Its daemon runs with
+/// no passphrase at all: serving shares, owner fetches and deposits needs
+/// none.
 fn pair_serving(allow: &str) -> (Node, Node, Serving) {
     let (a, b) = Node::pair();
     a.init("a");
@@ -37,8 +39,14 @@ fn pair_serving(allow: &str) -> (Node, Node, Serving) {
     let bid = b.id();
     a.run(["trust", "add", &bid.id, "--name", "bee", "--allow", allow])
         .ok();
-    let s = Serving::start(&a, &[]);
+    let s = serve_without_passphrase(&a, 0);
     (a, b, s)
+}
+
+fn serve_without_passphrase(a: &Node, port: u16) -> Serving {
+    let mut daemon = Node::with_home(a.home.clone());
+    daemon.passphrase = None;
+    Serving::start_on(&daemon, port, &[])
 }
 
 fn at(a: &Node, s: &Serving) -> String {
@@ -93,6 +101,15 @@ fn a_shared_file_and_folder_come_back_identical_and_verified() {
     assert_eq!(blake3_file(&b.path("byid.jpg")), x);
     // Nothing but ciphertext passed through b's home.
     assert!(files_containing(&b.home, b"not shared").is_empty());
+    // Unshared: no longer listed, no longer fetched (the server refuses
+    // the id itself, whatever the client asks).
+    a.run(["vault", "unshare", "report.pdf", "bee"]).ok();
+    let after = remote_list(&b, &peer);
+    assert!(after.iter().all(|r| r.name != "report.pdf"), "{after:?}");
+    b.run(["get", &peer, "report.pdf", "late.pdf"]).code_is(9);
+    let r = hostile_fetch(&b, &a, &s, &list[2].id);
+    assert!(r.contains("not available to you"), "{r}");
+    assert!(!b.path("late.pdf").exists());
     s.stop();
 }
 
@@ -106,6 +123,11 @@ fn into_vault_stores_the_file_encrypted_with_its_name_and_origin() {
     assert!(!b.path("keep.bin").exists(), "no plain file");
     let e = b.entry("keep.bin");
     assert_eq!(e.blake3, h);
+    assert_eq!(
+        e.origin.as_deref(),
+        Some(a.id().id.as_str()),
+        "it came from a"
+    );
     b.export("keep.bin", "out.bin");
     assert_eq!(blake3_file(&b.path("out.bin")), h);
     s.stop();
@@ -151,7 +173,7 @@ fn an_owner_device_fetches_everything_with_the_passphrase_typed_there() {
     b.run(["get", &peer, "notes", "--remote-passphrase-file", pf])
         .ok();
     assert_eq!(blake3_file(&b.path("notes/plan.txt")), h);
-    // The daemon never needed a's passphrase: it was started without one.
+    // The daemon never needed a's passphrase: it runs without one.
     s.stop();
 }
 
@@ -234,7 +256,12 @@ fn the_server_refuses_a_fetch_of_an_unshared_id() {
     assert!(listed.iter().all(|r| r.id != secret));
     let r = hostile_fetch(&b, &a, &s, &secret);
     assert!(r.contains("not available to you"), "{r}");
+    assert!(
+        hostile_list_header(&b, &a, &s).is_none(),
+        "a get peer never receives the vault header"
+    );
     let log = log_of(&a);
+    assert!(log.iter().any(|l| l.action == "list"), "{log:?}");
     assert!(log
         .iter()
         .any(|l| l.action == "refused" && l.object.contains(&secret)));
@@ -281,6 +308,28 @@ fn hostile_fetch(b: &Node, a: &Node, s: &Serving, id: &str) -> String {
     })
 }
 
+/// The vault header a listing carried to `b`, through the library.
+fn hostile_list_header(b: &Node, a: &Node, s: &Serving) -> Option<Vec<u8>> {
+    use p2pfs::{
+        crypto::keys::{Keypair, PublicKey},
+        net::{
+            client::{self, Target},
+            KeyHint,
+        },
+        store::home::Home,
+    };
+    let me: Keypair = Home::new(&b.home).load_identity().unwrap().keypair;
+    let t = Target {
+        addr: s.addr().parse().unwrap(),
+        label: s.addr(),
+        expected: PublicKey::parse_id(&a.id().id).unwrap(),
+        hint: KeyHint::Given,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    rt.block_on(client::list(&me, &t, tx)).unwrap().header
+}
+
 fn staged(n: &Node) -> usize {
     n.staging_files().len()
 }
@@ -324,7 +373,7 @@ fn an_interrupted_get_resumes_after_kill_9_of_the_client_or_the_server() {
     s.kill9();
     let _ = p.finish();
     assert!(!b.path("big.out").exists());
-    let s = Serving::start_on(&a, port, &[]);
+    let s = serve_without_passphrase(&a, port);
     let r = b.run(["get", &peer, "big.bin", "big.out", "--json"]).ok();
     let evs = events(&r.all());
     let skipped = event(&evs, "start").unwrap()["bytes_skipped"]
@@ -383,6 +432,13 @@ fn a_sealed_deposit_is_unreadable_where_stored_and_comes_back_to_its_owner() {
     for needle in [marker.as_bytes(), name.as_bytes()] {
         assert!(files_containing(&b.home, needle).is_empty());
     }
+    // Another peer b lets fetch does not see it.
+    let c = Node::new();
+    c.init("c");
+    b.run(["trust", "add", &c.id().id, "--allow", "get"]).ok();
+    assert!(remote_list(&c, &peer).is_empty());
+    let r = hostile_fetch(&c, &b, &s, &d.id);
+    assert!(r.contains("not available to you"), "{r}");
     // a sees it by name, and gets it back identical.
     let mine = remote_list(&a, &peer);
     assert_eq!(mine.len(), 1);

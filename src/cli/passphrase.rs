@@ -88,6 +88,11 @@ fn captured(var: &str) -> Option<Passphrase> {
     Some(c.swap_remove(i).1)
 }
 
+/// Drops (and zeroizes) every captured passphrase not used yet.
+pub fn forget_all() {
+    CAPTURED.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
 /// The vault passphrase slot.
 pub fn vault_source(file: Option<&Path>) -> Source<'_> {
     Source {

@@ -126,6 +126,9 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
             ctx.home.root().display()
         );
     }
+    // The daemon never needs a passphrase once the node exists: whatever
+    // the environment gave is wiped now, not kept for the process's life.
+    passphrase::forget_all();
     if accept == AcceptPolicy::Ask && !std::io::stdin().is_terminal() {
         bail!("--accept ask needs a terminal to ask on; use --accept trusted or any");
     }

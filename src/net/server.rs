@@ -610,16 +610,27 @@ async fn serve_fetch(
             },
         ));
     }
-    let ran = source::run(link, sending, streams, 0, false, server_reporter(ctx, peer)).await?;
-    let ok = ran.outcomes.iter().filter(|o| **o == Outcome::Ok).count();
+    let ran = source::run(
+        link,
+        sending,
+        streams,
+        0,
+        false,
+        server_reporter(ctx, peer, true),
+    )
+    .await;
+    // Every get is logged, also one that ended early.
     let records: Vec<LogRecord> = ids
         .iter()
-        .zip(&ran.outcomes)
-        .map(|(id, o)| {
-            let outcome = match o {
-                Outcome::Ok => "sent, verified by the peer".to_string(),
-                Outcome::Failed(why) => format!("failed: {why}"),
-                Outcome::Pending => "not completed".to_string(),
+        .enumerate()
+        .map(|(i, id)| {
+            let outcome = match &ran {
+                Ok(r) => match r.outcomes.get(i) {
+                    Some(Outcome::Ok) => "sent, verified by the peer".to_string(),
+                    Some(Outcome::Failed(why)) => format!("failed: {why}"),
+                    _ => "not completed".to_string(),
+                },
+                Err(e) => format!("ended early: {e}"),
             };
             LogRecord::now(Some(peer), LogAction::Get, &id_hex(id), &outcome)
         })
@@ -631,6 +642,8 @@ async fn serve_fetch(
         }
     })
     .await;
+    let ran = ran?;
+    let ok = ran.outcomes.iter().filter(|o| **o == Outcome::Ok).count();
     let _ = ctx.events.send(ServerEvent::Served {
         peer,
         files: ok,
@@ -653,8 +666,9 @@ fn stored_of(ctx: &ServerCtx, f: &RemoteFile) -> Stored {
     }
 }
 
-/// Turns the engine's notes into the daemon's events.
-fn server_reporter(ctx: &ServerCtx, peer: PublicKey) -> Reporter {
+/// Turns the engine's notes into the daemon's events. As a source (a
+/// pull), a file done is the peer's, reported once at the end (`Served`).
+fn server_reporter(ctx: &ServerCtx, peer: PublicKey, source: bool) -> Reporter {
     let events = ctx.events.clone();
     let sent = Arc::new(AtomicU64::new(0));
     Arc::new(move |n: Note| {
@@ -673,6 +687,7 @@ fn server_reporter(ctx: &ServerCtx, peer: PublicKey) -> Reporter {
                 sent.fetch_add(b, Ordering::Relaxed);
                 ServerEvent::Received { peer, bytes: b }
             }
+            Note::FileDone { .. } if source => return,
             Note::FileDone { name, size, .. } => ServerEvent::Stored { peer, name, size },
             Note::FileFailed { name, message } if name.is_empty() => ServerEvent::Failed {
                 peer: Some(peer),
@@ -762,7 +777,7 @@ async fn receive_deposit(
         me: ctx.identity.id(),
         budget: ctx.admission.chunk_budget(),
         idle: ctx.admission.limits().idle,
-        report: server_reporter(ctx, peer),
+        report: server_reporter(ctx, peer, false),
         flow: KeyFlow::Sealed,
         initiator: false,
         dest: None,
@@ -860,7 +875,7 @@ async fn receive(
         me: ctx.identity.id(),
         budget: ctx.admission.chunk_budget(),
         idle: ctx.admission.limits().idle,
-        report: server_reporter(ctx, peer),
+        report: server_reporter(ctx, peer, false),
         flow: KeyFlow::Announced,
         initiator: false,
         dest: None,

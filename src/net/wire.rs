@@ -790,6 +790,90 @@ mod tests {
         assert_eq!(decode_msg(&enc(&good)).unwrap(), good);
     }
 
+    /// The bounds of the retrieval messages, checked at decode.
+    #[test]
+    fn listings_fetches_and_deposits_are_bounded_at_decode() {
+        let enc = |m: &Msg| postcard::to_allocvec(m).unwrap();
+        let remote = |key: usize, chunk_size: u32, size: u64| RemoteFile {
+            id: [1; 16],
+            kind: EntryKind::File,
+            size,
+            chunk_size,
+            access: Access::Share,
+            key: vec![0; key],
+        };
+        let bad = [
+            Msg::Fetch {
+                ids: vec![[0; 16]],
+                streams: 0,
+            },
+            Msg::Fetch {
+                ids: vec![[0; 16]],
+                streams: 17,
+            },
+            Msg::Fetch {
+                ids: vec![[0; 16], [0; 16]],
+                streams: 4,
+            },
+            Msg::Fetch {
+                ids: vec![],
+                streams: 4,
+            },
+            Msg::Listing {
+                header: Some(vec![0; MAX_REMOTE_HEADER + 1]),
+                files: vec![],
+                more: false,
+            },
+            Msg::Serving {
+                header: None,
+                files: vec![remote(MAX_REMOTE_KEY + 1, 1 << 20, 1)],
+            },
+            Msg::Serving {
+                header: None,
+                files: vec![remote(0, 1 << 20, 1)],
+            },
+            Msg::Serving {
+                header: None,
+                files: vec![remote(100, 1, 1)],
+            },
+            Msg::Listing {
+                header: None,
+                files: vec![remote(100, 4096, MAX_FILE_SIZE)],
+                more: false,
+            },
+            Msg::DepositStart {
+                file: 0,
+                sealed_key: vec![0; 79],
+                fresh: false,
+            },
+            Msg::DepositEnd {
+                file: 0,
+                envelope: vec![0; MAX_REMOTE_KEY + 1],
+            },
+            Msg::Plan {
+                files: vec![FilePlan::ResumeSealed {
+                    file_id: [0; 16],
+                    sealed_key: vec![0; SEALED_KEY_LEN],
+                    have: vec![0b11],
+                    leaves: vec![[0; 32]],
+                }],
+            },
+        ];
+        for m in &bad {
+            assert!(
+                matches!(decode_msg(&enc(m)), Err(NetError::Protocol(_))),
+                "{m:?}"
+            );
+        }
+        let good = Msg::Fetch {
+            ids: vec![[0; 16], [1; 16]],
+            streams: 16,
+        };
+        assert_eq!(decode_msg(&enc(&good)).unwrap(), good);
+        let totals = validate_served(&[remote(10, 4096, 8192)]).unwrap();
+        assert_eq!((totals.bytes, totals.chunks), (8192, 2));
+    }
+
     #[test]
     fn chunk_header_round_trip() {
         let h = ChunkHeader {

@@ -1804,7 +1804,11 @@ impl Unlocked<'_> {
     /// key opens, and how many frames it could not (torn by a crash,
     /// altered, or sealed to a vault key replaced by `vault rekey`).
     pub fn read_log(&self) -> Result<(Vec<LogRecord>, usize)> {
-        log::read(&self.vault.dir, &[&self.keypair])
+        // Records sealed before a rekey open with the older keys.
+        let keys: Vec<&Keypair> = std::iter::once(&self.keypair)
+            .chain(&self.old_keys)
+            .collect();
+        log::read(&self.vault.dir, &keys)
     }
 
     /// Full verification: reconciliation problems, ciphertext digests, and a
