@@ -565,14 +565,34 @@ fn disk_actor(
     ok_count: &AtomicU64,
 ) -> Vec<String> {
     let syncer = Syncer::start();
-    let mut failures = Vec::new();
-    let mut fail = |name: &str, message: &str| {
+    let failures = std::cell::RefCell::new(Vec::new());
+    let fail = |name: &str, message: &str| {
         (ctx.report)(Note::FileFailed {
             name: name.to_string(),
             message: message.to_string(),
         });
-        failures.push(format!("  {}: {message}", text::escape(name)));
+        failures
+            .borrow_mut()
+            .push(format!("  {}: {message}", text::escape(name)));
     };
+    // A pulled file whose partial already holds every chunk (the last run
+    // ended between its last chunk and its commit) gets no chunk from the
+    // source: it is finished now.
+    let settle = |name: &str, msg: Msg| {
+        match &msg {
+            Msg::FileResult { ok: true, .. } => {
+                ok_count.fetch_add(1, Ordering::Relaxed);
+            }
+            Msg::FileResult { message, .. } => fail(name, message),
+            _ => {}
+        }
+        let _ = res.send(msg);
+    };
+    for (i, st) in files.iter_mut().enumerate() {
+        if let Some(msg) = finish_if_ready(ctx, st, i as u32, peer, &syncer) {
+            settle(&st.expect.name, msg);
+        }
+    }
     while let Some(cmd) = rx.blocking_recv() {
         let file = match &cmd {
             DiskCmd::Start { file, .. }
@@ -659,14 +679,7 @@ fn disk_actor(
             break;
         }
         if let Some(msg) = finish_if_ready(ctx, st, file as u32, peer, &syncer) {
-            match &msg {
-                Msg::FileResult { ok: true, .. } => {
-                    ok_count.fetch_add(1, Ordering::Relaxed);
-                }
-                Msg::FileResult { message, .. } => fail(&st.expect.name, message),
-                _ => {}
-            }
-            let _ = res.send(msg);
+            settle(&st.expect.name, msg);
         }
     }
     // Whatever is left becomes a resumable partial, or is removed when it
@@ -686,7 +699,7 @@ fn disk_actor(
             }
         }
     }
-    failures
+    failures.into_inner()
 }
 
 /// Partials held by a live connection. A peer that comes back (after a
