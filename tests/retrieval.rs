@@ -411,7 +411,7 @@ fn a_sealed_deposit_is_unreadable_where_stored_and_comes_back_to_its_owner() {
     // b stores, a deposits.
     let (b, a, s) = pair_serving("send,get");
     let name = format!("Deposit-Only-For-A-{}.bin", random_hex(4));
-    let mut data = random_bytes(5 << 20);
+    let mut data = random_bytes(100 << 20);
     let marker = format!("PLAINTEXT-MARKER-{}", random_hex(8));
     data[1 << 20..(1 << 20) + marker.len()].copy_from_slice(marker.as_bytes());
     let h = write_bytes(&a.path(&name), &data);
@@ -424,7 +424,7 @@ fn a_sealed_deposit_is_unreadable_where_stored_and_comes_back_to_its_owner() {
     let d = &listed[0];
     assert!(d.sealed && d.name.is_none() && d.blake3.is_none(), "{d:?}");
     assert_eq!(d.depositor.as_deref(), Some(a.id().id.as_str()));
-    assert_eq!(d.size, 5 << 20);
+    assert_eq!(d.size, 100 << 20);
     // b cannot open it, with its passphrase or otherwise.
     b.run(["vault", "export", &d.id, "out.bin"]).code_is(18);
     assert!(!b.path("out.bin").exists());

@@ -262,6 +262,12 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
                     ServerEvent::Failed { peer, message } => {
                         eprintln!("p2pfs: {}: {}", peer.map(|p| p.fingerprint()).unwrap_or_else(|| "?".into()), text::escape(&message));
                     }
+                    ServerEvent::Serving { peer, files, bytes, held } => {
+                        println!("serving {files} item(s), {} to {}{}", indicatif::HumanBytes(bytes), peer.fingerprint(), if held > 0 { format!(" (resuming, {} already there)", indicatif::HumanBytes(held)) } else { String::new() });
+                        let b = progress::bytes(bytes, quiet, &peer.fingerprint());
+                        b.set_position(held);
+                        bars.insert(peer, b);
+                    }
                     ServerEvent::Listed { peer, files } => println!("listed {files} fetchable item(s) for {}", peer.fingerprint()),
                     ServerEvent::Served { peer, files, bytes } => println!("served {files} item(s), {} on the wire, to {} (verified there)", indicatif::HumanBytes(bytes), peer.fingerprint()),
                     ServerEvent::Closed { peer } => {

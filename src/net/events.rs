@@ -129,6 +129,17 @@ pub enum ServerEvent {
         /// Entries shown to it.
         files: usize,
     },
+    /// A pull starts: objects to send to a peer.
+    Serving {
+        /// The peer.
+        peer: PublicKey,
+        /// Objects.
+        files: usize,
+        /// Their plaintext bytes.
+        bytes: u64,
+        /// Bytes the peer already holds (resume).
+        held: u64,
+    },
     /// A pull ended: objects sent to a peer that verified them.
     Served {
         /// The peer.

@@ -40,7 +40,10 @@ use super::{
     NetError,
 };
 use crate::{
-    crypto::{chunk::FileId, keys::PublicKey},
+    crypto::{
+        chunk::{chunk_count, chunk_plain_len, FileId},
+        keys::PublicKey,
+    },
     store::{
         format::Kind,
         home::{Home, Identity},
@@ -610,6 +613,24 @@ async fn serve_fetch(
             },
         ));
     }
+    let bytes = served.iter().fold(0u64, |t, f| t.saturating_add(f.size));
+    let held = served
+        .iter()
+        .zip(&sending)
+        .filter_map(|(f, (_, s))| s.have.as_ref().map(|h| (f, h)))
+        .map(|(f, h)| {
+            (0..chunk_count(f.size, f.chunk_size))
+                .filter(|i| wire::bitmap::get(h, *i))
+                .map(|i| chunk_plain_len(f.size, f.chunk_size, i) as u64)
+                .fold(0u64, u64::saturating_add)
+        })
+        .fold(0u64, u64::saturating_add);
+    let _ = ctx.events.send(ServerEvent::Serving {
+        peer,
+        files: served.len(),
+        bytes,
+        held,
+    });
     let ran = source::run(
         link,
         sending,
