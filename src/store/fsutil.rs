@@ -425,18 +425,20 @@ fn temp_name(name: &OsStr) -> Result<OsString> {
 /// not even a hidden file. Elsewhere it is a named temporary file
 /// `.NAME.p2pfs-<hex>.tmp` (0600), removed on error and on drop, and, as a
 /// kill cannot remove it, removed by the next write of the same name.
-pub struct NewFile<'d> {
-    dir: &'d Dir,
+/// `D` is how it holds its directory: borrowed (`&Dir`), or owned by a
+/// file that is written over a long time (`Dir`).
+pub struct NewFile<D: std::ops::Deref<Target = Dir>> {
+    dir: D,
     name: OsString,
     file: File,
     /// The temporary name while the file has one.
     temp: Option<OsString>,
 }
 
-impl<'d> NewFile<'d> {
+impl<D: std::ops::Deref<Target = Dir>> NewFile<D> {
     /// Starts a new file `name` in `dir` (mode 0600 until the caller sets
     /// the final one).
-    pub fn create(dir: &'d Dir, name: &OsStr) -> Result<Self> {
+    pub fn create(dir: D, name: &OsStr) -> Result<Self> {
         check_component(name)?;
         let flags = OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC;
         match rfs::openat(&dir.fd, ".", flags, Mode::from_raw_mode(0o600)) {
@@ -459,7 +461,7 @@ impl<'d> NewFile<'d> {
     }
 
     /// The named fallback of [`NewFile::create`].
-    pub fn create_named(dir: &'d Dir, name: &OsStr) -> Result<Self> {
+    pub fn create_named(dir: D, name: &OsStr) -> Result<Self> {
         check_component(name)?;
         dir.remove_stale_temps(name)?;
         let temp = temp_name(name)?;
@@ -556,7 +558,7 @@ impl<'d> NewFile<'d> {
     }
 }
 
-impl Drop for NewFile<'_> {
+impl<D: std::ops::Deref<Target = Dir>> Drop for NewFile<D> {
     fn drop(&mut self) {
         let _ = self.unlink_temp();
     }
@@ -571,7 +573,7 @@ fn proc_fd(fd: &impl AsFd) -> String {
 mod tests {
     use super::*;
 
-    fn write_to(nf: &NewFile<'_>, data: &[u8]) {
+    fn write_to(nf: &NewFile<&Dir>, data: &[u8]) {
         let mut f = nf.file();
         f.write_all(data).unwrap();
     }

@@ -15,7 +15,11 @@
 //! of its disk can read a partial; only the same sender, talking to this
 //! receiver, can continue it.
 
-use std::{fs, path::PathBuf};
+use std::{
+    fs,
+    io::{Seek, Write},
+    path::PathBuf,
+};
 
 use super::{
     chunks::ChunkHashes,
@@ -255,6 +259,22 @@ struct Verifier {
     ahead: std::collections::BTreeMap<u64, Vec<u8>>,
     /// Plaintext bytes in `ahead`.
     ahead_bytes: usize,
+    /// Where the plaintext goes, in order, as it is verified (a pull to a
+    /// plain file: the unnamed file it is published from).
+    out: Option<fs::File>,
+}
+
+impl Verifier {
+    /// The next plaintext chunk in order: hashed, and written out.
+    fn take(&mut self, pt: &[u8]) -> Result<()> {
+        self.hasher.update(pt);
+        self.next += 1;
+        if let Some(out) = &mut self.out {
+            out.write_all(pt)
+                .map_err(|e| StoreError::io("cannot write", "the destination file", e))?;
+        }
+        Ok(())
+    }
 }
 
 /// Chunks kept in memory ahead of the verification cursor.
@@ -450,8 +470,7 @@ impl<'v> Partial<'v> {
                     .map_err(|_| bad_chunk(&self.meta, index))?
                     .len();
                 if v.next == index {
-                    v.hasher.update(&sealed[12..12 + len]);
-                    v.next += 1;
+                    v.take(&sealed[12..12 + len])?;
                 } else {
                     sealed.copy_within(12..12 + len, 0);
                     sealed.truncate(len);
@@ -481,8 +500,7 @@ impl<'v> Partial<'v> {
             }
             if let Some(pt) = v.ahead.remove(&v.next) {
                 v.ahead_bytes -= pt.len();
-                v.hasher.update(&pt);
-                v.next += 1;
+                v.take(&pt)?;
                 continue;
             }
             self.writer.read_chunk(v.next, &mut buf)?;
@@ -490,20 +508,28 @@ impl<'v> Partial<'v> {
                 .key
                 .open_chunk_in_place(&id, v.next, v.next + 1 == n, &mut buf)
                 .map_err(|_| bad_chunk(&self.meta, v.next))?;
-            v.hasher.update(pt);
-            v.next += 1;
+            v.take(pt)?;
         }
         Ok(())
     }
 
     /// Sets the file key (in memory only) and starts the running verification.
     pub fn set_key(&mut self, key: FileKey) -> Result<()> {
+        self.set_key_streaming(key, None)
+    }
+
+    /// As [`Self::set_key`], writing the plaintext in order to `out` as it
+    /// is verified (from the first chunk: `out` must be empty), so a
+    /// verified file needs no second pass to be published
+    /// ([`Self::publish_streamed`]).
+    pub fn set_key_streaming(&mut self, key: FileKey, out: Option<fs::File>) -> Result<()> {
         self.verify = Some(Verifier {
             key,
             next: 0,
             hasher: blake3::Hasher::new(),
             ahead: Default::default(),
             ahead_bytes: 0,
+            out,
         });
         self.advance()
     }
@@ -624,6 +650,42 @@ impl<'v> Partial<'v> {
         let state = self.state_path.clone();
         self.writer.commit(key.secret(), meta)?;
         fsutil::remove_if_exists(&state)
+    }
+
+    /// Checks the whole file against `blake3` and publishes `out`, into
+    /// which the running verification wrote the plaintext
+    /// ([`Self::set_key_streaming`]); where it could not (it did not start
+    /// at the first chunk), the file is decrypted into `out` again first.
+    /// Removes the partial.
+    pub fn publish_streamed<D: std::ops::Deref<Target = fsutil::Dir>>(
+        mut self,
+        blake3: &[u8; 32],
+        meta: &Metadata,
+        out: fsutil::NewFile<D>,
+        force: bool,
+    ) -> Result<()> {
+        let n = self.writer.header().chunk_count;
+        let streamed = self
+            .verify
+            .as_ref()
+            .is_some_and(|v| v.out.is_some() && v.next == n);
+        let key = self.verified(blake3, &meta.name)?;
+        if !streamed {
+            let mut f = out.file();
+            f.set_len(0)
+                .and_then(|_| f.rewind())
+                .map_err(|e| StoreError::io("cannot write", "the destination file", e))?;
+            if &self.writer.decrypt_into(&key, &mut f)? != blake3 {
+                return Err(StoreError::corrupt(
+                    format!("received file {}", meta.name),
+                    "the data changed on disk while it was published",
+                ));
+            }
+        }
+        super::vault::finish_plain(out, meta, force)?;
+        let (slot, vault) = (self.meta.slot, self.vault());
+        drop(self);
+        vault.remove_partial(&slot)
     }
 
     /// Checks the whole file against `blake3`, then decrypts it into a

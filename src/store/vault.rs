@@ -1245,14 +1245,26 @@ pub(crate) fn publish_plain(
     }
     let shown = dir.shown(name);
     let out = fsutil::NewFile::create(dir, name)?;
-    let f = out.file();
     let meta = {
-        let mut w = fsutil::WritebackWriter::new(f);
+        let mut w = fsutil::WritebackWriter::new(out.file());
         let m = fill(&mut w)?;
         w.flush()
             .map_err(|e| StoreError::io("cannot write", &shown, e))?;
         m
     };
+    finish_plain(out, &meta, force)?;
+    Ok(meta)
+}
+
+/// The last steps of publishing a plain file: its time and mode (the
+/// stored mode within 0777, less the umask), an fsync, then its name.
+pub(crate) fn finish_plain<D: std::ops::Deref<Target = fsutil::Dir>>(
+    out: fsutil::NewFile<D>,
+    meta: &Metadata,
+    force: bool,
+) -> Result<()> {
+    let f = out.file();
+    let shown = "the published file";
     if let Some(t) = unix_time(meta.mtime) {
         // Best effort: a time the file system cannot hold is left out.
         let _ = f.set_modified(t);
@@ -1261,11 +1273,10 @@ pub(crate) fn publish_plain(
     // setuid, setgid or sticky, and never more than the umask allows.
     let mode = meta.mode & 0o777 & !fsutil::umask();
     f.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(|e| StoreError::io("cannot set permissions on", &shown, e))?;
+        .map_err(|e| StoreError::io("cannot set permissions on", shown, e))?;
     f.sync_all()
-        .map_err(|e| StoreError::io("cannot sync", &shown, e))?;
-    out.publish(force)?;
-    Ok(meta)
+        .map_err(|e| StoreError::io("cannot sync", shown, e))?;
+    out.publish(force)
 }
 
 impl Drop for ObjectWriter<'_> {

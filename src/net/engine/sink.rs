@@ -40,7 +40,7 @@ use crate::{
     },
     store::{
         format::{Kind, Metadata},
-        fsutil::Dir,
+        fsutil::{Dir, NewFile},
         partial::{seal_key_to, CheckpointJob, Partial, PartialMeta, Slot, StagingKey},
         vault::Vault,
         StoreError,
@@ -345,6 +345,12 @@ struct FileState {
     partial: Option<Box<Partial<'static>>>,
     end: Option<End>,
     finished: bool,
+    /// A pulled file to publish whose key is not yet given to its partial:
+    /// it is, with the unnamed destination file to stream the plaintext
+    /// into, when its first chunk comes ([`prepare`]).
+    pending: Option<FileKey>,
+    /// That destination file.
+    out: Option<NewFile<Arc<Dir>>>,
 }
 
 /// How a file's key arrives at the sink.
@@ -487,15 +493,23 @@ fn plan(
             }
         };
         let mut end = None;
+        let mut pending = None;
         if let Some(k) = &f.known {
             // A pulled file's key is known: the partial verifies as chunks
-            // arrive, and its end is the BLAKE3 of its metadata.
+            // arrive, and its end is the BLAKE3 of its metadata. A file to
+            // publish gets its key with its destination file, once its
+            // first chunk comes: no destination is open before.
             let p = match partial.take() {
                 Some(p) => p,
                 None => Box::new(start(ctx, slot, version, id, &f)?),
             };
             let mut p = p;
-            p.set_key(FileKey::from_secret(k.key.secret().clone()))?;
+            let key = FileKey::from_secret(k.key.secret().clone());
+            if matches!(f.commit, Commit::Publish { .. }) && f.kind == EntryKind::File {
+                pending = Some(key);
+            } else {
+                p.set_key(key)?;
+            }
             partial = Some(p);
             end = Some(End::Blake3(k.meta.blake3));
         }
@@ -513,6 +527,8 @@ fn plan(
             partial,
             end,
             finished: false,
+            pending,
+            out: None,
         });
     }
     Ok((
@@ -540,6 +556,32 @@ fn start(
         chunk_size: f.chunk_size,
         sealed_key: None,
     })
+}
+
+/// Opens a pulled file's destination (an unnamed file in its directory
+/// under the destination, every directory on the way entered relative to
+/// its parent and never through a link) and starts its verification,
+/// which writes the plaintext there in order as it checks it.
+fn prepare(ctx: &SinkCtx, st: &mut FileState) -> Result<(), StoreError> {
+    let Some(key) = st.pending.take() else {
+        return Ok(());
+    };
+    let (Commit::Publish { rel }, Some(dest)) = (&st.expect.commit, &ctx.dest) else {
+        return Err(StoreError::Invalid("no destination".into()));
+    };
+    let (dir, last) = parent_dir(dest, rel)?;
+    let dir = match dir {
+        Some(d) => Arc::new(d),
+        None => dest.clone(),
+    };
+    let out = NewFile::create(dir, last.as_ref())?;
+    let stream = out
+        .file()
+        .try_clone()
+        .map_err(|e| StoreError::io("cannot write", "the destination file", e))?;
+    st.out = Some(out);
+    let p = open_or_start(ctx, st)?;
+    p.set_key_streaming(key, Some(stream))
 }
 
 fn open_or_start<'a>(
@@ -589,6 +631,11 @@ fn disk_actor(
         let _ = res.send(msg);
     };
     for (i, st) in files.iter_mut().enumerate() {
+        if st.pending.is_some() && st.partial.as_ref().is_some_and(|p| p.has_every_chunk()) {
+            if let Err(e) = prepare(ctx, st) {
+                warn!("cannot open a destination: {e}");
+            }
+        }
         if let Some(msg) = finish_if_ready(ctx, st, i as u32, peer, &syncer) {
             settle(&st.expect.name, msg);
         }
@@ -626,6 +673,7 @@ fn disk_actor(
                 DiskCmd::Chunk {
                     index, data, leaf, ..
                 } => {
+                    prepare(ctx, st)?;
                     let p = open_or_start(ctx, st)?;
                     // A chunk already held is not progress: re-sending one
                     // cannot keep a transfer alive.
@@ -892,7 +940,10 @@ fn finish_if_ready(
     let t0 = std::time::Instant::now();
     let outcome = match (&e.commit, &ctx.dest) {
         (Commit::Vault, _) => p.finish(&blake3, &meta),
-        (Commit::Publish { rel }, Some(dest)) => publish(*p, &blake3, &meta, dest, rel, ctx.force),
+        (Commit::Publish { rel }, Some(dest)) => match st.out.take() {
+            Some(out) => p.publish_streamed(&blake3, &meta, out, ctx.force),
+            None => publish(*p, &blake3, &meta, dest, rel, ctx.force),
+        },
         (Commit::Publish { .. }, None) | (Commit::Deposit, _) => {
             Err(StoreError::Invalid("no destination".into()))
         }
@@ -961,6 +1012,20 @@ fn publish(
     rel: &str,
     force: bool,
 ) -> Result<(), StoreError> {
+    let (dir, last) = parent_dir(dest, rel)?;
+    p.publish(
+        blake3,
+        meta,
+        dir.as_ref().unwrap_or(dest),
+        last.as_ref(),
+        force,
+    )
+}
+
+/// The directory of `rel` (`/`-separated) under `dest`, created or entered
+/// one component at a time relative to its parent and never through a
+/// link (`None`: `dest` itself), and the last component.
+fn parent_dir<'r>(dest: &Dir, rel: &'r str) -> Result<(Option<Dir>, &'r str), StoreError> {
     let mut parts: Vec<&str> = rel.split('/').collect();
     let Some(last) = parts.pop() else {
         return Err(StoreError::Invalid(format!("{rel:?} is not a name")));
@@ -970,13 +1035,7 @@ fn publish(
         let next = dir.as_ref().unwrap_or(dest).child_dir(part.as_ref())?;
         dir = Some(next);
     }
-    p.publish(
-        blake3,
-        meta,
-        dir.as_ref().unwrap_or(dest),
-        last.as_ref(),
-        force,
-    )
+    Ok((dir, last))
 }
 
 /// What every data stream of a transfer needs.
