@@ -503,3 +503,23 @@ fn an_interrupted_deposit_resumes() {
     assert_eq!(blake3_file(&a.path("back.dep")), h);
     s.stop();
 }
+
+/// A serving node whose stored data was altered (a bad disk, a local
+/// writer) sends chunks that pass their MAC, made over what it read, but
+/// not their AEAD: the fetching node publishes nothing and keeps nothing.
+#[test]
+fn a_tampered_stored_object_is_never_published() {
+    let (a, b, s) = pair_serving("get");
+    write_random(&a.path("doc.bin"), 3 << 20);
+    a.import(&["doc.bin"]);
+    a.run(["vault", "share", "doc.bin", "bee"]).ok();
+    let id = a.entry("doc.bin").id;
+    // One byte inside the second chunk's ciphertext.
+    flip_byte(&a.obj(&id), 40 + (1 << 20) + 28 + 100, 0x01);
+    let r = b.run(["get", &at(&a, &s), "doc.bin", "doc.out"]);
+    assert_eq!(r.code(), Some(13), "{}", r.all());
+    assert!(r.all().contains("authenticate"), "{}", r.all());
+    assert!(!b.path("doc.out").exists());
+    assert!(b.staging_files().is_empty(), "nothing kept of it");
+    s.stop();
+}

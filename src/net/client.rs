@@ -486,12 +486,14 @@ pub async fn send(
                 sealed_key,
                 have,
             } => {
-                let key = log
-                    .contains(&peer, &file_id, &tag)
+                let recorded = log.contains(&peer, &file_id, &tag);
+                // A blob is opened only for a transfer this node started.
+                let key = recorded
                     .then(|| open_key(identity, &peer, &file_id, &sealed_key).ok())
                     .flatten();
+                let honoured = engine::proto::honour_resume(recorded, key.is_some(), have.len(), n);
                 match key {
-                    Some(key) if have.len() as u64 == n.div_ceil(8) => {
+                    Some(key) if honoured => {
                         let held: u64 = (0..n)
                             .filter(|i| bitmap::get(&have, *i))
                             .map(|i| chunk_plain_len(item.offer.size, opts.chunk_size, i) as u64)

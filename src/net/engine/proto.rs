@@ -288,6 +288,60 @@ impl SinkMachine {
     }
 }
 
+// ------------------------------------------------------------- resume
+
+/// What a sink knows of a partial it found in an entry's slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartialFacts {
+    /// Its keyed version tag (sender, name, size, chunk size, token).
+    pub version: [u8; 32],
+    /// Its declared size.
+    pub size: u64,
+    /// Its chunk size.
+    pub chunk_size: u32,
+    /// Its file id.
+    pub file_id: FileId,
+    /// Whether it holds a key sealed to the source (push and deposit).
+    pub sealed_key: bool,
+}
+
+/// What the entry being planned is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted {
+    /// The version tag of the entry offered now.
+    pub version: [u8; 32],
+    /// Its size.
+    pub size: u64,
+    /// Its chunk size.
+    pub chunk_size: u32,
+    /// A pull's fixed object id.
+    pub fixed_id: Option<FileId>,
+    /// How its key arrives.
+    pub flow: KeyFlow,
+}
+
+/// Whether a partial found in an entry's slot is resumed: only the very
+/// same source version, size and chunk size (and, in a pull, the same
+/// object), never mixed with another; a push or a deposit needs the key
+/// sealed to its source, who continues with it, a pull gets its key again
+/// with the served entry. Anything else is removed and the file starts
+/// over.
+pub fn resume_partial(found: &PartialFacts, want: &Wanted) -> bool {
+    found.version == want.version
+        && found.size == want.size
+        && found.chunk_size == want.chunk_size
+        && want.fixed_id.is_none_or(|id| id == found.file_id)
+        && (want.flow == KeyFlow::Known || found.sealed_key)
+}
+
+/// Whether a source continues a partial its sink offers back: only one of
+/// a transfer it started with this very sink for this entry (`recorded`),
+/// whose sealed key opened for the two of them, with a bitmap of exactly
+/// the entry's chunk count. Otherwise it sends afresh (`fresh`).
+pub fn honour_resume(recorded: bool, key_opened: bool, have_len: usize, chunks: u64) -> bool {
+    recorded && key_opened && have_len as u64 == chunks.div_ceil(8)
+}
+
 /// One planned file as the data streams see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkPlan {
@@ -496,6 +550,78 @@ mod tests {
         let missing = authorise_fetch(&[[2; 16]], allowed).unwrap_err();
         let unshared = authorise_fetch(&[[1; 16], [3; 16]], allowed).unwrap_err();
         assert_eq!(missing, unshared);
+    }
+
+    #[test]
+    fn a_partial_resumes_only_for_the_same_source_and_a_usable_key() {
+        let found = PartialFacts {
+            version: [1; 32],
+            size: 100,
+            chunk_size: 4096,
+            file_id: [2; 16],
+            sealed_key: true,
+        };
+        let want = Wanted {
+            version: [1; 32],
+            size: 100,
+            chunk_size: 4096,
+            fixed_id: None,
+            flow: KeyFlow::Announced,
+        };
+        assert!(resume_partial(&found, &want));
+        for other in [
+            Wanted {
+                version: [9; 32],
+                ..want
+            },
+            Wanted { size: 101, ..want },
+            Wanted {
+                chunk_size: 8192,
+                ..want
+            },
+            Wanted {
+                fixed_id: Some([3; 16]),
+                flow: KeyFlow::Known,
+                ..want
+            },
+        ] {
+            assert!(!resume_partial(&found, &other), "{other:?}");
+        }
+        // A push without the sealed key cannot continue; a pull can.
+        let keyless = PartialFacts {
+            sealed_key: false,
+            ..found
+        };
+        assert!(!resume_partial(&keyless, &want));
+        assert!(!resume_partial(
+            &keyless,
+            &Wanted {
+                flow: KeyFlow::Sealed,
+                ..want
+            }
+        ));
+        assert!(resume_partial(
+            &keyless,
+            &Wanted {
+                fixed_id: Some([2; 16]),
+                flow: KeyFlow::Known,
+                ..want
+            }
+        ));
+    }
+
+    #[test]
+    fn a_source_continues_only_its_own_recorded_transfer() {
+        assert!(honour_resume(true, true, 2, 16));
+        assert!(!honour_resume(false, true, 2, 16), "not started here");
+        assert!(
+            !honour_resume(true, false, 2, 16),
+            "a key sealed by someone else"
+        );
+        assert!(
+            !honour_resume(true, true, 3, 16),
+            "a bitmap of another size"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::{sync::mpsc, task::JoinSet};
 use tracing::{debug, warn};
 
 use super::{
-    proto::{chunk_bounds, ChunkPlan, KeyFlow, SinkMachine, SinkStep},
+    proto::{self, chunk_bounds, ChunkPlan, KeyFlow, PartialFacts, SinkMachine, SinkStep, Wanted},
     source::unwrap_file_key,
     Link, Note, Reporter,
 };
@@ -397,9 +397,20 @@ struct Planned {
     held: u64,
 }
 
-/// Whether a partial can be resumed: a push needs the key sealed to its
-/// sender (who continues with it); a pull gets its key again with the
-/// served entry.
+/// What the resume decision needs to know of a partial.
+fn facts(p: &Partial<'_>) -> PartialFacts {
+    PartialFacts {
+        version: p.meta.version,
+        size: p.meta.size,
+        chunk_size: p.meta.chunk_size,
+        file_id: p.meta.file_id,
+        sealed_key: p.meta.sealed_key.is_some(),
+    }
+}
+
+/// Whether a partial left at the end of a transfer can be resumed: a
+/// push or a deposit needs the key sealed to its source (who continues
+/// with it); a pull gets its key again with the served entry.
 fn resumable(ctx: &SinkCtx, p: &Partial<'_>) -> bool {
     ctx.flow == KeyFlow::Known || p.meta.sealed_key.is_some()
 }
@@ -440,16 +451,15 @@ fn plan(
             .version(&peer, &slot_name, f.size, f.chunk_size, &f.token);
         claim(slot, conn)?;
         claims.0.push(slot);
+        let want = Wanted {
+            version,
+            size: f.size,
+            chunk_size: f.chunk_size,
+            fixed_id: f.known.as_ref().map(|k| k.id),
+            flow: ctx.flow,
+        };
         let found = match vault.resume_partial(&slot) {
-            Ok(Some(p))
-                if p.meta.version == version
-                    && p.meta.size == f.size
-                    && p.meta.chunk_size == f.chunk_size
-                    && f.known.as_ref().is_none_or(|k| k.id == p.meta.file_id)
-                    && resumable(ctx, &p) =>
-            {
-                Some(p)
-            }
+            Ok(Some(p)) if proto::resume_partial(&facts(&p), &want) => Some(p),
             Ok(Some(_)) => {
                 // The source changed (or the chunk size): never mixed.
                 vault.remove_partial(&slot)?;
