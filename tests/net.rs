@@ -349,6 +349,55 @@ fn receiver_disk_full_is_reported_and_vault_stays_sound() {
     b.run(["vault", "verify"]).ok();
 }
 
+/// Issue 12, acceptance (item 2): a 64 MiB receiver home and 2,000 small
+/// files of 16–64 KiB fill the disk mid-transfer. The sender hears "the
+/// receiver's disk is full" (exit 14), never an empty "connection lost",
+/// and what the receiver kept verifies.
+#[test]
+fn many_small_files_filling_the_receivers_disk_say_so() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to mount a small tmpfs");
+        return;
+    }
+    let tmp = tempdir();
+    let mnt = tmp.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("skipped: cannot mount tmpfs");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let a = Node::new();
+    a.init("alice");
+    let b = Node::with_home(mnt.join("home"));
+    b.init("bob");
+    let srv = Server::start(&b, &["--accept", "any"]);
+    for i in 0..2000u64 {
+        let size = 16 * 1024 + (i * 7919) % (48 * 1024);
+        write_random(&a.path(&format!("many/f{i:04}.bin")), size);
+    }
+    let r = a.run(["send", "--trust-new", "many", &srv.addr()]);
+    assert_eq!(r.code(), Some(14), "{r}");
+    assert!(r.stderr.contains("disk is full"), "{r}");
+    assert!(!r.stderr.contains("connection lost"), "{r}");
+    // Item 5: no promise of a resumable partial that may not exist.
+    assert!(!r.stderr.contains("kept as a resumable partial"), "{r}");
+    drop(srv);
+    b.run(["vault", "verify"]).ok();
+}
+
 // ----------------------------------------------------------- hostile client
 
 fn rt() -> tokio::runtime::Runtime {

@@ -728,7 +728,7 @@ fn disk_actor(
             let (code, message) = match e {
                 StoreError::DiskFull { .. } => (
                     RefuseCode::DiskFull,
-                    "the receiver's disk is full; what arrived is kept as a resumable partial — free space there and run the same command again".to_string(),
+                    "the receiver's disk is full: the files it confirmed are stored, the others are not (one in progress resumes where its last checkpoint fit) — free space there and run the same command again".to_string(),
                 ),
                 other => (RefuseCode::Busy, format!("the receiver cannot store: {other}")),
             };
