@@ -1813,3 +1813,24 @@ fn shares_are_sealed_to_the_peer_listed_logged_and_withdrawn() {
     a.run(["vault", "verify", "--full"]).ok();
     assert_eq!(shared(&a).len(), 1);
 }
+
+/// Issue 12, item 7: atomic replacements a kill interrupted leave
+/// `index.tmp`, `header.tmp`, `header.next.tmp`; the next unlocked command
+/// removes them (a `header.tmp` holds the vault secret sealed under a
+/// passphrase that never took effect), and the vault stays sound.
+#[test]
+fn an_unlock_removes_interrupted_replacements() {
+    let a = Node::new();
+    a.init("a");
+    write_bytes(&a.path("f.txt"), b"kept");
+    a.import(&["f.txt"]);
+    let header = std::fs::read(a.vault().join("header")).unwrap();
+    for name in ["index.tmp", "header.tmp", "header.next.tmp", "shares.tmp"] {
+        std::fs::write(a.vault().join(name), &header).unwrap();
+    }
+    assert_eq!(a.list().len(), 1);
+    for name in ["index.tmp", "header.tmp", "header.next.tmp", "shares.tmp"] {
+        assert!(!a.vault().join(name).exists(), "{name} is left");
+    }
+    a.run(["vault", "verify", "--full"]).ok();
+}

@@ -398,6 +398,27 @@ fn many_small_files_filling_the_receivers_disk_say_so() {
     b.run(["vault", "verify"]).ok();
 }
 
+/// Issue 12, item 7: serve removes, at start, the data of receptions that
+/// died before their first checkpoint (no state file: they cannot resume);
+/// until now only an unlock did. A partial with its state stays.
+#[test]
+fn serve_removes_partial_data_that_can_never_resume() {
+    let b = Node::new();
+    b.init("bob");
+    let staging = b.vault().join("staging");
+    let orphan = staging.join(format!("part-{}.obj", "ab".repeat(16)));
+    let kept = staging.join(format!("part-{}.obj", "cd".repeat(16)));
+    let kept_state = kept.with_extension("part");
+    for p in [&orphan, &kept, &kept_state] {
+        std::fs::write(p, b"partial").unwrap();
+    }
+    let srv = Server::start(&b, &[]);
+    let out = srv.stop();
+    assert!(!orphan.exists(), "{out}");
+    assert!(out.all().contains("before their first checkpoint"), "{out}");
+    assert!(kept.exists() && kept_state.exists());
+}
+
 // ----------------------------------------------------------- hostile client
 
 fn rt() -> tokio::runtime::Runtime {

@@ -136,6 +136,13 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     let vault: &'static _ = Box::leak(Box::new(ctx.home.vault()?));
     // Refuse to start rather than seal to a vault key the owner did not set.
     vault.check_pin()?;
+    match vault.remove_orphan_partials() {
+        Ok(Some(n)) if n > 0 => {
+            eprintln!("p2pfs: removed {n} interrupted reception(s) that ended before their first checkpoint (nothing of them could resume)")
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("p2pfs: warning: cannot clean the staging area: {e}"),
+    }
     match vault.drop_legacy_partials() {
         Ok(0) => {}
         Ok(n) => eprintln!(

@@ -103,10 +103,18 @@ pub enum NetError {
     Store(#[from] StoreError),
     /// Local I/O.
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// TLS / QUIC configuration.
     #[error("network setup: {0}")]
     Setup(String),
+}
+
+/// Not a `source`: the error is in the message, and a chain printer would
+/// show it twice.
+impl From<std::io::Error> for NetError {
+    fn from(e: std::io::Error) -> Self {
+        NetError::Io(e)
+    }
 }
 
 /// What made the sender expect a key: the advice after a mismatch differs.

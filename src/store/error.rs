@@ -56,15 +56,16 @@ pub enum StoreError {
         /// The file being written.
         path: PathBuf,
     },
-    /// Another I/O failure.
-    #[error("{action} {}: {source}", shown(path))]
+    /// Another I/O failure. The OS error is part of the message and not
+    /// a `source`: a chain printer would show it twice.
+    #[error("{action} {}: {error}", shown(path))]
     Io {
         /// What was being done.
         action: &'static str,
         /// On which path.
         path: PathBuf,
         /// The OS error.
-        source: io::Error,
+        error: io::Error,
     },
     /// No vault object matches the name or id.
     #[error("no file named or with id {query:?} in the vault (see `p2pfs vault list`)")]
@@ -216,7 +217,7 @@ impl StoreError {
         StoreError::Io {
             action,
             path,
-            source,
+            error: source,
         }
     }
 
@@ -237,3 +238,21 @@ pub fn shown(path: &std::path::Path) -> String {
 
 /// Result alias for the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12, item 7: an import error repeated its cause
+    /// ("Input/output error (os error 5): Input/output error (os error 5)").
+    #[test]
+    fn an_io_error_says_its_cause_once() {
+        let e = StoreError::io(
+            "cannot write",
+            "/x",
+            io::Error::from_raw_os_error(libc::EIO),
+        );
+        let shown = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(shown.matches("os error 5").count(), 1, "{shown}");
+    }
+}

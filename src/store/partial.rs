@@ -329,6 +329,30 @@ impl Vault {
             })
     }
 
+    /// Removes the partial data files whose state file is missing (a
+    /// reception that died before its first checkpoint cannot resume), if
+    /// no store is in progress anywhere (the store lock is free); returns
+    /// how many, or `None` when a store was in progress and nothing was
+    /// touched. For `serve` at start: until now only an unlock did this.
+    pub fn remove_orphan_partials(&self) -> Result<Option<usize>> {
+        let (lock, exclusive) = self.lock_best()?;
+        if !exclusive {
+            return Ok(None);
+        }
+        let dir = self.staging_dir();
+        let mut removed = 0;
+        for e in fs::read_dir(&dir).map_err(|e| StoreError::io("cannot list", &dir, e))? {
+            let e = e.map_err(|e| StoreError::io("cannot list", &dir, e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if self.is_orphan_partial_data(&name) {
+                fsutil::remove_if_exists(&e.path())?;
+                removed += 1;
+            }
+        }
+        drop(lock);
+        Ok(Some(removed))
+    }
+
     /// Removes the partials of the old format (c3e3ae4), whose state kept
     /// the file name in clear; returns how many transfers were dropped.
     pub fn drop_legacy_partials(&self) -> Result<usize> {

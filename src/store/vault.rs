@@ -557,7 +557,7 @@ impl Vault {
     }
 
     /// Takes the store lock exclusively if no store is in progress, else shared.
-    fn lock_best(&self) -> Result<(File, bool)> {
+    pub(crate) fn lock_best(&self) -> Result<(File, bool)> {
         let (f, p) = self.lock_file("lock")?;
         match f.try_lock() {
             Ok(()) => Ok((f, true)),
@@ -1428,6 +1428,24 @@ impl Unlocked<'_> {
                         fsutil::remove_if_exists(&e.path())?;
                         removed = true;
                     }
+                }
+            }
+            // Atomic replacements a kill interrupted (`index.tmp`,
+            // `header.tmp`, `header.next.tmp`, `shares.tmp`, `keys.tmp`):
+            // none took effect, and a `header.tmp` holds the vault secret
+            // sealed under a passphrase that never did. Every writer of
+            // these holds the exclusive lock, as this does.
+            if let Ok(rd) = fs::read_dir(&v.dir) {
+                let mut any = false;
+                for e in rd.flatten() {
+                    let is_file = e.file_type().is_ok_and(|t| t.is_file());
+                    if is_file && e.file_name().to_string_lossy().ends_with(".tmp") {
+                        fsutil::remove_if_exists(&e.path())?;
+                        any = true;
+                    }
+                }
+                if any {
+                    fsutil::fsync_dir(&v.dir)?;
                 }
             }
         }
