@@ -419,6 +419,62 @@ fn serve_removes_partial_data_that_can_never_resume() {
     assert!(kept.exists() && kept_state.exists());
 }
 
+/// Issue 12, item 6: a storage failure on the receiver (here its objects
+/// directory turned read-only) is reported as one, with its own exit code
+/// (19), never as a transfer that failed verification (13); nothing is
+/// listed there and the vault verifies.
+#[test]
+fn a_storage_error_on_the_receiver_has_its_own_exit_code() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to remount a directory read-only");
+        return;
+    }
+    let a = Node::new();
+    a.init("alice");
+    let b = Node::new();
+    b.init("bob");
+    let objects = b.objects();
+    let mount = |args: &[&str]| {
+        std::process::Command::new("mount")
+            .args(args)
+            .arg(&objects)
+            .arg(&objects)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if !mount(&["--bind"]) {
+        eprintln!("skipped: cannot bind-mount");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(objects.clone());
+    let ro = std::process::Command::new("mount")
+        .args(["-o", "remount,ro,bind"])
+        .arg(&objects)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ro {
+        eprintln!("skipped: cannot remount read-only");
+        return;
+    }
+    let srv = Server::start(&b, &["--accept", "any"]);
+    write_random(&a.path("f.bin"), 100_000);
+    let r = a.run(["send", "--trust-new", "f.bin", &srv.addr()]);
+    assert_eq!(r.code(), Some(19), "{r}");
+    assert!(r.stderr.contains("storage error on the receiver"), "{r}");
+    drop(srv);
+    drop(_guard);
+    assert!(b.list().is_empty());
+    b.run(["vault", "verify", "--full"]).ok();
+}
+
 // ----------------------------------------------------------- hostile client
 
 fn rt() -> tokio::runtime::Runtime {

@@ -18,7 +18,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use p2pfs::{
     crypto::kdf::KdfParams,
-    net::{discovery::DiscoveryError, server::AcceptPolicy, wire::RefuseCode, NetError},
+    net::{
+        discovery::DiscoveryError, engine::source::Failure, server::AcceptPolicy, wire::RefuseCode,
+        NetError,
+    },
     store::{home::Home, trust::TrustError, StoreError},
 };
 
@@ -57,6 +60,9 @@ pub mod exit {
     /// The peer's key is new here and was not confirmed (declined, or no
     /// terminal and no `--trust-new`).
     pub const NOT_CONFIRMED: u8 = 17;
+    /// The receiver could not store what arrived intact (a storage error
+    /// there: not a full disk, not tampering).
+    pub const PEER_STORAGE: u8 = 19;
     /// The file is a sealed deposit of another node: only its depositor
     /// can fetch and open it.
     pub const SEALED_DEPOSIT: u8 = 18;
@@ -240,15 +246,20 @@ pub fn net_exit_code(e: &NetError) -> u8 {
             code: RefuseCode::DiskFull,
             ..
         } => exit::PEER_DISK_FULL,
+        NetError::Refused {
+            code: RefuseCode::Storage,
+            ..
+        } => exit::PEER_STORAGE,
         NetError::Refused { .. } => exit::REFUSED,
         NetError::KeyChanged { .. } => exit::KEY_CHANGED,
         NetError::Tampered(_) | NetError::Handshake(_) | NetError::Protocol(_) => {
             exit::TRANSFER_FAILED
         }
-        NetError::FilesFailed { details, .. } if details.contains("disk is full") => {
-            exit::PEER_DISK_FULL
-        }
-        NetError::FilesFailed { .. } => exit::TRANSFER_FAILED,
+        NetError::FilesFailed { kind, .. } => match kind {
+            Failure::Verify => exit::TRANSFER_FAILED,
+            Failure::DiskFull => exit::PEER_DISK_FULL,
+            Failure::Storage => exit::PEER_STORAGE,
+        },
         NetError::ConnectionLost(_) | NetError::Timeout(_) => exit::CONNECTION_LOST,
         NetError::Store(StoreError::SourceChanged { .. }) => exit::FAILURE,
         NetError::Store(StoreError::DiskFull { .. }) => exit::DISK_FULL,

@@ -21,7 +21,7 @@ use super::{
     engine::{
         self, closed_error, refused,
         sink::{self, Expect, SinkCtx},
-        source::{self, From, Outcome, Seal, Sending},
+        source::{self, Failure, From, Outcome, Seal, Sending},
         Link, Note, Reporter,
     },
     events::{Event, EventTx},
@@ -566,14 +566,25 @@ pub async fn send(
     .await?;
     let mut failures = Vec::new();
     let mut committed = Vec::new();
+    // The worst kind of failure decides the exit code: tampering over a
+    // full disk over another storage failure of the receiver.
+    let mut worst: Option<Failure> = None;
     for (i, o) in ran.outcomes.iter().enumerate() {
         let name = text::escape(&items[i].offer.name);
         match (o, &rejected[i]) {
             (Outcome::Ok, _) => committed.push(tags[i]),
-            (Outcome::Failed(why), _) | (Outcome::Pending, Some(why)) => {
+            (Outcome::Failed(kind, why), _) => {
+                worst = worst.max(Some(*kind));
                 failures.push(format!("  {name}: {why}"))
             }
-            (Outcome::Pending, None) => failures.push(format!("  {name}: no result")),
+            (Outcome::Pending, Some(why)) => {
+                worst = Some(Failure::Verify);
+                failures.push(format!("  {name}: {why}"))
+            }
+            (Outcome::Pending, None) => {
+                worst = Some(Failure::Verify);
+                failures.push(format!("  {name}: no result"))
+            }
         }
     }
     if !committed.is_empty() {
@@ -593,6 +604,7 @@ pub async fn send(
         return Err(NetError::FilesFailed {
             failed: failures.len(),
             details: failures.join("\n"),
+            kind: worst.unwrap_or(Failure::Verify),
         });
     }
     Ok(Summary {
@@ -791,6 +803,7 @@ pub async fn get(
         return Err(NetError::FilesFailed {
             failed: received.failures.len(),
             details: received.failures.join("\n"),
+            kind: Failure::Verify,
         });
     }
     Ok(Pulled {

@@ -91,6 +91,8 @@ pub enum NetError {
         failed: usize,
         /// One line each.
         details: String,
+        /// The worst kind among them (tampering, a full disk, storage).
+        kind: engine::source::Failure,
     },
     /// The connection was lost.
     #[error("connection lost: {0} (run the same command again to resume)")]

@@ -648,7 +648,7 @@ async fn serve_fetch(
             let outcome = match &ran {
                 Ok(r) => match r.outcomes.get(i) {
                     Some(Outcome::Ok) => "sent, verified by the peer".to_string(),
-                    Some(Outcome::Failed(why)) => format!("failed: {why}"),
+                    Some(Outcome::Failed(_, why)) => format!("failed: {why}"),
                     _ => "not completed".to_string(),
                 },
                 Err(e) => format!("ended early: {e}"),

@@ -112,6 +112,8 @@ pub enum RefuseCode {
     DiskFull,
     /// The depositor's quota here would be exceeded.
     Quota,
+    /// The receiver's storage failed (not a full disk, not tampering).
+    Storage,
 }
 
 /// Control-stream messages. Variants are only ever appended.

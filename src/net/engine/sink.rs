@@ -730,7 +730,10 @@ fn disk_actor(
                     RefuseCode::DiskFull,
                     "the receiver's disk is full: the files it confirmed are stored, the others are not (one in progress resumes where its last checkpoint fit) — free space there and run the same command again".to_string(),
                 ),
-                other => (RefuseCode::Busy, format!("the receiver cannot store: {other}")),
+                other => (
+                    RefuseCode::Storage,
+                    format!("the receiver cannot store (a storage error there, not tampering): {other}"),
+                ),
             };
             fail(&st.expect.name, &message);
             let _ = res.send(Msg::Refused { code, message });
@@ -1002,11 +1005,17 @@ fn result(
                 StoreError::Corrupt { .. } => result_code::VERIFY,
                 _ => result_code::STORE,
             };
+            let message = match code {
+                result_code::STORE => {
+                    format!("a storage error on the receiver (not tampering): {err}")
+                }
+                _ => err.to_string(),
+            };
             Msg::FileResult {
                 file,
                 ok: false,
                 code,
-                message: text::bounded(&err.to_string(), text::MAX_MESSAGE - 4),
+                message: text::bounded(&message, text::MAX_MESSAGE - 4),
             }
         }
     }

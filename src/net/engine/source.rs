@@ -124,8 +124,31 @@ pub enum Outcome {
     Pending,
     /// Committed and verified.
     Ok,
-    /// Failed, with why (bounded and escaped).
-    Failed(String),
+    /// Failed: how, and why (bounded and escaped).
+    Failed(Failure, String),
+}
+
+/// How a file failed at the sink (from its `FileResult` code): the exit
+/// code and message differ for tampering and for the sink's own storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Failure {
+    /// The sink could not store it (its disk or file system failed).
+    Storage,
+    /// The sink's disk is full.
+    DiskFull,
+    /// It did not verify there (tampered or broken data).
+    Verify,
+}
+
+impl Failure {
+    /// The kind of a `FileResult.code`.
+    pub fn of(code: u8) -> Self {
+        match code {
+            wire::result_code::DISK_FULL => Failure::DiskFull,
+            wire::result_code::STORE => Failure::Storage,
+            _ => Failure::Verify,
+        }
+    }
 }
 
 /// What a source run did.
@@ -308,7 +331,7 @@ pub async fn run(
                                 message
                             };
                             report(Note::FileFailed { name: name.clone(), message: why.clone() });
-                            outcomes[i] = Outcome::Failed(why);
+                            outcomes[i] = Outcome::Failed(Failure::of(code), why);
                         }
                     }
                     Ok(Some(Msg::Refused { code, message })) => return Err(refused(code, &message)),
