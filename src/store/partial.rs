@@ -673,7 +673,14 @@ impl<'v> Partial<'v> {
         let key = self.verified(blake3, &meta.name)?;
         let state = self.state_path.clone();
         self.writer.commit(key.secret(), meta)?;
-        fsutil::remove_if_exists(&state)
+        // Committed: the file is stored whatever happens next. A state
+        // file that cannot be removed now is a leftover (its data is gone,
+        // so it never resumes), never a reason to report the file failed
+        // (issue 12, item 4).
+        if let Err(e) = fsutil::remove_if_exists(&state) {
+            tracing::warn!("a stored file's partial state stays behind: {e}");
+        }
+        Ok(())
     }
 
     /// Checks the whole file against `blake3` and publishes `out`, into
@@ -709,7 +716,12 @@ impl<'v> Partial<'v> {
         super::vault::finish_plain(out, meta, force)?;
         let (slot, vault) = (self.meta.slot, self.vault());
         drop(self);
-        vault.remove_partial(&slot)
+        // Published: what is left of the partial is a leftover, not a
+        // failure of the file.
+        if let Err(e) = vault.remove_partial(&slot) {
+            tracing::warn!("a published file's partial stays behind: {e}");
+        }
+        Ok(())
     }
 
     /// Checks the whole file against `blake3`, then decrypts it into a
@@ -742,7 +754,12 @@ impl<'v> Partial<'v> {
         }
         let (slot, vault) = (self.meta.slot, self.vault());
         drop(self);
-        vault.remove_partial(&slot)
+        // Published: what is left of the partial is a leftover, not a
+        // failure of the file.
+        if let Err(e) = vault.remove_partial(&slot) {
+            tracing::warn!("a published file's partial stays behind: {e}");
+        }
+        Ok(())
     }
 }
 
@@ -757,7 +774,11 @@ impl Partial<'_> {
     pub fn finish_deposit(self, depositor: &PublicKey, envelope: &[u8]) -> Result<()> {
         let state = self.state_path;
         self.writer.commit_deposit(depositor, envelope)?;
-        fsutil::remove_if_exists(&state)
+        // Committed: a state file left now is a leftover, not a failure.
+        if let Err(e) = fsutil::remove_if_exists(&state) {
+            tracing::warn!("a stored deposit's partial state stays behind: {e}");
+        }
+        Ok(())
     }
 }
 

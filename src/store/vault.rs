@@ -1197,6 +1197,7 @@ impl<'v> ObjectWriter<'v> {
             dir.join(format!("{name}.env")),
         );
         let env_tmp = self.tmp.with_extension("env");
+        let mut env_in_place = false;
         let res = (|| {
             self.file
                 .sync_all()
@@ -1208,13 +1209,22 @@ impl<'v> ObjectWriter<'v> {
             fsutil::rename(&self.tmp, &obj)?;
             fsutil::fsync_dir(dir)?;
             fsutil::rename(&env_tmp, &env_path)?;
+            env_in_place = true;
             fsutil::fsync_dir(dir)
         })();
         if res.is_err() {
+            // Never half: a failure after the envelope's rename (its
+            // directory fsync) takes the envelope away first, so the
+            // object is not visible, rather than leaving a listed object
+            // without its data (issue 12, item 1).
+            if env_in_place {
+                let _ = fs::remove_file(&env_path);
+            }
             let _ = fs::remove_file(&env_tmp);
             // The data file may already be in `dir`: without an envelope
             // (or a deposit record) it is a leftover the next unlock removes.
             let _ = fs::remove_file(&obj);
+            let _ = fsutil::fsync_dir(dir);
         }
         res
     }
