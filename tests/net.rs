@@ -265,6 +265,35 @@ fn sender_killed_mid_transfer_resumes() {
     assert_eq!(blake3_file(&b.export("big", "out")), hash);
 }
 
+/// Issue 12, item 3 (the recipe): kill -9 the sender after its third
+/// `file_done` of a folder, re-send at once: once the re-send succeeds, the
+/// receiver's staging area is empty (no stale `.obj`/`.part` pair that a
+/// later send would "resume" from).
+#[test]
+fn a_killed_sender_resent_at_once_leaves_no_stale_partial() {
+    let (a, b) = nodes();
+    for i in 0..12 {
+        write_random(&a.path(&format!("dir/f{i:02}.bin")), 6 << 20);
+    }
+    let srv = Server::start(&b, &["--accept", "any"]);
+    let mut p = a.spawn(["send", "--trust-new", "--json", "dir", &srv.addr()]);
+    let third = wait_until(Duration::from_secs(60), || {
+        events(&p.stdout_now())
+            .iter()
+            .filter(|e| e["event"] == "file_done")
+            .count()
+            >= 3
+    });
+    assert!(third, "{}", p.stdout_now());
+    let _ = p.try_wait();
+    p.kill9();
+    a.run(["send", "--trust-new", "dir", &srv.addr()]).ok();
+    let clean = wait_until(Duration::from_secs(30), || b.staging_files().is_empty());
+    assert!(clean, "stale partials: {:?}", b.staging_files());
+    drop(srv);
+    b.run(["vault", "verify", "--full"]).ok();
+}
+
 #[test]
 fn changed_source_is_sent_from_scratch_never_mixed() {
     let (a, b) = nodes();
