@@ -339,30 +339,10 @@ fn serve_initialises_a_fresh_home_and_stops_cleanly() {
 
 #[test]
 fn receiver_disk_full_is_reported_and_vault_stays_sound() {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to mount a small tmpfs");
+    let Some(small) = SmallDisk::mount("6m") else {
         return;
-    }
-    let tmp = tempdir();
-    let mnt = tmp.path().join("small");
-    std::fs::create_dir(&mnt).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("skipped: cannot mount tmpfs");
-        return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    };
+    let mnt = small.path();
     let a = Node::new();
     a.init("alice");
     let b = Node::with_home(mnt.join("home"));
@@ -384,30 +364,10 @@ fn receiver_disk_full_is_reported_and_vault_stays_sound() {
 /// and what the receiver kept verifies.
 #[test]
 fn many_small_files_filling_the_receivers_disk_say_so() {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to mount a small tmpfs");
+    let Some(small) = SmallDisk::mount("64m") else {
         return;
-    }
-    let tmp = tempdir();
-    let mnt = tmp.path().join("small");
-    std::fs::create_dir(&mnt).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("skipped: cannot mount tmpfs");
-        return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    };
+    let mnt = small.path();
     let a = Node::new();
     a.init("alice");
     let b = Node::with_home(mnt.join("home"));
@@ -502,6 +462,46 @@ fn a_storage_error_on_the_receiver_has_its_own_exit_code() {
     drop(_guard);
     assert!(b.list().is_empty());
     b.run(["vault", "verify", "--full"]).ok();
+}
+
+/// A small tmpfs, unmounted when dropped (None, and a line saying why,
+/// where it cannot be mounted: not root, no tmpfs).
+struct SmallDisk {
+    _tmp: tempfile::TempDir,
+    mnt: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<Self> {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to mount a small tmpfs");
+            return None;
+        }
+        let tmp = tempdir();
+        let mnt = tmp.path().join("small");
+        std::fs::create_dir(&mnt).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            eprintln!("skipped: cannot mount tmpfs");
+            return None;
+        }
+        Some(Self { _tmp: tmp, mnt })
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.mnt.clone()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.mnt).status();
+    }
 }
 
 // ----------------------------------------------------------- hostile client

@@ -68,7 +68,23 @@ struct Keys<'a> {
     local: (&'a Ctx, &'static Vault, Option<Unlocked<'static>>),
 }
 
-impl Keys<'_> {
+impl<'a> Keys<'a> {
+    fn new(
+        ctx: &'a Ctx,
+        identity: &'a Keypair,
+        peer: PublicKey,
+        c: &'a Common,
+        vault: &'static Vault,
+    ) -> Self {
+        Self {
+            identity,
+            peer,
+            remote_file: c.remote_passphrase_file.as_deref(),
+            vault: None,
+            local: (ctx, vault, None),
+        }
+    }
+
     fn open(&mut self, header: Option<&[u8]>, f: &RemoteFile) -> Result<EnvelopeBody, StoreError> {
         match f.access {
             Access::Share => open_share(self.identity, &self.peer, &f.id, &f.key),
@@ -183,13 +199,7 @@ pub fn remote_list(ctx: &Ctx, c: Common) -> Result<()> {
     let rt = runtime()?;
     let (_, l) = rt.block_on(listing(ctx, &identity.keypair, &c))?;
     let vault: &'static Vault = Box::leak(Box::new(ctx.home.vault()?));
-    let mut keys = Keys {
-        identity: &identity.keypair,
-        peer: l.peer,
-        remote_file: c.remote_passphrase_file.as_deref(),
-        vault: None,
-        local: (ctx, vault, None),
-    };
+    let mut keys = Keys::new(ctx, &identity.keypair, l.peer, &c, vault);
     let opened = keys.open_all(l.header.as_deref(), l.files)?;
     if c.json {
         let v: Vec<_> = opened
@@ -376,13 +386,7 @@ pub fn get(ctx: &Ctx, c: Common, a: GetArgs) -> Result<()> {
     }
     let rt = runtime()?;
     let (targets, l) = rt.block_on(listing(ctx, &identity.keypair, &c))?;
-    let mut keys = Keys {
-        identity: &identity.keypair,
-        peer: l.peer,
-        remote_file: c.remote_passphrase_file.as_deref(),
-        vault: None,
-        local: (ctx, vault, None),
-    };
+    let mut keys = Keys::new(ctx, &identity.keypair, l.peer, &c, vault);
     let opened = keys.open_all(l.header.as_deref(), l.files)?;
     let (chosen, folder) = select(opened, &a.what)?;
     // Where each file goes: into the vault, or a plain file published

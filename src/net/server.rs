@@ -8,14 +8,7 @@
 //! is the source, and needs neither the passphrase nor the vault secret
 //! key) — `docs/PROTOCOL.md`.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
@@ -691,7 +684,6 @@ fn stored_of(ctx: &ServerCtx, f: &RemoteFile) -> Stored {
 /// pull), a file done is the peer's, reported once at the end (`Served`).
 fn server_reporter(ctx: &ServerCtx, peer: PublicKey, source: bool) -> Reporter {
     let events = ctx.events.clone();
-    let sent = Arc::new(AtomicU64::new(0));
     Arc::new(move |n: Note| {
         let ev = match n {
             Note::Start {
@@ -704,10 +696,7 @@ fn server_reporter(ctx: &ServerCtx, peer: PublicKey, source: bool) -> Reporter {
                 bytes,
                 held: skipped,
             },
-            Note::Bytes(b) => {
-                sent.fetch_add(b, Ordering::Relaxed);
-                ServerEvent::Received { peer, bytes: b }
-            }
+            Note::Bytes(b) => ServerEvent::Received { peer, bytes: b },
             Note::FileDone { .. } if source => return,
             Note::FileDone { name, size, .. } => ServerEvent::Stored { peer, name, size },
             Note::FileFailed { name, message } if name.is_empty() => ServerEvent::Failed {
@@ -771,12 +760,7 @@ async fn receive_deposit(
         }
     }
     let Some(entries) = ctx.admission.entries(files.len()) else {
-        return Err(link
-            .refuse(
-                RefuseCode::Busy,
-                "the receiver is busy with other large transfers; try again in a moment".into(),
-            )
-            .await);
+        return Err(refuse_busy_entries(link).await);
     };
     let expects = files
         .into_iter()
@@ -792,18 +776,7 @@ async fn receive_deposit(
             commit: Commit::Deposit,
         })
         .collect();
-    let sink_ctx = Arc::new(SinkCtx {
-        vault: ctx.vault,
-        staging: ctx.staging.clone(),
-        me: ctx.identity.id(),
-        budget: ctx.admission.chunk_budget(),
-        idle: ctx.admission.limits().idle,
-        report: server_reporter(ctx, peer, false),
-        flow: KeyFlow::Sealed,
-        initiator: false,
-        dest: None,
-        force: false,
-    });
+    let sink_ctx = push_sink(ctx, peer, KeyFlow::Sealed);
     let r = sink::run(link, sink_ctx, expects, Box::new((transfer, entries))).await;
     let stored = r.as_ref().map(|r| r.ok).unwrap_or(0);
     let c = ctx.clone();
@@ -833,6 +806,32 @@ fn human(n: u64) -> String {
     } else {
         format!("{v:.1} {}", units[u])
     }
+}
+
+/// The entries of all transfers in progress share a budget: planning and
+/// bookkeeping cost memory per entry.
+async fn refuse_busy_entries(link: &mut Link) -> NetError {
+    link.refuse(
+        RefuseCode::Busy,
+        "the receiver is busy with other large transfers; try again in a moment".into(),
+    )
+    .await
+}
+
+/// The sink of a push or a deposit into this node's vault.
+fn push_sink(ctx: &ServerCtx, peer: PublicKey, flow: KeyFlow) -> Arc<SinkCtx> {
+    Arc::new(SinkCtx {
+        vault: ctx.vault,
+        staging: ctx.staging.clone(),
+        me: ctx.identity.id(),
+        budget: ctx.admission.chunk_budget(),
+        idle: ctx.admission.limits().idle,
+        report: server_reporter(ctx, peer, false),
+        flow,
+        initiator: false,
+        dest: None,
+        force: false,
+    })
 }
 
 /// Receives a push into the vault (this node is the sink).
@@ -869,12 +868,7 @@ async fn receive(
     // The entries of all transfers in progress share a budget: planning
     // and bookkeeping cost memory per entry.
     let Some(entries) = ctx.admission.entries(files.len()) else {
-        return Err(link
-            .refuse(
-                RefuseCode::Busy,
-                "the receiver is busy with other large transfers; try again in a moment".into(),
-            )
-            .await);
+        return Err(refuse_busy_entries(link).await);
     };
     let expects = files
         .into_iter()
@@ -890,18 +884,7 @@ async fn receive(
             name: f.name,
         })
         .collect();
-    let sink_ctx = Arc::new(SinkCtx {
-        vault: ctx.vault,
-        staging: ctx.staging.clone(),
-        me: ctx.identity.id(),
-        budget: ctx.admission.chunk_budget(),
-        idle: ctx.admission.limits().idle,
-        report: server_reporter(ctx, peer, false),
-        flow: KeyFlow::Announced,
-        initiator: false,
-        dest: None,
-        force: false,
-    });
+    let sink_ctx = push_sink(ctx, peer, KeyFlow::Announced);
     sink::run(link, sink_ctx, expects, Box::new((transfer, entries)))
         .await
         .map(|_| ())
