@@ -374,6 +374,14 @@ impl Cmd {
         self
     }
 
+    /// Appends an argument.
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> Self {
+        self.what.push(' ');
+        self.what.push_str(&a.as_ref().to_string_lossy());
+        self.cmd.arg(a);
+        self
+    }
+
     /// Sets the vault passphrase (P2PFS_PASSPHRASE).
     pub fn passphrase(self, p: &str) -> Self {
         self.env("P2PFS_PASSPHRASE", p)
@@ -542,7 +550,11 @@ impl Proc {
     }
 
     /// Sends a signal (for example `libc::SIGINT`, a Ctrl-C) without waiting.
-    pub fn signal(&self, sig: i32) {
+    /// Nothing when it has exited and been reaped already.
+    pub fn signal(&mut self, sig: i32) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
         // SAFETY: kill(2) with a pid this Proc owns and has not reaped.
         let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
         assert_eq!(rc, 0, "kill({}, {sig}) failed", self.child.id());
@@ -898,10 +910,19 @@ impl Serving {
 
     /// Starts `serve` for `node` on 127.0.0.1:`port` (0: a free one).
     pub fn start_on(node: &Node, port: u16, extra: &[&str]) -> Self {
+        Self::start_env(node, port, extra, &[])
+    }
+
+    /// As [`Serving::start_on`], with environment variables `env` set.
+    pub fn start_env(node: &Node, port: u16, extra: &[&str], env: &[(&str, &OsStr)]) -> Self {
         let listen = format!("127.0.0.1:{port}");
         let mut args = vec!["serve", "--listen", &listen, "--no-mdns"];
         args.extend_from_slice(extra);
-        let mut p = node.spawn(args);
+        let mut cmd = node.cmd(args);
+        for (k, v) in env {
+            cmd = cmd.env(k, v);
+        }
+        let mut p = cmd.spawn();
         assert!(
             p.wait_for_output("(UDP)", Duration::from_secs(20)),
             "serve did not start:\n{}\n{}",

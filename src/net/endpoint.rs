@@ -60,13 +60,19 @@ pub fn authorise(conn: &quinn::Connection, trusted: bool) {
     conn.set_max_concurrent_uni_streams(quinn::VarInt::from_u32(super::wire::MAX_STREAMS as u32));
 }
 
+/// Silence after which a connection is given up.
+pub const IDLE: Duration = Duration::from_secs(5);
+
 fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
+    // A peer that dies (kill -9, power, cable) is noticed after IDLE of
+    // silence. A live peer is never silent that long: keep-alives go every
+    // second and QUIC acknowledges them however slow or busy the link is
+    // (issue 12: a sender took 20-25 s to notice a killed receiver).
     t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_secs(20))
-            .unwrap_or(quinn::VarInt::from_u32(20_000).into()),
+        quinn::IdleTimeout::try_from(IDLE).unwrap_or(quinn::VarInt::from_u32(5_000).into()),
     ));
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(super::wire::MAX_STREAMS as u32));
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4));
     t.stream_receive_window(quinn::VarInt::from_u32(4 << 20));

@@ -19,6 +19,7 @@ use std::{
 
 use super::{
     error::{Result, StoreError},
+    fileops,
     format::{DepositRecord, EnvelopeFile},
     fsutil,
     home::format_error,
@@ -409,8 +410,11 @@ impl ObjectWriter<'_> {
             added_ms: now_ms(),
         };
         if let Err(e) = fsutil::write_atomic(&v.deposit_file(&id, "dep"), &rec.encode()) {
-            let _ = fs::remove_file(v.deposit_file(&id, "env"));
-            let _ = fs::remove_file(v.deposit_data_path(&id));
+            // Never half: a record whose rename took effect before its
+            // directory fsync failed goes too, with what it describes.
+            let _ = fileops::remove_file(&v.deposit_file(&id, "dep"));
+            let _ = fileops::remove_file(&v.deposit_file(&id, "env"));
+            let _ = fileops::remove_file(&v.deposit_data_path(&id));
             return Err(e);
         }
         drop(guard);

@@ -221,6 +221,18 @@ impl StoreError {
         }
     }
 
+    /// The message for a peer: the same, without local paths (a file
+    /// system layout, a user name) that are nobody else's business.
+    pub fn for_peer(&self) -> String {
+        match self {
+            StoreError::Io { action, error, .. } => {
+                format!("{action} a file in its vault: {error}")
+            }
+            StoreError::DiskFull { .. } => "its disk is full".to_string(),
+            other => other.to_string(),
+        }
+    }
+
     /// A corruption error.
     pub fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> Self {
         StoreError::Corrupt {

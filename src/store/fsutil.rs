@@ -25,7 +25,10 @@ use rustix::{
     io::Errno,
 };
 
-use super::error::{Result, StoreError};
+use super::{
+    error::{Result, StoreError},
+    fileops,
+};
 
 /// Creates a directory (and parents) with mode 0700 and enforces 0700 on it.
 pub fn create_private_dir(path: &Path) -> Result<()> {
@@ -40,25 +43,20 @@ pub fn create_private_dir(path: &Path) -> Result<()> {
 
 /// Opens a new file for writing with mode 0600, failing if it exists.
 pub fn create_new_private(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .read(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| StoreError::io("cannot create", path, e))
+    let mut o = OpenOptions::new();
+    o.write(true).read(true).create_new(true).mode(0o600);
+    fileops::open(&o, path).map_err(|e| StoreError::io("cannot create", path, e))
 }
 
 /// Opens (creating or truncating) a file for writing with mode 0600.
 pub fn create_private(path: &Path) -> Result<File> {
-    let f = OpenOptions::new()
-        .write(true)
+    let mut o = OpenOptions::new();
+    o.write(true)
         .read(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| StoreError::io("cannot create", path, e))?;
+        .mode(0o600);
+    let f = fileops::open(&o, path).map_err(|e| StoreError::io("cannot create", path, e))?;
     f.set_permissions(fs::Permissions::from_mode(0o600))
         .map_err(|e| StoreError::io("cannot set permissions on", path, e))?;
     Ok(f)
@@ -66,9 +64,7 @@ pub fn create_private(path: &Path) -> Result<File> {
 
 /// Flushes a directory's entries (renames, creations) to disk.
 pub fn fsync_dir(path: &Path) -> Result<()> {
-    File::open(path)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io("cannot sync directory", path, e))
+    fileops::sync_dir(path).map_err(|e| StoreError::io("cannot sync directory", path, e))
 }
 
 /// The parent directory of a path ("." for a bare name).
@@ -80,28 +76,43 @@ pub fn parent_of(path: &Path) -> PathBuf {
 }
 
 /// Replaces `path` atomically with `bytes` (0600): temporary file, fsync,
-/// rename, directory fsync. On failure the old content stays.
+/// rename, directory fsync. The rename is the commit: a failure before it
+/// is an error and leaves the old content; once it is done the new content
+/// is in place, and a failure of the directory fsync after it is not an
+/// error (that would tell the caller the old content stays, which is
+/// false) but a warning that the change may not survive a power loss.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let res = (|| {
-        let mut f = create_private(&tmp)?;
-        f.write_all(bytes)
-            .and_then(|_| f.sync_all())
+        let f = create_private(&tmp)?;
+        fileops::write_all(&f, bytes, &tmp)
+            .and_then(|_| fileops::sync_all(&f, &tmp))
             .map_err(|e| StoreError::io("cannot write", &tmp, e))?;
-        rename(&tmp, path)?;
-        fsync_dir(&parent_of(path))
+        rename(&tmp, path)
     })();
     if res.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = fileops::remove_file(&tmp);
+        return res;
     }
-    res
+    sync_dir_after_commit(&parent_of(path));
+    Ok(())
+}
+
+/// The directory fsync after a commit that already took effect: a
+/// failure is a warning (the change is in place, maybe not yet durable).
+pub fn sync_dir_after_commit(dir: &Path) {
+    if let Err(e) = fsync_dir(dir) {
+        tracing::warn!(
+            "{e}: the change is made, but may not survive a power loss until the disk is healthy"
+        );
+    }
 }
 
 /// Renames with a typed error.
 pub fn rename(from: &Path, to: &Path) -> Result<()> {
-    fs::rename(from, to).map_err(|e| StoreError::io("cannot rename", from, e))
+    fileops::rename(from, to).map_err(|e| StoreError::io("cannot rename", from, e))
 }
 
 /// Reads a whole file, refusing files over `limit` bytes.
@@ -118,7 +129,7 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
 
 /// Removes a file if it exists.
 pub fn remove_if_exists(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
+    match fileops::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(StoreError::io("cannot remove", path, e)),
@@ -155,6 +166,7 @@ impl<'a> WritebackWriter<'a> {
 
 impl Write for WritebackWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        fileops::hit(fileops::Op::Write, Path::new("(a file being written)"))?;
         let n = (&mut &*self.file).write(buf)?;
         self.unflushed += n as u64;
         if self.unflushed >= WRITEBACK_BYTES {
@@ -360,7 +372,7 @@ impl Dir {
 
     /// Flushes the directory's entries to disk.
     pub fn sync(&self) -> Result<()> {
-        rfs::fsync(&self.fd)
+        fileops::sync_dir_fd(&self.fd, &self.path)
             .map_err(|e| StoreError::io("cannot sync directory", &self.path, e.into()))
     }
 
@@ -385,7 +397,7 @@ impl Dir {
             let n = OsStr::from_bytes(n);
             // Only regular files: never a directory or a link of that name.
             if self.file_type(n) == Some(rfs::FileType::RegularFile) {
-                match rfs::unlinkat(&self.fd, n, AtFlags::empty()) {
+                match fileops::unlinkat(&self.fd, n, &self.shown(n)) {
                     Ok(()) | Err(Errno::NOENT) => removed += 1,
                     Err(e) => return Err(StoreError::io("cannot remove", self.shown(n), e.into())),
                 }
@@ -441,7 +453,13 @@ impl<D: std::ops::Deref<Target = Dir>> NewFile<D> {
     pub fn create(dir: D, name: &OsStr) -> Result<Self> {
         check_component(name)?;
         let flags = OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC;
-        match rfs::openat(&dir.fd, ".", flags, Mode::from_raw_mode(0o600)) {
+        match fileops::openat(
+            &dir.fd,
+            ".",
+            flags,
+            Mode::from_raw_mode(0o600),
+            &dir.shown(name),
+        ) {
             // Publishing links /proc/self/fd/N; without /proc, use a name.
             Ok(fd) if rfs::statat(CWD, proc_fd(&fd), AtFlags::empty()).is_ok() => {
                 return Ok(Self {
@@ -467,8 +485,14 @@ impl<D: std::ops::Deref<Target = Dir>> NewFile<D> {
         let temp = temp_name(name)?;
         let flags =
             OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rfs::openat(&dir.fd, &temp, flags, Mode::from_raw_mode(0o600))
-            .map_err(|e| StoreError::io("cannot create", dir.shown(&temp), e.into()))?;
+        let fd = fileops::openat(
+            &dir.fd,
+            &temp,
+            flags,
+            Mode::from_raw_mode(0o600),
+            &dir.shown(&temp),
+        )
+        .map_err(|e| StoreError::io("cannot create", dir.shown(&temp), e.into()))?;
         Ok(Self {
             dir,
             name: name.to_owned(),
@@ -513,12 +537,13 @@ impl<D: std::ops::Deref<Target = Dir>> NewFile<D> {
                 self.rename_temp(&temp, &dest)?;
             }
             (Some(temp), true) => self.rename_temp(&temp, &dest)?,
-            (Some(temp), false) => match rfs::linkat(
+            (Some(temp), false) => match fileops::linkat(
                 &self.dir.fd,
                 &temp,
                 &self.dir.fd,
                 &self.name,
                 AtFlags::empty(),
+                &dest,
             ) {
                 Ok(()) => {}
                 Err(Errno::EXIST) => return Err(exists()),
@@ -536,17 +561,18 @@ impl<D: std::ops::Deref<Target = Dir>> NewFile<D> {
     fn link_unnamed(&self, to: &OsStr) -> std::result::Result<(), Errno> {
         // linkat(AT_EMPTY_PATH) would need CAP_DAC_READ_SEARCH; the
         // /proc/self/fd link is the way open(2) documents for everyone.
-        rfs::linkat(
+        fileops::linkat(
             CWD,
             proc_fd(&self.file),
             &self.dir.fd,
             to,
             AtFlags::SYMLINK_FOLLOW,
+            &self.dir.shown(to),
         )
     }
 
     fn rename_temp(&mut self, temp: &OsStr, dest: &Path) -> Result<()> {
-        rfs::renameat(&self.dir.fd, temp, &self.dir.fd, &self.name)
+        fileops::renameat(&self.dir.fd, temp, &self.name, dest)
             .map_err(|e| StoreError::io("cannot rename to", dest, e.into()))?;
         self.temp = None;
         Ok(())
@@ -554,7 +580,7 @@ impl<D: std::ops::Deref<Target = Dir>> NewFile<D> {
 
     fn unlink_temp(&mut self) -> Option<()> {
         let temp = self.temp.take()?;
-        rfs::unlinkat(&self.dir.fd, &temp, AtFlags::empty()).ok()
+        fileops::unlinkat(&self.dir.fd, &temp, &self.dir.shown(&temp)).ok()
     }
 }
 

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     error::{Result, StoreError},
+    fileops,
     format::FormatError,
     fsutil,
     home::format_error,
@@ -317,17 +318,17 @@ fn create(vault_dir: &Path) -> Result<()> {
     let path = log_path(vault_dir);
     let tmp = vault_dir.join(format!("log.new-{}", to_hex(&random::<6>()?)));
     let res = (|| {
-        let mut f = fsutil::create_new_private(&tmp)?;
-        f.write_all(&header())
-            .and_then(|_| f.sync_all())
+        let f = fsutil::create_new_private(&tmp)?;
+        fileops::write_all(&f, &header(), &tmp)
+            .and_then(|_| fileops::sync_all(&f, &tmp))
             .map_err(|e| StoreError::io("cannot write", &tmp, e))?;
-        match fs::hard_link(&tmp, &path) {
+        match fileops::hit(fileops::Op::Link, &path).and_then(|_| fs::hard_link(&tmp, &path)) {
             Ok(()) => fsutil::fsync_dir(vault_dir),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
             Err(e) => Err(StoreError::io("cannot create", &path, e)),
         }
     })();
-    let _ = fs::remove_file(&tmp);
+    let _ = fileops::remove_file(&tmp);
     res
 }
 
@@ -355,7 +356,7 @@ fn rotate(vault_dir: &Path, f: &File) -> Result<()> {
 fn open_append(vault_dir: &Path) -> Result<File> {
     let path = log_path(vault_dir);
     for _ in 0..4 {
-        match OpenOptions::new().append(true).mode(0o600).open(&path) {
+        match fileops::open(OpenOptions::new().append(true).mode(0o600), &path) {
             Ok(f) => {
                 let len = f
                     .metadata()
@@ -391,7 +392,7 @@ pub fn append(vault_dir: &Path, recipient: &PublicKey, recs: &[LogRecord]) -> Re
     let mut f = open_append(vault_dir)?;
     for frame in &frames {
         let n = loop {
-            match f.write(frame) {
+            match fileops::hit(fileops::Op::Write, &path).and_then(|_| f.write(frame)) {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 other => break other.map_err(|e| StoreError::io("cannot write", &path, e))?,
             }
@@ -402,8 +403,7 @@ pub fn append(vault_dir: &Path, recipient: &PublicKey, recs: &[LogRecord]) -> Re
             return Err(StoreError::DiskFull { path });
         }
     }
-    f.sync_data()
-        .map_err(|e| StoreError::io("cannot sync", &path, e))
+    fileops::sync_data(&f, &path).map_err(|e| StoreError::io("cannot sync", &path, e))
 }
 
 fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>> {

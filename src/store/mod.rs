@@ -3,13 +3,15 @@
 //! rekey, old vault keys), sealed deposits of other nodes, the trust store,
 //! the shares of vault objects with peers and the sealed access log.
 //!
-//! This module never touches the network. Layouts are specified in
+//! Every write, sync, rename and unlink goes through [`fileops`], the seam
+//! the fault-injection tests use. This module never touches the network. Layouts are specified in
 //! `docs/VAULT.md`; [`format`] encodes and decodes them, [`vault`] runs the
 //! procedures.
 
 pub mod chunks;
 pub mod deposit;
 pub mod error;
+pub mod fileops;
 pub mod format;
 pub mod fsutil;
 pub mod home;

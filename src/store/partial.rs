@@ -17,13 +17,14 @@
 
 use std::{
     fs,
-    io::{Seek, Write},
-    path::PathBuf,
+    io::Seek,
+    path::{Path, PathBuf},
 };
 
 use super::{
     chunks::ChunkHashes,
     error::{Result, StoreError},
+    fileops,
     format::{begin_v, checked_v, with_checksum, FormatError, Metadata},
     fsutil,
     home::format_error,
@@ -270,7 +271,7 @@ impl Verifier {
         self.hasher.update(pt);
         self.next += 1;
         if let Some(out) = &mut self.out {
-            out.write_all(pt)
+            fileops::write_all(out, pt, Path::new("the destination file"))
                 .map_err(|e| StoreError::io("cannot write", "the destination file", e))?;
         }
         Ok(())
@@ -294,8 +295,7 @@ pub struct CheckpointJob {
 impl CheckpointJob {
     /// fsyncs the data, then atomically replaces the state file.
     pub fn run(self) -> Result<()> {
-        self.file
-            .sync_data()
+        fileops::sync_data(&self.file, &self.state_path)
             .map_err(|e| StoreError::io("cannot sync", &self.state_path, e))?;
         fsutil::write_atomic(&self.state_path, &self.state)
     }
@@ -703,7 +703,7 @@ impl<'v> Partial<'v> {
         let key = self.verified(blake3, &meta.name)?;
         if !streamed {
             let mut f = out.file();
-            f.set_len(0)
+            fileops::set_len(f, 0, Path::new("the destination file"))
                 .and_then(|_| f.rewind())
                 .map_err(|e| StoreError::io("cannot write", "the destination file", e))?;
             if &self.writer.decrypt_into(&key, &mut f)? != blake3 {

@@ -24,6 +24,7 @@ use std::{
 use super::{
     chunks::ChunkHashes,
     error::{Result, StoreError},
+    fileops,
     format::{
         decode_records, encode_records, EnvelopeBody, EnvelopeFile, HeaderFile, IndexFile,
         IndexRecord, Kind, Metadata, ObjectHeader, RecordState, MAX_ENVELOPE_BODY, MAX_INDEX_BODY,
@@ -986,8 +987,7 @@ impl<'v> ObjectWriter<'v> {
             unflushed: 0,
             _lock: lock,
         };
-        w.file
-            .write_all_at(&header.encode(), 0)
+        fileops::write_all_at(&w.file, &header.encode(), 0, &w.tmp)
             .map_err(|e| StoreError::io("cannot write", &w.tmp, e))?;
         Ok(w)
     }
@@ -1010,10 +1010,7 @@ impl<'v> ObjectWriter<'v> {
                 "chunk count mismatch",
             ));
         }
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&tmp)
+        let file = fileops::open(fs::OpenOptions::new().read(true).write(true), &tmp)
             .map_err(|e| StoreError::io("cannot open", &tmp, e))?;
         let header = ObjectHeader {
             id,
@@ -1089,8 +1086,7 @@ impl<'v> ObjectWriter<'v> {
 
     /// Flushes the data to disk.
     pub fn sync(&self) -> Result<()> {
-        self.file
-            .sync_data()
+        fileops::sync_data(&self.file, &self.tmp)
             .map_err(|e| StoreError::io("cannot sync", &self.tmp, e))
     }
 
@@ -1142,9 +1138,13 @@ impl<'v> ObjectWriter<'v> {
                 sealed.len()
             )));
         }
-        self.file
-            .write_all_at(sealed, self.header.chunk_offset(index))
-            .map_err(|e| StoreError::io("cannot write", &self.tmp, e))?;
+        fileops::write_all_at(
+            &self.file,
+            sealed,
+            self.header.chunk_offset(index),
+            &self.tmp,
+        )
+        .map_err(|e| StoreError::io("cannot write", &self.tmp, e))?;
         self.hashes.insert(index, leaf);
         // Start writeback early so the final fsync finds little left to do
         // and the disk works while we compute.
@@ -1199,12 +1199,11 @@ impl<'v> ObjectWriter<'v> {
         let env_tmp = self.tmp.with_extension("env");
         let mut env_in_place = false;
         let res = (|| {
-            self.file
-                .sync_all()
+            fileops::sync_all(&self.file, &self.tmp)
                 .map_err(|e| StoreError::io("cannot sync", &self.tmp, e))?;
-            let mut f = fsutil::create_private(&env_tmp)?;
-            f.write_all(env)
-                .and_then(|_| f.sync_all())
+            let f = fsutil::create_private(&env_tmp)?;
+            fileops::write_all(&f, env, &env_tmp)
+                .and_then(|_| fileops::sync_all(&f, &env_tmp))
                 .map_err(|e| StoreError::io("cannot write", &env_tmp, e))?;
             fsutil::rename(&self.tmp, &obj)?;
             fsutil::fsync_dir(dir)?;
@@ -1218,12 +1217,12 @@ impl<'v> ObjectWriter<'v> {
             // object is not visible, rather than leaving a listed object
             // without its data (issue 12, item 1).
             if env_in_place {
-                let _ = fs::remove_file(&env_path);
+                let _ = fileops::remove_file(&env_path);
             }
-            let _ = fs::remove_file(&env_tmp);
+            let _ = fileops::remove_file(&env_tmp);
             // The data file may already be in `dir`: without an envelope
             // (or a deposit record) it is a leftover the next unlock removes.
-            let _ = fs::remove_file(&obj);
+            let _ = fileops::remove_file(&obj);
             let _ = fsutil::fsync_dir(dir);
         }
         res
@@ -1284,15 +1283,14 @@ pub(crate) fn finish_plain<D: std::ops::Deref<Target = fsutil::Dir>>(
     let mode = meta.mode & 0o777 & !fsutil::umask();
     f.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(|e| StoreError::io("cannot set permissions on", shown, e))?;
-    f.sync_all()
-        .map_err(|e| StoreError::io("cannot sync", shown, e))?;
+    fileops::sync_all(f, Path::new(shown)).map_err(|e| StoreError::io("cannot sync", shown, e))?;
     out.publish(force)
 }
 
 impl Drop for ObjectWriter<'_> {
     fn drop(&mut self) {
         if !self.committed && !self.keep {
-            let _ = fs::remove_file(&self.tmp);
+            let _ = fileops::remove_file(&self.tmp);
         }
     }
 }
@@ -1805,10 +1803,17 @@ impl Unlocked<'_> {
             RecordState::Deleted => id_hex(id),
         };
         rec.state = RecordState::Deleted;
+        // The tombstone is the commit: from here on the object is gone,
+        // and what cannot be removed now is a leftover the next unlock
+        // removes (a warning, not a failure that would say it is kept).
         self.save_index()?;
-        fsutil::remove_if_exists(&self.vault.env_path(id))?;
-        fsutil::remove_if_exists(&self.vault.obj_path(id))?;
-        fsutil::fsync_dir(&self.vault.objects())?;
+        let files = [self.vault.env_path(id), self.vault.obj_path(id)];
+        match files.iter().try_for_each(|p| fsutil::remove_if_exists(p)) {
+            Ok(()) => fsutil::sync_dir_after_commit(&self.vault.objects()),
+            Err(e) => tracing::warn!(
+                "{e}: {name} is removed from the vault; its files go at the next unlock"
+            ),
+        }
         let mut shares = Shares::load(&self.vault.dir)?;
         let peers: Vec<PublicKey> = shares
             .records()

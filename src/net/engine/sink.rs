@@ -730,12 +730,14 @@ fn disk_actor(
                     RefuseCode::DiskFull,
                     "the receiver's disk is full: the files it confirmed are stored, the others are not (one in progress resumes where its last checkpoint fit) — free space there and run the same command again".to_string(),
                 ),
-                other => (
-                    RefuseCode::Storage,
-                    format!("the receiver cannot store (a storage error there, not tampering): {other}"),
-                ),
+                other => {
+                    fail(&st.expect.name, &other.to_string());
+                    (RefuseCode::Storage, storage_message(&other))
+                }
             };
-            fail(&st.expect.name, &message);
+            if code == RefuseCode::DiskFull {
+                fail(&st.expect.name, &message);
+            }
             let _ = res.send(Msg::Refused { code, message });
             break;
         }
@@ -1007,7 +1009,8 @@ fn result(
             };
             let message = match code {
                 result_code::STORE => {
-                    format!("a storage error on the receiver (not tampering): {err}")
+                    warn!("a storage error: {err}");
+                    storage_message(&err)
                 }
                 _ => err.to_string(),
             };
@@ -1019,6 +1022,15 @@ fn result(
             }
         }
     }
+}
+
+/// What the other side is told of a storage failure here: one phrase for
+/// every way it shows (a refusal, a file's result), and no local path.
+fn storage_message(e: &StoreError) -> String {
+    format!(
+        "a storage error on the receiver (not tampering): {}",
+        e.for_peer()
+    )
 }
 
 /// Publishes a verified partial at `rel` under `dest`: every directory on
