@@ -392,6 +392,14 @@ fn many_small_files_filling_the_receivers_disk_say_so() {
     assert!(!r.stderr.contains("kept as a resumable partial"), "{r}");
     drop(srv);
     b.run(["vault", "verify"]).ok();
+    // Item 5: the disk filled with committed files, not with staged data
+    // waiting for its commit (8.2 MB of 64 MiB were committed when the
+    // ends of files queued behind their data).
+    let stored: u64 = b.list().iter().map(|e| e.size).sum();
+    assert!(
+        stored > 40 << 20,
+        "only {stored} bytes committed when the disk filled"
+    );
 }
 
 /// Issue 12, item 7: serve removes, at start, the data of receptions that
@@ -531,7 +539,7 @@ async fn hostile(port: u16) -> sender::Authenticated {
         hint: KeyHint::Given,
     };
     let mut a = sender::connect(&me, &target).await.unwrap();
-    match wire::read_msg(&mut a.link.recv).await.unwrap() {
+    match a.link.recv.read_msg().await.unwrap() {
         Some(Msg::Welcome { .. }) => a,
         other => panic!("expected welcome, got {other:?}"),
     }
@@ -558,7 +566,7 @@ async fn offer_and_plan(a: &mut sender::Authenticated, files: Vec<FileOffer>) ->
     )
     .await
     .unwrap();
-    wire::read_msg(&mut a.link.recv).await.unwrap().unwrap()
+    a.link.recv.read_msg().await.unwrap().unwrap()
 }
 
 #[test]
@@ -656,7 +664,7 @@ async fn send_tampered(port: u16, remac: bool) -> (sender::Authenticated, Option
         },
     )
     .await;
-    let reply = tokio::time::timeout(Duration::from_secs(10), wire::read_msg(&mut a.link.recv))
+    let reply = tokio::time::timeout(Duration::from_secs(10), a.link.recv.read_msg())
         .await
         .ok()
         .and_then(Result::ok)

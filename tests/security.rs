@@ -64,7 +64,7 @@ async fn connect_as(me: &Keypair, port: u16) -> (sender::Authenticated, Msg) {
         hint: KeyHint::Given,
     };
     let mut a = sender::connect(me, &target).await.unwrap();
-    let first = wire::read_msg(&mut a.link.recv).await.unwrap().unwrap();
+    let first = a.link.recv.read_msg().await.unwrap().unwrap();
     (a, first)
 }
 
@@ -87,7 +87,7 @@ async fn offer_and_reply(
     wire::write_msg(&mut a.link.send, &Msg::Offer { chunk_size, files })
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(20), wire::read_msg(&mut a.link.recv))
+    tokio::time::timeout(Duration::from_secs(20), a.link.recv.read_msg())
         .await
         .ok()
         .and_then(Result::ok)

@@ -188,7 +188,7 @@ async fn attempt(
             link: Link {
                 conn,
                 send,
-                recv,
+                recv: wire::ControlRecv::new(recv),
                 session,
             },
         }),

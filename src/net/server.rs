@@ -233,7 +233,7 @@ async fn handle(
     let mut link = Link {
         conn,
         send,
-        recv,
+        recv: wire::ControlRecv::new(recv),
         session,
     };
     tracing::Span::current().record("peer", tracing::field::display(peer.fingerprint()));
@@ -344,7 +344,7 @@ async fn request(
     transfer: TransferGuard,
 ) -> Result<(), NetError> {
     let peer = link.peer();
-    let first = match tokio::time::timeout(Duration::from_secs(60), wire::read_msg(&mut link.recv))
+    let first = match tokio::time::timeout(Duration::from_secs(60), link.recv.read_msg())
         .await
         .map_err(|_| NetError::Timeout("waiting for a request"))??
     {

@@ -484,26 +484,78 @@ pub fn validate_served(files: &[RemoteFile]) -> Result<OfferTotals, String> {
 }
 
 /// Reads one control frame; `None` at a clean end of stream.
+///
+/// Not cancel-safe: a read dropped half-way (a `select!` whose other
+/// branch won) loses the bytes it took. Loops that select use
+/// [`ControlRecv`].
 pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Msg>, NetError> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(NetError::io(e)),
+    ControlRecv::new(r).read_msg().await
+}
+
+/// The receive half of a control stream and the part of a frame read so
+/// far. [`ControlRecv::read_msg`] is cancel-safe: it keeps every byte it
+/// took until its frame is whole, so a `select!` may drop it at any point
+/// (a `read_exact` there once lost half a frame and read the rest of the
+/// stream as garbage lengths). The buffer never holds more than the frame
+/// it is reading: at most [`MAX_FRAME`], and only bytes the peer really
+/// sent.
+pub struct ControlRecv<R = quinn::RecvStream> {
+    /// The stream.
+    pub stream: R,
+    buf: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> ControlRecv<R> {
+    /// Wraps a stream at a frame boundary.
+    pub fn new(stream: R) -> Self {
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
     }
-    let n = u32::from_be_bytes(len);
-    if n > MAX_FRAME {
-        return Err(NetError::Protocol(format!(
-            "frame of {n} bytes exceeds the limit"
-        )));
+
+    /// The next message; None at the end of the stream between frames.
+    pub async fn read_msg(&mut self) -> Result<Option<Msg>, NetError> {
+        loop {
+            let need = match self.buf.get(..4) {
+                None => 4 - self.buf.len(),
+                Some(len) => {
+                    let n = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+                    if n > MAX_FRAME {
+                        return Err(NetError::Protocol(format!(
+                            "frame of {n} bytes exceeds the limit"
+                        )));
+                    }
+                    let total = 4 + n as usize;
+                    if self.buf.len() >= total {
+                        let m = decode_msg(&self.buf[4..total]);
+                        self.buf.clear();
+                        return m.map(Some);
+                    }
+                    total - self.buf.len()
+                }
+            };
+            // Only what this frame still needs: nothing of the next one is
+            // taken from the stream, and the buffer grows with what arrives.
+            let mut tmp = [0u8; 16 << 10];
+            let want = need.min(tmp.len());
+            let k = self
+                .stream
+                .read(&mut tmp[..want])
+                .await
+                .map_err(NetError::io)?;
+            if k == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(NetError::io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            self.buf
+                .try_reserve(k)
+                .map_err(|_| NetError::Protocol("no memory for a control frame".into()))?;
+            self.buf.extend_from_slice(&tmp[..k]);
+        }
     }
-    // Bounded above; still, an allocation the peer asks for fails cleanly.
-    let mut body = Vec::new();
-    body.try_reserve_exact(n as usize)
-        .map_err(|_| NetError::Protocol(format!("no memory for a frame of {n} bytes")))?;
-    body.resize(n as usize, 0);
-    r.read_exact(&mut body).await.map_err(NetError::io)?;
-    decode_msg(&body).map(Some)
 }
 
 /// Decodes a control message body and checks its fields (also the fuzzing
@@ -638,6 +690,7 @@ pub mod bitmap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn offer(name: &str) -> FileOffer {
         FileOffer {
@@ -661,6 +714,32 @@ mod tests {
         drop(a);
         assert_eq!(read_msg(&mut b).await.unwrap(), Some(m));
         assert_eq!(read_msg(&mut b).await.unwrap(), None);
+    }
+
+    /// A read dropped half-way through a frame (a `select!` whose other
+    /// branch won) loses nothing: the next read returns the whole message,
+    /// then the one after it.
+    #[tokio::test]
+    async fn a_control_read_dropped_mid_frame_loses_nothing() {
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let m = Msg::Offer {
+            chunk_size: 1 << 20,
+            files: vec![offer("a/b"), offer("c")],
+        };
+        let mut bytes = Vec::new();
+        write_msg(&mut bytes, &m).await.unwrap();
+        write_msg(&mut bytes, &Msg::Done).await.unwrap();
+        let mut r = ControlRecv::new(b);
+        // Half of the first frame, then a read that times out.
+        let half = bytes.len() / 3;
+        a.write_all(&bytes[..half]).await.unwrap();
+        let t = tokio::time::timeout(Duration::from_millis(50), r.read_msg()).await;
+        assert!(t.is_err(), "a frame cannot be complete yet");
+        a.write_all(&bytes[half..]).await.unwrap();
+        drop(a);
+        assert_eq!(r.read_msg().await.unwrap(), Some(m));
+        assert_eq!(r.read_msg().await.unwrap(), Some(Msg::Done));
+        assert_eq!(r.read_msg().await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -35,7 +35,7 @@ pub struct Link {
     /// Control stream, send half.
     pub send: quinn::SendStream,
     /// Control stream, receive half.
-    pub recv: quinn::RecvStream,
+    pub recv: super::wire::ControlRecv,
     /// Session keys and the peer's proven key.
     pub session: Session,
 }
@@ -55,7 +55,7 @@ impl Link {
     /// Reads the next control message within `wait`; a closed connection
     /// is mapped to why it closed.
     pub async fn next_msg(&mut self, wait: Duration, what: &'static str) -> Result<Msg, NetError> {
-        match tokio::time::timeout(wait, wire::read_msg(&mut self.recv)).await {
+        match tokio::time::timeout(wait, self.recv.read_msg()).await {
             Err(_) => Err(NetError::Timeout(what)),
             Ok(Ok(Some(m))) => Ok(m),
             Ok(Ok(None)) | Ok(Err(NetError::ConnectionLost(_))) => match self.conn.close_reason() {

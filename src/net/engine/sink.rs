@@ -153,7 +153,20 @@ pub async fn run(
     // planning a large offer stalls the QUIC tasks; a bounded queue gives
     // backpressure. The thread owns the transfer's places and claims: they
     // are released when it ends.
+    // Chunks come through a bounded queue (backpressure on the data
+    // streams); the control stream's starts and ends through their own,
+    // which the actor serves first. Sharing one queue let four data
+    // streams outrun the control stream four to one: with small files the
+    // ends (and so the commits) fell ever further behind the data, and
+    // staged, uncommitted data grew without bound (issue 12, item 5).
+    // Now data runs ahead of the ends by at most the connection's window.
     let (cmd_tx, cmd_rx) = mpsc::channel::<DiskCmd>(16);
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel::<DiskCmd>();
+    let inbox = Inbox {
+        rt: tokio::runtime::Handle::current(),
+        ctl: Some(ctl_rx),
+        data: Some(cmd_rx),
+    };
     let (res_tx, mut res_rx) = mpsc::unbounded_channel::<Msg>();
     let (plan_tx, plan_rx) = tokio::sync::oneshot::channel::<Result<Planned, NetError>>();
     let (actor_done, actor) = tokio::sync::oneshot::channel::<Vec<String>>();
@@ -180,8 +193,7 @@ pub async fn run(
                         Vec::new()
                     }
                 };
-                let failures =
-                    disk_actor(&ctx, peer, states, cmd_rx, &res_tx, &progress, &ok_count);
+                let failures = disk_actor(&ctx, peer, states, inbox, &res_tx, &progress, &ok_count);
                 drop(claims);
                 let _ = actor_done.send(failures);
             })
@@ -230,7 +242,7 @@ pub async fn run(
         while !machine.finished() {
             let reading = machine.reading();
             tokio::select! {
-                msg = wire::read_msg(&mut link.recv), if reading => {
+                msg = link.recv.read_msg(), if reading => {
                     progress.fetch_add(CONTROL_PROGRESS, Ordering::Relaxed);
                     let Some(msg) = msg? else {
                         return Err(NetError::ConnectionLost("the peer closed the control stream".into()));
@@ -254,7 +266,7 @@ pub async fn run(
                         },
                         SinkStep::PeerDone => continue,
                     };
-                    if cmd_tx.send(cmd).await.is_err() {
+                    if ctl_tx.send(cmd).is_err() {
                         return Err(storage_stopped(&mut res_rx, link).await);
                     }
                 }
@@ -301,6 +313,7 @@ pub async fn run(
     data.abort();
     let _ = data.await;
     drop(cmd_tx);
+    drop(ctl_tx);
     let failures = match tokio::time::timeout(Duration::from_secs(30), actor).await {
         Ok(Ok(f)) => f,
         _ => {
@@ -388,6 +401,47 @@ enum DiskCmd {
     },
     /// The source's end of a file.
     End { file: u32, end: End },
+}
+
+/// The disk actor's two queues: control first, then chunks.
+struct Inbox {
+    rt: tokio::runtime::Handle,
+    ctl: Option<mpsc::UnboundedReceiver<DiskCmd>>,
+    data: Option<mpsc::Receiver<DiskCmd>>,
+}
+
+impl Inbox {
+    /// The next command, a waiting control one before any chunk; None
+    /// once both queues are closed and empty.
+    fn next(&mut self) -> Option<DiskCmd> {
+        loop {
+            if let Some(ctl) = &mut self.ctl {
+                match ctl.try_recv() {
+                    Ok(c) => return Some(c),
+                    Err(mpsc::error::TryRecvError::Disconnected) => self.ctl = None,
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                }
+            }
+            let (ctl, data) = (&mut self.ctl, &mut self.data);
+            if ctl.is_none() && data.is_none() {
+                return None;
+            }
+            // Runs on the disk thread, outside the runtime: blocking here
+            // is what the thread is for.
+            let got = self.rt.block_on(async {
+                tokio::select! {
+                    biased;
+                    c = async { ctl.as_mut()?.recv().await }, if ctl.is_some() => (true, c),
+                    d = async { data.as_mut()?.recv().await }, if data.is_some() => (false, d),
+                }
+            });
+            match got {
+                (_, Some(c)) => return Some(c),
+                (true, None) => self.ctl = None,
+                (false, None) => self.data = None,
+            }
+        }
+    }
 }
 
 /// What planning produced for the control task.
@@ -611,7 +665,7 @@ fn disk_actor(
     ctx: &Arc<SinkCtx>,
     peer: PublicKey,
     mut files: Vec<FileState>,
-    mut rx: mpsc::Receiver<DiskCmd>,
+    mut rx: Inbox,
     res: &mpsc::UnboundedSender<Msg>,
     progress: &AtomicU64,
     ok_count: &AtomicU64,
@@ -650,7 +704,7 @@ fn disk_actor(
             settle(&st.expect.name, msg);
         }
     }
-    while let Some(cmd) = rx.blocking_recv() {
+    while let Some(cmd) = rx.next() {
         let file = match &cmd {
             DiskCmd::Start { file, .. }
             | DiskCmd::Chunk { file, .. }

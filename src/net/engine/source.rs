@@ -310,7 +310,7 @@ pub async fn run(
             Some(m) = ctrl_rx.recv() => {
                 link.send_msg(&m).await?;
             }
-            m = tokio::time::timeout(wait, wire::read_msg(&mut link.recv)) => {
+            m = tokio::time::timeout(wait, link.recv.read_msg()) => {
                 let Ok(m) = m else {
                     link.close(close::DONE, "no results");
                     return Err(NetError::Timeout("waiting for the peer to confirm the files"));
@@ -363,7 +363,7 @@ pub async fn run(
         let _ = wire::write_msg(&mut link.send, &Msg::Done).await;
         let _ = link.send.finish();
         // Wait for the peer to end the control stream.
-        let _ = tokio::time::timeout(Duration::from_secs(5), wire::read_msg(&mut link.recv)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), link.recv.read_msg()).await;
     } else {
         // The initiator ends the transfer once it has every result.
         match link
