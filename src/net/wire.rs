@@ -492,13 +492,16 @@ pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Msg>, Ne
     ControlRecv::new(r).read_msg().await
 }
 
+/// Capacity of a frame buffer kept between frames.
+const KEEP_BUFFER: usize = 64 << 10;
+
 /// The receive half of a control stream and the part of a frame read so
 /// far. [`ControlRecv::read_msg`] is cancel-safe: it keeps every byte it
 /// took until its frame is whole, so a `select!` may drop it at any point
 /// (a `read_exact` there once lost half a frame and read the rest of the
 /// stream as garbage lengths). The buffer never holds more than the frame
 /// it is reading: at most [`MAX_FRAME`], and only bytes the peer really
-/// sent.
+/// sent (its first 4 bytes, then the size they declare).
 pub struct ControlRecv<R = quinn::RecvStream> {
     /// The stream.
     pub stream: R,
@@ -529,9 +532,22 @@ impl<R: AsyncRead + Unpin> ControlRecv<R> {
                     let total = 4 + n as usize;
                     if self.buf.len() >= total {
                         let m = decode_msg(&self.buf[4..total]);
-                        self.buf.clear();
+                        // A large frame's buffer is not kept for the
+                        // connection's lifetime.
+                        if self.buf.capacity() > KEEP_BUFFER {
+                            self.buf = Vec::new();
+                        } else {
+                            self.buf.clear();
+                        }
                         return m.map(Some);
                     }
+                    // Bounded above; still, an allocation the peer asks
+                    // for fails cleanly. Exact: no doubling while it fills.
+                    self.buf
+                        .try_reserve_exact(total - self.buf.len())
+                        .map_err(|_| {
+                            NetError::Protocol(format!("no memory for a frame of {n} bytes"))
+                        })?;
                     total - self.buf.len()
                 }
             };
@@ -550,9 +566,6 @@ impl<R: AsyncRead + Unpin> ControlRecv<R> {
                 }
                 return Err(NetError::io(std::io::ErrorKind::UnexpectedEof.into()));
             }
-            self.buf
-                .try_reserve(k)
-                .map_err(|_| NetError::Protocol("no memory for a control frame".into()))?;
             self.buf.extend_from_slice(&tmp[..k]);
         }
     }

@@ -744,7 +744,11 @@ fn disk_actor(
                     if !p.has(index) {
                         let plain = (data.len() - CHUNK_OVERHEAD) as u64;
                         progress.fetch_add(plain.max(1), Ordering::Relaxed);
-                        if let Some(job) = p.write_chunk(index, data, leaf)? {
+                        let job = p.write_chunk(index, data, leaf)?;
+                        // A partial whose key has not come yet could never
+                        // resume from that checkpoint (crash campaign):
+                        // none is written until it can.
+                        if let Some(job) = job.filter(|_| resumable(ctx, p)) {
                             syncer.run(job);
                         }
                         (ctx.report)(Note::Bytes(plain));
