@@ -503,10 +503,15 @@ pub async fn send(
                             .checked_div(u128::from(item.offer.size))
                             .unwrap_or(100)
                             .min(100) as u8;
-                        let _ = events.send(Event::Resuming {
-                            name: item.offer.name.clone(),
-                            percent,
-                        });
+                        // Nothing held (a partial that got its key and
+                        // no chunk, an empty file): not a resumption to
+                        // announce.
+                        if held > 0 {
+                            let _ = events.send(Event::Resuming {
+                                name: item.offer.name.clone(),
+                                percent,
+                            });
+                        }
                         Sending {
                             id: file_id,
                             deposit: seal(file_id, &key, leaves.unwrap_or_default())?,

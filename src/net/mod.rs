@@ -196,8 +196,15 @@ impl NetError {
 
     /// A lost connection. The error may carry the peer's close reason: it
     /// is bounded and escaped here, so no caller can show it raw.
+    /// quinn's own "connection lost" prefix is dropped: the message says
+    /// it once.
     pub fn lost(e: &dyn std::fmt::Display) -> Self {
-        NetError::ConnectionLost(crate::text::from_peer(&e.to_string()))
+        let s = e.to_string();
+        let s = s
+            .strip_prefix("connection lost")
+            .map_or(s.as_str(), |r| r.trim_start_matches([':', ' ']));
+        let s = if s.is_empty() { "the peer is gone" } else { s };
+        NetError::ConnectionLost(crate::text::from_peer(s))
     }
 }
 
@@ -205,6 +212,14 @@ impl NetError {
 mod tests {
     use super::*;
     use crate::crypto::keys::Keypair;
+
+    #[test]
+    fn a_lost_connection_says_so_once() {
+        for inner in ["connection lost", "connection lost: timed out", "timed out"] {
+            let m = NetError::lost(&inner).to_string();
+            assert_eq!(m.matches("connection lost").count(), 1, "{m}");
+        }
+    }
 
     #[test]
     fn the_name_hint_never_advises_dropping_the_users_pin() {
