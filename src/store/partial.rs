@@ -278,6 +278,49 @@ impl Verifier {
     }
 }
 
+/// A received file that passed its end-to-end check, with its envelope,
+/// waiting for its group's commit.
+pub struct Verified<'v> {
+    partial: Partial<'v>,
+    envelope: Vec<u8>,
+}
+
+impl Verified<'_> {
+    /// Plaintext size.
+    pub fn size(&self) -> u64 {
+        self.partial.writer.size()
+    }
+}
+
+/// Commits verified files of one vault together ([`vault::publish_group`]:
+/// two directory fsyncs for the whole group) and removes their partial
+/// states. One result per file, in order; a file that failed is undone
+/// and its partial stays for the caller to keep or remove.
+pub fn commit_group(mut files: Vec<Verified<'_>>) -> Vec<Result<()>> {
+    let Some(first) = files.first() else {
+        return Vec::new();
+    };
+    let dir = first.partial.vault().objects();
+    let mut items: Vec<_> = files
+        .iter_mut()
+        .map(|f| (&mut f.partial.writer, f.envelope.as_slice()))
+        .collect();
+    let results = super::vault::publish_group(&mut items, &dir);
+    for (f, r) in files.iter_mut().zip(&results) {
+        if r.is_ok() {
+            f.partial.writer.mark_committed();
+            // Committed: the file is stored whatever happens next. A state
+            // file that cannot be removed now is a leftover (its data is
+            // gone, so it never resumes), never a reason to report the
+            // file failed (issue 12, item 4).
+            if let Err(e) = fsutil::remove_if_exists(&f.partial.state_path) {
+                tracing::warn!("a stored file's partial state stays behind: {e}");
+            }
+        }
+    }
+    results
+}
+
 /// Chunks kept in memory ahead of the verification cursor.
 const AHEAD_MAX: usize = 8;
 /// Plaintext bytes kept in memory ahead of the verification cursor.
@@ -669,18 +712,22 @@ impl<'v> Partial<'v> {
 
     /// Checks the whole file against the sender's `blake3` and commits it
     /// to the vault; removes the partial.
-    pub fn finish(mut self, blake3: &[u8; 32], meta: &Metadata) -> Result<()> {
+    pub fn finish(self, blake3: &[u8; 32], meta: &Metadata) -> Result<()> {
+        let ready = self.verify_for_vault(blake3, meta)?;
+        commit_group(vec![ready])
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Invalid("nothing to commit".into())))
+    }
+
+    /// Checks the whole file against the sender's `blake3` and seals its
+    /// envelope: a file ready for [`commit_group`].
+    pub fn verify_for_vault(mut self, blake3: &[u8; 32], meta: &Metadata) -> Result<Verified<'v>> {
         let key = self.verified(blake3, &meta.name)?;
-        let state = self.state_path.clone();
-        self.writer.commit(key.secret(), meta)?;
-        // Committed: the file is stored whatever happens next. A state
-        // file that cannot be removed now is a leftover (its data is gone,
-        // so it never resumes), never a reason to report the file failed
-        // (issue 12, item 4).
-        if let Err(e) = fsutil::remove_if_exists(&state) {
-            tracing::warn!("a stored file's partial state stays behind: {e}");
-        }
-        Ok(())
+        let envelope = self.writer.envelope(key.secret(), meta)?;
+        Ok(Verified {
+            partial: self,
+            envelope,
+        })
     }
 
     /// Checks the whole file against `blake3` and publishes `out`, into

@@ -1169,16 +1169,27 @@ impl<'v> ObjectWriter<'v> {
         &self.tmp
     }
 
-    /// Makes the object durable and visible: fsync, envelope, renames.
-    pub fn commit(mut self, file_key: &Secret32, meta: &Metadata) -> Result<()> {
-        let id = self.header.id;
+    /// The envelope that commits this object: `file_key` and `meta`
+    /// sealed to the vault key, with the ciphertext digest of every chunk.
+    pub(crate) fn envelope(&self, file_key: &Secret32, meta: &Metadata) -> Result<Vec<u8>> {
         let ct = self.ct_digest()?;
         if meta.size != self.size || meta.chunk_size != self.header.chunk_size {
             return Err(StoreError::Invalid(
                 "metadata does not match the data".into(),
             ));
         }
-        let env = seal_envelope(&self.vault.sealing_key()?, id, ct, file_key, meta)?;
+        seal_envelope(
+            &self.vault.sealing_key()?,
+            self.header.id,
+            ct,
+            file_key,
+            meta,
+        )
+    }
+
+    /// Makes the object durable and visible: fsync, envelope, renames.
+    pub fn commit(mut self, file_key: &Secret32, meta: &Metadata) -> Result<()> {
+        let env = self.envelope(file_key, meta)?;
         // The envelope's rename is the commit.
         self.publish(&env, &self.vault.objects())?;
         self.committed = true;
@@ -1186,51 +1197,129 @@ impl<'v> ObjectWriter<'v> {
     }
 
     /// Moves the data file and `env` into `dir` as `<id>.obj` and
-    /// `<id>.env`: fsync the data, write the envelope in staging and fsync
-    /// it, rename the data file, fsync `dir`, rename the envelope, fsync
-    /// `dir` (`docs/VAULT.md`, *Commit of a new object*). On failure the
-    /// staged envelope and the moved data file are removed.
+    /// `<id>.env`: [`publish_group`] of this one object.
     pub(crate) fn publish(&mut self, env: &[u8], dir: &Path) -> Result<()> {
-        let name = id_hex(&self.header.id);
-        let (obj, env_path) = (
-            dir.join(format!("{name}.obj")),
-            dir.join(format!("{name}.env")),
-        );
-        let env_tmp = self.tmp.with_extension("env");
-        let mut env_in_place = false;
-        let res = (|| {
-            fileops::sync_all(&self.file, &self.tmp)
-                .map_err(|e| StoreError::io("cannot sync", &self.tmp, e))?;
-            let f = fsutil::create_private(&env_tmp)?;
-            fileops::write_all(&f, env, &env_tmp)
-                .and_then(|_| fileops::sync_all(&f, &env_tmp))
-                .map_err(|e| StoreError::io("cannot write", &env_tmp, e))?;
-            fsutil::rename(&self.tmp, &obj)?;
-            fsutil::fsync_dir(dir)?;
-            fsutil::rename(&env_tmp, &env_path)?;
-            env_in_place = true;
-            fsutil::fsync_dir(dir)
-        })();
-        if res.is_err() {
-            // Never half: a failure after the envelope's rename (its
-            // directory fsync) takes the envelope away first, so the
-            // object is not visible, rather than leaving a listed object
-            // without its data (issue 12, item 1).
-            if env_in_place {
-                let _ = fileops::remove_file(&env_path);
-            }
-            let _ = fileops::remove_file(&env_tmp);
-            // The data file may already be in `dir`: without an envelope
-            // (or a deposit record) it is a leftover the next unlock removes.
-            let _ = fileops::remove_file(&obj);
-            let _ = fsutil::fsync_dir(dir);
-        }
-        res
+        publish_group(&mut [(self, env)], dir)
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Invalid("nothing to publish".into())))
     }
 
     /// Marks the staging file as moved (nothing for a drop to remove).
     pub(crate) fn mark_committed(&mut self) {
         self.committed = true;
+    }
+}
+
+/// Moves several objects' data files and envelopes from staging into
+/// `dir`, together (`docs/VAULT.md`, *Commit of a new object*, *Group
+/// commit*): for each, fsync the data and write and fsync its envelope in
+/// staging; rename every data file into `dir`; fsync `dir` once; rename
+/// every envelope (each rename commits its object); fsync `dir` once. So a
+/// group of N small files costs two directory fsyncs, not 2N. A failure of
+/// one object's own step fails that object only; a failed directory fsync
+/// fails every object it covered. A failed object is undone, never half:
+/// its envelope goes first (never a listed object without its data), then
+/// its staged envelope and its moved data file. Returns one result per
+/// object, in order; the caller marks the committed ones.
+pub(crate) fn publish_group(
+    items: &mut [(&mut ObjectWriter<'_>, &[u8])],
+    dir: &Path,
+) -> Vec<Result<()>> {
+    struct Step {
+        obj: PathBuf,
+        env_path: PathBuf,
+        env_tmp: PathBuf,
+        moved: bool,
+        env_in_place: bool,
+        err: Option<StoreError>,
+    }
+    let mut steps: Vec<Step> = items
+        .iter()
+        .map(|(w, _)| {
+            let name = id_hex(&w.header.id);
+            Step {
+                obj: dir.join(format!("{name}.obj")),
+                env_path: dir.join(format!("{name}.env")),
+                env_tmp: w.tmp.with_extension("env"),
+                moved: false,
+                env_in_place: false,
+                err: None,
+            }
+        })
+        .collect();
+    for ((w, env), st) in items.iter_mut().zip(&mut steps) {
+        let staged = fileops::sync_all(&w.file, &w.tmp)
+            .map_err(|e| StoreError::io("cannot sync", &w.tmp, e))
+            .and_then(|_| {
+                let f = fsutil::create_private(&st.env_tmp)?;
+                fileops::write_all(&f, env, &st.env_tmp)
+                    .and_then(|_| fileops::sync_all(&f, &st.env_tmp))
+                    .map_err(|e| StoreError::io("cannot write", &st.env_tmp, e))
+            })
+            .and_then(|_| fsutil::rename(&w.tmp, &st.obj));
+        match staged {
+            Ok(()) => st.moved = true,
+            Err(e) => st.err = Some(e),
+        }
+    }
+    // One fsync for every data file moved: each object's data is in `dir`
+    // before any envelope names it.
+    let live = |st: &Step| st.err.is_none();
+    if steps.iter().any(live) {
+        if let Err(e) = fsutil::fsync_dir(dir) {
+            for st in steps.iter_mut().filter(|s| live(s)) {
+                st.err = Some(StoreError::io("cannot sync directory", dir, io_of(&e)));
+            }
+        }
+    }
+    for st in steps.iter_mut().filter(|s| live(s)) {
+        match fsutil::rename(&st.env_tmp, &st.env_path) {
+            Ok(()) => st.env_in_place = true,
+            Err(e) => st.err = Some(e),
+        }
+    }
+    if steps.iter().any(live) {
+        if let Err(e) = fsutil::fsync_dir(dir) {
+            for st in steps.iter_mut().filter(|s| live(s)) {
+                st.err = Some(StoreError::io("cannot sync directory", dir, io_of(&e)));
+            }
+        }
+    }
+    let mut undone = false;
+    for st in steps.iter().filter(|s| !live(s)) {
+        if st.env_in_place {
+            let _ = fileops::remove_file(&st.env_path);
+        }
+        let _ = fileops::remove_file(&st.env_tmp);
+        // Without an envelope (or a deposit record) a moved data file is
+        // a leftover the next unlock removes, should this fail too.
+        if st.moved {
+            let _ = fileops::remove_file(&st.obj);
+        }
+        undone = true;
+    }
+    if undone {
+        let _ = fsutil::fsync_dir(dir);
+    }
+    steps
+        .into_iter()
+        .map(|st| match st.err {
+            None => Ok(()),
+            Some(e) => Err(e),
+        })
+        .collect()
+}
+
+/// An I/O error with the same OS error as a store error's (for the
+/// several objects one failed directory fsync fails).
+fn io_of(e: &StoreError) -> std::io::Error {
+    match e {
+        StoreError::Io { error, .. } => error.raw_os_error().map_or_else(
+            || std::io::Error::other(error.to_string()),
+            std::io::Error::from_raw_os_error,
+        ),
+        StoreError::DiskFull { .. } => std::io::Error::from_raw_os_error(libc::ENOSPC),
+        other => std::io::Error::other(other.to_string()),
     }
 }
 

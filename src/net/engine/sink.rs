@@ -41,7 +41,9 @@ use crate::{
     store::{
         format::{Kind, Metadata},
         fsutil::{Dir, NewFile},
-        partial::{seal_key_to, CheckpointJob, Partial, PartialMeta, Slot, StagingKey},
+        partial::{
+            self, seal_key_to, CheckpointJob, Partial, PartialMeta, Slot, StagingKey, Verified,
+        },
         vault::Vault,
         StoreError,
     },
@@ -411,6 +413,14 @@ struct Inbox {
 }
 
 impl Inbox {
+    /// A command already queued (control first), without waiting.
+    fn try_next(&mut self) -> Option<DiskCmd> {
+        if let Some(c) = self.ctl.as_mut().and_then(|c| c.try_recv().ok()) {
+            return Some(c);
+        }
+        self.data.as_mut().and_then(|d| d.try_recv().ok())
+    }
+
     /// The next command, a waiting control one before any chunk; None
     /// once both queues are closed and empty.
     fn next(&mut self) -> Option<DiskCmd> {
@@ -694,17 +704,35 @@ fn disk_actor(
         }
         let _ = res.send(msg);
     };
+    let mut group = Group::default();
     for (i, st) in files.iter_mut().enumerate() {
         if st.pending.is_some() && st.partial.as_ref().is_some_and(|p| p.has_every_chunk()) {
             if let Err(e) = prepare(ctx, st) {
                 warn!("cannot open a destination: {e}");
             }
         }
-        if let Some(msg) = finish_if_ready(ctx, st, i as u32, peer, &syncer) {
+        if let Some(msg) = finish_if_ready(ctx, st, i as u32, peer, &syncer, &mut group) {
             settle(&st.expect.name, msg);
         }
     }
-    while let Some(cmd) = rx.next() {
+    // A group is committed whenever nothing else is queued (so a lone
+    // file waits for nothing), and when it is full.
+    let commit = |group: &mut Group, files: &[FileState]| {
+        for (i, msg) in group.commit(ctx, files) {
+            settle(&files[i].expect.name, msg);
+        }
+    };
+    loop {
+        let cmd = match rx.try_next() {
+            Some(c) => c,
+            None => {
+                commit(&mut group, &files);
+                match rx.next() {
+                    Some(c) => c,
+                    None => break,
+                }
+            }
+        };
         let file = match &cmd {
             DiskCmd::Start { file, .. }
             | DiskCmd::Chunk { file, .. }
@@ -796,13 +824,20 @@ fn disk_actor(
             if code == RefuseCode::DiskFull {
                 fail(&st.expect.name, &message);
             }
+            // What verified before the failure is committed (or fails)
+            // and is answered first: the sender is told of every file.
+            commit(&mut group, &files);
             let _ = res.send(Msg::Refused { code, message });
             break;
         }
-        if let Some(msg) = finish_if_ready(ctx, st, file as u32, peer, &syncer) {
+        if let Some(msg) = finish_if_ready(ctx, st, file as u32, peer, &syncer, &mut group) {
             settle(&st.expect.name, msg);
         }
+        if group.full() {
+            commit(&mut group, &files);
+        }
     }
+    commit(&mut group, &files);
     // Whatever is left becomes a resumable partial, or is removed when it
     // cannot be resumed (its key never arrived).
     syncer.barrier();
@@ -962,6 +997,7 @@ fn finish_if_ready(
     file: u32,
     peer: PublicKey,
     syncer: &Syncer,
+    group: &mut Group,
 ) -> Option<Msg> {
     let ready = match &st.end {
         Some(End::Blake3(_)) => st.partial.as_ref().is_some_and(|p| p.is_complete()),
@@ -1012,7 +1048,23 @@ fn finish_if_ready(
     let v = p.vault();
     let t0 = std::time::Instant::now();
     let outcome = match (&e.commit, &ctx.dest) {
-        (Commit::Vault, _) => p.finish(&blake3, &meta),
+        // Verified now, committed with the files that are ready with it
+        // (one pair of directory fsyncs for all): its result goes out
+        // once the group is durable.
+        (Commit::Vault, _) => match p.verify_for_vault(&blake3, &meta) {
+            Ok(ready) => {
+                group.bytes += ready.size();
+                group.files.push(Grouped {
+                    file,
+                    ready,
+                    slot,
+                    vault: v,
+                    blake3,
+                });
+                return None;
+            }
+            Err(e) => Err(e),
+        },
         (Commit::Publish { rel }, Some(dest)) => match st.out.take() {
             Some(out) => p.publish_streamed(&blake3, &meta, out, ctx.force),
             None => publish(*p, &blake3, &meta, dest, rel, ctx.force),
@@ -1023,6 +1075,69 @@ fn finish_if_ready(
     };
     debug!(name = %text::escape(&e.name), elapsed_ms = t0.elapsed().as_millis() as u64, "verified and committed");
     Some(result(ctx, v, slot, file, e, Some(blake3), outcome))
+}
+
+/// Verified files waiting for their group commit.
+#[derive(Default)]
+struct Group {
+    files: Vec<Grouped>,
+    bytes: u64,
+}
+
+/// One of them.
+struct Grouped {
+    file: u32,
+    ready: Verified<'static>,
+    slot: Slot,
+    vault: &'static Vault,
+    blake3: [u8; 32],
+}
+
+/// Files a group holds before it is committed even while more data waits
+/// (it is committed at once whenever the disk thread has nothing queued).
+const GROUP_FILES: usize = 256;
+/// Bytes a group holds before that.
+const GROUP_BYTES: u64 = 64 << 20;
+
+impl Group {
+    fn full(&self) -> bool {
+        self.files.len() >= GROUP_FILES || self.bytes >= GROUP_BYTES
+    }
+
+    /// Commits the group; each file's result message, with its index.
+    fn commit(&mut self, ctx: &SinkCtx, files: &[FileState]) -> Vec<(usize, Msg)> {
+        self.bytes = 0;
+        let grouped = std::mem::take(&mut self.files);
+        if grouped.is_empty() {
+            return Vec::new();
+        }
+        let t0 = std::time::Instant::now();
+        let mut rest = Vec::with_capacity(grouped.len());
+        let mut ready = Vec::with_capacity(grouped.len());
+        for g in grouped {
+            ready.push(g.ready);
+            rest.push((g.file, g.slot, g.vault, g.blake3));
+        }
+        let n = ready.len();
+        // Every partial is dropped (its files moved or kept) before a
+        // failed one's result may remove it.
+        let outcomes = partial::commit_group(ready);
+        debug!(
+            files = n,
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            "group committed"
+        );
+        rest.into_iter()
+            .zip(outcomes)
+            .filter_map(|((file, slot, v, blake3), outcome)| {
+                let e = &files.get(file as usize)?.expect;
+                Some((
+                    file as usize,
+                    result(ctx, v, slot, file, e, Some(blake3), outcome),
+                ))
+            })
+            .collect()
+    }
 }
 
 /// The result message of a finished file, and what is kept of it.
