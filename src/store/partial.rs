@@ -282,7 +282,8 @@ impl Verifier {
 /// waiting for its group's commit.
 pub struct Verified<'v> {
     partial: Partial<'v>,
-    envelope: Vec<u8>,
+    key: FileKey,
+    meta: Metadata,
 }
 
 impl Verified<'_> {
@@ -301,11 +302,34 @@ pub fn commit_group(mut files: Vec<Verified<'_>>) -> Vec<Result<()>> {
         return Vec::new();
     };
     let dir = first.partial.vault().objects();
-    let mut items: Vec<_> = files
-        .iter_mut()
-        .map(|f| (&mut f.partial.writer, f.envelope.as_slice()))
+    // The envelopes, sealed to the key of the moment (read once).
+    let to = first.partial.writer.sealing_key_now();
+    let envelopes: Vec<Result<Vec<u8>>> = files
+        .iter()
+        .map(|f| match &to {
+            Ok(to) => f.partial.writer.envelope_to(to, f.key.secret(), &f.meta),
+            Err(e) => Err(StoreError::Invalid(e.to_string())),
+        })
         .collect();
-    let results = super::vault::publish_group(&mut items, &dir);
+    let mut results: Vec<Result<()>> = Vec::with_capacity(files.len());
+    let mut items = Vec::new();
+    let mut at = Vec::new();
+    for (i, (f, env)) in files.iter_mut().zip(envelopes.iter()).enumerate() {
+        match env {
+            Ok(env) => {
+                items.push((&mut f.partial.writer, env.as_slice()));
+                at.push(i);
+                results.push(Ok(()));
+            }
+            Err(e) => results.push(Err(StoreError::Invalid(e.to_string()))),
+        }
+    }
+    for (i, r) in at
+        .into_iter()
+        .zip(super::vault::publish_group(&mut items, &dir))
+    {
+        results[i] = r;
+    }
     for (f, r) in files.iter_mut().zip(&results) {
         if r.is_ok() {
             f.partial.writer.mark_committed();
@@ -723,10 +747,10 @@ impl<'v> Partial<'v> {
     /// envelope: a file ready for [`commit_group`].
     pub fn verify_for_vault(mut self, blake3: &[u8; 32], meta: &Metadata) -> Result<Verified<'v>> {
         let key = self.verified(blake3, &meta.name)?;
-        let envelope = self.writer.envelope(key.secret(), meta)?;
         Ok(Verified {
             partial: self,
-            envelope,
+            key,
+            meta: meta.clone(),
         })
     }
 

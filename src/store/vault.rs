@@ -1172,19 +1172,29 @@ impl<'v> ObjectWriter<'v> {
     /// The envelope that commits this object: `file_key` and `meta`
     /// sealed to the vault key, with the ciphertext digest of every chunk.
     pub(crate) fn envelope(&self, file_key: &Secret32, meta: &Metadata) -> Result<Vec<u8>> {
+        self.envelope_to(&self.vault.sealing_key()?, file_key, meta)
+    }
+
+    /// [`Self::envelope`] sealed to `to` (the sealing key, read once for
+    /// a group of objects: it costs two file reads).
+    pub(crate) fn envelope_to(
+        &self,
+        to: &PublicKey,
+        file_key: &Secret32,
+        meta: &Metadata,
+    ) -> Result<Vec<u8>> {
         let ct = self.ct_digest()?;
         if meta.size != self.size || meta.chunk_size != self.header.chunk_size {
             return Err(StoreError::Invalid(
                 "metadata does not match the data".into(),
             ));
         }
-        seal_envelope(
-            &self.vault.sealing_key()?,
-            self.header.id,
-            ct,
-            file_key,
-            meta,
-        )
+        seal_envelope(to, self.header.id, ct, file_key, meta)
+    }
+
+    /// The key new objects of this vault are sealed to now.
+    pub(crate) fn sealing_key_now(&self) -> Result<PublicKey> {
+        self.vault.sealing_key()
     }
 
     /// Makes the object durable and visible: fsync, envelope, renames.
