@@ -499,13 +499,16 @@ const KEEP_BUFFER: usize = 64 << 10;
 /// far. [`ControlRecv::read_msg`] is cancel-safe: it keeps every byte it
 /// took until its frame is whole, so a `select!` may drop it at any point
 /// (a `read_exact` there once lost half a frame and read the rest of the
-/// stream as garbage lengths). The buffer never holds more than the frame
-/// it is reading: at most [`MAX_FRAME`], and only bytes the peer really
-/// sent (its first 4 bytes, then the size they declare).
+/// stream as garbage lengths). The buffer holds the frame it is reading:
+/// its 4-byte length, then the size that declares, at most [`MAX_FRAME`].
 pub struct ControlRecv<R = quinn::RecvStream> {
     /// The stream.
     pub stream: R,
     buf: Vec<u8>,
+    /// Bytes of `buf` filled so far.
+    filled: usize,
+    /// True once `buf` is sized for the whole frame.
+    sized: bool,
 }
 
 impl<R: AsyncRead + Unpin> ControlRecv<R> {
@@ -514,59 +517,59 @@ impl<R: AsyncRead + Unpin> ControlRecv<R> {
         Self {
             stream,
             buf: Vec::new(),
+            filled: 0,
+            sized: false,
         }
     }
 
     /// The next message; None at the end of the stream between frames.
     pub async fn read_msg(&mut self) -> Result<Option<Msg>, NetError> {
         loop {
-            let need = match self.buf.get(..4) {
-                None => 4 - self.buf.len(),
-                Some(len) => {
-                    let n = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+            if !self.sized {
+                self.buf.resize(4, 0);
+                if self.filled == 4 {
+                    let n =
+                        u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
                     if n > MAX_FRAME {
                         return Err(NetError::Protocol(format!(
                             "frame of {n} bytes exceeds the limit"
                         )));
                     }
-                    let total = 4 + n as usize;
-                    if self.buf.len() >= total {
-                        let m = decode_msg(&self.buf[4..total]);
-                        // A large frame's buffer is not kept for the
-                        // connection's lifetime.
-                        if self.buf.capacity() > KEEP_BUFFER {
-                            self.buf = Vec::new();
-                        } else {
-                            self.buf.clear();
-                        }
-                        return m.map(Some);
-                    }
                     // Bounded above; still, an allocation the peer asks
-                    // for fails cleanly. Exact: no doubling while it fills.
-                    self.buf
-                        .try_reserve_exact(total - self.buf.len())
-                        .map_err(|_| {
-                            NetError::Protocol(format!("no memory for a frame of {n} bytes"))
-                        })?;
-                    total - self.buf.len()
+                    // for fails cleanly.
+                    self.buf.try_reserve_exact(n as usize).map_err(|_| {
+                        NetError::Protocol(format!("no memory for a frame of {n} bytes"))
+                    })?;
+                    self.buf.resize(4 + n as usize, 0);
+                    self.sized = true;
                 }
-            };
-            // Only what this frame still needs: nothing of the next one is
-            // taken from the stream, and the buffer grows with what arrives.
-            let mut tmp = [0u8; 16 << 10];
-            let want = need.min(tmp.len());
+            }
+            if self.sized && self.filled == self.buf.len() {
+                let m = decode_msg(&self.buf[4..]);
+                self.filled = 0;
+                self.sized = false;
+                // A large frame's buffer is not kept for the connection's
+                // lifetime.
+                if self.buf.capacity() > KEEP_BUFFER {
+                    self.buf = Vec::new();
+                }
+                return m.map(Some);
+            }
+            // Straight into the frame, as much as has arrived (so the
+            // stream's buffers drain as fast as with one big read), never
+            // past it: nothing of the next frame is taken.
             let k = self
                 .stream
-                .read(&mut tmp[..want])
+                .read(&mut self.buf[self.filled..])
                 .await
                 .map_err(NetError::io)?;
             if k == 0 {
-                if self.buf.is_empty() {
+                if self.filled == 0 {
                     return Ok(None);
                 }
                 return Err(NetError::io(std::io::ErrorKind::UnexpectedEof.into()));
             }
-            self.buf.extend_from_slice(&tmp[..k]);
+            self.filled += k;
         }
     }
 }
