@@ -1055,7 +1055,9 @@ fn a_transfer_that_only_repeats_itself_is_ended_as_idle() {
 /// Issue 7, M3 (review): a valid offer of very many entries cost about
 /// 3 GB per connection. Entries are now bounded per offer (100,000) and
 /// over the transfers in progress, and each costs little: two connections
-/// offering the most they may keep serve under 256 MiB.
+/// offering the most they may keep serve under 192 MiB (about 135 MiB:
+/// each entry's state is 240 bytes since its key moved behind a box; at
+/// 864 bytes serve peaked at 251-256 MiB).
 #[test]
 fn the_largest_offers_stay_within_memory() {
     let (_, b) = nodes();
@@ -1095,7 +1097,7 @@ fn the_largest_offers_stay_within_memory() {
     });
     let rss = srv.peak_rss();
     eprintln!("serve peaked at {} MiB", rss / MIB);
-    assert!(rss < 256 * MIB, "serve peaked at {} MiB", rss / MIB);
+    assert!(rss < 192 * MIB, "serve peaked at {} MiB", rss / MIB);
     drop(runtime);
 }
 
@@ -1142,7 +1144,7 @@ fn chunks_in_flight_are_budgeted() {
     });
     let rss = srv.peak_rss();
     eprintln!("serve peaked at {} MiB", rss / MIB);
-    assert!(rss < 256 * MIB, "serve peaked at {} MiB", rss / MIB);
+    assert!(rss < 192 * MIB, "serve peaked at {} MiB", rss / MIB);
     drop(runtime);
 }
 

@@ -334,13 +334,16 @@ pub struct Cmd {
 impl Cmd {
     /// `p2pfs ARGS` with `--home`-less access to `home` through P2PFS_HOME
     /// (None: no home variable at all), every inherited `P2PFS_*` variable
-    /// removed and stdin closed.
+    /// removed and stdin closed. `P2PFS_TEST_BIN`, when set, runs that
+    /// program instead of the built binary (a wrapper for heaptrack or
+    /// perf when profiling a test; never set in CI).
     pub fn new<I, S>(home: Option<&Path>, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = Command::new(BIN);
+        let bin = std::env::var_os("P2PFS_TEST_BIN").unwrap_or_else(|| BIN.into());
+        let mut cmd = Command::new(bin);
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("P2PFS_") {
                 cmd.env_remove(&k);
