@@ -109,6 +109,60 @@ fn many_small_files_in_one_transfer() {
     }
 }
 
+/// Issue 9 (scale): 16 senders at once into one receiver all complete.
+/// Untrusted senders may hold 8 transfers (`admission::Limits`), and a
+/// burst of connections meets the cap on handshakes per address: a sender
+/// refused as busy waits for room (`waiting` event) and tries again,
+/// instead of failing as it did.
+#[test]
+fn sixteen_concurrent_senders_all_complete() {
+    let b = Node::new();
+    b.init("bob");
+    let srv = Server::start(&b, &["--accept", "any"]);
+    let senders: Vec<Node> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..16)
+            .map(|i| {
+                s.spawn(move || {
+                    let a = Node::new();
+                    a.init(&format!("sender-{i:02}"));
+                    write_random(&a.path(&format!("d{i:02}/big.bin")), 8 << 20);
+                    for j in 0..10 {
+                        write_random(&a.path(&format!("d{i:02}/small-{j}")), 1000 + j);
+                    }
+                    a
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let addr = srv.addr();
+    let procs: Vec<Proc> = senders
+        .iter()
+        .enumerate()
+        .map(|(i, a)| a.spawn(["send", "--trust-new", "--json", &format!("d{i:02}"), &addr]))
+        .collect();
+    let mut waited = 0;
+    for (i, mut p) in procs.into_iter().enumerate() {
+        assert!(p.wait_timeout(TIMEOUT).is_some(), "sender {i} hangs");
+        let r = p.finish().ok();
+        let ev = events(&r.stdout);
+        assert_eq!(event(&ev, "done").unwrap()["files"], 11, "sender {i}:\n{r}");
+        waited += usize::from(event(&ev, "waiting").is_some());
+    }
+    eprintln!("{waited} of 16 senders waited for room");
+    assert!(
+        waited > 0,
+        "no sender met a busy receiver: the test shows nothing"
+    );
+    let listed = b.list();
+    assert_eq!(listed.len(), 16 * 11);
+    for (i, a) in senders.iter().enumerate() {
+        let name = format!("d{i:02}/big.bin");
+        let e = listed.iter().find(|e| e.name == name).unwrap();
+        assert_eq!(e.blake3, blake3_file(&a.path(&name)), "{name}");
+    }
+}
+
 #[test]
 fn untrusted_sender_is_refused_until_trusted() {
     let (a, b) = nodes();
@@ -531,7 +585,7 @@ fn rt() -> tokio::runtime::Runtime {
 async fn hostile(port: u16) -> sender::Authenticated {
     let me = Keypair::generate().unwrap();
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let expected = sender::probe(&me, addr).await.unwrap();
+    let expected = sender::probe(&me, addr, |_| {}).await.unwrap();
     let target = Target {
         addr,
         label: format!("127.0.0.1:{port}"),

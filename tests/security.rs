@@ -56,7 +56,7 @@ fn local(port: u16) -> SocketAddr {
 /// A hostile sender: authenticates as `me` and reads the first reply.
 async fn connect_as(me: &Keypair, port: u16) -> (sender::Authenticated, Msg) {
     let addr = local(port);
-    let expected = sender::probe(me, addr).await.unwrap();
+    let expected = sender::probe(me, addr, |_| {}).await.unwrap();
     let target = Target {
         addr,
         label: addr.to_string(),

@@ -234,11 +234,11 @@ fn pin_first_contact(home: &Path, c: &Contact) -> Result<()> {
 
 /// The first target whose address proves the expected key (probing, which
 /// sends nothing of ours); a wrong key is reported before other failures.
-async fn prove(identity: &Keypair, targets: &[Target]) -> Result<usize, NetError> {
+async fn prove(identity: &Keypair, targets: &[Target], json: bool) -> Result<usize, NetError> {
     let mut key_changed = None;
     let mut last = None;
     for (i, t) in targets.iter().enumerate() {
-        match sender::probe(identity, t.addr).await {
+        match sender::probe(identity, t.addr, busy_notice(json)).await {
             Ok(k) if k == t.expected => return Ok(i),
             Ok(actual) => {
                 tracing::info!(addr = %t.addr, "another key answers there: trying the next address");
@@ -256,6 +256,28 @@ async fn prove(identity: &Keypair, targets: &[Target]) -> Result<usize, NetError
         }
     }
     Err(key_changed.or(last).unwrap_or_else(no_address))
+}
+
+/// What a sender shows when the receiver is busy and it waits for room
+/// (`client::while_busy`): a line, or a `waiting` event with `--json`.
+pub(crate) fn busy_notice(json: bool) -> impl FnMut(&str) {
+    move |reason| {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({ "event": "waiting", "reason": reason })
+            );
+        } else {
+            eprintln!("{}", waiting_line(reason));
+        }
+    }
+}
+
+fn waiting_line(reason: &str) -> String {
+    format!(
+        "{reason}: waiting for room (up to {} s)…",
+        sender::BUSY_WAIT.as_secs()
+    )
 }
 
 fn no_address() -> NetError {
@@ -307,7 +329,7 @@ pub(crate) async fn plan(
                     first_contact: false,
                 });
             }
-            let k = sender::probe(identity, addr).await?;
+            let k = sender::probe(identity, addr, busy_notice(json)).await?;
             let first_contact = trust.get(&k).is_none();
             if first_contact {
                 let shown = if label == addr.to_string() {
@@ -375,7 +397,7 @@ pub(crate) async fn plan(
             let mut targets = targets_of(&found, &word, given);
             let first_contact = trust.get(&found.expected).is_none();
             if first_contact && !given {
-                let i = prove(identity, &targets).await?;
+                let i = prove(identity, &targets, json).await?;
                 targets[..=i].rotate_right(1);
                 let shown = found
                     .candidates
@@ -532,6 +554,14 @@ pub(crate) fn ui_task(
             }
             match ev {
                 Event::Connected { .. } => {}
+                Event::Waiting { reason } => {
+                    if !quiet {
+                        eprintln!(
+                            "{reason}: waiting for room (up to {} s)…",
+                            p2pfs::net::client::BUSY_WAIT.as_secs()
+                        );
+                    }
+                }
                 Event::Resuming { name, percent } => {
                     if !quiet {
                         eprintln!("resuming {} at {percent}%", text::escape(&name));
@@ -730,6 +760,7 @@ fn event_json(
         Event::Connected { peer, name } => json!({
             "event": "connected", "peer": peer.to_id(), "fingerprint": peer.fingerprint(),
             "name": name, "first_contact": first_contact }),
+        Event::Waiting { reason } => json!({ "event": "waiting", "reason": reason }),
         Event::Start {
             files,
             bytes,

@@ -26,14 +26,16 @@ use super::{
     },
     events::{Event, EventTx},
     handshake::{self, Mode, EXPORTER_LABEL},
-    wire::{self, bitmap, EntryKind, FileOffer, FilePlan, Msg, RemoteFile, SealedOffer},
+    wire::{
+        self, bitmap, EntryKind, FileOffer, FilePlan, Msg, RefuseCode, RemoteFile, SealedOffer,
+    },
     KeyHint, NetError,
 };
 use crate::{
     crypto::{
         chunk::{chunk_count, chunk_plain_len, FileId, FileKey, DEFAULT_CHUNK_SIZE},
         keys::{Keypair, PublicKey},
-        to_hex,
+        random, to_hex,
     },
     store::{
         format::{Kind, Metadata},
@@ -235,7 +237,16 @@ pub async fn connect(identity: &Keypair, target: &Target) -> Result<Authenticate
 /// own static key or anything else: the Noise XX handshake up to the
 /// receiver's message 2, which proves it holds that key; then the
 /// connection is closed.
-pub async fn probe(identity: &Keypair, addr: SocketAddr) -> Result<PublicKey, NetError> {
+/// A busy receiver is waited for ([`while_busy`]); `on_wait` hears it.
+pub async fn probe(
+    identity: &Keypair,
+    addr: SocketAddr,
+    on_wait: impl FnMut(&str),
+) -> Result<PublicKey, NetError> {
+    while_busy(|| probe_once(identity, addr), on_wait).await
+}
+
+async fn probe_once(identity: &Keypair, addr: SocketAddr) -> Result<PublicKey, NetError> {
     let (endpoint, conn, mut send, mut recv, prologue) = open(addr).await?;
     let key = tokio::time::timeout(
         Duration::from_secs(10),
@@ -297,14 +308,75 @@ impl Authenticated {
     }
 }
 
-/// Connects, authenticates and waits for the welcome; reports `Connected`.
+/// How long a sender waits, in all, for a busy receiver to make room
+/// (too many connections being set up, or transfers at once) before it
+/// gives up with the receiver's reason.
+pub const BUSY_WAIT: Duration = Duration::from_secs(60);
+
+/// The pause before attempt `n + 1` (from 0) at a busy receiver: 100 ms
+/// doubling to 2 s, each spread over ±50% by `jitter` (0..=255) so that
+/// senders refused together do not come back together.
+fn busy_backoff(n: u32, jitter: u8) -> Duration {
+    let base = 100u64.saturating_mul(1 << n.min(5)).min(2000);
+    Duration::from_millis(base / 2 + base * u64::from(jitter) / 255)
+}
+
+/// Runs `op` until it is not refused as busy: after a growing pause
+/// ([`busy_backoff`]), for [`BUSY_WAIT`] in all; `on_wait` hears the
+/// receiver's reason once, at the first pause. Any other refusal or
+/// failure ends it at once.
+pub async fn while_busy<T, F, Fut>(mut op: F, mut on_wait: impl FnMut(&str)) -> Result<T, NetError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, NetError>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut n = 0u32;
+    loop {
+        let e = match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let NetError::Refused {
+            code: RefuseCode::Busy,
+            message,
+        } = &e
+        else {
+            return Err(e);
+        };
+        let pause = busy_backoff(n, random::<1>().map_or(128, |b| b[0]));
+        if started.elapsed() + pause > BUSY_WAIT {
+            return Err(e);
+        }
+        if n == 0 {
+            on_wait(message);
+        }
+        tracing::debug!(attempt = n + 1, ?pause, "receiver busy, trying again");
+        tokio::time::sleep(pause).await;
+        n += 1;
+    }
+}
+
+/// Connects, authenticates and waits for the welcome, while the receiver
+/// is busy ([`while_busy`], reported as `Waiting`); reports `Connected`.
 async fn open_session(
     identity: &Keypair,
     target: &Target,
     events: &EventTx,
 ) -> Result<(Authenticated, String), NetError> {
-    let mut a = connect(identity, target).await?;
-    let name = a.welcome().await?;
+    let (a, name) = while_busy(
+        || async {
+            let mut a = connect(identity, target).await?;
+            let name = a.welcome().await?;
+            Ok((a, name))
+        },
+        |reason| {
+            let _ = events.send(Event::Waiting {
+                reason: reason.to_owned(),
+            });
+        },
+    )
+    .await?;
     let _ = events.send(Event::Connected {
         peer: a.link.peer(),
         name: name.clone(),
@@ -817,4 +889,97 @@ pub async fn get(
         files: received.ok,
         bytes_skipped: received.skipped,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn busy() -> NetError {
+        NetError::Refused {
+            code: RefuseCode::Busy,
+            message: "the receiver is busy".into(),
+        }
+    }
+
+    #[test]
+    fn busy_pauses_grow_to_two_seconds_and_spread() {
+        assert_eq!(busy_backoff(0, 0), Duration::from_millis(50));
+        assert_eq!(busy_backoff(0, 255), Duration::from_millis(150));
+        assert_eq!(busy_backoff(3, 128).as_millis(), 400 + 401);
+        for n in 5..40 {
+            assert!(busy_backoff(n, 255) <= Duration::from_secs(3));
+            assert!(busy_backoff(n, 0) >= Duration::from_secs(1));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_receiver_is_tried_again_until_it_has_room() {
+        let mut tries = 0;
+        let mut heard = Vec::new();
+        let r = while_busy(
+            || {
+                tries += 1;
+                let n = tries;
+                async move {
+                    if n < 4 {
+                        Err(busy())
+                    } else {
+                        Ok(n)
+                    }
+                }
+            },
+            |m| heard.push(m.to_owned()),
+        )
+        .await;
+        assert_eq!(r.unwrap(), 4);
+        assert_eq!(heard, ["the receiver is busy"], "said once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_receiver_busy_for_good_is_given_up_with_its_reason() {
+        let start = tokio::time::Instant::now();
+        let mut tries = 0u32;
+        let r: Result<(), _> = while_busy(
+            || {
+                tries += 1;
+                async { Err(busy()) }
+            },
+            |_| {},
+        )
+        .await;
+        assert!(matches!(
+            r,
+            Err(NetError::Refused {
+                code: RefuseCode::Busy,
+                ..
+            })
+        ));
+        let waited = start.elapsed();
+        assert!(
+            waited <= BUSY_WAIT && waited > BUSY_WAIT - Duration::from_secs(4),
+            "{waited:?}"
+        );
+        assert!(tries > 5, "{tries}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn other_refusals_end_at_once() {
+        let mut tries = 0;
+        let r: Result<(), _> = while_busy(
+            || {
+                tries += 1;
+                async {
+                    Err(NetError::Refused {
+                        code: RefuseCode::Untrusted,
+                        message: "no".into(),
+                    })
+                }
+            },
+            |_| panic!("not busy"),
+        )
+        .await;
+        assert!(r.is_err());
+        assert_eq!(tries, 1);
+    }
 }

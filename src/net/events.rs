@@ -13,6 +13,12 @@ pub enum Event {
         /// Peer's self-declared name (a valid node name; display only).
         name: String,
     },
+    /// The receiver is busy: the sender waits for room and tries again
+    /// (at most `client::BUSY_WAIT`).
+    Waiting {
+        /// The receiver's reason (checked peer text).
+        reason: String,
+    },
     /// A transfer is starting.
     Start {
         /// Number of entries.
