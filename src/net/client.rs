@@ -254,11 +254,12 @@ async fn probe_once(identity: &Keypair, addr: SocketAddr) -> Result<PublicKey, N
     )
     .await
     .map_err(|_| NetError::Timeout("in the handshake"))?;
+    let sent = conn.stats().udp_tx.datagrams;
     conn.close(
         quinn::VarInt::from_u32(close::HANDSHAKE),
         b"first contact: key learnt, asking the user",
     );
-    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    close_sent(&conn, &endpoint, sent).await;
     key.map_err(peer_text)
 }
 
@@ -303,9 +304,27 @@ impl Authenticated {
             cwnd = stats.path.cwnd,
             "connection statistics"
         );
+        let sent = stats.udp_tx.datagrams;
         self.link.close(close::DONE, "done");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        close_sent(&self.link.conn, &self.endpoint, sent).await;
     }
+}
+
+/// Waits until the CONNECTION_CLOSE of a connection this side closed has
+/// gone out, so the peer learns of the end at once, and no longer: the
+/// closing period QUIC keeps after it (three probe timeouts, about 80 ms
+/// on loopback, in `Endpoint::wait_idle`) only answers a peer whose copy
+/// of the close was lost, and such a peer ends its side on its own (the
+/// receiver waits 2 s for the close). The close goes in the first
+/// datagram built after `close()` (`sent`: datagrams before it); the
+/// connection's driver hands it to the socket as it builds it. At most
+/// 200 ms.
+async fn close_sent(conn: &quinn::Connection, endpoint: &quinn::Endpoint, sent: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+    while conn.stats().udp_tx.datagrams == sent && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(2), endpoint.wait_idle()).await;
 }
 
 /// How long a sender waits, in all, for a busy receiver to make room
@@ -961,6 +980,50 @@ mod tests {
             "{waited:?}"
         );
         assert!(tries > 5, "{tries}");
+    }
+
+    /// The sender no longer waits out QUIC's closing period after its
+    /// close, but the close must still reach the peer before the process
+    /// (here: its runtime) is gone, or the peer learns of the end only by
+    /// its own timeout.
+    #[test]
+    fn the_close_goes_out_before_the_sender_is_gone() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let server = rt
+            .block_on(async { endpoint::server("127.0.0.1:0".parse().unwrap()) })
+            .unwrap();
+        let addr = server.local_addr().unwrap();
+        let ended = rt.spawn(async move {
+            let c = server.accept().await.unwrap().await.unwrap();
+            (c.closed().await, server)
+        });
+        {
+            let client = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            client.block_on(async {
+                let ep = endpoint::client(addr).unwrap();
+                let conn = endpoint::connect(&ep, addr, Duration::from_secs(5))
+                    .await
+                    .unwrap();
+                let sent = conn.stats().udp_tx.datagrams;
+                conn.close(quinn::VarInt::from_u32(close::DONE), b"done");
+                close_sent(&conn, &ep, sent).await;
+            });
+            // Every task of the sender stops here, as at its exit.
+            client.shutdown_background();
+        }
+        let (why, _server) = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(2), ended).await })
+            .expect("the peer did not learn of the close")
+            .unwrap();
+        match why {
+            quinn::ConnectionError::ApplicationClosed(c) => {
+                assert_eq!(c.error_code.into_inner(), u64::from(close::DONE))
+            }
+            other => panic!("{other}"),
+        }
     }
 
     #[tokio::test(start_paused = true)]
