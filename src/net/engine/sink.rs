@@ -162,7 +162,9 @@ pub async fn run(
     // ends (and so the commits) fell ever further behind the data, and
     // staged, uncommitted data grew without bound (issue 12, item 5).
     // Now data runs ahead of the ends by at most the connection's window.
-    let (cmd_tx, cmd_rx) = mpsc::channel::<DiskCmd>(16);
+    // Eight chunks queued keep the disk thread busy; 16 only held more
+    // memory (see `endpoint::RECEIVE_WINDOW`).
+    let (cmd_tx, cmd_rx) = mpsc::channel::<DiskCmd>(8);
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel::<DiskCmd>();
     let inbox = Inbox {
         rt: tokio::runtime::Handle::current(),
