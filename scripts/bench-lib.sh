@@ -110,12 +110,15 @@ bl_need_time() {
     command -v pgrep >/dev/null || bl_apt_install procps || bl_die "could not install procps"
 }
 
+# bl_need_ssh hard|soft: openssh server and client; soft = return 1 instead of exiting.
 bl_need_ssh() {
     local need=()
     [ -x "$SSHD" ] || need+=(openssh-server)
     { command -v ssh && command -v scp && command -v ssh-keygen; } >/dev/null 2>&1 || need+=(openssh-client)
     if [ ${#need[@]} -gt 0 ]; then bl_apt_install "${need[@]}" || true; fi
-    { [ -x "$SSHD" ] && command -v scp >/dev/null; } || bl_die "could not install openssh-server / openssh-client"
+    { [ -x "$SSHD" ] && command -v scp >/dev/null && command -v ssh-keygen >/dev/null; } && return 0
+    [ "${1:-}" = soft ] && return 1
+    bl_die "could not install openssh-server / openssh-client"
 }
 
 # bl_cargo_install CRATE [BIN]: install CRATE from crates.io when BIN (default
@@ -358,7 +361,10 @@ bl_sshd_stop() {
 }
 
 # ---------------------------------------------------------------- measuring
-bl_logline() { # OP WALL USER SYS RSS_KIB [NOTE]
+# bl_logline OP WALL USER SYS RSS_KIB [NOTE]: one measurement on stderr
+# (BL_LOG_MEASURE=0 silences it, for batches of many short commands).
+bl_logline() {
+    [ "${BL_LOG_MEASURE:-1}" = 1 ] || return 0
     bl_log "  $(printf '%-34s' "$1") ${2:+$2 s wall, }${3} user, ${4} sys, $(($5 / 1024)) MiB peak${6:+ $6}"
 }
 
@@ -404,7 +410,7 @@ bl_timed_sync() {
     t1=$(date +%s.%N)
     awk -F'\t' -v op="$op" -v run="$run" -v t0="$t0" -v t1="$t1" \
         '{ printf "%s\t%s\t%.3f\t%s\t%s\t%s\n", op, run, $3 + (t1 - t0), $4, $5, $6 }' <<<"$prev" >>"$RES"
-    bl_log "  $(printf '%-34s' "$op") $(tail -n 1 "$RES" | cut -f3) s wall"
+    if [ "${BL_LOG_MEASURE:-1}" = 1 ]; then bl_log "  $(printf '%-34s' "$op") $(tail -n 1 "$RES" | cut -f3) s wall"; fi
 }
 
 bl_warm() { cat -- "$@" >/dev/null; }
