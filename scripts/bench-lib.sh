@@ -32,7 +32,8 @@
 #                 our config file.
 #   measuring     RES lines are: op <TAB> run <TAB> wall_s <TAB> user_s <TAB>
 #                 sys_s <TAB> maxrss_kib. bl_measure / bl_try_measure (a
-#                 command under GNU time, after an untimed `sync`),
+#                 command under GNU time, after an untimed `sync`; wall from
+#                 bash's EPOCHREALTIME around it, CPU and RSS from GNU time),
 #                 bl_record_time_file, bl_timed_sync (a derived line: the
 #                 previous line's wall plus the wall of a sync command),
 #                 bl_proc_begin / bl_proc_record (CPU delta of a long-lived
@@ -381,12 +382,17 @@ bl_record_time_file() {
 # on success append one result line, on failure return CMD's status (its
 # output stays in WORK/cmd.out).
 bl_try_measure() {
-    local op=$1 run=$2 wall user sys rss rc=0
+    local op=$1 run=$2 wall user sys rss rc=0 t0 t1
     shift 2
     sync
+    t0=$EPOCHREALTIME
     "$TIME" -f "$BL_TIME_FMT" -o "$WORK/time.out" "$@" >"$WORK/cmd.out" 2>&1 </dev/null || rc=$?
+    t1=$EPOCHREALTIME
     [ "$rc" = 0 ] || return "$rc"
     read -r wall user sys rss < <(tail -n 1 "$WORK/time.out")
+    # GNU time's %e has 10 ms steps: the wall time is bash's clock around it
+    # (it adds the start of GNU time itself, well under a millisecond)
+    wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }')
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$op" "$run" "$wall" "$user" "$sys" "$rss" >>"$RES"
     bl_logline "$op" "$wall" "$user" "$sys" "$rss"
 }
@@ -405,9 +411,9 @@ bl_timed_sync() {
     local op=$1 run=$2 prev t0 t1
     shift 2
     prev=$(tail -n 1 "$RES")
-    t0=$(date +%s.%N)
+    t0=$EPOCHREALTIME
     "$@"
-    t1=$(date +%s.%N)
+    t1=$EPOCHREALTIME
     awk -F'\t' -v op="$op" -v run="$run" -v t0="$t0" -v t1="$t1" \
         '{ printf "%s\t%s\t%.3f\t%s\t%s\t%s\n", op, run, $3 + (t1 - t0), $4, $5, $6 }' <<<"$prev" >>"$RES"
     if [ "${BL_LOG_MEASURE:-1}" = 1 ]; then bl_log "  $(printf '%-34s' "$op") $(tail -n 1 "$RES" | cut -f3) s wall"; fi

@@ -37,7 +37,7 @@ WORKLOADS = [
 ]
 
 TOOL_ORDER = ["p2pfs", "scp", "scp+sync", "tar", "tar+sync", "rsync", "rsync+sync",
-              "sendme", "sendme+sync", "cp", "cp+sync", "ssh"]
+              "sendme", "sendme+sync", "cp", "cp+sync", "ssh", "sshsftp"]
 
 P2PFS_LABEL = {
     "file-send": "p2pfs send → serve",
@@ -63,6 +63,7 @@ def tool_label(wl, tool):
         "sendme": "sendme receive",
         "cp": "cp -r",
         "ssh": "ssh true",
+        "sshsftp": "ssh -s sftp (no remote shell)",
     }
     return names.get(base, base) + plus
 
@@ -137,7 +138,9 @@ class Figure:
         self.runs = len({r[0] for r in client})
         self.n = len(client)
         self.wall = statistics.median(r[1] for r in client)
-        self.cpu_c = statistics.median(r[2] for r in client)
+        # GNU time's CPU has 10 ms steps: for many short commands the mean is the figure
+        agg = statistics.mean if kind == "latency" else statistics.median
+        self.cpu_c = agg(r[2] for r in client)
         self.cpu_s = statistics.median(r[2] for r in server) if server else None
         self.rss_c = max(r[3] for r in client)
         self.rss_s = max(r[3] for r in server) if server else None
@@ -161,12 +164,19 @@ class Figure:
         return f"{self.rate:,.0f} MiB/s"
 
 
-def compute(rows, workloads):
+def compute(rows, workloads, conc):
     figs = {}
     for wl, _, kind in WORKLOADS:
         size = workloads.get(wl, {})
         tools = {k[1] for k in rows if k[0] == wl and k[2] == "client"}
         figs[wl] = [Figure(wl, t, kind, size, rows) for t in TOOL_ORDER if t in tools]
+    # concurrent senders: files/s counts what the receiving vault holds
+    p = get(figs, "concurrent", "p2pfs")
+    if p is not None and conc:
+        stored = {c[0]: c[3] for c in conc}
+        rates = [stored[r[0]] / r[1] for r in rows[("concurrent", "p2pfs", "client")] if r[0] in stored and r[1] > 0]
+        if rates:
+            p.rate = statistics.median(rates)
     return figs
 
 
@@ -222,7 +232,7 @@ def targets(figs, workloads, conc, fails):
     sides = {"file-send": ("sender", "receiver"), "file-get": ("fetcher", "server"), "big": ("sender", "receiver")}
     for wl, (cn, sn) in sides.items():
         p = get(figs, wl, "p2pfs")
-        sz = fmt_size(workloads.get(wl, {}).get("bytes", 0)) if wl in workloads else "?"
+        sz = fmt_size(workloads[wl]["bytes"]) if "bytes" in workloads.get(wl, {}) else {"big": "big file"}.get(wl, "one file")
         name = f"peak RSS per side, {sz} {'get' if wl == 'file-get' else 'send'}"
         if p is None or p.rss_s is None:
             out.append((name, "< 64 MiB", "not measured", "NOT MEASURED"))
@@ -285,11 +295,27 @@ def workload_table(wl, kind, fl):
                      f"{f.cpu:.2f}" if not f.tool.endswith("+sync") else "(as above)",
                      num(f.cpu_per_gib) if f.cpu_per_gib is not None and not f.tool.endswith("+sync") else "–",
                      f"{f.rss_c:.1f}", rss_s, rs]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
     return lines
 
 
-def chart(figs, workloads, machine, png):
+def group_fails(fl):
+    """'run R: N× LINE (WHAT, WHAT…)' — one line per run and distinct error line."""
+    groups = collections.OrderedDict()
+    for _, run, what, line in fl:
+        groups.setdefault((run, line), []).append(what)
+    out = []
+    for (run, line), whats in groups.items():
+        n = f"{len(whats)}× " if len(whats) > 1 else ""
+        out.append(f"run {run}: {n}{line} ({', '.join(whats)})")
+    return out
+
+
+def md_cell(s):
+    return str(s).replace("|", "\\|")
+
+
+def chart(figs, workloads, machine, png, conc):
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -339,6 +365,12 @@ def chart(figs, workloads, machine, png):
                 tv = (b.wall * 1000 if kind == "latency" else b.rate) * targets_x[wl][1]
                 ax.axvline(tv, color="#2ca02c", linestyle="--", linewidth=1)
                 ax.text(tv, len(fl) - 0.5, f" target {targets_x[wl][1]:g}× {b.label}", color="#2ca02c", fontsize=7)
+        if wl == "concurrent" and conc:
+            failed = sum(c[2] for c in conc)
+            sends = len(conc) * workloads.get("concurrent", {}).get("senders", 0)
+            ax.text(0.02, 0.04, f"{failed} of {sends} sends failed over {len(conc)} run(s)" if failed
+                    else f"all {sends} sends completed", transform=ax.transAxes, fontsize=8,
+                    color="#d62728" if failed else "#2ca02c")
         ax.margins(x=0.25)
         ax.tick_params(axis="x", labelsize=7)
     for ax in list(axes.flat)[len(shown):]:
@@ -388,7 +420,10 @@ HOW = """\
   smallest request p2pfs has: QUIC + TLS 1.3, Noise IK with the TLS exporter as
   prologue, key confirmation, one listing request, close — timed one by one
   against a long-lived serve (its CPU from /proc, divided by the number of
-  connections), vs `ssh HOST true` to one private sshd (its CPU / connections).
+  connections), vs `ssh HOST true` to one private sshd (its CPU / connections;
+  this runs the remote login shell, rc files included) and vs `ssh -s HOST
+  sftp` with stdin at EOF (sshd's in-process sftp subsystem: the SSH set-up
+  without any shell).
   The 1 KiB file: `p2pfs send` of a 1 KiB file to that serve vs scp of it.
 * **Concurrent senders**: each sender is its own node, trusted by the
   receiver, with its own folder; all wait for one file to appear and then
@@ -415,7 +450,7 @@ def main():
 
     rows = read_results(a.results)
     machine, workloads, skips, fails, notes, conc = read_meta(a.meta)
-    figs = compute(rows, workloads)
+    figs = compute(rows, workloads, conc)
     tg = targets(figs, workloads, conc, fails)
     flags = machine.get("flags", "?")
 
@@ -445,7 +480,7 @@ def main():
     md.append("")
     md += ["## Targets", "", "| target | wanted | measured | verdict |", "|---|---|---|---|"]
     for name, want, got, verdict in tg:
-        md.append(f"| {name} | {want} | {got} | **{verdict}** |")
+        md.append(f"| {md_cell(name)} | {md_cell(want)} | {md_cell(got)} | **{verdict}** |")
     md.append("")
     md += ["## Figures per workload", "",
            "Client = the command the user runs (sender, fetcher, importer); server = the receiving/serving side "
@@ -466,14 +501,12 @@ def main():
             md += ["", "| run | senders completed | failed | files in the receiving vault |", "|---|---|---|---|"]
             for run, ok, failed, stored in conc:
                 md.append(f"| {run} | {ok} | {failed} | {stored} of {workloads.get('concurrent', {}).get('files', '?')} |")
-        wf = [f for f in fails if f[0] == wl]
+        wf = group_fails([f for f in fails if f[0] == wl])
         if wf:
-            md += ["", "Failures (last lines printed):", "", "```"]
-            md += [f"run {r}, {what}: {line}" for _, r, what, line in wf]
-            md += ["```"]
+            md += ["", "Failures (the error lines the failed commands printed):", "", "```"] + wf + ["```"]
         md.append("")
         out += [f"== {t}   [CPU flags: {flags}]"] + tab + [""]
-        out += [f"   failure: run {r}, {what}: {line}" for _, r, what, line in wf]
+        out += [f"   failure: {line}" for line in wf]
         if wf:
             out.append("")
     if skips:
@@ -489,7 +522,7 @@ def main():
     for w, why in skips:
         out.append(f"  skipped: {w}: {why}")
 
-    msg = chart(figs, workloads, machine, a.png)
+    msg = chart(figs, workloads, machine, a.png, conc)
     if msg:
         md.append(f"(chart: {msg})")
         out.append(f"chart: {msg}")

@@ -21,7 +21,8 @@
 #   6 conn        connection set-up, CONN_N (100) connections per run, each
 #                 timed: `p2pfs remote list NODEID@127.0.0.1:PORT` (QUIC + TLS
 #                 + Noise IK + key confirmation + a listing request, the
-#                 smallest request p2pfs has) vs `ssh HOST true`; and one 1 KiB
+#                 smallest request p2pfs has) vs `ssh HOST true` and vs
+#                 `ssh -s HOST sftp` (no remote shell start-up); and one 1 KiB
 #                 file end to end: `p2pfs send` vs scp (+ fsync)
 #   7 concurrent  CONC_SENDERS (16) senders, each its own node (trusted by the
 #                 receiver) with CONC_FILES (100) × 4 KiB files, started
@@ -33,9 +34,10 @@
 # receiver home, a new destination) that is removed only when the script ends.
 #
 # How it measures (the common code is scripts/bench-lib.sh)
-#   * Every timed command runs under GNU time (wall, user, sys, peak RSS of the
-#     process and its waited-for descendants) after an untimed `sync`; its
-#     input was read once before (page cache WARM).
+#   * Every timed command runs under GNU time (user, sys, peak RSS of the
+#     process and its waited-for descendants; wall from bash's EPOCHREALTIME
+#     around it, as %e has 10 ms steps) after an untimed `sync`; its input
+#     was read once before (page cache WARM).
 #   * p2pfs push: fresh receiver and sender homes per run (init, trust add:
 #     not timed), a fresh `p2pfs serve --listen 127.0.0.1:0 --no-mdns` under
 #     GNU time (its figures are its whole life: start, the transfer, stop),
@@ -150,10 +152,13 @@ meta() {
 # skip WHAT REASON: a baseline or workload that is not measured, and why
 skip() { bl_log "SKIPPED $1: $2"; meta skip "$1" "$2"; }
 # fail WL RUN WHAT OUTFILE: record the last lines a failed command printed
+# (the error lines when there are any, else the last five lines)
 fail() {
     local line
-    bl_log "  FAILED $3 ($1, run $2): $(grep -v '^[[:space:]]*$' "$4" | tail -n 3 | tr '\n' ' ')"
-    while IFS= read -r line; do meta fail "$1" "$2" "$3" "$line"; done < <(grep -v '^[[:space:]]*$' "$4" | tail -n 5)
+    grep -i -E 'error|refused|fail|busy|lost|denied|timed out|timeout' "$4" | tail -n 5 >"$WORK/fail-lines" || true
+    [ -s "$WORK/fail-lines" ] || grep -v '^[[:space:]]*$' "$4" | tail -n 5 >"$WORK/fail-lines" || true
+    bl_log "  FAILED $3 ($1, run $2): $(tr '\n' ' ' <"$WORK/fail-lines")"
+    while IFS= read -r line; do meta fail "$1" "$2" "$3" "$line"; done <"$WORK/fail-lines"
 }
 
 export P2PFS_PASSPHRASE=bench-passphrase
@@ -452,7 +457,7 @@ run_concurrent() {
                 "$P2PFS" --home "${homes[i]}" -q send "${srcs[i]}" "$RID@$addr" || bl_die "sender $i did not start"
             pids[i]=$BL_PID
         done
-        t0=$(date +%s.%N)
+        t0=$EPOCHREALTIME
         touch "$go"
         ok=0 failed=0 usum=0 ssum=0 rmax=0
         for i in $(seq 1 "$CONC_SENDERS"); do
@@ -463,7 +468,7 @@ run_concurrent() {
                 fail concurrent "$run" "sender $i of $CONC_SENDERS (exit $rc)" "$WORK/conc-$run-$i.out"
             fi
         done
-        t1=$(date +%s.%N)
+        t1=$EPOCHREALTIME
         for i in $(seq 1 "$CONC_SENDERS"); do
             read -r wall user sys rss < <(tail -n 1 "$WORK/conc-$run-$i.time")
             usum=$(awk -v a="$usum" -v b="$user" 'BEGIN { print a + b }')
@@ -520,6 +525,16 @@ run_conn() {
             done
             bl_sshd_stop "conn:ssh:server" "$run" "$WORK/sshd-time"
             scale_last "$CONN_N"
+            # the same without the remote login shell (`ssh true` runs it, with
+            # whatever its rc files do): the in-process sftp subsystem, which
+            # ends at once on EOF
+            bl_sshd_start "$WORK/sshd-time"
+            for i in $(seq 1 "$CONN_N"); do
+                bl_try_measure "conn:sshsftp:client" "$run" ssh "${SSH_OPTS[@]}" -s root@127.0.0.1 sftp ||
+                    fail conn "$run" "ssh -s sftp (connection $i)" "$WORK/cmd.out"
+            done
+            bl_sshd_stop "conn:sshsftp:server" "$run" "$WORK/sshd-time"
+            scale_last "$CONN_N"
             d=$WORK/tiny-$run-scp
             mkdir "$d"
             bl_sshd_start "$WORK/sshd-time"
@@ -535,7 +550,7 @@ run_conn() {
         fi
         BL_LOG_MEASURE=1
         awk -F'\t' -v r="$run" "$BL_AWK_MEDIAN"'
-            $2 == r && $1 ~ /:client$/ { l[$1] = l[$1] " " $3 }
+            $2 == r && $1 ~ /^(conn|tiny):.*:client$/ { l[$1] = l[$1] " " $3 }
             END { for (k in l) printf "[bench]   %-34s median %.1f ms per command\n", k, 1000 * median(l[k]) }' "$RES" | sort >&2
     done
     bl_serve_stop "$cpid" "$WORK/conn.serve-out"
