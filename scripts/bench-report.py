@@ -106,6 +106,7 @@ def read_results(path):
 
 def read_meta(path):
     machine, workloads, skips, fails, notes, conc = {}, {}, [], [], collections.defaultdict(list), []
+    loads = collections.defaultdict(list)
     with open(path) as f:
         for line in f:
             p = line.rstrip("\n").split("\t")
@@ -123,6 +124,14 @@ def read_meta(path):
                 notes[p[1]].append(p[2])
             elif p[0] == "concurrent":
                 conc.append(tuple(int(x) for x in p[1:5]))
+            elif p[0] == "load":
+                loads[p[1]].append(p[3])
+    # the runs of "file" measure file-send and file-get, those of "conn" conn and tiny
+    for wl, also in (("file", ("file-send", "file-get")), ("conn", ("conn", "tiny"))):
+        for o in also:
+            loads.setdefault(o, loads.get(wl, []))
+    for wl, lst in loads.items():
+        notes[wl].append("load average (1 min) at the start of each run: " + ", ".join(lst))
     return machine, workloads, skips, fails, notes, conc
 
 
@@ -354,7 +363,7 @@ def chart(figs, workloads, machine, png, conc):
         ax.set_yticks(list(y))
         ax.set_yticklabels([f.label for f in fl], fontsize=8)
         ax.invert_yaxis()
-        ax.set_title(title_of(wl, tmpl, workloads), fontsize=9)
+        ax.set_title(title_of(wl, tmpl, workloads).replace(" into one serve", ""), fontsize=9)
         ax.set_xlabel({"latency": "median ms per command (lower is better)", "files": "files/s",
                        "bytes": "MiB/s"}[kind], fontsize=8)
         for i, v in enumerate(vals):
@@ -368,9 +377,10 @@ def chart(figs, workloads, machine, png, conc):
         if wl == "concurrent" and conc:
             failed = sum(c[2] for c in conc)
             sends = len(conc) * workloads.get("concurrent", {}).get("senders", 0)
-            ax.text(0.02, 0.04, f"{failed} of {sends} sends failed over {len(conc)} run(s)" if failed
-                    else f"all {sends} sends completed", transform=ax.transAxes, fontsize=8,
-                    color="#d62728" if failed else "#2ca02c")
+            ax.set_xlabel("files/s stored — " +
+                          (f"{failed} of {sends} sends FAILED" if failed
+                           else f"all {sends} sends completed"), fontsize=8,
+                          color="#d62728" if failed else "#2ca02c")
         ax.margins(x=0.25)
         ax.tick_params(axis="x", labelsize=7)
     for ax in list(axes.flat)[len(shown):]:
@@ -384,12 +394,14 @@ def chart(figs, workloads, machine, png, conc):
 
 
 HOW = """\
-* **Wall, CPU, peak RSS** come from GNU time (`/usr/bin/time -f '%e %U %S %M'`,
-  i.e. `wait4()` rusage of a process and every descendant it waited for). CPU
-  is user + sys. Every timed command runs after an untimed `sync`, with its
-  input read once before (warm page cache). Figures are medians over the runs
-  (conn and 1 KiB: over every command of every run); RSS is the maximum over
-  the runs. MiB/s = data bytes / 2^20 / median wall.
+* **CPU and peak RSS** come from GNU time (`/usr/bin/time -f '%U %S %M'`,
+  i.e. `wait4()` rusage of a process and every descendant it waited for), CPU
+  = user + sys; **wall** is bash's `$EPOCHREALTIME` around the command (GNU
+  time's `%e` has 10 ms steps). Every timed command runs after an untimed
+  `sync`, with its input read once before (warm page cache). Figures are
+  medians over the runs (conn and 1 KiB: over every command of every run, and
+  their client CPU is the mean, as rusage moves in 10 ms steps); RSS is the
+  maximum over the runs. MiB/s = data bytes / 2^20 / median wall.
 * **p2pfs push** (send, DIR send, 1 KiB send): fresh receiver and sender homes
   per run (`init`, `trust add`: not timed), `p2pfs serve --listen
   127.0.0.1:0 --no-mdns` under GNU time for its whole life (start, the
@@ -513,7 +525,7 @@ def main():
         md += ["## Skipped", ""] + [f"* {w}: {why}" for w, why in skips] + [""]
     md += ["## How each figure is measured", "", HOW]
     md.append("Figures on a shared or loaded machine are indicative only: compare the rows of one run, "
-              "not runs on different days. The per-workload load averages are in the script's log.")
+              "not runs on different days. Each workload lists the load average at the start of its runs.")
     md.append("")
 
     out += [f"targets   [CPU flags: {flags}]"]

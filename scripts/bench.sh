@@ -100,7 +100,11 @@ BL_NAME=bench.sh
 . "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 REPO=$BL_REPO
-CMDLINE="$(env | grep -E '^(BENCH_[A-Z_]+)=' | sort | tr '\n' ' ')scripts/bench.sh${*:+ $*}"
+CMDLINE=
+for v in $(compgen -e | grep -E '^BENCH_[A-Z_]+$' | sort); do
+    if [[ ${!v} =~ ^[A-Za-z0-9_./:,=+-]*$ ]]; then CMDLINE+="$v=${!v} "; else CMDLINE+="$v='${!v//\'/\'\\\'\'}' "; fi
+done
+CMDLINE+="scripts/bench.sh${*:+ $*}"
 
 posint() { case $2 in '' | *[!0-9]* | 0) echo "bench.sh: $1 must be a positive integer (got '$2')" >&2; exit 2 ;; esac; }
 QUICK=${BENCH_QUICK:-0}
@@ -148,6 +152,14 @@ meta() {
     shift
     for f in "$@"; do out+=$'\t'$(tr '\t\n' '  ' <<<"$f" | sed 's/ *$//'); done
     printf '%s\n' "$out" >>"$META"
+}
+# run_log WL RUN TEXT: the start of a run on stderr, with the load average
+# (1 min), which also goes to the report
+run_log() {
+    local load
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    bl_log "$1: run $2/$RUNS ($3; load $load)"
+    meta load "$1" "$2" "$load"
 }
 # skip WHAT REASON: a baseline or workload that is not measured, and why
 skip() { bl_log "SKIPPED $1: $2"; meta skip "$1" "$2"; }
@@ -389,7 +401,7 @@ run_small() {
     SENDME_TICKET=
     if have sendme; then sendme_start small "$SMALL_SRC" || true; fi
     for run in $(seq 1 "$RUNS"); do
-        bl_log "small: run $run/$RUNS ($SMALL_N × $SMALL_KIB KiB; load $(cut -d' ' -f1 /proc/loadavg))"
+        run_log small "$run" "$SMALL_N × $SMALL_KIB KiB"
         p2p_send small "$run" "small-$run" "$SMALL_N" "$SMALL_SRC" || true
         tree_baselines small "$run" "$SMALL_SRC" "$SMALL_N" 1 tar scp rsync sendme
     done
@@ -402,7 +414,7 @@ run_vault() {
     small_src
     meta workload vault files "$SMALL_N" bytes $((SMALL_N * SMALL_KIB * 1024))
     for run in $(seq 1 "$RUNS"); do
-        bl_log "vault: run $run/$RUNS (import of $SMALL_N × $SMALL_KIB KiB; load $(cut -d' ' -f1 /proc/loadavg))"
+        run_log vault "$run" "import of $SMALL_N × $SMALL_KIB KiB"
         home=$WORK/vault-$run
         "$P2PFS" --home "$home" init --name bench-vault >/dev/null
         warm_tree "$SMALL_SRC"
@@ -434,7 +446,7 @@ run_concurrent() {
         make_files "${srcs[i]}" "$CONC_FILES" 4
     done
     for run in $(seq 1 "$RUNS"); do
-        bl_log "concurrent: run $run/$RUNS ($CONC_SENDERS senders × $CONC_FILES files into one serve; load $(cut -d' ' -f1 /proc/loadavg))"
+        run_log concurrent "$run" "$CONC_SENDERS senders × $CONC_FILES files into one serve"
         RHOME=$WORK/conc-$run-recv
         "$P2PFS" --home "$RHOME" init --name bench-recv >/dev/null
         RID=$(bl_node_id "$RHOME")
@@ -501,7 +513,7 @@ run_conn() {
     # first contact (pins the key given) outside the timing
     "$P2PFS" --home "$SHOME" -q remote list "$RID@$caddr" >/dev/null
     for run in $(seq 1 "$RUNS"); do
-        bl_log "conn: run $run/$RUNS ($CONN_N × each: p2pfs remote list, ssh true, 1 KiB p2pfs send, 1 KiB scp; load $(cut -d' ' -f1 /proc/loadavg))"
+        run_log conn "$run" "$CONN_N × each: p2pfs remote list, ssh true, 1 KiB p2pfs send, 1 KiB scp"
         BL_LOG_MEASURE=0
         bl_proc_begin "$cpid"
         for i in $(seq 1 "$CONN_N"); do
@@ -565,7 +577,7 @@ run_medium() {
     SENDME_TICKET=
     if have sendme; then sendme_start medium "$src" || true; fi
     for run in $(seq 1 "$RUNS"); do
-        bl_log "medium: run $run/$RUNS ($MED_N × $MED_MIB MiB; load $(cut -d' ' -f1 /proc/loadavg))"
+        run_log medium "$run" "$MED_N × $MED_MIB MiB"
         p2p_send medium "$run" "medium-$run" "$MED_N" "$src" || true
         rm -rf -- "$WORK/medium-$run-recv" "$WORK/medium-$run-send"
         tree_baselines medium "$run" "$src" "$MED_N" 0 scp tar rsync sendme
@@ -596,7 +608,7 @@ run_file() {
     bl_serve_start "$ghome" "$WORK/get.serve-time" "$WORK/get.serve-out" nopass
     gpid=$BL_SERVE_PID gaddr=$BL_SERVE_ADDR
     for run in $(seq 1 "$RUNS"); do
-        bl_log "file: run $run/$RUNS ($FILE_MIB MiB; load $(cut -d' ' -f1 /proc/loadavg))"
+        run_log file "$run" "$FILE_MIB MiB"
         if p2p_send file-send "$run" "file-$run" 1 "$file" && [ "$run" = 1 ]; then
             "$P2PFS" --home "$WORK/file-1-recv" -q vault export "$name" "$WORK/export.bin" >/dev/null
             cmp -s "$file" "$WORK/export.bin" || bl_die "file: the file exported from the receiving vault differs from the input"
@@ -660,7 +672,7 @@ run_big() {
     sync
     meta workload big files 1 bytes $((BIG_MIB * 1048576))
     for run in $(seq 1 "$RUNS"); do
-        bl_log "big: run $run/$RUNS ($BIG_MIB MiB; load $(cut -d' ' -f1 /proc/loadavg))"
+        run_log big "$run" "$BIG_MIB MiB"
         p2p_send big "$run" "big-$run" 1 "$file" || true
         rm -rf -- "$WORK/big-$run-recv" "$WORK/big-$run-send"
         if have scp; then
