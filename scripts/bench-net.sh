@@ -124,7 +124,9 @@
 # touches another sshd.
 
 set -euo pipefail
-export LC_ALL=C
+BL_NAME=bench-net.sh
+# shellcheck source=bench-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 SIZE_MIB=${BENCH_SIZE_MIB:-1024}
 RUNS=${BENCH_RUNS:-5}
@@ -142,117 +144,21 @@ case $SIZE_MIB in '' | *[!0-9]* | 0) echo "BENCH_SIZE_MIB must be a positive int
 case $RUNS in '' | *[!0-9]* | 0) echo "BENCH_RUNS must be a positive integer" >&2; exit 2 ;; esac
 case ${BENCH_STREAMS:-4} in '' | *[!0-9]* | 0) echo "BENCH_STREAMS must be a positive integer" >&2; exit 2 ;; esac
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PARENT=${BENCH_TMPDIR:-$REPO/target}
-
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() { printf 'bench-net: %s\n' "$*" >&2; exit 1; }
-
-# ---------------------------------------------------------------- state for cleanup
-WORK=
-SERVE_TPID= # GNU time wrapping serve
-SERVE_PID=  # p2pfs serve
-SSHD_TPID=  # GNU time wrapping sshd
-SSHD_PID=   # the private sshd listener
-GSERVE_TPID= # GNU time wrapping the serve of the get runs
-GSERVE_PID=  # p2pfs serve of the get runs
-MADE_POLICY_RC=0
-MADE_RUN_SSHD=0
-
-# stop_pid PID SIGNAL WHAT: signal PID, wait up to 10 s, then SIGKILL.
-stop_pid() {
-    local pid=$1 sig=$2 i
-    [ -n "$pid" ] || return 0
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill "-$sig" "$pid" 2>/dev/null || true
-    for i in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-}
-
-# is_our_sshd PID: the process is an sshd started with our config file.
-is_our_sshd() {
-    [ -n "${1:-}" ] && [ -n "$WORK" ] && [ -r "/proc/$1/cmdline" ] &&
-        tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF -- "$WORK/ssh/sshd_config"
-}
-
-stop_all() {
-    if [ -n "$SERVE_PID" ]; then stop_pid "$SERVE_PID" TERM; fi
-    if [ -n "$SERVE_TPID" ]; then wait "$SERVE_TPID" 2>/dev/null || true; fi
-    if [ -n "$SSHD_PID" ] && is_our_sshd "$SSHD_PID"; then stop_pid "$SSHD_PID" TERM; fi
-    if [ -n "$SSHD_TPID" ]; then wait "$SSHD_TPID" 2>/dev/null || true; fi
-    if [ -n "$GSERVE_PID" ]; then stop_pid "$GSERVE_PID" TERM; fi
-    if [ -n "$GSERVE_TPID" ]; then wait "$GSERVE_TPID" 2>/dev/null || true; fi
-    SERVE_PID= SERVE_TPID= SSHD_PID= SSHD_TPID= GSERVE_PID= GSERVE_TPID=
-}
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    stop_all
-    if [ "$MADE_POLICY_RC" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
-    if [ "$MADE_RUN_SSHD" = 1 ]; then rmdir /run/sshd 2>/dev/null || true; fi
-    if [ -n "$WORK" ]; then rm -rf -- "$WORK"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+log() { bl_log "$@"; }
+die() { bl_die "$@"; }
 
 # ---------------------------------------------------------------- tools
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
-apt_install() {
-    log "installing $* (apt-get)"
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        # keep the package from starting a system sshd
-        printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
-        as_root chmod 755 /usr/sbin/policy-rc.d
-        MADE_POLICY_RC=1
-    fi
-    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null 2>&1; then
-        as_root apt-get update -q >/dev/null
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
-    fi
-    if [ "$MADE_POLICY_RC" = 1 ]; then as_root rm -f /usr/sbin/policy-rc.d; MADE_POLICY_RC=0; fi
-}
-
-need=()
-[ -x /usr/bin/time ] || need+=(time)
-[ -x /usr/sbin/sshd ] || need+=(openssh-server)
-{ command -v ssh && command -v scp && command -v ssh-keygen; } >/dev/null 2>&1 || need+=(openssh-client)
-if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
-TIME=/usr/bin/time
-SSHD=/usr/sbin/sshd
-[ -x "$TIME" ] && [ -x "$SSHD" ] || die "could not install GNU time / openssh-server"
-command -v pgrep >/dev/null || apt_install procps
-
-if [ -n "${BENCH_P2PFS:-}" ]; then
-    P2PFS=$(realpath -- "$BENCH_P2PFS")
-else
-    if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
-        log "building p2pfs (release)"
-        (cd "$REPO" && cargo build --release --quiet --bin p2pfs)
-    fi
-    P2PFS=$REPO/target/release/p2pfs
-fi
-[ -x "$P2PFS" ] || die "no $P2PFS (build failed, or BENCH_NO_BUILD=1 without a build)"
+bl_need_time
+bl_need_ssh hard
+bl_build_p2pfs
 
 # ---------------------------------------------------------------- work dir
-mkdir -p "$PARENT"
-WORK=$(mktemp -d "$PARENT/bench-net.XXXXXX")
+bl_make_work bench-net
 FILE=$WORK/input.bin
 NAME=input.bin
-RES=$WORK/results.tsv # op <TAB> run <TAB> wall <TAB> user <TAB> sys <TAB> rss_kib
-: >"$RES"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
-log "work dir $WORK ($(df -T "$WORK" | awk 'NR==2 {print $2 " on " $1}'))"
-avail_mib=$(df -Pm "$WORK" | awk 'NR==2 {print $4}')
+avail_mib=$(bl_avail_mib "$WORK")
 # get adds the serving vault's copy, the fetcher's ciphertext partial and
 # the published file
 [ "$avail_mib" -gt $((SIZE_MIB * (4 + 2 * DO_GET) + 512)) ] || die "not enough disk space in $WORK (${avail_mib} MiB free)"
@@ -263,223 +169,41 @@ sync
 export P2PFS_PASSPHRASE=bench-net-passphrase
 unset P2PFS_PASSPHRASE_FILE P2PFS_HOME
 
-# ---------------------------------------------------------------- private sshd
-SSHDIR=$WORK/ssh
-mkdir -m 700 "$SSHDIR"
-ssh-keygen -q -t ed25519 -N '' -C bench-net-host -f "$SSHDIR/host_ed25519"
-ssh-keygen -q -t ed25519 -N '' -C bench-net-client -f "$SSHDIR/client_ed25519"
-cp "$SSHDIR/client_ed25519.pub" "$SSHDIR/authorized_keys"
+# ---------------------------------------------------------------- private sshd, serve
+bl_sshd_setup
 
-port_free() {
-    if command -v ss >/dev/null; then
-        [ -z "$(ss -Htln "sport = :$1" 2>/dev/null)" ]
-    else
-        ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-    fi
-}
-SSH_PORT=
-for _ in $(seq 1 200); do
-    p=$((20000 + RANDOM % 40000))
-    if port_free "$p"; then SSH_PORT=$p; break; fi
-done
-[ -n "$SSH_PORT" ] || die "no free TCP port found for sshd"
+start_sshd() { bl_sshd_start "$WORK/sshd-time.$1"; }
+stop_sshd() { bl_sshd_stop "${2:-sshd (server, all processes)}" "$1" "$WORK/sshd-time.$1"; }
 
-cat >"$SSHDIR/sshd_config" <<EOF
-# private sshd of scripts/bench-net.sh
-ListenAddress 127.0.0.1
-Port $SSH_PORT
-HostKey $SSHDIR/host_ed25519
-PidFile $SSHDIR/sshd.pid
-AuthorizedKeysFile $SSHDIR/authorized_keys
-PermitRootLogin prohibit-password
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-UseDNS no
-PrintMotd no
-X11Forwarding no
-Subsystem sftp internal-sftp
-EOF
-if [ ! -d /run/sshd ]; then
-    as_root mkdir -m 755 /run/sshd # privilege separation directory sshd insists on
-    MADE_RUN_SSHD=1
-fi
-"$SSHD" -t -f "$SSHDIR/sshd_config" || die "sshd rejects the generated config"
-
-SCP_OPTS=(-F /dev/null -q -P "$SSH_PORT" -i "$SSHDIR/client_ed25519"
-    -c aes256-gcm@openssh.com -o Compression=no
-    -o IdentitiesOnly=yes -o BatchMode=yes
-    -o StrictHostKeyChecking=no -o UserKnownHostsFile="$SSHDIR/known_hosts")
-if [ "${BENCH_SCP_LEGACY:-0}" = 1 ]; then SCP_OPTS=(-O "${SCP_OPTS[@]}"); SCP_MODE="legacy scp protocol (-O)"; else SCP_MODE="SFTP protocol (scp default)"; fi
-
-# child_of PID: the pid of PID's (only) child, waiting up to 10 s for it.
-child_of() {
-    local c i
-    for i in $(seq 1 100); do
-        c=$(pgrep -P "$1" | head -n1 || true)
-        if [ -n "$c" ]; then echo "$c"; return 0; fi
-        kill -0 "$1" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
-
-start_sshd() { # run
-    rm -f "$SSHDIR/sshd.pid"
-    "$TIME" -f '%e %U %S %M' -o "$WORK/sshd-time.$1" \
-        "$SSHD" -D -f "$SSHDIR/sshd_config" -E "$SSHDIR/sshd.log" </dev/null >/dev/null 2>&1 &
-    SSHD_TPID=$!
-    SSHD_PID=$(child_of "$SSHD_TPID") || die "sshd did not start: $(tail -n 5 "$SSHDIR/sshd.log" 2>/dev/null)"
-    local i
-    for i in $(seq 1 100); do
-        [ -s "$SSHDIR/sshd.pid" ] && [ "$(cat "$SSHDIR/sshd.pid")" = "$SSHD_PID" ] && return 0
-        kill -0 "$SSHD_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    die "sshd did not come up: $(tail -n 5 "$SSHDIR/sshd.log" 2>/dev/null)"
-}
-
-stop_sshd() { # run [op]
-    local i
-    # let the per-connection processes end and be reaped, so their rusage
-    # is in the listener's children figures
-    for i in $(seq 1 100); do
-        [ -z "$(pgrep -P "$SSHD_PID" || true)" ] && break
-        sleep 0.1
-    done
-    is_our_sshd "$SSHD_PID" || die "pid $SSHD_PID is not our sshd any more"
-    stop_pid "$SSHD_PID" TERM
-    wait "$SSHD_TPID" 2>/dev/null || true
-    SSHD_PID= SSHD_TPID=
-    record_time_file "${2:-sshd (server, all processes)}" "$1" "$WORK/sshd-time.$1"
-}
-
-# ---------------------------------------------------------------- p2pfs serve
 start_serve() { # run home
-    local out=$WORK/serve.out i
-    : >"$out"
-    "$TIME" -f '%e %U %S %M' -o "$WORK/serve-time.$1" \
-        "$P2PFS" --home "$2" -q serve --listen 127.0.0.1:0 --no-mdns </dev/null >"$out" 2>&1 &
-    SERVE_TPID=$!
-    SERVE_PID=$(child_of "$SERVE_TPID") || die "p2pfs serve did not start: $(cat "$out")"
-    for i in $(seq 1 300); do
-        SERVE_ADDR=$(sed -n 's/^ *listening: *\([0-9.]*:[0-9]*\) (UDP).*/\1/p' "$out" | head -n1)
-        [ -n "$SERVE_ADDR" ] && return 0
-        kill -0 "$SERVE_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    die "p2pfs serve did not print its address: $(cat "$out")"
+    bl_serve_start "$2" "$WORK/serve-time.$1" "$WORK/serve.out"
+    SERVE_PID=$BL_SERVE_PID SERVE_ADDR=$BL_SERVE_ADDR
 }
 
 stop_serve() { # run
-    # serve stops on SIGINT; GNU time ignores SIGINT itself, so signal serve
-    stop_pid "$SERVE_PID" INT
-    wait "$SERVE_TPID" 2>/dev/null || true
-    SERVE_PID= SERVE_TPID=
-    grep -q '^stopped' "$WORK/serve.out" || log "  (serve did not report a clean stop: $(tail -n 2 "$WORK/serve.out"))"
-    record_time_file "p2pfs serve (receiver)" "$1" "$WORK/serve-time.$1"
+    bl_serve_stop "$SERVE_PID" "$WORK/serve.out"
+    SERVE_PID=
+    bl_record_time_file "p2pfs serve (receiver)" "$1" "$WORK/serve-time.$1"
 }
-
-# ---------------------------------------------------------------- p2pfs serve for get
-CLK_TCK=$(getconf CLK_TCK)
 
 # start_get_serve HOME: one serve for every get run, with no passphrase in
 # its environment (serving shares needs none).
 start_get_serve() {
-    local out=$WORK/get-serve.out i
-    : >"$out"
-    env -u P2PFS_PASSPHRASE -u P2PFS_PASSPHRASE_FILE \
-        "$TIME" -f '%e %U %S %M' -o "$WORK/get-serve-time" \
-        "$P2PFS" --home "$1" -q serve --listen 127.0.0.1:0 --no-mdns </dev/null >"$out" 2>&1 &
-    GSERVE_TPID=$!
-    GSERVE_PID=$(child_of "$GSERVE_TPID") || die "p2pfs serve (get) did not start: $(cat "$out")"
-    for i in $(seq 1 300); do
-        GSERVE_ADDR=$(sed -n 's/^ *listening: *\([0-9.]*:[0-9]*\) (UDP).*/\1/p' "$out" | head -n1)
-        [ -n "$GSERVE_ADDR" ] && return 0
-        kill -0 "$GSERVE_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    die "p2pfs serve (get) did not print its address: $(cat "$out")"
+    bl_serve_start "$1" "$WORK/get-serve-time" "$WORK/get-serve.out" nopass
+    GSERVE_PID=$BL_SERVE_PID GSERVE_ADDR=$BL_SERVE_ADDR
 }
 
 stop_get_serve() {
     local wall user sys rss
-    stop_pid "$GSERVE_PID" INT
-    wait "$GSERVE_TPID" 2>/dev/null || true
-    GSERVE_PID= GSERVE_TPID=
-    grep -q '^stopped' "$WORK/get-serve.out" || log "  (serve (get) did not report a clean stop: $(tail -n 2 "$WORK/get-serve.out"))"
+    bl_serve_stop "$GSERVE_PID" "$WORK/get-serve.out"
+    GSERVE_PID=
     read -r wall user sys rss < <(tail -n 1 "$WORK/get-serve-time")
     log "p2pfs serve (get), whole life over $RUNS run(s): ${user} user, ${sys} sys, $((rss / 1024)) MiB peak (GNU time)"
 }
 
-# proc_ticks PID: utime + stime of PID (all its threads), in clock ticks.
-proc_ticks() {
-    local s
-    s=$(cat "/proc/$1/stat") || die "pid $1 is gone"
-    s=${s##*) } # the fields after the command name (which may hold spaces)
-    # shellcheck disable=SC2086
-    set -- $s
-    echo "$((${12} + ${13})) ${12} ${13}"
-}
-
-# settled_ticks PID: proc_ticks once they stop moving (teardown after the
-# client exited), at most ~5 s.
-settled_ticks() {
-    local a b i
-    a=$(proc_ticks "$1")
-    for i in $(seq 1 25); do
-        sleep 0.2
-        b=$(proc_ticks "$1")
-        [ "$b" = "$a" ] && break
-        a=$b
-    done
-    echo "$b"
-}
-
-hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
-
-# ---------------------------------------------------------------- measuring
-# record_time_file OP RUN FILE: append the figures GNU time wrote to FILE
-# (last line; a line "Command exited with…/terminated by…" may precede it).
-record_time_file() {
-    local op=$1 run=$2 wall user sys rss
-    read -r wall user sys rss < <(tail -n 1 "$3")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$op" "$run" "$wall" "$user" "$sys" "$rss" >>"$RES"
-    log "  $(printf '%-30s' "$op") ${user} user, ${sys} sys, $((rss / 1024)) MiB peak"
-}
-
-# measure OP RUN CMD...: run CMD under GNU time, append one result line.
-measure() {
-    local op=$1 run=$2 wall user sys rss
-    shift 2
-    sync
-    if ! "$TIME" -f '%e %U %S %M' -o "$WORK/time.out" "$@" >"$WORK/cmd.out" 2>&1 </dev/null; then
-        echo "command failed ($op, run $run): $*" >&2
-        cat "$WORK/cmd.out" >&2
-        exit 1
-    fi
-    read -r wall user sys rss < <(tail -n 1 "$WORK/time.out")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$op" "$run" "$wall" "$user" "$sys" "$rss" >>"$RES"
-    log "  $(printf '%-30s' "$op") ${wall} s wall, ${user} user, ${sys} sys, $((rss / 1024)) MiB peak"
-}
-
-# timed_sync OP RUN PATH...: the previous result line with OP and the wall time
-# of `sync PATH...` added.
-timed_sync() {
-    local op=$1 run=$2 prev t0 t1
-    shift 2
-    prev=$(tail -n 1 "$RES")
-    t0=$(date +%s.%N)
-    sync -- "$@"
-    t1=$(date +%s.%N)
-    awk -F'\t' -v op="$op" -v t0="$t0" -v t1="$t1" \
-        '{ printf "%s\t%s\t%.3f\t%s\t%s\t%s\n", op, $2, $3 + (t1 - t0), $4, $5, $6 }' <<<"$prev" >>"$RES"
-    log "  $(printf '%-30s' "$op") $(tail -n 1 "$RES" | cut -f3) s wall"
-}
-
-warm() { cat -- "$@" >/dev/null; }
+measure() { bl_measure "$@"; }
+timed_sync() { local op=$1 run=$2; shift 2; bl_timed_sync "$op" "$run" sync -- "$@"; }
+warm() { bl_warm "$@"; }
 
 # ---------------------------------------------------------------- runs
 STREAM_ARGS=()
@@ -555,16 +279,9 @@ for run in $(seq 1 "$RUNS"); do
         rm -f -- "$gdest"
         find "$GHOME" -type f -exec cat -- {} + >/dev/null # warm: the served objects
         sync
-        echo 5 >"/proc/$GSERVE_PID/clear_refs" # reset its VmHWM to the current RSS
-        read -r _ u0 s0 < <(proc_ticks "$GSERVE_PID")
+        bl_proc_begin "$GSERVE_PID" # VmHWM reset to the current RSS, CPU ticks noted
         measure "p2pfs get (fetcher)" "$run" "$P2PFS" --home "$FHOME" -q get "${STREAM_ARGS[@]}" "$gid@$GSERVE_ADDR" "$NAME" "$gdest"
-        read -r _ u1 s1 < <(settled_ticks "$GSERVE_PID")
-        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "p2pfs serve (get server)" "$run" "$(tail -n 1 "$RES" | cut -f3)" \
-            "$(awk -v a="$u0" -v b="$u1" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t }')" \
-            "$(awk -v a="$s0" -v b="$s1" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t }')" \
-            "$(hwm_kib "$GSERVE_PID")" >>"$RES"
-        IFS=$'\t' read -r _ _ _ gu gs grss < <(tail -n 1 "$RES")
-        log "  $(printf '%-30s' "p2pfs serve (get server)") ${gu} user, ${gs} sys, $((grss / 1024)) MiB peak (/proc delta)"
+        bl_proc_record "p2pfs serve (get server)" "$run" "$GSERVE_PID"
         cmp -s "$FILE" "$gdest" || die "run $run: the file fetched by p2pfs get differs from the input"
         log "  (fetched file identical to the input; fetcher home now $(du -sm "$FHOME" | cut -f1) MiB)"
         rm -f -- "$gdest"
@@ -608,31 +325,24 @@ if [ -n "${BENCH_RAW:-}" ]; then
     log "per-run figures written to $BENCH_RAW"
 fi
 
-rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')
-dirty=$(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | head -c1)
-isa=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -x -E 'aes|vaes|vpclmulqdq|avx2|avx512f|sha_ni' | sort | tr '\n' ' ')
+isa=$(bl_isa)
 echo
 echo "p2pfs network benchmark — $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "  file:       ${SIZE_MIB} MiB random, $RUNS runs, loopback (127.0.0.1), medians shown"
 echo "  page cache: WARM — the input is read once before every timed transfer; untimed sync before each"
-echo "  machine:    $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1), $(df -T "$WORK" | awk 'NR==2 {print $2}') file system"
+echo "  machine:    $(nproc) cores, $(bl_cpu_model), $(bl_fs_of "$WORK") file system"
 echo "  CPU ISA:    ${isa:-?}"
 echo "  load avg:   $LOAD_START at start, per run: ${LOADS[*]}, $(cut -d' ' -f1-3 /proc/loadavg) at end (other work on the machine skews the figures)"
 if [ -n "${BENCH_P2PFS:-}" ]; then
     echo "  p2pfs:      $P2PFS (BENCH_P2PFS; $("$P2PFS" --version 2>/dev/null || echo '?')), send/get --streams ${BENCH_STREAMS:-default}"
 else
-    echo "  p2pfs:      $rev${dirty:+ (+ uncommitted changes)}, send/get --streams ${BENCH_STREAMS:-default}"
+    echo "  p2pfs:      $(bl_rev), send/get --streams ${BENCH_STREAMS:-default}"
 fi
 echo "  measured:   $([ "$DO_SEND" = 1 ] && printf 'send vs scp upload; ')$([ "$DO_GET" = 1 ] && printf 'get vs scp download (one serve, no passphrase, for all runs; fetched files cmp-checked every run)')"
 echo "  scp:        $(ssh -V 2>&1), -c aes256-gcm@openssh.com -o Compression=no, $SCP_MODE; sshd $(dpkg-query -W -f '${Version}' openssh-server 2>/dev/null || echo '?')"
 echo
 
-awk -F'\t' -v size="$SIZE_MIB" -v rss_target="$RSS_TARGET_MIB" -v strict="$STRICT" -v get_target="$GET_TARGET" '
-function median(list,   a, n, i, j, t) {
-    n = split(list, a, " ")
-    for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
-    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-}
+awk -F'\t' -v size="$SIZE_MIB" -v rss_target="$RSS_TARGET_MIB" -v strict="$STRICT" -v get_target="$GET_TARGET" "$BL_AWK_MEDIAN"'
 {
     if (!($1 in seen)) { seen[$1] = 1; order[++nops] = $1 }
     wall[$1] = wall[$1] " " $3

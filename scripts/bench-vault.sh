@@ -52,7 +52,9 @@
 #         BENCH_SIZE_MIB=256 BENCH_RUNS=3 scripts/bench-vault.sh
 
 set -euo pipefail
-export LC_ALL=C
+BL_NAME=bench-vault.sh
+# shellcheck source=bench-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 SIZE_MIB=${BENCH_SIZE_MIB:-1024}
 RUNS=${BENCH_RUNS:-5}
@@ -63,61 +65,22 @@ RATIO_TARGET=1.5
 case $SIZE_MIB in '' | *[!0-9]* | 0) echo "BENCH_SIZE_MIB must be a positive integer" >&2; exit 2 ;; esac
 case $RUNS in '' | *[!0-9]* | 0) echo "BENCH_RUNS must be a positive integer" >&2; exit 2 ;; esac
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PARENT=${BENCH_TMPDIR:-$REPO/target}
-CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
-export PATH="$CARGO_HOME/bin:$PATH"
-
-log() { printf '[bench] %s\n' "$*" >&2; }
+log() { bl_log "$@"; }
 
 # ---------------------------------------------------------------- tools
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
-if [ ! -x /usr/bin/time ]; then
-    log "installing GNU time (Debian package 'time')"
-    if ! as_root apt-get install -y time >/dev/null 2>&1; then
-        as_root apt-get update >/dev/null
-        as_root apt-get install -y time >/dev/null
-    fi
-fi
-TIME=/usr/bin/time
-
-if ! command -v rage >/dev/null || ! command -v rage-keygen >/dev/null; then
-    log "installing rage from crates.io into $CARGO_HOME/bin (cargo install rage --locked)"
-    cargo install rage --locked --root "$CARGO_HOME"
-fi
+bl_need_time
+bl_cargo_install rage || bl_die "could not install rage (cargo install rage --locked)"
+bl_cargo_install rage rage-keygen || bl_die "rage-keygen is missing"
 RAGE=$(command -v rage)
 RAGE_KEYGEN=$(command -v rage-keygen)
-
-if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
-    log "building p2pfs (release)"
-    (cd "$REPO" && cargo build --release --quiet --bin p2pfs)
-fi
-P2PFS=$REPO/target/release/p2pfs
-[ -x "$P2PFS" ] || { echo "no $P2PFS (build failed or BENCH_NO_BUILD=1 without a build)" >&2; exit 2; }
+bl_build_p2pfs
 
 # ---------------------------------------------------------------- work dir
-mkdir -p "$PARENT"
-WORK=$(mktemp -d "$PARENT/bench-vault.XXXXXX")
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    rm -rf -- "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
+bl_make_work bench-vault
 FILE=$WORK/input.bin
 NAME=input.bin
-RES=$WORK/results.tsv # op <TAB> run <TAB> wall <TAB> user <TAB> sys <TAB> rss_kib
-: >"$RES"
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-log "work dir $WORK ($(df -T "$WORK" | awk 'NR==2 {print $2 " on " $1}'))"
 log "creating ${SIZE_MIB} MiB random file"
 head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom >"$FILE"
 
@@ -128,36 +91,11 @@ RECIPIENT=$(sed -n 's/^# public key: //p' "$WORK/key.txt")
 export P2PFS_PASSPHRASE=bench-vault-passphrase
 unset P2PFS_PASSPHRASE_FILE
 
-warm() { cat -- "$@" >/dev/null; }
-
-# measure OP RUN CMD... : runs CMD under GNU time, appends one result line.
-measure() {
-    local op=$1 run=$2
-    shift 2
-    sync
-    if ! "$TIME" -f '%e %U %S %M' -o "$WORK/time.out" "$@" >"$WORK/cmd.out" 2>&1; then
-        echo "command failed ($op, run $run): $*" >&2
-        cat "$WORK/cmd.out" >&2
-        exit 1
-    fi
-    read -r wall user sys rss <"$WORK/time.out"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$op" "$run" "$wall" "$user" "$sys" "$rss" >>"$RES"
-    log "  $(printf '%-32s' "$op") ${wall} s wall, ${user} user, ${sys} sys, $((rss / 1024)) MiB"
-}
-
+warm() { bl_warm "$@"; }
+measure() { bl_measure "$@"; }
 # sync_after OP RUN : times the `sync` that flushes the previous command's
 # output and records OP = previous wall + sync wall.
-sync_after() {
-    local op=$1 run=$2 prev t0 t1
-    prev=$(tail -n 1 "$RES")
-    t0=$(date +%s.%N)
-    sync
-    t1=$(date +%s.%N)
-    awk -F'\t' -v op="$op" -v t0="$t0" -v t1="$t1" \
-        '{ printf "%s\t%s\t%.3f\t%s\t%s\t%s\n", op, $2, $3 + (t1 - t0), $4, $5, $6 }' \
-        <<<"$prev" >>"$RES"
-    log "  $(printf '%-32s' "$op") $(tail -n 1 "$RES" | cut -f3) s wall"
-}
+sync_after() { bl_timed_sync "$1" "$2" sync; }
 
 for run in $(seq 1 "$RUNS"); do
     log "run $run/$RUNS"
@@ -195,25 +133,18 @@ if [ -n "${BENCH_RAW:-}" ]; then
     { printf 'op\trun\twall_s\tuser_s\tsys_s\tmaxrss_kib\n'; cat "$RES"; } >"$BENCH_RAW"
     log "per-run figures written to $BENCH_RAW"
 fi
-rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')
-dirty=$(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | head -c1)
 echo
 echo "p2pfs vault benchmark — $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "  file:     ${SIZE_MIB} MiB random, $RUNS runs, page cache warm, medians shown"
-echo "  machine:  $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1), $(df -T "$WORK" | awk 'NR==2 {print $2}') file system"
-isa=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -x -E 'aes|vaes|vpclmulqdq|avx2|avx512f|sha_ni' | sort | tr '\n' ' ')
+echo "  machine:  $(nproc) cores, $(bl_cpu_model), $(bl_fs_of "$WORK") file system"
+isa="$(bl_isa) "
 echo "  load avg: $LOAD_START at start, $(cut -d' ' -f1-3 /proc/loadavg) at end (other work on the machine skews the figures)"
 echo "  CPU ISA:  ${isa:-?}(AES-GCM and BLAKE3 speed depend on vaes/avx512f)"
-echo "  p2pfs:    $rev${dirty:+ (+ uncommitted changes)}; $("$RAGE" --version 2>/dev/null | head -n1)"
+echo "  p2pfs:    $(bl_rev); $("$RAGE" --version 2>/dev/null | head -n1)"
 echo
 
 awk -F'\t' -v size="$SIZE_MIB" -v rss_target="$RSS_TARGET_MIB" -v ratio_target="$RATIO_TARGET" \
-    -v strict="$STRICT" '
-function median(list,   a, n, i, j, t) {
-    n = split(list, a, " ")
-    for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
-    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-}
+    -v strict="$STRICT" "$BL_AWK_MEDIAN"'
 {
     if (!($1 in seen)) { seen[$1] = 1; order[++nops] = $1 }
     wall[$1] = wall[$1] " " $3
