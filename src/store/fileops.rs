@@ -271,6 +271,41 @@ pub fn sync_all(f: &File, path: &Path) -> io::Result<()> {
     f.sync_all()
 }
 
+/// `syncfs` of the file system holding `f`: every file's data and
+/// metadata written and the device cache flushed (counted as an fsync).
+/// It reports a write-back error of the file system only since `f` was
+/// opened (Linux 5.8 on), so a caller checks each of its files with
+/// [`wait_written`] too.
+pub fn syncfs(f: &File, path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    hit(Op::Fsync, path)?;
+    // SAFETY: a valid open descriptor.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Writes `f`'s dirty pages and waits for them (`sync_file_range` with
+/// `WAIT_BEFORE | WRITE | WAIT_AFTER`), reporting a write-back error of
+/// the file seen since its last check (counted as an fsync). Nothing of
+/// its metadata is written and no device cache is flushed: after a
+/// [`syncfs`], it is the per-file error check that costs no I/O.
+pub fn wait_written(f: &File, path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    hit(Op::Fsync, path)?;
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: a valid open descriptor; the range 0, 0 means the whole file.
+    if unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, flags) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// `fdatasync` of a file.
 pub fn sync_data(f: &File, path: &Path) -> io::Result<()> {
     hit(Op::Fsync, path)?;

@@ -148,6 +148,26 @@ pub fn start_writeback(f: &File) {
     }
 }
 
+/// True when `syncfs` reports write-back errors (Linux 5.8 and later):
+/// only then may one `syncfs` stand for the fsyncs of many files.
+pub fn syncfs_reports_errors() -> bool {
+    static YES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *YES.get_or_init(|| {
+        let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        kernel_at_least(&release, (5, 8))
+    })
+}
+
+/// Whether a kernel release string (`6.1.0-18-amd64`) is at least `min`.
+fn kernel_at_least(release: &str, min: (u32, u32)) -> bool {
+    let mut parts = release.trim().split(['.', '-']);
+    let num = |p: Option<&str>| p.and_then(|s| s.parse::<u32>().ok());
+    match (num(parts.next()), num(parts.next())) {
+        (Some(major), Some(minor)) => (major, minor) >= min,
+        _ => false,
+    }
+}
+
 /// Bytes written between two [`start_writeback`] kicks.
 pub const WRITEBACK_BYTES: u64 = 8 << 20;
 

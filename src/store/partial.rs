@@ -246,6 +246,11 @@ pub struct Partial<'v> {
     state_path: PathBuf,
     since_checkpoint: u64,
     verify: Option<Verifier>,
+    /// (sender, receiver) set by [`Partial::seal_key_at_checkpoint`]: the
+    /// file key is sealed to the sender only when a first checkpoint needs
+    /// it (two X25519 operations a small file, done before any
+    /// checkpoint, never pays).
+    seal_for: Option<(PublicKey, PublicKey)>,
 }
 
 /// The receiver's running end-to-end check: chunks are decrypted (in memory
@@ -509,6 +514,7 @@ impl Vault {
             state_path: part,
             since_checkpoint: 0,
             verify: None,
+            seal_for: None,
         })
     }
 
@@ -529,6 +535,7 @@ impl Vault {
             state_path: part,
             since_checkpoint: 0,
             verify: None,
+            seal_for: None,
         }))
     }
 }
@@ -638,6 +645,12 @@ impl<'v> Partial<'v> {
                 "a partial's sealed key must be {SEALED_KEY_LEN} bytes"
             )));
         }
+        if self.meta.sealed_key.is_none() {
+            if let (Some((sender, receiver)), Some(v)) = (&self.seal_for, &self.verify) {
+                let sealed = seal_key_to(sender, receiver, &self.meta.file_id, v.key.secret())?;
+                self.meta.sealed_key = Some(sealed);
+            }
+        }
         self.since_checkpoint = 0;
         Ok(CheckpointJob {
             file: self.writer.file_handle()?,
@@ -655,13 +668,29 @@ impl<'v> Partial<'v> {
     /// bytes; a checkpoint refuses any other length). For a deposit it is
     /// the sender's own sealing: this node never has the key.
     pub fn set_sealed_key(&mut self, sealed: Vec<u8>) {
+        self.seal_for = None;
         self.meta.sealed_key = Some(sealed);
+    }
+
+    /// Has the first checkpoint that needs it seal the file key (set with
+    /// [`Self::set_key`]) to `sender`, as [`seal_key_to`] from `receiver`:
+    /// the state then records it as [`Self::set_sealed_key`] would.
+    pub fn seal_key_at_checkpoint(&mut self, sender: PublicKey, receiver: PublicKey) {
+        self.meta.sealed_key = None;
+        self.seal_for = Some((sender, receiver));
+    }
+
+    /// True when a checkpoint can record how to resume: the key sealed to
+    /// the sender is held, or will be sealed at the checkpoint.
+    pub fn key_recordable(&self) -> bool {
+        self.meta.sealed_key.is_some() || (self.seal_for.is_some() && self.verify.is_some())
     }
 
     /// Starts over (the sender could not continue).
     pub fn reset(&mut self) {
         self.writer.reset();
         self.meta.sealed_key = None;
+        self.seal_for = None;
         self.verify = None;
     }
 

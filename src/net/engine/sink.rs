@@ -42,7 +42,7 @@ use crate::{
         format::{Kind, Metadata},
         fsutil::{Dir, NewFile},
         partial::{
-            self, seal_key_to, CheckpointJob, Partial, PartialMeta, Slot, StagingKey, Verified,
+            self, CheckpointJob, Partial, PartialMeta, Slot, StagingKey, Verified,
         },
         vault::Vault,
         StoreError,
@@ -485,7 +485,7 @@ fn facts(p: &Partial<'_>) -> PartialFacts {
 /// push or a deposit needs the key sealed to its source (who continues
 /// with it); a pull gets its key again with the served entry.
 fn resumable(ctx: &SinkCtx, p: &Partial<'_>) -> bool {
-    ctx.flow == KeyFlow::Known || p.meta.sealed_key.is_some()
+    ctx.flow == KeyFlow::Known || p.key_recordable()
 }
 
 /// The slot name of an entry: a pull's object, a deposit's tag, or a
@@ -756,16 +756,14 @@ fn disk_actor(
         let step = (|| -> Result<(), StoreError> {
             match cmd {
                 DiskCmd::Start { key, fresh, .. } => {
-                    let id = st.id;
                     let p = open_or_start(ctx, st)?;
                     if fresh {
                         p.reset();
                     }
                     match key {
                         StartKey::Key(key) => {
-                            let sealed = seal_key_to(&peer, &ctx.me, &id, key.secret())?;
-                            p.set_sealed_key(sealed);
                             p.set_key(*key)?;
+                            p.seal_key_at_checkpoint(peer.clone(), ctx.me.clone());
                         }
                         // The depositor's own seal, kept for its resume.
                         StartKey::Sealed(sealed) => p.set_sealed_key(sealed),
