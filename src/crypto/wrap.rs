@@ -39,16 +39,34 @@ fn derive_from(ikm: &[u8], ephemeral: &PublicKey, recipient: &PublicKey, info: &
 /// Creates a one-time wrapping key for `recipient` under the HKDF `info`
 /// of its purpose; returns the ephemeral public key to store beside the
 /// ciphertext.
+///
+/// The ephemeral key is ring's (`agreement::EphemeralPrivateKey`, used once
+/// and never exported): its X25519 is the assembly of BoringSSL, where the
+/// ladder of `x25519-dalek` is portable code, and a group commit of small
+/// files seals one envelope per file. The result is the same RFC 7748
+/// X25519 either way; [`unwrap_key`] opens it with the recipient's key.
 pub fn wrap_key_for(
     recipient: &PublicKey,
     info: &[u8],
 ) -> Result<(PublicKey, AeadKey), CryptoError> {
-    let eph = Keypair::generate()?;
-    let shared = eph.diffie_hellman(recipient)?;
-    Ok((
-        eph.public(),
-        derive(&shared, &eph.public(), recipient, info),
-    ))
+    use ring::agreement::{agree_ephemeral, EphemeralPrivateKey, UnparsedPublicKey, X25519};
+    let rng = ring::rand::SystemRandom::new();
+    let eph = EphemeralPrivateKey::generate(&X25519, &rng).map_err(|_| CryptoError::Rng)?;
+    let public = eph.compute_public_key().map_err(|_| CryptoError::Rng)?;
+    let eph_pub = PublicKey(
+        public
+            .as_ref()
+            .try_into()
+            .map_err(|_| CryptoError::WeakPublicKey)?,
+    );
+    // ring refuses an all-zero shared secret (a low-order recipient key).
+    agree_ephemeral(
+        eph,
+        &UnparsedPublicKey::new(&X25519, recipient.as_bytes()),
+        |shared| derive_from(shared, &eph_pub, recipient, info),
+    )
+    .map(|key| (eph_pub, key))
+    .map_err(|_| CryptoError::WeakPublicKey)
 }
 
 /// Recovers the wrapping key from the recipient's key pair, the stored
@@ -145,6 +163,29 @@ mod tests {
             k3.open(WRAP_NONCE, b"ad", &ct),
             Err(CryptoError::AuthFailed)
         );
+    }
+
+    /// The ephemeral half is ring's: its public key must be the X25519
+    /// of its secret that `x25519-dalek` computes, or nothing would open,
+    /// and a low-order recipient key is refused, never sealed to.
+    #[test]
+    fn a_wrap_to_a_low_order_key_is_refused() {
+        // The all-zero point and the order-8 point of RFC 7748's list.
+        let mut order8 = [0u8; 32];
+        order8[0] = 1;
+        for bad in [[0u8; 32], order8] {
+            assert!(matches!(
+                wrap_key_for(&PublicKey(bad), ENVELOPE_INFO),
+                Err(CryptoError::WeakPublicKey)
+            ));
+        }
+        for _ in 0..16 {
+            let vault = Keypair::generate().unwrap();
+            let (eph, k) = wrap_key_for(&vault.public(), ENVELOPE_INFO).unwrap();
+            let ct = k.seal(WRAP_NONCE, b"", b"k").unwrap();
+            let k2 = unwrap_key(&vault, &eph, ENVELOPE_INFO).unwrap();
+            assert_eq!(k2.open(WRAP_NONCE, b"", &ct).unwrap(), b"k");
+        }
     }
 
     #[test]

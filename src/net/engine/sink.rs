@@ -41,9 +41,7 @@ use crate::{
     store::{
         format::{Kind, Metadata},
         fsutil::{Dir, NewFile},
-        partial::{
-            self, CheckpointJob, Partial, PartialMeta, Slot, StagingKey, Verified,
-        },
+        partial::{self, CheckpointJob, Partial, PartialMeta, Slot, StagingKey, Verified},
         vault::Vault,
         StoreError,
     },
@@ -430,19 +428,21 @@ impl Inbox {
         self.data.as_mut().and_then(|d| d.try_recv().ok())
     }
 
-    /// The next command, a waiting control one before any chunk; None
-    /// once both queues are closed and empty.
-    fn next(&mut self) -> Option<DiskCmd> {
+    /// The next command, a waiting control one before any chunk, or,
+    /// while `committer` has groups in flight, the outcome of the oldest;
+    /// None once both queues are closed and empty and nothing is in flight.
+    fn next(&mut self, committer: &mut Committer) -> Option<Input> {
         loop {
             if let Some(ctl) = &mut self.ctl {
                 match ctl.try_recv() {
-                    Ok(c) => return Some(c),
+                    Ok(c) => return Some(Input::Cmd(c)),
                     Err(mpsc::error::TryRecvError::Disconnected) => self.ctl = None,
                     Err(mpsc::error::TryRecvError::Empty) => {}
                 }
             }
-            let (ctl, data) = (&mut self.ctl, &mut self.data);
-            if ctl.is_none() && data.is_none() {
+            let waiting = committer.in_flight > 0;
+            let (ctl, data, done) = (&mut self.ctl, &mut self.data, &mut committer.done);
+            if ctl.is_none() && data.is_none() && !waiting {
                 return None;
             }
             // Runs on the disk thread, outside the runtime: blocking here
@@ -450,17 +450,35 @@ impl Inbox {
             let got = self.rt.block_on(async {
                 tokio::select! {
                     biased;
-                    c = async { ctl.as_mut()?.recv().await }, if ctl.is_some() => (true, c),
-                    d = async { data.as_mut()?.recv().await }, if data.is_some() => (false, d),
+                    c = done.recv(), if waiting => Got::Done(c),
+                    c = async { ctl.as_mut()?.recv().await }, if ctl.is_some() => Got::Ctl(c),
+                    d = async { data.as_mut()?.recv().await }, if data.is_some() => Got::Data(d),
                 }
             });
             match got {
-                (_, Some(c)) => return Some(c),
-                (true, None) => self.ctl = None,
-                (false, None) => self.data = None,
+                Got::Ctl(Some(c)) | Got::Data(Some(c)) => return Some(Input::Cmd(c)),
+                Got::Ctl(None) => self.ctl = None,
+                Got::Data(None) => self.data = None,
+                Got::Done(c) => {
+                    committer.in_flight -= 1;
+                    return Some(Input::Committed(c?));
+                }
             }
         }
     }
+}
+
+/// What [`Inbox::next`] got.
+enum Got {
+    Ctl(Option<DiskCmd>),
+    Data(Option<DiskCmd>),
+    Done(Option<Committed>),
+}
+
+/// What the disk actor handles next.
+enum Input {
+    Cmd(DiskCmd),
+    Committed(Committed),
 }
 
 /// What planning produced for the control task.
@@ -724,20 +742,44 @@ fn disk_actor(
             settle(&st.expect.name, msg);
         }
     }
-    // A group is committed whenever nothing else is queued (so a lone
-    // file waits for nothing), and when it is full.
-    let commit = |group: &mut Group, files: &[FileState]| {
-        for (i, msg) in group.commit(ctx, files) {
+    // A group is handed to the committer whenever nothing else is queued
+    // (so a lone file waits for nothing) and there is room, and when it is
+    // full; its results go out as soon as it is durable.
+    let mut committer = Committer::start();
+    let rt = rx.rt.clone();
+    let settle_all = |c: Committed, files: &[FileState]| {
+        for (i, msg) in c.results(ctx, files) {
             settle(&files[i].expect.name, msg);
         }
     };
+    let submit = |committer: &mut Committer, group: &mut Group, files: &[FileState]| {
+        if let Some(c) = committer.submit(group) {
+            settle_all(c, files);
+        }
+    };
+    // Everything verified is committed and answered.
+    let flush = |committer: &mut Committer, group: &mut Group, files: &[FileState]| {
+        submit(committer, group, files);
+        while let Some(c) = committer.wait_one(&rt) {
+            settle_all(c, files);
+        }
+    };
     loop {
+        while let Some(c) = committer.try_done() {
+            settle_all(c, &files);
+        }
         let cmd = match rx.try_next() {
             Some(c) => c,
             None => {
-                commit(&mut group, &files);
-                match rx.next() {
-                    Some(c) => c,
+                if committer.has_room() {
+                    submit(&mut committer, &mut group, &files);
+                }
+                match rx.next(&mut committer) {
+                    Some(Input::Cmd(c)) => c,
+                    Some(Input::Committed(c)) => {
+                        settle_all(c, &files);
+                        continue;
+                    }
                     None => break,
                 }
             }
@@ -833,7 +875,7 @@ fn disk_actor(
             }
             // What verified before the failure is committed (or fails)
             // and is answered first: the sender is told of every file.
-            commit(&mut group, &files);
+            flush(&mut committer, &mut group, &files);
             let _ = res.send(Msg::Refused { code, message });
             break;
         }
@@ -841,10 +883,15 @@ fn disk_actor(
             settle(&st.expect.name, msg);
         }
         if group.full() {
-            commit(&mut group, &files);
+            if !committer.has_room() {
+                if let Some(c) = committer.wait_one(&rt) {
+                    settle_all(c, &files);
+                }
+            }
+            submit(&mut committer, &mut group, &files);
         }
     }
-    commit(&mut group, &files);
+    flush(&mut committer, &mut group, &files);
     // Whatever is left becomes a resumable partial, or is removed when it
     // cannot be resumed (its key never arrived).
     syncer.barrier();
@@ -1111,31 +1158,26 @@ impl Group {
         self.files.len() >= GROUP_FILES || self.bytes >= GROUP_BYTES
     }
 
-    /// Commits the group; each file's result message, with its index.
-    fn commit(&mut self, ctx: &SinkCtx, files: &[FileState]) -> Vec<(usize, Msg)> {
+    /// Takes the files to commit, if any.
+    fn take(&mut self) -> Option<Vec<Grouped>> {
         self.bytes = 0;
-        let grouped = std::mem::take(&mut self.files);
-        if grouped.is_empty() {
-            return Vec::new();
-        }
-        let t0 = std::time::Instant::now();
-        let mut rest = Vec::with_capacity(grouped.len());
-        let mut ready = Vec::with_capacity(grouped.len());
-        for g in grouped {
-            ready.push(g.ready);
-            rest.push((g.file, g.slot, g.vault, g.blake3));
-        }
-        let n = ready.len();
-        // Every partial is dropped (its files moved or kept) before a
-        // failed one's result may remove it.
-        let outcomes = partial::commit_group(ready);
-        debug!(
-            files = n,
-            elapsed_ms = t0.elapsed().as_millis() as u64,
-            "group committed"
-        );
-        rest.into_iter()
-            .zip(outcomes)
+        Some(std::mem::take(&mut self.files)).filter(|g| !g.is_empty())
+    }
+}
+
+/// A group's files once committed: what the result messages need, and
+/// each file's outcome.
+struct Committed {
+    files: Vec<(u32, Slot, &'static Vault, [u8; 32])>,
+    outcomes: Vec<Result<(), StoreError>>,
+}
+
+impl Committed {
+    /// Each file's result message, with its index.
+    fn results(self, ctx: &SinkCtx, files: &[FileState]) -> Vec<(usize, Msg)> {
+        self.files
+            .into_iter()
+            .zip(self.outcomes)
             .filter_map(|((file, slot, v, blake3), outcome)| {
                 let e = &files.get(file as usize)?.expect;
                 Some((
@@ -1147,7 +1189,113 @@ impl Group {
     }
 }
 
-/// The result message of a finished file, and what is kept of it.
+/// Commits groups on its own thread, so the disk actor writes the next
+/// files while a group's `syncfs` and directory fsyncs wait for the disk
+/// and its envelopes are sealed (two X25519 each). At most
+/// [`Committer::DEPTH`] groups are in flight; their outcomes come back in
+/// order through [`Inbox::next`].
+struct Committer {
+    tx: Option<std::sync::mpsc::Sender<Vec<Grouped>>>,
+    done: mpsc::UnboundedReceiver<Committed>,
+    in_flight: usize,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Committer {
+    /// Groups committed or waiting to be, at most.
+    const DEPTH: usize = 2;
+
+    fn start() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<Grouped>>();
+        let (done_tx, done) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name("p2pfs-commit".into())
+            .spawn(move || {
+                for grouped in rx {
+                    let t0 = std::time::Instant::now();
+                    let c = commit_here(grouped);
+                    debug!(
+                        files = c.files.len(),
+                        elapsed_ms = t0.elapsed().as_millis() as u64,
+                        "group committed"
+                    );
+                    if done_tx.send(c).is_err() {
+                        break;
+                    }
+                }
+            })
+            .ok();
+        Committer {
+            tx: thread.as_ref().map(|_| tx),
+            done,
+            in_flight: 0,
+            thread,
+        }
+    }
+
+    /// True when another group may be handed over now.
+    fn has_room(&self) -> bool {
+        self.in_flight < Self::DEPTH
+    }
+
+    /// Hands the group's files over (committed here, on this thread, if
+    /// the committer thread could not be started). Returns the outcome of
+    /// such an inline commit.
+    fn submit(&mut self, group: &mut Group) -> Option<Committed> {
+        let grouped = group.take()?;
+        match &self.tx {
+            Some(tx) => match tx.send(grouped) {
+                Ok(()) => {
+                    self.in_flight += 1;
+                    None
+                }
+                Err(std::sync::mpsc::SendError(grouped)) => Some(commit_here(grouped)),
+            },
+            None => Some(commit_here(grouped)),
+        }
+    }
+
+    /// The oldest group's outcome if it is there, without waiting.
+    fn try_done(&mut self) -> Option<Committed> {
+        let c = self.done.try_recv().ok()?;
+        self.in_flight -= 1;
+        Some(c)
+    }
+
+    /// The oldest group's outcome, waiting for it; None when none is in
+    /// flight.
+    fn wait_one(&mut self, rt: &tokio::runtime::Handle) -> Option<Committed> {
+        if self.in_flight == 0 {
+            return None;
+        }
+        self.in_flight -= 1;
+        rt.block_on(self.done.recv())
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Commits a group on the calling thread.
+fn commit_here(grouped: Vec<Grouped>) -> Committed {
+    let mut files = Vec::with_capacity(grouped.len());
+    let mut ready = Vec::with_capacity(grouped.len());
+    for g in grouped {
+        ready.push(g.ready);
+        files.push((g.file, g.slot, g.vault, g.blake3));
+    }
+    // Every partial is dropped (its files moved or kept) before a failed
+    // one's result may remove it.
+    let outcomes = partial::commit_group(ready);
+    Committed { files, outcomes }
+}
+
 fn result(
     ctx: &SinkCtx,
     v: &Vault,
