@@ -805,7 +805,7 @@ fn disk_actor(
                     match key {
                         StartKey::Key(key) => {
                             p.set_key(*key)?;
-                            p.seal_key_at_checkpoint(peer.clone(), ctx.me.clone());
+                            p.seal_key_at_checkpoint(peer, ctx.me);
                         }
                         // The depositor's own seal, kept for its resume.
                         StartKey::Sealed(sealed) => p.set_sealed_key(sealed),
