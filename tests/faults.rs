@@ -498,3 +498,39 @@ fn receiving_many_small_files_survives_a_fault_at_every_file_operation() {
     }
     receive_under_every_fault(&a, &b, "small", &want);
 }
+
+/// A receive publishes objects without touching the index; the next open
+/// adopts them and saves the index. When the disk is full by then, reading
+/// the vault still works (CI saw `vault list` fail with exit 8 after a
+/// disk filled): the index is a cache of the envelopes, not a condition.
+#[test]
+fn a_full_disk_does_not_stop_reading_what_was_received() {
+    let a = Node::new();
+    a.init("alice");
+    let b = Node::new();
+    b.init("bob");
+    let h = write_random(&a.path("d/one.bin"), 70_000);
+    write_random(&a.path("d/two.bin"), 1_000);
+    let srv = Serving::start_env(&b, 0, &["--accept", "any"], &[]);
+    a.run(["send", "--trust-new", "d", &srv.addr()]).ok();
+    srv.stop();
+    let full = |args: &[&str]| {
+        b.cmd(args.iter().copied())
+            .env("P2PFS_FAULTS", "any:1+:enospc")
+            .run()
+    };
+    let r = full(&["vault", "list", "--json"]);
+    assert_eq!(r.code(), Some(0), "{r}");
+    let listed: Vec<Listed> = r.json();
+    assert_eq!(names_of(&listed), ["d/one.bin", "d/two.bin"], "{r}");
+    let out = b.path("out.bin");
+    let r = full(&["vault", "export", "d/one.bin", out.to_str().unwrap()]);
+    // Exporting writes the plaintext: that, on a full disk, must fail, and
+    // say why.
+    assert_eq!(r.code(), Some(8), "{r}");
+    assert!(r.stderr.contains("disk full"), "{r}");
+    b.run(["vault", "export", "d/one.bin", out.to_str().unwrap()])
+        .ok();
+    assert_eq!(blake3_file(&out), h);
+    sound(&b, "after");
+}

@@ -1646,7 +1646,18 @@ impl Unlocked<'_> {
             fsutil::fsync_dir(&v.objects())?;
         }
         if changed {
-            self.save_index()?;
+            // The records just adopted are rebuilt from their envelopes on
+            // every open until an index holds them: saving them is an
+            // optimisation, and a full disk must not stop `vault list` or
+            // `export` from reading what is stored. Other errors still stop.
+            match self.save_index() {
+                Err(StoreError::DiskFull { .. }) => {
+                    tracing::warn!(
+                        "disk full: the vault index was not updated (read from envelopes)"
+                    )
+                }
+                r => r?,
+            }
         }
         Ok(())
     }
