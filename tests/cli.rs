@@ -364,7 +364,12 @@ fn no_plaintext_name_passphrase_or_key_reaches_the_disk() {
     for id in &envs {
         let env = EnvelopeFile::decode(&fs::read(n.env(id)).unwrap()).unwrap();
         assert_eq!(env.recipient, kp.public());
-        let wrap = unwrap_key(&kp, &env.ephemeral, p2pfs::crypto::wrap::ENVELOPE_INFO).unwrap();
+        // Format 2 (docs/VAULT.md, *Envelope*): the wrap key is bound to
+        // the object id, so a group commit shares one ephemeral key.
+        assert_eq!(env.version, 2);
+        let mut info = p2pfs::crypto::wrap::ENVELOPE_INFO_V2.to_vec();
+        info.extend_from_slice(&env.id);
+        let wrap = unwrap_key(&kp, &env.ephemeral, &info).unwrap();
         let body = wrap
             .open(WRAP_NONCE, &env.ad(), &env.sealed_body)
             .expect("envelope opens with the vault key");
@@ -381,6 +386,68 @@ fn no_plaintext_name_passphrase_or_key_reaches_the_disk() {
     for (what, bytes) in &secrets {
         let hits = files_containing(&n.home, bytes);
         assert!(hits.is_empty(), "{what} found on disk: {hits:?}");
+    }
+}
+
+/// Format-1 envelopes (one ephemeral key each, the wrap key under
+/// `p2pfs/envelope/v1` alone) still open: a vault written before format 2
+/// lists, verifies and exports as before (docs/VAULT.md, *Envelope*). And
+/// the envelopes one import commits share one ephemeral key, each under
+/// its own wrap key.
+#[test]
+fn format_1_envelopes_still_open_and_a_group_shares_one_ephemeral_key() {
+    use p2pfs::crypto::wrap::{wrap_key_for, ENVELOPE_INFO};
+    let n = Node::new();
+    n.init("n");
+    let mut want = BTreeMap::new();
+    for i in 0..6u64 {
+        let rel = format!("src/f{i}");
+        want.insert(rel.clone(), write_random(&n.path(&rel), 100 + i * 5000));
+    }
+    n.run(["vault", "import", "src"]).ok();
+    let (_, kp) = open_header(&n);
+    let envs = n.object_files()["env"].clone();
+    let decoded: Vec<EnvelopeFile> = envs
+        .iter()
+        .map(|id| EnvelopeFile::decode(&fs::read(n.env(id)).unwrap()).unwrap())
+        .collect();
+    let ephemerals: BTreeSet<[u8; 32]> = decoded.iter().map(|e| *e.ephemeral.as_bytes()).collect();
+    assert_eq!(
+        ephemerals.len(),
+        1,
+        "one import, one group, one ephemeral key"
+    );
+    assert_eq!(decoded.len(), 6);
+    // Rewrite every envelope as format 1, before any open adopts them into
+    // the index: what a vault written by an earlier release holds.
+    for (id, env) in envs.iter().zip(&decoded) {
+        let mut info = p2pfs::crypto::wrap::ENVELOPE_INFO_V2.to_vec();
+        info.extend_from_slice(&env.id);
+        let body = unwrap_key(&kp, &env.ephemeral, &info)
+            .unwrap()
+            .open(WRAP_NONCE, &env.ad(), &env.sealed_body)
+            .unwrap();
+        let (ephemeral, key) = wrap_key_for(&kp.public(), ENVELOPE_INFO).unwrap();
+        let mut old = EnvelopeFile {
+            version: 1,
+            ephemeral,
+            sealed_body: Vec::new(),
+            ..env.clone()
+        };
+        old.sealed_body = vec![0; env.sealed_body.len()];
+        let ad = old.ad();
+        old.sealed_body = key.seal(WRAP_NONCE, &ad, &body).unwrap();
+        let bytes = old.encode();
+        assert_eq!(u16::from_be_bytes([bytes[8], bytes[9]]), 1);
+        fs::write(n.env(id), bytes).unwrap();
+    }
+    n.run(["vault", "verify", "--full"]).ok();
+    let listed = n.list();
+    assert_eq!(listed.len(), 6);
+    for (rel, h) in &want {
+        let out = n.path(&format!("out-{}", random_hex(4)));
+        n.run(["vault", "export", rel, out.to_str().unwrap()]).ok();
+        assert_eq!(&blake3_file(&out), h, "{rel}");
     }
 }
 

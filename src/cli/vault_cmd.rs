@@ -7,6 +7,10 @@ use std::{
     fs,
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
 };
 
 use anyhow::{bail, Context, Result};
@@ -20,7 +24,7 @@ use p2pfs::{
         log::{LogAction, LogRecord},
         shares::{ShareRecord, Shares},
         trust::{Capability, TrustStore},
-        vault::{id_hex, Entry, Origin, Problem, Unlocked, Vault},
+        vault::{self, id_hex, Entry, Origin, Problem, Unlocked, Vault},
         StoreError,
     },
     text::escape,
@@ -208,29 +212,32 @@ fn import(ctx: &Ctx, vault: &Vault, paths: &[PathBuf]) -> Result<()> {
     }
     let total: u64 = items.iter().map(|i| i.size).sum();
     let pb = progress::bytes(total, ctx.quiet, "importing");
-    let mut base = 0u64;
-    for it in &items {
-        let entry = if it.dir {
-            let m = fs::symlink_metadata(&it.path)?;
-            vault.import_dir(&it.name, m.permissions().mode(), m.mtime())?
-        } else {
-            pb.set_message(it.name.clone());
-            vault
-                .import_file(&it.path, &it.name, Some(it.identity), &mut |done| {
-                    pb.set_position(base + done)
-                })
-                .with_context(|| format!("cannot import {}", walk::shown(&it.path)))?
-        };
-        base += it.size;
-        pb.suspend(|| {
-            println!(
-                "stored {}  {}  {}",
-                &id_hex(&entry.id)[..12],
-                human(entry.meta.size),
-                entry.meta.name
-            )
+    // Files are staged here while the group before them is committed on
+    // another thread (its envelopes sealed, its `syncfs` waited for), as a
+    // receive's committer does; at most one group waits for it.
+    let failed = AtomicBool::new(false);
+    std::thread::scope(|s| -> Result<()> {
+        let (tx, rx) = mpsc::sync_channel::<Vec<vault::Staged<'_>>>(1);
+        let (pb, failed) = (&pb, &failed);
+        let committer = s.spawn(move || {
+            let mut first = None;
+            for group in rx {
+                if let Err(e) = commit_and_say(group, pb) {
+                    failed.store(true, Ordering::Relaxed);
+                    first.get_or_insert(e);
+                }
+            }
+            first.map_or(Ok(()), Err)
         });
-    }
+        let staged = stage_all(vault, &items, pb, failed, &tx);
+        drop(tx);
+        let committed = committer
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the commit thread panicked")));
+        // A failure to stage is the one to report: a commit that failed
+        // stopped the staging without one.
+        staged.and(committed)
+    })?;
     pb.finish_and_clear();
     println!(
         "{} item(s), {} sealed to vault key {}",
@@ -239,6 +246,87 @@ fn import(ctx: &Ctx, vault: &Vault, paths: &[PathBuf]) -> Result<()> {
         &vault.public_key().fingerprint()
     );
     Ok(())
+}
+
+/// Most objects one group commit of `vault import` makes durable together
+/// (each holds an open staging file until then).
+const IMPORT_GROUP_FILES: usize = 128;
+/// Most plaintext bytes one group commit of `vault import` covers.
+const IMPORT_GROUP_BYTES: u64 = 64 << 20;
+
+/// Stages `items` in groups (`IMPORT_GROUP_FILES`, `IMPORT_GROUP_BYTES`)
+/// and hands each group to the committer; stops early when a commit
+/// `failed`. What was staged before a failure is still committed.
+fn stage_all<'v>(
+    vault: &'v Vault,
+    items: &[walk::Item],
+    pb: &indicatif::ProgressBar,
+    failed: &AtomicBool,
+    tx: &mpsc::SyncSender<Vec<vault::Staged<'v>>>,
+) -> Result<()> {
+    let stager = vault.stager()?;
+    let mut base = 0u64;
+    let mut group = Vec::new();
+    let mut bytes = 0u64;
+    for it in items {
+        if failed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let staged = if it.dir {
+            fs::symlink_metadata(&it.path)
+                .map_err(anyhow::Error::from)
+                .and_then(|m| Ok(stager.dir(&it.name, m.permissions().mode(), m.mtime())?))
+        } else {
+            pb.set_message(it.name.clone());
+            stager
+                .file(&it.path, &it.name, Some(it.identity), &mut |done| {
+                    pb.set_position(base + done)
+                })
+                .map_err(anyhow::Error::from)
+        };
+        let staged = match staged {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.send(group);
+                return Err(e.context(format!("cannot import {}", walk::shown(&it.path))));
+            }
+        };
+        base += it.size;
+        bytes += staged.size();
+        group.push(staged);
+        if group.len() >= IMPORT_GROUP_FILES || bytes >= IMPORT_GROUP_BYTES {
+            bytes = 0;
+            if tx.send(std::mem::take(&mut group)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    let _ = tx.send(group);
+    Ok(())
+}
+
+/// Commits one group of imported objects (one `syncfs` or a few fsyncs for
+/// many small files: docs/VAULT.md, *Group commit*) and says `stored` for
+/// each file that is. The first failure is returned after the others were
+/// committed.
+fn commit_and_say(group: Vec<vault::Staged<'_>>, pb: &indicatif::ProgressBar) -> Result<()> {
+    let mut first = None;
+    for r in vault::commit_staged(group) {
+        match r {
+            Ok(entry) => pb.suspend(|| {
+                println!(
+                    "stored {}  {}  {}",
+                    &id_hex(&entry.id)[..12],
+                    human(entry.meta.size),
+                    entry.meta.name
+                )
+            }),
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    first.map_or(Ok(()), |e| Err(e.into()))
 }
 
 fn human(n: u64) -> String {

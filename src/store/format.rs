@@ -26,6 +26,9 @@ pub const MAGIC_HEADER: &[u8; 8] = b"P2PFSVH\0";
 pub const MAGIC_OBJECT: &[u8; 8] = b"P2PFSOB\0";
 /// Magic of an envelope.
 pub const MAGIC_ENVELOPE: &[u8; 8] = b"P2PFSEN\0";
+/// Format version of the envelopes written now (`docs/VAULT.md`,
+/// *Envelope*); version 1 is still read.
+pub const ENVELOPE_VERSION: u16 = 2;
 /// Magic of the index.
 pub const MAGIC_INDEX: &[u8; 8] = b"P2PFSIX\0";
 /// Magic of the old vault keys file.
@@ -456,6 +459,9 @@ impl EnvelopeBody {
 /// An envelope file: the object's key and metadata sealed to the vault key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EnvelopeFile {
+    /// Format version: 1 (one ephemeral key per envelope, read only) or
+    /// [`ENVELOPE_VERSION`] (the wrap key bound to the object id).
+    pub version: u16,
     /// Object id.
     pub id: FileId,
     /// The vault public key it is sealed to.
@@ -471,7 +477,7 @@ pub struct EnvelopeFile {
 impl EnvelopeFile {
     /// Associated data of the sealed body: every byte before it.
     pub fn ad(&self) -> Vec<u8> {
-        let mut w = begin(MAGIC_ENVELOPE);
+        let mut w = begin_v(MAGIC_ENVELOPE, self.version);
         w.bytes(&self.id)
             .bytes(self.recipient.as_bytes())
             .bytes(self.ephemeral.as_bytes())
@@ -489,7 +495,11 @@ impl EnvelopeFile {
 
     /// Decodes the file.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let body = checked(bytes, MAGIC_ENVELOPE)?;
+        let (version, body) = match checked_v(bytes, MAGIC_ENVELOPE, ENVELOPE_VERSION) {
+            Ok(body) => (ENVELOPE_VERSION, body),
+            Err(FormatError::Version(1)) => (1, checked_v(bytes, MAGIC_ENVELOPE, 1)?),
+            Err(e) => return Err(e),
+        };
         let mut r = Reader::new(&body[10..]);
         let id = r.array("object id")?;
         let recipient = PublicKey(r.array("recipient")?);
@@ -502,6 +512,7 @@ impl EnvelopeFile {
         let sealed_body = r.bytes(n as usize + 16, "sealed body")?.to_vec();
         r.finish()?;
         Ok(Self {
+            version,
             id,
             recipient,
             ephemeral,
@@ -829,7 +840,7 @@ mod tests {
 
         #[test]
         fn envelope_file_round_trip(id in any::<[u8;16]>(), body in proptest::collection::vec(any::<u8>(), 16..200)) {
-            let e = EnvelopeFile { id, recipient: PublicKey([3;32]), ephemeral: PublicKey([4;32]), ct_digest: [5;32], sealed_body: body };
+            let e = EnvelopeFile { version: ENVELOPE_VERSION, id, recipient: PublicKey([3;32]), ephemeral: PublicKey([4;32]), ct_digest: [5;32], sealed_body: body };
             let enc = e.encode();
             prop_assert_eq!(EnvelopeFile::decode(&enc).unwrap(), e);
             let mut bad = enc.clone();

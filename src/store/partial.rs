@@ -303,41 +303,13 @@ impl Verified<'_> {
 /// states. One result per file, in order; a file that failed is undone
 /// and its partial stays for the caller to keep or remove.
 pub fn commit_group(mut files: Vec<Verified<'_>>) -> Vec<Result<()>> {
-    let Some(first) = files.first() else {
-        return Vec::new();
-    };
-    let dir = first.partial.vault().objects();
-    // The envelopes, sealed to the key of the moment (read once).
-    let to = first.partial.writer.sealing_key_now();
-    let envelopes: Vec<Result<Vec<u8>>> = files
-        .iter()
-        .map(|f| match &to {
-            Ok(to) => f.partial.writer.envelope_to(to, f.key.secret(), &f.meta),
-            Err(e) => Err(StoreError::Invalid(e.to_string())),
-        })
+    let mut items: Vec<_> = files
+        .iter_mut()
+        .map(|f| (&mut f.partial.writer, f.key.secret(), &f.meta))
         .collect();
-    let mut results: Vec<Result<()>> = Vec::with_capacity(files.len());
-    let mut items = Vec::new();
-    let mut at = Vec::new();
-    for (i, (f, env)) in files.iter_mut().zip(envelopes.iter()).enumerate() {
-        match env {
-            Ok(env) => {
-                items.push((&mut f.partial.writer, env.as_slice()));
-                at.push(i);
-                results.push(Ok(()));
-            }
-            Err(e) => results.push(Err(StoreError::Invalid(e.to_string()))),
-        }
-    }
-    for (i, r) in at
-        .into_iter()
-        .zip(super::vault::publish_group(&mut items, &dir))
-    {
-        results[i] = r;
-    }
+    let results = super::vault::commit_writers(&mut items);
     for (f, r) in files.iter_mut().zip(&results) {
         if r.is_ok() {
-            f.partial.writer.mark_committed();
             // Committed: the file is stored whatever happens next. A state
             // file that cannot be removed now is a leftover (its data is
             // gone, so it never resumes), never a reason to report the

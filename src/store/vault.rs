@@ -27,7 +27,8 @@ use super::{
     fileops,
     format::{
         decode_records, encode_records, EnvelopeBody, EnvelopeFile, HeaderFile, IndexFile,
-        IndexRecord, Kind, Metadata, ObjectHeader, RecordState, MAX_ENVELOPE_BODY, MAX_INDEX_BODY,
+        IndexRecord, Kind, Metadata, ObjectHeader, RecordState, ENVELOPE_VERSION,
+        MAX_ENVELOPE_BODY, MAX_INDEX_BODY,
     },
     fsutil,
     home::format_error,
@@ -45,7 +46,7 @@ use crate::crypto::{
     kdf::{derive_kek, KdfParams},
     keys::{Keypair, PublicKey, Secret32},
     random, to_hex,
-    wrap::{hkdf32, unwrap_key, wrap_key_for, ENVELOPE_INFO, WRAP_NONCE},
+    wrap::{hkdf32, unwrap_key, Agreement, ENVELOPE_INFO, ENVELOPE_INFO_V2, WRAP_NONCE},
     CryptoError,
 };
 
@@ -241,32 +242,106 @@ pub fn seal_envelope(
     file_key: &Secret32,
     meta: &Metadata,
 ) -> Result<Vec<u8>> {
-    let body = EnvelopeBody {
-        file_key: file_key.clone(),
-        meta: meta.clone(),
+    EnvelopeSealer::new(recipient)?.seal(id, ct, file_key, meta)
+}
+
+/// Seals the envelopes of several objects to one recipient with one
+/// ephemeral key (format 2, `docs/VAULT.md`, *Envelope*): one X25519
+/// agreement for a whole group commit instead of two X25519 per file, the
+/// largest cost of storing a small file. Each envelope's wrap key is
+/// derived with its object id, so no two envelopes share a key.
+pub struct EnvelopeSealer {
+    agreement: Agreement,
+}
+
+impl EnvelopeSealer {
+    /// A fresh ephemeral key agreed with `recipient`.
+    pub fn new(recipient: &PublicKey) -> Result<Self> {
+        Ok(Self {
+            agreement: Agreement::seal_to(recipient)?,
+        })
     }
-    .encode();
-    if body.len() > MAX_ENVELOPE_BODY as usize {
-        return Err(StoreError::Invalid("file name too long".into()));
+
+    /// The envelope of object `id` (each id once per sealer: its wrap key
+    /// seals once).
+    pub fn seal(
+        &self,
+        id: FileId,
+        ct: [u8; 32],
+        file_key: &Secret32,
+        meta: &Metadata,
+    ) -> Result<Vec<u8>> {
+        let body = zeroize::Zeroizing::new(
+            EnvelopeBody {
+                file_key: file_key.clone(),
+                meta: meta.clone(),
+            }
+            .encode(),
+        );
+        if body.len() > MAX_ENVELOPE_BODY as usize {
+            return Err(StoreError::Invalid("file name too long".into()));
+        }
+        let mut env = EnvelopeFile {
+            version: ENVELOPE_VERSION,
+            id,
+            recipient: self.agreement.recipient(),
+            ephemeral: self.agreement.ephemeral(),
+            ct_digest: ct,
+            sealed_body: vec![0; body.len() + TAG_LEN],
+        };
+        let ad = env.ad();
+        let key = self.agreement.key(&envelope_info_v2(&id));
+        env.sealed_body = key.seal(WRAP_NONCE, &ad, &body)?;
+        Ok(env.encode())
     }
-    let (ephemeral, key) = wrap_key_for(recipient, ENVELOPE_INFO)?;
-    let mut env = EnvelopeFile {
-        id,
-        recipient: *recipient,
-        ephemeral,
-        ct_digest: ct,
-        sealed_body: vec![0; body.len() + TAG_LEN],
-    };
-    let ad = env.ad();
-    env.sealed_body = key.seal(WRAP_NONCE, &ad, &body)?;
-    Ok(env.encode())
+}
+
+/// The HKDF info of a format-2 envelope's wrap key.
+fn envelope_info_v2(id: &FileId) -> Vec<u8> {
+    let mut info = ENVELOPE_INFO_V2.to_vec();
+    info.extend_from_slice(id);
+    info
+}
+
+/// Agreements of recently opened envelopes, by ephemeral key: opening the
+/// envelopes of one group commit costs one X25519, not one each.
+#[derive(Default)]
+pub(crate) struct Agreements(HashMap<PublicKey, Agreement>);
+
+impl Agreements {
+    /// More agreements than a few thousand group commits are not kept.
+    const MAX: usize = 4096;
 }
 
 pub(crate) fn open_envelope(kp: &Keypair, env: &EnvelopeFile) -> Result<EnvelopeBody, String> {
+    open_envelope_with(kp, env, &mut Agreements::default())
+}
+
+/// [`open_envelope`], reusing and keeping agreements in `seen`.
+pub(crate) fn open_envelope_with(
+    kp: &Keypair,
+    env: &EnvelopeFile,
+    seen: &mut Agreements,
+) -> Result<EnvelopeBody, String> {
     if env.recipient != kp.public() {
         return Err("envelope sealed to another vault key".into());
     }
-    let key = unwrap_key(kp, &env.ephemeral, ENVELOPE_INFO).map_err(|e| e.to_string())?;
+    let key = match env.version {
+        1 => unwrap_key(kp, &env.ephemeral, ENVELOPE_INFO).map_err(|e| e.to_string())?,
+        _ => {
+            if !seen.0.contains_key(&env.ephemeral) {
+                let a = Agreement::open_with(kp, &env.ephemeral).map_err(|e| e.to_string())?;
+                if seen.0.len() >= Agreements::MAX {
+                    seen.0.clear();
+                }
+                seen.0.insert(env.ephemeral, a);
+            }
+            match seen.0.get(&env.ephemeral) {
+                Some(a) => a.key(&envelope_info_v2(&env.id)),
+                None => return Err("envelope key agreement lost".into()),
+            }
+        }
+    };
     let body = zeroize::Zeroizing::new(
         key.open(WRAP_NONCE, &env.ad(), &env.sealed_body)
             .map_err(|_| "envelope does not open (altered)".to_string())?,
@@ -618,11 +693,8 @@ impl Vault {
         ObjectWriter::new(self, id, size, chunk_size)
     }
 
-    /// Imports a local file (sealed to the vault public key; no passphrase).
-    /// The file is opened without following links and must be a regular
-    /// file, and, when `expected` is given, the one a directory walk saw
-    /// ([`fsutil::open_source`]). `progress` is called with the plaintext
-    /// bytes done so far.
+    /// Imports a local file (sealed to the vault public key; no passphrase):
+    /// [`Self::stage_file`], then [`commit_staged`] of that one file.
     pub fn import_file(
         &self,
         src: &Path,
@@ -630,73 +702,63 @@ impl Vault {
         expected: Option<fsutil::FileIdentity>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Entry> {
+        let staged = self.stager()?.file(src, name, expected, progress)?;
+        commit_one(staged)
+    }
+
+    /// Stores an (empty) directory entry named `name`.
+    pub fn import_dir(&self, name: &str, mode: u32, mtime: i64) -> Result<Entry> {
+        commit_one(self.stager()?.dir(name, mode, mtime)?)
+    }
+
+    /// Stages imported objects for [`commit_staged`]: holds the shared
+    /// store lock (no rekey meanwhile) and the vault key of the moment,
+    /// read once, that their envelopes are sealed to.
+    pub fn stager(&self) -> Result<Stager<'_>> {
+        let lock = self.writer_lock()?;
+        Ok(Stager {
+            vault: self,
+            sealer: EnvelopeSealer::new(&self.sealing_key()?)?,
+            _lock: lock,
+        })
+    }
+}
+
+/// Writes imported objects to staging, each sealed and with its envelope,
+/// ready for [`commit_staged`] (see [`Vault::stager`]).
+pub struct Stager<'v> {
+    vault: &'v Vault,
+    sealer: EnvelopeSealer,
+    _lock: Arc<File>,
+}
+
+impl<'v> Stager<'v> {
+    /// Writes a local file, sealed, to staging, with its envelope, for
+    /// [`commit_staged`] to commit with others. The file is opened without following links and
+    /// must be a regular file, and, when `expected` is given, the one a
+    /// directory walk saw ([`fsutil::open_source`]); a file that changed
+    /// while it was read is refused. `progress` is called with the
+    /// plaintext bytes done so far. Nothing is visible before the commit,
+    /// and a dropped [`Staged`] removes its staging file.
+    pub fn file(
+        &self,
+        src: &Path,
+        name: &str,
+        expected: Option<fsutil::FileIdentity>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Staged<'v>> {
         let (mut file, before) = fsutil::open_source(src, expected)?;
         let size = before.len();
         let chunk_size = DEFAULT_CHUNK_SIZE;
         let id: FileId = random()?;
         let key = FileKey::generate()?;
-        let mut w = self.writer(id, size, chunk_size)?;
-        let n = chunk_count(size, chunk_size);
-        let cs = chunk_size as usize;
-
-        // Two-stage pipeline, balanced for two cores: a reader thread reads,
-        // hashes the plaintext and seals; this thread hashes the ciphertext
-        // and writes. Buffers circulate.
-        let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(2);
-        let (empty_tx, empty_rx) = mpsc::sync_channel::<Vec<u8>>(4);
-        for _ in 0..3 {
-            let _ = empty_tx.send(vec![0u8; cs + CHUNK_OVERHEAD]);
-        }
-        let key = &key;
-        let reader = move |file: &mut File| -> std::io::Result<[u8; 32]> {
-            let mut hasher = blake3::Hasher::new();
-            for i in 0..n {
-                let Ok(mut buf) = empty_rx.recv() else {
-                    break;
-                };
-                let want = chunk_plain_len(size, chunk_size, i);
-                let body = &mut buf[NONCE_LEN..NONCE_LEN + want];
-                read_full(file, body)?;
-                hasher.update(body);
-                key.seal_chunk_in_place(&id, i, i + 1 == n, &mut buf[..want + CHUNK_OVERHEAD])
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                if full_tx.send((buf, want)).is_err() {
-                    break;
-                }
-            }
-            drop(full_tx);
-            // Anything past the declared size means the file grew meanwhile.
-            let mut probe = [0u8; 1];
-            if file.read(&mut probe)? != 0 {
-                return Err(std::io::Error::other("file grew"));
-            }
-            Ok(*hasher.finalize().as_bytes())
+        let mut w = self.vault.writer(id, size, chunk_size)?;
+        let read_res = if chunk_count(size, chunk_size) <= 1 {
+            // One chunk: a reader thread would cost more than it saves.
+            seal_one_chunk(&mut file, &mut w, &key, size, progress)?
+        } else {
+            seal_pipelined(&mut file, &mut w, &key, size, progress)?
         };
-        let (read_res, write_res) = std::thread::scope(|s| {
-            let file = &mut file;
-            let h = s.spawn(move || reader(file));
-            let mut done = 0u64;
-            let mut res = Ok(());
-            for i in 0..n {
-                let Ok((buf, len)) = full_rx.recv() else {
-                    break;
-                };
-                res = w.write_chunk(i, &buf[..len + CHUNK_OVERHEAD]);
-                if res.is_err() {
-                    break;
-                }
-                done += len as u64;
-                progress(done);
-                let _ = empty_tx.send(buf);
-            }
-            drop(full_rx);
-            drop(empty_tx);
-            let r = h
-                .join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("reader thread panicked")));
-            (r, res)
-        });
-        write_res?;
         let blake3 = match read_res {
             Ok(h) => h,
             Err(e)
@@ -730,15 +792,14 @@ impl Vault {
             origin: None,
             name: name.to_owned(),
         };
-        w.commit(key.secret(), &meta)?;
-        Ok(Entry { id, meta })
+        self.staged(w, &key, meta)
     }
 
-    /// Stores an (empty) directory entry named `name`.
-    pub fn import_dir(&self, name: &str, mode: u32, mtime: i64) -> Result<Entry> {
+    /// An (empty) directory entry named `name`, staged like a file.
+    pub fn dir(&self, name: &str, mode: u32, mtime: i64) -> Result<Staged<'v>> {
         let id: FileId = random()?;
         let key = FileKey::generate()?;
-        let mut w = self.writer(id, 0, DEFAULT_CHUNK_SIZE)?;
+        let mut w = self.vault.writer(id, 0, DEFAULT_CHUNK_SIZE)?;
         let sealed = key.seal_chunk(&id, 0, true, &[])?;
         w.write_chunk(0, &sealed)?;
         let meta = Metadata {
@@ -752,10 +813,28 @@ impl Vault {
             origin: None,
             name: name.to_owned(),
         };
-        w.commit(key.secret(), &meta)?;
-        Ok(Entry { id, meta })
+        self.staged(w, &key, meta)
     }
 
+    /// The envelope of a written object, sealed here: on the thread that
+    /// stages, while another commits (two X25519 per object, the largest
+    /// cost of a small file's commit).
+    fn staged(
+        &self,
+        writer: ObjectWriter<'v>,
+        key: &FileKey,
+        meta: Metadata,
+    ) -> Result<Staged<'v>> {
+        let envelope = writer.envelope_by(&self.sealer, key.secret(), &meta)?;
+        Ok(Staged {
+            writer,
+            envelope,
+            meta,
+        })
+    }
+}
+
+impl Vault {
     /// Checks every object's ciphertext integrity without any key.
     pub fn verify_ciphertext(
         &self,
@@ -1191,14 +1270,18 @@ impl<'v> ObjectWriter<'v> {
     /// The envelope that commits this object: `file_key` and `meta`
     /// sealed to the vault key, with the ciphertext digest of every chunk.
     pub(crate) fn envelope(&self, file_key: &Secret32, meta: &Metadata) -> Result<Vec<u8>> {
-        self.envelope_to(&self.vault.sealing_key()?, file_key, meta)
+        self.envelope_by(
+            &EnvelopeSealer::new(&self.vault.sealing_key()?)?,
+            file_key,
+            meta,
+        )
     }
 
-    /// [`Self::envelope`] sealed to `to` (the sealing key, read once for
-    /// a group of objects: it costs two file reads).
-    pub(crate) fn envelope_to(
+    /// [`Self::envelope`] sealed by `sealer` (one agreement with the vault
+    /// key for a group of objects).
+    pub(crate) fn envelope_by(
         &self,
-        to: &PublicKey,
+        sealer: &EnvelopeSealer,
         file_key: &Secret32,
         meta: &Metadata,
     ) -> Result<Vec<u8>> {
@@ -1208,7 +1291,7 @@ impl<'v> ObjectWriter<'v> {
                 "metadata does not match the data".into(),
             ));
         }
-        seal_envelope(to, self.header.id, ct, file_key, meta)
+        sealer.seal(self.header.id, ct, file_key, meta)
     }
 
     /// The key new objects of this vault are sealed to now.
@@ -1237,6 +1320,227 @@ impl<'v> ObjectWriter<'v> {
     pub(crate) fn mark_committed(&mut self) {
         self.committed = true;
     }
+}
+
+/// An object written to staging by [`Vault::stage_file`] or
+/// [`Vault::stage_dir`], not yet committed.
+pub struct Staged<'v> {
+    writer: ObjectWriter<'v>,
+    envelope: Vec<u8>,
+    meta: Metadata,
+}
+
+impl Staged<'_> {
+    /// Its plaintext size.
+    pub fn size(&self) -> u64 {
+        self.meta.size
+    }
+}
+
+/// Commits staged objects together ([`commit_writers`]: one group
+/// commit). One result per object, in order.
+pub fn commit_staged(mut staged: Vec<Staged<'_>>) -> Vec<Result<Entry>> {
+    let Some(first) = staged.first() else {
+        return Vec::new();
+    };
+    let dir = first.writer.vault.objects();
+    let mut items: Vec<_> = staged
+        .iter_mut()
+        .map(|s| (&mut s.writer, s.envelope.as_slice()))
+        .collect();
+    let results = publish_and_mark(&mut items, &dir);
+    staged
+        .into_iter()
+        .zip(results)
+        .map(|(s, r)| {
+            r.map(|()| Entry {
+                id: s.writer.header.id,
+                meta: s.meta,
+            })
+        })
+        .collect()
+}
+
+fn commit_one(staged: Staged<'_>) -> Result<Entry> {
+    commit_staged(vec![staged])
+        .pop()
+        .unwrap_or_else(|| Err(StoreError::Invalid("nothing to commit".into())))
+}
+
+/// Commits objects written to staging together: each envelope sealed to
+/// the vault key of the moment (read once for the group), then
+/// [`publish_group`] into `objects/`; the committed writers are marked.
+/// One result per object, in order.
+pub(crate) fn commit_writers(
+    items: &mut [(&mut ObjectWriter<'_>, &Secret32, &Metadata)],
+) -> Vec<Result<()>> {
+    let Some((first, ..)) = items.first() else {
+        return Vec::new();
+    };
+    let dir = first.vault.objects();
+    let sealer = match first
+        .sealing_key_now()
+        .and_then(|to| EnvelopeSealer::new(&to))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let mut out: Vec<Result<()>> = (1..items.len()).map(|_| Err(same_error(&e))).collect();
+            out.insert(0, Err(e));
+            return out;
+        }
+    };
+    let mut results: Vec<Result<()>> = Vec::with_capacity(items.len());
+    let mut envelopes = Vec::with_capacity(items.len());
+    for (w, key, meta) in items.iter() {
+        match w.envelope_by(&sealer, key, meta) {
+            Ok(env) => {
+                envelopes.push(Some(env));
+                results.push(Ok(()));
+            }
+            Err(e) => {
+                envelopes.push(None);
+                results.push(Err(e));
+            }
+        }
+    }
+    let mut group = Vec::with_capacity(items.len());
+    let mut at = Vec::with_capacity(items.len());
+    for (i, ((w, ..), env)) in items.iter_mut().zip(&envelopes).enumerate() {
+        if let Some(env) = env {
+            group.push((&mut **w, env.as_slice()));
+            at.push(i);
+        }
+    }
+    for (i, r) in at.into_iter().zip(publish_and_mark(&mut group, &dir)) {
+        results[i] = r;
+    }
+    results
+}
+
+/// [`publish_group`], then each committed writer marked as such.
+fn publish_and_mark(items: &mut [(&mut ObjectWriter<'_>, &[u8])], dir: &Path) -> Vec<Result<()>> {
+    let results = publish_group(items, dir);
+    for ((w, _), r) in items.iter_mut().zip(&results) {
+        if r.is_ok() {
+            w.mark_committed();
+        }
+    }
+    results
+}
+
+/// The same failure again, for each of several objects one shared step
+/// failed (a store error is not `Clone`: it may hold an `io::Error`).
+fn same_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Io { action, path, .. } => StoreError::Io {
+            action,
+            path: path.clone(),
+            error: io_of(e),
+        },
+        StoreError::DiskFull { path } => StoreError::DiskFull { path: path.clone() },
+        other => StoreError::Invalid(other.to_string()),
+    }
+}
+
+/// Reads, hashes and seals a file of at most one chunk on this thread.
+/// The outer error is the store's; the inner one the source's.
+fn seal_one_chunk(
+    file: &mut File,
+    w: &mut ObjectWriter<'_>,
+    key: &FileKey,
+    size: u64,
+    progress: &mut dyn FnMut(u64),
+) -> Result<std::io::Result<[u8; 32]>> {
+    let len = size as usize;
+    let mut buf = vec![0u8; len + CHUNK_OVERHEAD];
+    let body = &mut buf[NONCE_LEN..NONCE_LEN + len];
+    if let Err(e) = read_full(file, body) {
+        return Ok(Err(e));
+    }
+    let hash = *blake3::hash(body).as_bytes();
+    let mut probe = [0u8; 1];
+    match file.read(&mut probe) {
+        Ok(0) => {}
+        Ok(_) => return Ok(Err(std::io::Error::other("file grew"))),
+        Err(e) => return Ok(Err(e)),
+    }
+    let id = w.header.id;
+    key.seal_chunk_in_place(&id, 0, true, &mut buf)?;
+    w.write_chunk(0, &buf)?;
+    progress(size);
+    Ok(Ok(hash))
+}
+
+/// Reads, hashes and seals a file of several chunks in a two-stage
+/// pipeline balanced for two cores: a reader thread reads, hashes the
+/// plaintext and seals; this thread hashes the ciphertext and writes.
+/// Buffers circulate. The outer error is the store's; the inner one the
+/// source's.
+fn seal_pipelined(
+    file: &mut File,
+    w: &mut ObjectWriter<'_>,
+    key: &FileKey,
+    size: u64,
+    progress: &mut dyn FnMut(u64),
+) -> Result<std::io::Result<[u8; 32]>> {
+    let chunk_size = w.header.chunk_size;
+    let id = w.header.id;
+    let n = chunk_count(size, chunk_size);
+    let cs = chunk_size as usize;
+    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(2);
+    let (empty_tx, empty_rx) = mpsc::sync_channel::<Vec<u8>>(4);
+    for _ in 0..3 {
+        let _ = empty_tx.send(vec![0u8; cs + CHUNK_OVERHEAD]);
+    }
+    let reader = move |file: &mut File| -> std::io::Result<[u8; 32]> {
+        let mut hasher = blake3::Hasher::new();
+        for i in 0..n {
+            let Ok(mut buf) = empty_rx.recv() else {
+                break;
+            };
+            let want = chunk_plain_len(size, chunk_size, i);
+            let body = &mut buf[NONCE_LEN..NONCE_LEN + want];
+            read_full(file, body)?;
+            hasher.update(body);
+            key.seal_chunk_in_place(&id, i, i + 1 == n, &mut buf[..want + CHUNK_OVERHEAD])
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            if full_tx.send((buf, want)).is_err() {
+                break;
+            }
+        }
+        drop(full_tx);
+        // Anything past the declared size means the file grew meanwhile.
+        let mut probe = [0u8; 1];
+        if file.read(&mut probe)? != 0 {
+            return Err(std::io::Error::other("file grew"));
+        }
+        Ok(*hasher.finalize().as_bytes())
+    };
+    let (read_res, write_res) = std::thread::scope(|s| {
+        let h = s.spawn(move || reader(file));
+        let mut done = 0u64;
+        let mut res = Ok(());
+        for i in 0..n {
+            let Ok((buf, len)) = full_rx.recv() else {
+                break;
+            };
+            res = w.write_chunk(i, &buf[..len + CHUNK_OVERHEAD]);
+            if res.is_err() {
+                break;
+            }
+            done += len as u64;
+            progress(done);
+            let _ = empty_tx.send(buf);
+        }
+        drop(full_rx);
+        drop(empty_tx);
+        let r = h
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("reader thread panicked")));
+        (r, res)
+    });
+    write_res?;
+    Ok(read_res)
 }
 
 /// The fewest objects a group commit makes durable with one `syncfs`
@@ -1548,6 +1852,7 @@ impl Unlocked<'_> {
         for (id, name, what) in probs {
             self.problem(id, name, what);
         }
+        let mut seen = Agreements::default();
         for id in scan.env.keys() {
             if known.contains_key(id) {
                 continue;
@@ -1568,7 +1873,7 @@ impl Unlocked<'_> {
                 self.problem(*id, None, "envelope belongs to another object (swapped)");
                 continue;
             }
-            match open_envelope(&self.keypair, &env) {
+            match open_envelope_with(&self.keypair, &env, &mut seen) {
                 Ok(body) => {
                     if !scan.obj.contains_key(id) {
                         self.problem(*id, Some(body.meta.name.clone()), "data file missing");
@@ -2130,6 +2435,8 @@ impl Unlocked<'_> {
         crash_point("pin next")?;
         let scan = v.scan()?;
         let mut count = 0;
+        let sealer = EnvelopeSealer::new(&new.public())?;
+        let (mut seen_new, mut seen_old) = (Agreements::default(), Agreements::default());
         for id in scan.env.keys() {
             let p = v.env_path(id);
             let bytes = fsutil::read_limited(&p, 64 * 1024)?;
@@ -2150,7 +2457,7 @@ impl Unlocked<'_> {
                     ..
                 }) = rec
                 {
-                    if let Ok(body) = open_envelope(&new, &env) {
+                    if let Ok(body) = open_envelope_with(&new, &env, &mut seen_new) {
                         if &body.meta == meta && &env.ct_digest == ct_digest {
                             *env_digest = crate::crypto::blake3(&bytes);
                         }
@@ -2170,16 +2477,10 @@ impl Unlocked<'_> {
                     continue; // altered: left for reconcile to report
                 }
             }
-            let Ok(body) = open_envelope(&old, &env) else {
+            let Ok(body) = open_envelope_with(&old, &env, &mut seen_old) else {
                 continue;
             };
-            let fresh = seal_envelope(
-                &new.public(),
-                *id,
-                env.ct_digest,
-                &body.file_key,
-                &body.meta,
-            )?;
+            let fresh = sealer.seal(*id, env.ct_digest, &body.file_key, &body.meta)?;
             fsutil::write_atomic(&p, &fresh)?;
             if let Some(IndexRecord {
                 state: RecordState::Live { env_digest, .. },
