@@ -196,7 +196,11 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// `p2pfs remote list PEER [--json]`.
 pub fn remote_list(ctx: &Ctx, c: Common) -> Result<()> {
     let identity = ctx.home.load_identity()?;
-    let rt = runtime()?;
+    // One request and one reply: a single thread, no cross-thread wake-ups.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     let (_, l) = rt.block_on(listing(ctx, &identity.keypair, &c))?;
     let vault: &'static Vault = Box::leak(Box::new(ctx.home.vault()?));
     let mut keys = Keys::new(ctx, &identity.keypair, l.peer, &c, vault);

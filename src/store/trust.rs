@@ -290,6 +290,9 @@ struct File<R> {
 pub struct TrustStore {
     path: PathBuf,
     peers: Vec<Peer>,
+    /// The file as loaded: [`TrustStore::save`] of the same content writes
+    /// nothing (every contact pins its address again).
+    loaded: Option<Vec<u8>>,
 }
 
 impl TrustStore {
@@ -301,6 +304,7 @@ impl TrustStore {
             return Ok(Self {
                 path,
                 peers: Vec::new(),
+                loaded: None,
             });
         }
         let what = path.display().to_string();
@@ -345,10 +349,15 @@ impl TrustStore {
                 return Err(corrupt(format!("node {} is listed twice", p.key)));
             }
         }
-        Ok(Self { path, peers })
+        Ok(Self {
+            path,
+            peers,
+            loaded: Some(bytes),
+        })
     }
 
-    /// Writes the store atomically (always version 2).
+    /// Writes the store atomically (always version 2), unless that is
+    /// what the file already holds.
     pub fn save(&self) -> Result<()> {
         let f = File {
             version: VERSION,
@@ -367,6 +376,9 @@ impl TrustStore {
         };
         let bytes =
             serde_json::to_vec_pretty(&f).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        if self.loaded.as_deref() == Some(&bytes[..]) {
+            return Ok(());
+        }
         fsutil::write_atomic(&self.path, &bytes)
     }
 
