@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use p2pfs::{
     crypto::{
         chunk::{FileId, FileKey},
@@ -186,21 +186,10 @@ async fn listing(ctx: &Ctx, identity: &Keypair, c: &Common) -> Result<(Vec<Targe
     Ok((targets, l))
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
 /// `p2pfs remote list PEER [--json]`.
 pub fn remote_list(ctx: &Ctx, c: Common) -> Result<()> {
     let identity = ctx.home.load_identity()?;
-    // One request and one reply: a single thread, no cross-thread wake-ups.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = super::runtime(false)?;
     let (_, l) = rt.block_on(listing(ctx, &identity.keypair, &c))?;
     let vault: &'static Vault = Box::leak(Box::new(ctx.home.vault()?));
     let mut keys = Keys::new(ctx, &identity.keypair, l.peer, &c, vault);
@@ -388,7 +377,7 @@ pub fn get(ctx: &Ctx, c: Common, a: GetArgs) -> Result<()> {
     if a.into_vault {
         vault.check_pin()?;
     }
-    let rt = runtime()?;
+    let rt = super::runtime(true)?;
     let (targets, l) = rt.block_on(listing(ctx, &identity.keypair, &c))?;
     let mut keys = Keys::new(ctx, &identity.keypair, l.peer, &c, vault);
     let opened = keys.open_all(l.header.as_deref(), l.files)?;

@@ -429,6 +429,20 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// The default node name: the host name, made valid.
+/// The async runtime of a command: a transfer or a daemon works on
+/// every core (`multi_thread`); a command with one request and one reply
+/// runs on one thread, without cross-thread wake-ups.
+pub fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime> {
+    let mut b = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    b.enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 pub fn host_name() -> String {
     let h = gethostname::gethostname().to_string_lossy().into_owned();
     let mut s: String = h.chars().filter(|c| !c.is_control()).collect();

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use p2pfs::{
     crypto::keys::PublicKey,
     net::discovery::{self, Peer},
@@ -73,10 +73,7 @@ pub fn run(ctx: &Ctx, wait: f64, json: bool) -> Result<()> {
     } else {
         (None, None)
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = super::runtime(false)?;
     // What is on the LAN now: pairs withdrawn by a goodbye are not listed.
     let found = rt.block_on(discovery::browse(wait, |_| false))?;
     let peers: Vec<&Peer> = found.live().collect();

@@ -450,10 +450,7 @@ pub fn run(
                 .with_context(|| format!("cannot read {}", walk::shown(&e.path)))?,
         );
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = super::runtime(true)?;
     // A deposit is sealed to this node's own vault key (the one its pin
     // allows): no passphrase is needed to seal, only to open it again.
     let sealed = if sealed {

@@ -150,10 +150,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         ),
         Err(e) => eprintln!("p2pfs: warning: cannot remove old-format partials: {e}"),
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = super::runtime(true)?;
     let quiet = ctx.quiet;
     let res = rt.block_on(async move {
         let ep = endpoint::server(listen)?;
