@@ -629,6 +629,29 @@ mod tests {
     }
 
     #[test]
+    fn a_save_that_changes_nothing_writes_nothing() {
+        use std::os::unix::fs::MetadataExt;
+        let (d, mut s) = store();
+        let a = key();
+        s.pin_address(&a, "127.0.0.1:47474").unwrap();
+        s.save().unwrap();
+        let file = d.path().join("peers.json");
+        let inode = || std::fs::metadata(&file).unwrap().ino();
+        let first = inode();
+        // Every contact pins its address again: the same pin, no write.
+        let mut s = TrustStore::load(d.path()).unwrap();
+        s.pin_address(&a, "127.0.0.1:47474").unwrap();
+        s.save().unwrap();
+        assert_eq!(inode(), first);
+        // A new address is written (atomically: a new file).
+        s.pin_address(&a, "127.0.0.1:47475").unwrap();
+        s.save().unwrap();
+        assert_ne!(inode(), first);
+        let s = TrustStore::load(d.path()).unwrap();
+        assert_eq!(s.pinned_for_address("127.0.0.1:47475"), Some(a));
+    }
+
+    #[test]
     fn an_alias_names_exactly_one_key() {
         let (d, mut s) = store();
         let (a, b) = (key(), key());
