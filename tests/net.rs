@@ -814,10 +814,11 @@ fn one_gib_file_release_mode() {
 /// On loopback (MTU 65,536) QUIC's path MTU discovery climbs past
 /// Ethernet's 1452 bytes to p2pfs's ceiling and no further: a ceiling above
 /// what one GSO send can carry makes every batch fail silently (issue 9:
-/// 8000 bytes took a 256 MiB send from 1.6 s to 70 s). The sender's
+/// 8000 bytes took a 256 MiB send from 1.6 s to 70 s, 37% of its packets
+/// lost). The sender's
 /// debug log states the path MTU and the packets lost at its close.
 #[test]
-fn large_datagrams_on_loopback_up_to_the_ceiling_without_loss() {
+fn large_datagrams_on_loopback_up_to_the_ceiling_with_little_loss() {
     let (a, b) = nodes();
     let hash = write_random(&a.path("f"), 24 * MIB);
     let srv = Server::start(&b, &["--accept", "any"]);
@@ -857,7 +858,13 @@ fn large_datagrams_on_loopback_up_to_the_ceiling_without_loss() {
     let mtu = field("mtu");
     let ceiling = u64::from(p2pfs::net::endpoint::MAX_UDP_PAYLOAD);
     assert!(mtu > 1452 && mtu <= ceiling, "path MTU {mtu}: {stats}");
-    assert!(field("lost") < 100, "packets lost on loopback: {stats}");
+    // Loopback drops a few datagrams when the receiver falls behind (the
+    // whole test suite shares two cores: 150 of 4083 once); a ceiling past
+    // the GSO bound loses a third of them and crawls.
+    assert!(
+        field("lost") * 10 < field("sent_packets"),
+        "packets lost on loopback: {stats}"
+    );
     assert_eq!(b.entry("f").blake3, hash);
 }
 
