@@ -238,24 +238,6 @@ fn named<'a>(found: &'a [Found], name: &str) -> Vec<&'a Found> {
     found.iter().filter(|f| f.name == name).collect()
 }
 
-/// `s` without terminal colour sequences (`ESC [ … m`).
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Exports the vault entry `name` of `node` and returns its BLAKE3.
 fn exported_hash(node: &Node, name: &str) -> String {
     let dest = format!("out-{}", random_hex(4));

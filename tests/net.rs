@@ -834,16 +834,7 @@ fn large_datagrams_on_loopback_up_to_the_ceiling_with_little_loss() {
         .find(|l| l.contains("connection statistics"))
         .unwrap_or_else(|| panic!("no connection statistics logged: {r}"));
     // Without the terminal colour codes tracing may add.
-    let mut stats = String::new();
-    let mut in_escape = false;
-    for c in line.chars() {
-        match (in_escape, c) {
-            (false, '\x1b') => in_escape = true,
-            (true, 'm') => in_escape = false,
-            (false, c) => stats.push(c),
-            (true, _) => {}
-        }
-    }
+    let stats = strip_ansi(line);
     let field = |k: &str| -> u64 {
         let at = stats
             .find(&format!("{k}="))

@@ -44,9 +44,10 @@ pub const UNTRUSTED_RECEIVE_WINDOW: u32 = 8 << 20;
 /// Fewer, larger datagrams cut the per-packet cost (syscalls, headers,
 /// ACKs, packet protection set-up) on both ends: a 1 GiB send over
 /// loopback went from 204-220 to 279-292 MiB/s and from 8.6-9.1 to
-/// 6.0-6.3 CPU seconds (both ends) against 1452 (docs/BENCHMARKS.md).
+/// 6.0-6.3 CPU seconds (both ends) against 1452 (docs/PROTOCOL.md,
+/// *Connection*; measured with scripts/bench-net.sh).
 ///
-/// It must stay below 65,507 / [`GSO_BATCH`]: quinn hands the kernel up to
+/// It must stay below 65,507 / `GSO_BATCH`: quinn hands the kernel up to
 /// that many datagrams in one GSO send, whose sum may not exceed the 64 KiB
 /// UDP limit. Above it every batch fails with EMSGSIZE, which quinn-udp
 /// treats as a lost MTU probe and drops silently: the MTU probes (single
@@ -54,7 +55,7 @@ pub const UNTRUSTED_RECEIVE_WINDOW: u32 = 8 << 20;
 /// 256 MiB in 70 s with 37% of packets lost, instead of 1.6 s).
 pub const MAX_UDP_PAYLOAD: u16 = 6500;
 /// quinn 0.11's `MAX_TRANSMIT_SEGMENTS`: datagrams per GSO send.
-pub const GSO_BATCH: usize = 10;
+const GSO_BATCH: usize = 10;
 // A full GSO batch of the largest datagrams fits in one UDP send: 65,535
 // minus the IPv4 (20) and UDP (8) headers.
 const _: () = assert!(GSO_BATCH * MAX_UDP_PAYLOAD as usize <= 65_507);
