@@ -21,7 +21,7 @@
 #   processes     bl_bg_start / bl_bg_wait / bl_bg_stop: background commands
 #                 under GNU time, registered so that the EXIT/INT/TERM trap
 #                 stops every one of them by its pid (never by name);
-#                 bl_serve_start / bl_serve_stop (a `p2pfs serve` on
+#                 bl_serve_start / bl_serve_stop / bl_serve_addr (a `p2pfs serve` on
 #                 127.0.0.1:0 without mDNS); bl_stop_pid, bl_child_of
 #   private sshd  bl_sshd_setup (host and client keys, a config of its own on
 #                 127.0.0.1 and a free port, pid file in WORK; sets SSH_PORT,
@@ -234,19 +234,27 @@ bl_bg_stop_all() {
 # no mDNS; sets BL_SERVE_PID and BL_SERVE_ADDR (host:port). nopass = started
 # without any passphrase in its environment.
 bl_serve_start() {
-    local home=$1 tf=$2 out=$3 i pre=()
+    local home=$1 tf=$2 out=$3 pre=()
     if [ "${4:-}" = nopass ]; then pre=(env -u P2PFS_PASSPHRASE -u P2PFS_PASSPHRASE_FILE); fi
     BL_SERVE_ADDR=
     BL_BG_KIND=serve bl_bg_start INT "$tf" "$out" "${pre[@]}" "$P2PFS" --home "$home" -q serve --listen 127.0.0.1:0 --no-mdns ||
         bl_die "p2pfs serve did not start: $(cat "$out")"
     BL_SERVE_PID=$BL_PID
+    BL_SERVE_ADDR=$(bl_serve_addr "$BL_SERVE_PID" "$out") ||
+        bl_die "p2pfs serve did not print its address: $(cat "$out")"
+}
+
+# bl_serve_addr PID OUTFILE: the host:port a serve (PID, output in OUTFILE)
+# says it listens on, waiting up to 30 s; fails when PID ends first.
+bl_serve_addr() {
+    local i a
     for i in $(seq 1 300); do
-        BL_SERVE_ADDR=$(sed -n 's/^ *listening: *\([0-9.]*:[0-9]*\) (UDP).*/\1/p' "$out" | head -n1)
-        [ -n "$BL_SERVE_ADDR" ] && return 0
-        kill -0 "$BL_SERVE_PID" 2>/dev/null || break
+        a=$(sed -n 's/^ *listening: *\([0-9.]*:[0-9]*\) (UDP).*/\1/p' "$2" | head -n1)
+        if [ -n "$a" ]; then echo "$a"; return 0; fi
+        kill -0 "$1" 2>/dev/null || return 1
         sleep 0.1
     done
-    bl_die "p2pfs serve did not print its address: $(cat "$out")"
+    return 1
 }
 
 # bl_serve_stop PID OUTFILE: SIGINT (serve's clean stop), reaped; complains when

@@ -450,7 +450,8 @@ HOW = """\
   this runs the remote login shell, rc files included) and vs `ssh -s HOST
   sftp` with stdin at EOF (sshd's in-process sftp subsystem: the SSH set-up
   without any shell).
-  The 1 KiB file: `p2pfs send` of a 1 KiB file to that serve vs scp of it.
+  The 1 KiB file: `p2pfs send --again` of a 1 KiB file to that serve (`--again`:
+  the same file is stored each time, not found unchanged) vs scp of it to a new name.
 * **Concurrent senders**: each sender is its own node, trusted by the
   receiver, with its own folder; all wait for one file to appear and then
   exec `p2pfs send` together into one fresh serve. Wall = from the release to

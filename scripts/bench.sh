@@ -524,7 +524,7 @@ run_conn() {
         scale_last "$CONN_N"
         bl_proc_begin "$cpid"
         for i in $(seq 1 "$CONN_N"); do
-            bl_try_measure "tiny:p2pfs:client" "$run" "$P2PFS" --home "$SHOME" -q send "$tiny" "$RID@$caddr" ||
+            bl_try_measure "tiny:p2pfs:client" "$run" "$P2PFS" --home "$SHOME" -q send --again "$tiny" "$RID@$caddr" ||
                 fail tiny "$run" "p2pfs send 1 KiB (transfer $i)" "$WORK/cmd.out"
         done
         bl_proc_record "tiny:p2pfs:server" "$run" "$cpid"

@@ -443,8 +443,11 @@ fn lan_peers_and_send_by_name_and_id_prefix_between_two_namespaces() {
     .ok()
     .says("first contact: pinned")
     .says(&b.id().fingerprint);
-    // The debug line is `… elapsed_us=N …`, maybe with colour codes.
-    let log = strip_ansi(&r.stderr);
+    // The debug line is `TIMESTAMP DEBUG … elapsed_us=N …`, plain (a pipe).
+    let log = r.stderr.clone();
+    if let Some(line) = log.lines().find(|l| l.contains("elapsed_us=")) {
+        assert_plain_log_line(line);
+    }
     let browsed_us: String = log
         .split("elapsed_us=")
         .nth(1)
@@ -544,12 +547,14 @@ fn same_name_is_ambiguous_until_the_user_names_one_and_then_the_name_keeps_its_k
     .run()
     .ok();
     for _ in 0..3 {
-        cmd_in(&a, Some(lan.a()), ["send", "f", "twin"])
+        // --again: each send stores it (not "unchanged"), so the count
+        // shows where every one went.
+        cmd_in(&a, Some(lan.a()), ["send", "--again", "f", "twin"])
             .run()
             .ok()
             .never_says("first contact");
     }
-    assert_eq!(b1.list().len(), 4);
+    assert_eq!(b1.list_all().len(), 4);
     assert!(b2.list().is_empty());
 
     // The named twin is gone; the other one answering to the name is
@@ -593,7 +598,7 @@ fn a_spoofed_record_for_the_same_instance_makes_the_name_ambiguous() {
     let _evil = serve_any(&attacker, lan.b(), "recv", true, false);
     let (rid, xid) = (real.id(), attacker.id());
     let spoof = serde_json::json!([{"instance": "recv", "addresses": ["10.213.0.2"], "port": 47475,
-        "txt": {"v": "2", "id": xid.id, "name": "recv"}}]);
+        "txt": {"v": "3", "id": xid.id, "name": "recv"}}]);
     let py = Python::spawn(lan.b(), ZEROCONF_ADVERTISE, &[&spoof.to_string(), "120"]);
     assert!(
         wait_until(Duration::from_secs(60), || py.stdout().contains("ready")),
@@ -640,9 +645,11 @@ fn a_spoofed_record_for_the_same_instance_makes_the_name_ambiguous() {
     .run()
     .ok();
     for _ in 0..3 {
-        cmd_in(&a, Some(lan.a()), ["send", "f", "recv"]).run().ok();
+        cmd_in(&a, Some(lan.a()), ["send", "--again", "f", "recv"])
+            .run()
+            .ok();
     }
-    assert_eq!(real.list().len(), 3);
+    assert_eq!(real.list_all().len(), 3);
     assert!(attacker.list().is_empty());
 }
 
@@ -692,9 +699,11 @@ fn a_peers_own_name_never_becomes_an_alias() {
         "the squatter was not listed"
     );
     for _ in 0..4 {
-        cmd_in(&a, Some(lan.a()), ["send", "f", "recv"]).run().ok();
+        cmd_in(&a, Some(lan.a()), ["send", "--again", "f", "recv"])
+            .run()
+            .ok();
     }
-    assert_eq!(real.list().len(), 5);
+    assert_eq!(real.list_all().len(), 5);
     assert_eq!(squatter.list().len(), 1);
 }
 
@@ -719,7 +728,7 @@ fn zeroconf_sees_the_node_and_p2pfs_skips_foreign_and_malformed_records() {
         .iter()
         .find(|s| s["name"] == "vault-b._p2pfs._udp.local.")
         .unwrap_or_else(|| panic!("zeroconf did not see vault-b: {out}"));
-    assert_eq!(vb["txt"]["v"], "2", "{out}");
+    assert_eq!(vb["txt"]["v"], "3", "{out}");
     assert_eq!(vb["txt"]["id"], b_id.as_str(), "{out}");
     assert_eq!(vb["txt"]["name"], "vault-b", "{out}");
     assert_eq!(vb["port"], 47474);
@@ -739,13 +748,13 @@ fn zeroconf_sees_the_node_and_p2pfs_skips_foreign_and_malformed_records() {
             "py-node",
             &at,
             40000,
-            serde_json::json!({"v": "2", "id": good, "name": "py-node"}),
+            serde_json::json!({"v": "3", "id": good, "name": "py-node"}),
         ),
         rec(
             "multi",
             &["10.213.0.1", "10.213.0.2"],
             47474,
-            serde_json::json!({"v": "2", "id": b_id}),
+            serde_json::json!({"v": "3", "id": b_id}),
         ),
         rec("no-txt", &at, 40001, serde_json::json!({})),
         rec(
@@ -759,56 +768,56 @@ fn zeroconf_sees_the_node_and_p2pfs_skips_foreign_and_malformed_records() {
             "bad-id",
             &at,
             40004,
-            serde_json::json!({"v": "2", "id": "not-a-node-id"}),
+            serde_json::json!({"v": "3", "id": "not-a-node-id"}),
         ),
         rec(
             "short-id",
             &at,
             40005,
-            serde_json::json!({"v": "2", "id": &good[..20]}),
+            serde_json::json!({"v": "3", "id": &good[..20]}),
         ),
         rec(
             "binary-id",
             &at,
             40006,
-            serde_json::json!({"v": "2", "id": "hex:fffe0001"}),
+            serde_json::json!({"v": "3", "id": "hex:fffe0001"}),
         ),
         rec(
             "evil-name",
             &at,
             40007,
-            serde_json::json!({"v": "2", "id": good, "name": "evil\u{1b}[2J"}),
+            serde_json::json!({"v": "3", "id": good, "name": "evil\u{1b}[2J"}),
         ),
         rec(
             "long-name",
             &at,
             40008,
-            serde_json::json!({"v": "2", "id": good, "name": "n".repeat(200)}),
+            serde_json::json!({"v": "3", "id": good, "name": "n".repeat(200)}),
         ),
         rec(
             "bidi-name",
             &at,
             40009,
-            serde_json::json!({"v": "2", "id": good, "name": "txt\u{202e}exe.pdf"}),
+            serde_json::json!({"v": "3", "id": good, "name": "txt\u{202e}exe.pdf"}),
         ),
         rec(
             "rtl\u{202e}label",
             &at,
             40010,
-            serde_json::json!({"v": "2", "id": good, "name": "fine"}),
+            serde_json::json!({"v": "3", "id": good, "name": "fine"}),
         ),
         rec(
             "zero-port",
             &at,
             0,
-            serde_json::json!({"v": "2", "id": good, "name": "zero-port"}),
+            serde_json::json!({"v": "3", "id": good, "name": "zero-port"}),
         ),
     ];
     let mut web = rec(
         "web",
         &at,
         80,
-        serde_json::json!({"v": "2", "id": good, "name": "web"}),
+        serde_json::json!({"v": "3", "id": good, "name": "web"}),
     );
     web["type"] = "_http._tcp.local.".into();
     records.push(web);

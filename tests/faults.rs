@@ -109,7 +109,8 @@ fn sound(n: &Node, rule: &str) -> Vec<Listed> {
         Some(0),
         "[{rule}] verify --full after the fault:\n{r}"
     );
-    let r = n.run(["vault", "list", "--json"]);
+    // Every version: each object on disk must be listed.
+    let r = n.run(["vault", "list", "--all", "--json"]);
     assert_eq!(r.code(), Some(0), "[{rule}] {r}");
     assert!(
         !r.stderr.contains("damaged") && !r.stderr.contains("missing"),

@@ -84,9 +84,16 @@ async fn offer_and_reply(
     chunk_size: u32,
     files: Vec<FileOffer>,
 ) -> Option<Msg> {
-    wire::write_msg(&mut a.link.send, &Msg::Offer { chunk_size, files })
-        .await
-        .unwrap();
+    wire::write_msg(
+        &mut a.link.send,
+        &Msg::Offer {
+            again: false,
+            chunk_size,
+            files,
+        },
+    )
+    .await
+    .unwrap();
     tokio::time::timeout(Duration::from_secs(20), a.link.recv.read_msg())
         .await
         .ok()
@@ -488,7 +495,9 @@ fn a_stolen_vault_folder_cannot_be_decrypted_with_the_senders_help() {
         )
         .await
         .unwrap();
-        let Some(Msg::Offer { chunk_size, files }) = wire::read_msg(&mut recv).await.unwrap()
+        let Some(Msg::Offer {
+            chunk_size, files, ..
+        }) = wire::read_msg(&mut recv).await.unwrap()
         else {
             panic!("no offer")
         };

@@ -155,11 +155,16 @@ fn first_contact_on_a_terminal_asks_before_anything_is_sent() {
     assert_eq!(b.list().len(), 1);
     assert!(entry(&a, &bid.id).is_some());
 
-    // Pinned: no question at all.
+    // Pinned: no question at all; the same file again is found unchanged
+    // there, and the summary says so.
     let (code, shown) = send_on_a_pty(&a, &srv.addr(), None);
     assert_eq!(code, Some(0), "{shown}");
     assert!(!shown.contains("[y/N]"), "{shown}");
-    assert_eq!(b.list().len(), 2);
+    assert!(
+        shown.contains("nothing to send") && shown.contains("1 file(s) unchanged"),
+        "{shown}"
+    );
+    assert_eq!(b.list_all().len(), 1);
 }
 
 #[test]

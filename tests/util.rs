@@ -695,6 +695,9 @@ pub struct Listed {
     pub mtime: i64,
     pub mode: String,
     pub origin: Option<String>,
+    /// From 1, the oldest version of its file (0: not given, a deposit).
+    #[serde(default)]
+    pub version: u32,
 }
 
 /// The output of `id --json`.
@@ -839,10 +842,18 @@ impl Node {
         self.run(args).ok()
     }
 
-    /// `vault list --json`, asserting success, sorted by name then id.
+    /// `vault list --json` (the newest version of each file), asserting
+    /// success, sorted by name then id.
     pub fn list(&self) -> Vec<Listed> {
         let mut v: Vec<Listed> = self.run(["vault", "list", "--json"]).ok().json();
         v.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        v
+    }
+
+    /// `vault list --all --json` (every version), sorted by name, version.
+    pub fn list_all(&self) -> Vec<Listed> {
+        let mut v: Vec<Listed> = self.run(["vault", "list", "--all", "--json"]).ok().json();
+        v.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
         v
     }
 
@@ -1046,20 +1057,23 @@ pub fn send_until(a: &Node, what: &str, addr: &str, total: u64, fraction: f64) -
     p
 }
 
-/// `s` without terminal colour sequences (`ESC [ … m`).
-pub fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+/// Checks a log line written to a pipe: no terminal colour sequence, and
+/// an RFC 3339 UTC timestamp first (`2026-12-03T12:55:01.123456Z`).
+pub fn assert_plain_log_line(line: &str) {
+    assert!(
+        !line.contains('\u{1b}'),
+        "colour codes in a log line written to a pipe: {line:?}"
+    );
+    let stamp = line.split_whitespace().next().unwrap_or_default();
+    let b = stamp.as_bytes();
+    assert!(
+        b.len() >= 20
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && b[10] == b'T'
+            && b[13] == b':'
+            && stamp.ends_with('Z')
+            && stamp[..4].bytes().all(|c| c.is_ascii_digit()),
+        "no timestamp first in a log line: {line:?}"
+    );
 }

@@ -147,6 +147,11 @@ enum Command {
         /// names); only this node gets them back (`p2pfs get`, with its passphrase).
         #[arg(long)]
         sealed: bool,
+        /// Store every file again, even those the receiver already stored
+        /// unchanged from this node (by default they are skipped and reported
+        /// as unchanged).
+        #[arg(long)]
+        again: bool,
     },
     /// Fetch from a peer what it lets this node fetch (files it shared with this node,
     /// everything when this node is one of its owner's devices): PEER NAME|ID|FOLDER [DEST].
@@ -320,7 +325,12 @@ pub use passphrase::capture_env;
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    // Colour only for a person at a terminal (and not with NO_COLOR set):
+    // a log file or a journal gets plain lines, each with its timestamp.
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()
+        .with_ansi(colour)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("P2PFS_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -382,7 +392,8 @@ fn run(cli: Cli) -> Result<()> {
             json,
             trust_new,
             sealed,
-        } => send_cmd::run(&ctx, args, streams as usize, json, trust_new, sealed),
+            again,
+        } => send_cmd::run(&ctx, args, streams as usize, json, trust_new, sealed, again),
         Command::Get {
             peer,
             what,

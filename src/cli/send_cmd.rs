@@ -429,6 +429,7 @@ pub fn run(
     json: bool,
     trust_new: bool,
     sealed: bool,
+    again: bool,
 ) -> Result<()> {
     let Some((peer, paths)) = args.split_last() else {
         bail!("usage: p2pfs send PATH... PEER");
@@ -463,6 +464,7 @@ pub fn run(
     let opts = SendOptions {
         streams,
         sealed,
+        again,
         ..SendOptions::default()
     };
     let res = rt.block_on(send(
@@ -517,16 +519,34 @@ async fn send(
         } else {
             "committed and verified by the receiver"
         };
-        println!(
-            "sent {} file(s) to {} ({}): {} on the wire, {} already there (resumed); {what}",
-            s.files,
-            text::escape(&s.peer_name),
-            s.peer.fingerprint(),
-            human(s.bytes_sent),
-            human(s.bytes_skipped)
-        );
+        println!("{}", summary_line(&s, what));
     }
     Ok(())
+}
+
+/// The line that ends a send: what was sent, resumed, and found unchanged.
+fn summary_line(s: &p2pfs::net::client::Summary, what: &str) -> String {
+    let peer = format!("{} ({})", text::escape(&s.peer_name), s.peer.fingerprint());
+    let unchanged = format!(
+        "{} file(s) unchanged, already stored there (--again stores them again)",
+        s.unchanged
+    );
+    if s.files == 0 && s.unchanged > 0 {
+        return format!("nothing to send to {peer}: {unchanged}");
+    }
+    let mut line = format!(
+        "sent {} file(s) to {peer}: {} on the wire",
+        s.files,
+        human(s.bytes_sent)
+    );
+    if s.bytes_skipped > 0 {
+        line += &format!(", {} already there (resumed)", human(s.bytes_skipped));
+    }
+    line += &format!("; {what}");
+    if s.unchanged > 0 {
+        line += &format!("; {unchanged}");
+    }
+    line
 }
 
 /// The task that shows a transfer's events: progress bars and failure
@@ -590,7 +610,7 @@ pub(crate) fn ui_task(
                         None => eprintln!("{line}"),
                     }
                 }
-                Event::FileDone { .. } => {}
+                Event::FileDone { .. } | Event::Unchanged { .. } => {}
                 Event::Done { .. } => {
                     if let Some(b) = pb.take() {
                         b.finish_and_clear();
@@ -762,8 +782,11 @@ fn event_json(
             files,
             bytes,
             skipped,
+            unchanged,
         } => json!({
-            "event": "start", "files": files, "bytes_total": bytes, "bytes_skipped": skipped }),
+            "event": "start", "files": files, "bytes_total": bytes, "bytes_skipped": skipped,
+            "unchanged": unchanged }),
+        Event::Unchanged { name } => json!({ "event": "unchanged", "name": name }),
         Event::Resuming { name, percent } => {
             json!({ "event": "resuming", "name": name, "percent": percent })
         }
@@ -784,14 +807,46 @@ fn event_json(
             files,
             bytes_sent,
             bytes_skipped,
+            unchanged,
         } => json!({
-            "event": "done", "files": files, "bytes_sent": bytes_sent, "bytes_skipped": bytes_skipped }),
+            "event": "done", "files": files, "bytes_sent": bytes_sent, "bytes_skipped": bytes_skipped,
+            "unchanged": unchanged }),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_says_what_was_unchanged_and_resumed_only_when_so() {
+        let s = |files, skipped, unchanged| p2pfs::net::client::Summary {
+            peer: p2pfs::crypto::keys::PublicKey([7; 32]),
+            peer_name: "bob".into(),
+            files,
+            bytes_sent: 2048,
+            bytes_skipped: skipped,
+            unchanged,
+        };
+        let fresh = summary_line(&s(2, 0, 0), "stored");
+        assert!(fresh.starts_with("sent 2 file(s) to bob ("), "{fresh}");
+        assert!(
+            !fresh.contains("resumed") && !fresh.contains("unchanged"),
+            "{fresh}"
+        );
+        let resumed = summary_line(&s(1, 4096, 3), "stored");
+        assert!(resumed.contains("KiB already there (resumed)"), "{resumed}");
+        assert!(
+            resumed.contains("; 3 file(s) unchanged, already stored there"),
+            "{resumed}"
+        );
+        let nothing = summary_line(&s(0, 0, 41), "stored");
+        assert!(nothing.starts_with("nothing to send to bob ("), "{nothing}");
+        assert!(
+            nothing.contains("41 file(s) unchanged") && nothing.contains("--again"),
+            "{nothing}"
+        );
+    }
 
     #[test]
     fn peers_parse() {

@@ -48,12 +48,22 @@ pub enum VaultCmd {
     /// List stored files with their origin: `local`, or the fingerprint of
     /// the peer that sent them (needs the passphrase: names are encrypted);
     /// and the sealed deposits other nodes keep here (no name: only their
-    /// depositor can open them).
+    /// depositor can open them). A file stored again changed is a new
+    /// version: only the newest of each is listed, unless --all.
     List {
         /// JSON array output (`added` is null for a stored time outside
-        /// RFC 3339's years 0000-9999).
+        /// RFC 3339's years 0000-9999; `version` counts from 1, the oldest).
         #[arg(long)]
         json: bool,
+        /// Every version of each file, not only the newest.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Remove the older versions of every file, keeping the newest KEEP.
+    Prune {
+        /// Versions of each file to keep (at least 1: the newest is never removed).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        keep: u32,
     },
     /// Decrypt a stored file (or every file under a stored folder) to DEST.
     Export {
@@ -132,7 +142,19 @@ pub fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<()> {
     let vault = ctx.home.vault()?;
     match cmd {
         VaultCmd::Import { paths } => import(ctx, &vault, &paths),
-        VaultCmd::List { json } => list(ctx, &vault, &unlock(ctx, &vault)?, json),
+        VaultCmd::List { json, all } => list(ctx, &vault, &unlock(ctx, &vault)?, json, all),
+        VaultCmd::Prune { keep } => {
+            let mut u = unlock(ctx, &vault)?;
+            let old = u.older_versions(keep);
+            for e in &old {
+                u.remove(&e.id)?;
+            }
+            println!(
+                "removed {} older version(s); the newest {keep} of each file stay",
+                old.len()
+            );
+            Ok(())
+        }
         VaultCmd::Export {
             what,
             dest,
@@ -480,25 +502,34 @@ fn deposits(vault: &Vault) -> DepositList {
     }
 }
 
-fn list(ctx: &Ctx, vault: &Vault, u: &Unlocked<'_>, json: bool) -> Result<()> {
-    let entries = u.entries();
+fn list(ctx: &Ctx, vault: &Vault, u: &Unlocked<'_>, json: bool, all: bool) -> Result<()> {
+    let entries = if all { u.entries() } else { u.latest() };
+    let versions = u.versions();
+    let version = |e: &Entry| versions.get(&e.id).map_or(1, |(n, _)| *n);
     let deps = deposits(vault).deposits;
     let who: Vec<Depositor> = deps.iter().map(|d| Depositor::new(ctx, d)).collect();
     if json {
         let v: Vec<_> = entries
             .iter()
-            .map(entry_json)
+            .map(|e| {
+                let mut v = entry_json(e);
+                v["version"] = version(e).into();
+                v
+            })
             .chain(deps.iter().zip(&who).map(|(d, w)| deposit_json(d, w)))
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     for e in &entries {
-        let name = if e.meta.kind == Kind::Dir {
+        let mut name = if e.meta.kind == Kind::Dir {
             format!("{}/", e.meta.name)
         } else {
             e.meta.name.clone()
         };
+        if all {
+            name += &format!("  (version {})", version(e));
+        }
         println!(
             "{}  {:>10}  {:<20}  {:<19}  {}",
             &id_hex(&e.id)[..12],

@@ -74,6 +74,9 @@ pub struct SendOptions {
     pub streams: usize,
     /// Plaintext bytes per chunk.
     pub chunk_size: u32,
+    /// Store every entry again, even those the receiver already committed
+    /// unchanged (`send --again`).
+    pub again: bool,
 }
 
 impl Default for SendOptions {
@@ -82,6 +85,7 @@ impl Default for SendOptions {
             sealed: None,
             streams: 4,
             chunk_size: DEFAULT_CHUNK_SIZE,
+            again: false,
         }
     }
 }
@@ -99,6 +103,8 @@ pub struct Summary {
     pub bytes_sent: u64,
     /// Plaintext bytes the receiver already had.
     pub bytes_skipped: u64,
+    /// Entries not sent: the receiver already holds them, unchanged.
+    pub unchanged: usize,
 }
 
 /// The version token of a source file (`docs/PROTOCOL.md`, `token`).
@@ -277,6 +283,18 @@ fn peer_text(e: NetError) -> NetError {
 }
 
 impl Authenticated {
+    /// The peer refused: ends the connection at once and returns the
+    /// refusal. The server keeps the place it gave this connection until
+    /// the close arrives (at most 2 s): a client that just went away held
+    /// it that long, and a few refused commands in a row found the
+    /// receiver "busy" for seconds.
+    pub async fn refused(&self, code: RefuseCode, message: &str) -> NetError {
+        let sent = self.link.conn.stats().udp_tx.datagrams;
+        self.link.close(close::REFUSED, "refused");
+        close_sent(&self.link.conn, sent).await;
+        refused(code, message)
+    }
+
     /// Waits for the peer's `Welcome` (its name, a valid node name).
     pub async fn welcome(&mut self) -> Result<String, NetError> {
         match self
@@ -285,7 +303,7 @@ impl Authenticated {
             .await?
         {
             Msg::Welcome { name, .. } => Ok(name),
-            Msg::Refused { code, message } => Err(refused(code, &message)),
+            Msg::Refused { code, message } => Err(self.refused(code, &message).await),
             other => Err(NetError::Protocol(format!(
                 "expected a welcome, got {}",
                 other.kind()
@@ -323,9 +341,21 @@ impl Authenticated {
 /// driver runs on another worker or after a yield: yielding, not
 /// sleeping (a timer's tick is a millisecond), for the first 2 ms; at most
 /// 200 ms.
+///
+/// A connection whose peer's CONNECTION_CLOSE arrived first sends nothing
+/// more: no need to wait. (A close held back by the congestion window
+/// cost the whole 200 ms about every other `remote list` until the first
+/// window was raised, `endpoint::transport_config`.)
 async fn close_sent(conn: &quinn::Connection, sent: u64) {
     let start = tokio::time::Instant::now();
-    while conn.stats().udp_tx.datagrams == sent {
+    loop {
+        // The peer's CONNECTION_CLOSE arrived: quinn sends nothing more
+        // (and reports even that connection as closed locally once this
+        // side called `close()`, so the close reason cannot tell).
+        let stats = conn.stats();
+        if stats.udp_tx.datagrams != sent || stats.frame_rx.connection_close > 0 {
+            break;
+        }
         let waited = start.elapsed();
         if waited >= Duration::from_millis(200) {
             break;
@@ -434,9 +464,11 @@ fn ui_reporter(events: &EventTx, start: u64) -> Reporter {
                     files,
                     bytes,
                     skipped,
+                    unchanged: 0,
                 }
             }
             Note::Resuming { name, percent } => Event::Resuming { name, percent },
+            Note::Unchanged { name } => Event::Unchanged { name },
             Note::FileStart { name, size } => Event::FileStart { name, size },
             Note::Bytes(b) => Event::Progress {
                 done: done.fetch_add(b, Ordering::Relaxed) + b,
@@ -468,6 +500,7 @@ pub async fn send(
     let peer = a.link.peer();
     let request = match opts.sealed {
         None => Msg::Offer {
+            again: opts.again,
             chunk_size: opts.chunk_size,
             files: items.iter().map(|i| i.offer.clone()).collect(),
         },
@@ -495,7 +528,7 @@ pub async fn send(
         .await?
     {
         Msg::Plan { files } if files.len() == items.len() => files,
-        Msg::Refused { code, message } => return Err(refused(code, &message)),
+        Msg::Refused { code, message } => return Err(a.refused(code, &message).await),
         other => {
             return Err(NetError::Protocol(format!(
                 "expected a plan for {} file(s), got {}",
@@ -513,6 +546,7 @@ pub async fn send(
     let mut tags = Vec::with_capacity(plans.len());
     let mut files = Vec::with_capacity(plans.len());
     let mut skipped = 0u64;
+    let (mut unchanged, mut unchanged_bytes) = (0usize, 0u64);
     for (item, p) in items.iter().zip(plans) {
         let n = chunk_count(item.offer.size, opts.chunk_size);
         let tag = entry_tag(
@@ -556,6 +590,7 @@ pub async fn send(
                 have: None,
                 fresh,
                 rejected: None,
+                unchanged: false,
             })
         };
         // A plan's resume entry must be of the request's kind.
@@ -624,6 +659,7 @@ pub async fn send(
                             have: Some(have),
                             fresh: false,
                             rejected: None,
+                            unchanged: false,
                         }
                     }
                     _ => {
@@ -638,11 +674,36 @@ pub async fn send(
                 have: None,
                 fresh: false,
                 rejected: Some(text::from_peer(&reason)),
+                unchanged: false,
                 deposit: None,
             },
+            // Only for a push that did not ask for `again`.
+            FilePlan::Unchanged { file_id } if opts.sealed.is_none() && !opts.again => {
+                unchanged += 1;
+                unchanged_bytes = unchanged_bytes.saturating_add(item.offer.size);
+                let _ = events.send(Event::Unchanged {
+                    name: item.offer.name.clone(),
+                });
+                Sending {
+                    id: file_id,
+                    key: None,
+                    have: None,
+                    fresh: false,
+                    rejected: None,
+                    unchanged: true,
+                    deposit: None,
+                }
+            }
+            FilePlan::Unchanged { .. } => {
+                return Err(NetError::Protocol(
+                    "the receiver answered an entry as unchanged, which this request rules out"
+                        .into(),
+                ))
+            }
         };
         tags.push(tag);
         match &next.rejected {
+            None if next.unchanged => log.forget(&peer, &tag),
             None => log.record(&peer, &next.id, &tag),
             Some(why) => {
                 let _ = events.send(Event::FileFailed {
@@ -660,9 +721,10 @@ pub async fn send(
         .try_fold(0u64, |t, i| t.checked_add(i.offer.size))
         .ok_or_else(|| NetError::Protocol("the files to send exceed 2^64 bytes".into()))?;
     let _ = events.send(Event::Start {
-        files: items.len(),
-        bytes: total,
+        files: items.len() - unchanged,
+        bytes: total.saturating_sub(unchanged_bytes),
         skipped,
+        unchanged,
     });
     let rejected: Vec<Option<String>> = files.iter().map(|(_, s)| s.rejected.clone()).collect();
     let ran = source::run(
@@ -683,6 +745,7 @@ pub async fn send(
         let name = text::escape(&items[i].offer.name);
         match (o, &rejected[i]) {
             (Outcome::Ok, _) => committed.push(tags[i]),
+            (Outcome::Unchanged, _) => {}
             (Outcome::Failed(kind, why), _) => {
                 worst = worst.max(Some(*kind));
                 failures.push(format!("  {name}: {why}"))
@@ -709,6 +772,7 @@ pub async fn send(
         files: committed.len(),
         bytes_sent: ran.bytes_sent,
         bytes_skipped: skipped,
+        unchanged,
     });
     if !failures.is_empty() {
         return Err(NetError::FilesFailed {
@@ -723,6 +787,7 @@ pub async fn send(
         files: committed.len(),
         bytes_sent: ran.bytes_sent,
         bytes_skipped: skipped,
+        unchanged,
     })
 }
 
@@ -790,7 +855,7 @@ pub async fn list(
                     break;
                 }
             }
-            Msg::Refused { code, message } => return Err(refused(code, &message)),
+            Msg::Refused { code, message } => return Err(a.refused(code, &message).await),
             other => {
                 return Err(NetError::Protocol(format!(
                     "expected a listing, got {}",
@@ -871,7 +936,7 @@ pub async fn get(
         .await?
     {
         Msg::Serving { header, files } => (header, files),
-        Msg::Refused { code, message } => return Err(refused(code, &message)),
+        Msg::Refused { code, message } => return Err(a.refused(code, &message).await),
         other => {
             return Err(NetError::Protocol(format!(
                 "expected the served files, got {}",
@@ -901,6 +966,7 @@ pub async fn get(
         initiator: true,
         dest: to.dest.map(Arc::new),
         force: to.force,
+        skip_unchanged: false,
     });
     let received = sink::run(&mut a.link, ctx, expects, Box::new(())).await?;
     a.close().await;
@@ -908,6 +974,7 @@ pub async fn get(
         files: received.ok,
         bytes_sent: 0,
         bytes_skipped: received.skipped,
+        unchanged: 0,
     });
     if !received.failures.is_empty() {
         return Err(NetError::FilesFailed {

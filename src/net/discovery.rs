@@ -26,8 +26,8 @@ use crate::{crypto::keys::PublicKey, store::format::validate_node_name, text};
 
 /// The DNS-SD service type of p2pfs nodes.
 pub const SERVICE_TYPE: &str = "_p2pfs._udp.local.";
-/// The protocol version a node advertises in TXT `v` (ALPN `p2pfs/2`).
-pub const PROTOCOL_VERSION: &str = "2";
+/// The protocol version a node advertises in TXT `v` (ALPN `p2pfs/3`).
+pub const PROTOCOL_VERSION: &str = "3";
 /// Longest instance label we advertise, in bytes. DNS labels end at 63
 /// bytes, and a name conflict makes mdns-sd append " (N)".
 const MAX_INSTANCE: usize = 56;
@@ -726,7 +726,7 @@ mod tests {
     fn good(instance: &str, id: &PublicKey, ips: &str) -> ServiceInfo {
         info(
             instance,
-            &[("v", "2".into()), ("id", id.to_id())],
+            &[("v", PROTOCOL_VERSION.into()), ("id", id.to_id())],
             ips,
             47474,
         )
@@ -768,7 +768,7 @@ mod tests {
         let named = info(
             "vault-b (2)",
             &[
-                ("v", "2".into()),
+                ("v", PROTOCOL_VERSION.into()),
                 ("id", id.to_id()),
                 ("name", "vault.b".into()),
             ],
@@ -788,30 +788,35 @@ mod tests {
         let cases: Vec<ServiceInfo> = vec![
             info("x", &[("id", id.clone())], "10.0.0.1", 1),
             info("x", &[("v", "1".into()), ("id", id.clone())], "10.0.0.1", 1),
-            info("x", &[("v", "2".into())], "10.0.0.1", 1),
+            info("x", &[("v", PROTOCOL_VERSION.into())], "10.0.0.1", 1),
             info(
                 "x",
-                &[("v", "2".into()), ("id", "not-an-id".into())],
+                &[("v", PROTOCOL_VERSION.into()), ("id", "not-an-id".into())],
                 "10.0.0.1",
                 1,
             ),
             info(
                 "x",
-                &[("v", "2".into()), ("id", id[..40].into())],
+                &[("v", PROTOCOL_VERSION.into()), ("id", id[..40].into())],
                 "10.0.0.1",
                 1,
             ),
-            info("x", &[("v", "2".into()), ("id", id.clone())], "10.0.0.1", 0),
             info(
                 "x",
-                &[("v", "2".into()), ("id", id.clone())],
+                &[("v", PROTOCOL_VERSION.into()), ("id", id.clone())],
+                "10.0.0.1",
+                0,
+            ),
+            info(
+                "x",
+                &[("v", PROTOCOL_VERSION.into()), ("id", id.clone())],
                 "fe80::1,224.0.0.1",
                 1,
             ),
             info(
                 "x",
                 &[
-                    ("v", "2".into()),
+                    ("v", PROTOCOL_VERSION.into()),
                     ("id", id.clone()),
                     ("name", "a\u{1b}[2J".into()),
                 ],
@@ -821,7 +826,7 @@ mod tests {
             info(
                 "x",
                 &[
-                    ("v", "2".into()),
+                    ("v", PROTOCOL_VERSION.into()),
                     ("id", id.clone()),
                     ("name", "n".repeat(65)),
                 ],
@@ -830,7 +835,7 @@ mod tests {
             ),
             info(
                 "\u{7}bell",
-                &[("v", "2".into()), ("id", id.clone())],
+                &[("v", PROTOCOL_VERSION.into()), ("id", id.clone())],
                 "10.0.0.1",
                 1,
             ),
@@ -872,7 +877,7 @@ mod tests {
         let ids: Vec<PublicKey> = m.peers().iter().map(|p| p.id).collect();
         assert!(ids.len() == 2 && ids.contains(&id) && ids.contains(&other));
         // A malformed re-announcement is skipped and hides nothing.
-        let broken = info("a", &[("v", "2".into())], "10.0.0.3", 47474);
+        let broken = info("a", &[("v", PROTOCOL_VERSION.into())], "10.0.0.3", 47474);
         assert!(!m.apply(ServiceEvent::ServiceResolved(broken)));
         assert_eq!(m.peers().len(), 2);
         // A goodbye withdraws both pairs of the instance, which stay known
@@ -942,7 +947,11 @@ mod tests {
         ] {
             let i = info(
                 instance,
-                &[("v", "2".into()), ("id", id.clone()), ("name", name.into())],
+                &[
+                    ("v", PROTOCOL_VERSION.into()),
+                    ("id", id.clone()),
+                    ("name", name.into()),
+                ],
                 "10.0.0.1",
                 1,
             );
@@ -951,7 +960,7 @@ mod tests {
         let long = "l".repeat(MAX_LABEL + 1);
         let i = info(
             &long,
-            &[("v", "2".into()), ("id", id.clone())],
+            &[("v", PROTOCOL_VERSION.into()), ("id", id.clone())],
             "10.0.0.1",
             1,
         );

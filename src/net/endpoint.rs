@@ -1,4 +1,4 @@
-//! QUIC endpoints: rustls (ring provider, TLS 1.3 only, ALPN `p2pfs/2`) with
+//! QUIC endpoints: rustls (ring provider, TLS 1.3 only, ALPN `p2pfs/3`) with
 //! a throwaway self-signed certificate on the server, and a client that
 //! accepts any certificate but checks the handshake signature — the node
 //! identity is proved by Noise, not by TLS (`docs/PROTOCOL.md`).
@@ -110,6 +110,16 @@ fn transport_config() -> quinn::TransportConfig {
     let mut mtud = quinn::MtuDiscoveryConfig::default();
     mtud.upper_bound(MAX_UDP_PAYLOAD);
     t.mtu_discovery_config(Some(mtud));
+    // Cubic's default first window, 14,720 bytes, is two datagrams once
+    // the path is at 6,500 bytes (and its floor is two datagrams). One MTU
+    // probe in flight then blocks every other packet, a CONNECTION_CLOSE
+    // too, until the probe is acknowledged or declared lost: about every
+    // other `remote list` took 200 ms more (the client's close wait) and
+    // the server held the connection's place for its close. Ten datagrams,
+    // as RFC 9002 (7.2) recommends.
+    let mut cubic = quinn::congestion::CubicConfig::default();
+    cubic.initial_window(10 * u64::from(MAX_UDP_PAYLOAD));
+    t.congestion_controller_factory(Arc::new(cubic));
     t
 }
 

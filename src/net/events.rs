@@ -27,6 +27,15 @@ pub enum Event {
         bytes: u64,
         /// Bytes the receiver already holds (resume).
         skipped: u64,
+        /// Entries not sent: the receiver already holds them, unchanged
+        /// (not in `files` nor `bytes`).
+        unchanged: usize,
+    },
+    /// An entry is not sent: the receiver already committed it from this
+    /// node, unchanged, and still holds it.
+    Unchanged {
+        /// Its name.
+        name: String,
     },
     /// A file is resumed.
     Resuming {
@@ -71,6 +80,8 @@ pub enum Event {
         bytes_sent: u64,
         /// Plaintext bytes skipped thanks to resume.
         bytes_skipped: u64,
+        /// Entries not sent because the receiver holds them unchanged.
+        unchanged: usize,
     },
 }
 

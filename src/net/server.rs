@@ -368,13 +368,21 @@ async fn request(
         }
     };
     match (req, first) {
-        (Request::Push, Msg::Offer { chunk_size, files }) => {
+        (
+            Request::Push,
+            Msg::Offer {
+                again,
+                chunk_size,
+                files,
+            },
+        ) => {
             receive(
                 ctx,
                 link,
                 rights.send && rights.trusted,
                 transfer,
                 chunk_size,
+                again,
                 files,
             )
             .await
@@ -574,6 +582,11 @@ async fn serve_fetch(
                     "a resumed deposit in the plan of a pull".into(),
                 ))
             }
+            FilePlan::Unchanged { .. } => {
+                return Err(NetError::Protocol(
+                    "an unchanged entry in the plan of a pull".into(),
+                ))
+            }
             FilePlan::Reject { reason } => {
                 debug!(
                     "the peer rejected {}: {}",
@@ -588,6 +601,7 @@ async fn serve_fetch(
                         have: None,
                         fresh: false,
                         rejected: Some(text::from_peer(&reason)),
+                        unchanged: false,
                         deposit: None,
                     },
                 ));
@@ -602,6 +616,7 @@ async fn serve_fetch(
                 have,
                 fresh: false,
                 rejected: None,
+                unchanged: false,
                 deposit: None,
             },
         ));
@@ -707,7 +722,7 @@ fn server_reporter(ctx: &ServerCtx, peer: PublicKey, source: bool) -> Reporter {
                 peer: Some(peer),
                 message: format!("{name}: {message}"),
             },
-            Note::Resuming { .. } | Note::FileStart { .. } => return,
+            Note::Resuming { .. } | Note::FileStart { .. } | Note::Unchanged { .. } => return,
         };
         let _ = events.send(ev);
     })
@@ -776,7 +791,7 @@ async fn receive_deposit(
             commit: Commit::Deposit,
         })
         .collect();
-    let sink_ctx = push_sink(ctx, peer, KeyFlow::Sealed);
+    let sink_ctx = push_sink(ctx, peer, KeyFlow::Sealed, false);
     let r = sink::run(link, sink_ctx, expects, Box::new((transfer, entries))).await;
     let stored = r.as_ref().map(|r| r.ok).unwrap_or(0);
     let c = ctx.clone();
@@ -819,7 +834,8 @@ async fn refuse_busy_entries(link: &mut Link) -> NetError {
 }
 
 /// The sink of a push or a deposit into this node's vault.
-fn push_sink(ctx: &ServerCtx, peer: PublicKey, flow: KeyFlow) -> Arc<SinkCtx> {
+/// `again`: store every entry, also those already stored unchanged.
+fn push_sink(ctx: &ServerCtx, peer: PublicKey, flow: KeyFlow, again: bool) -> Arc<SinkCtx> {
     Arc::new(SinkCtx {
         vault: ctx.vault,
         staging: ctx.staging.clone(),
@@ -831,6 +847,7 @@ fn push_sink(ctx: &ServerCtx, peer: PublicKey, flow: KeyFlow) -> Arc<SinkCtx> {
         initiator: false,
         dest: None,
         force: false,
+        skip_unchanged: flow == KeyFlow::Announced && !again,
     })
 }
 
@@ -841,6 +858,7 @@ async fn receive(
     trusted: bool,
     transfer: TransferGuard,
     chunk_size: u32,
+    again: bool,
     files: Vec<FileOffer>,
 ) -> Result<(), NetError> {
     let peer = link.peer();
@@ -884,7 +902,7 @@ async fn receive(
             name: f.name,
         })
         .collect();
-    let sink_ctx = push_sink(ctx, peer, KeyFlow::Announced);
+    let sink_ctx = push_sink(ctx, peer, KeyFlow::Announced, again);
     sink::run(link, sink_ctx, expects, Box::new((transfer, entries)))
         .await
         .map(|_| ())

@@ -95,6 +95,13 @@ pub enum FilePlan {
         /// BLAKE3 of each held sealed chunk, in index order.
         leaves: Vec<[u8; 32]>,
     },
+    /// Already committed from this sender, unchanged (same name, size,
+    /// chunk size and source version), and still stored: nothing is sent,
+    /// and no result follows.
+    Unchanged {
+        /// The stored object.
+        file_id: FileId,
+    },
 }
 
 /// Why a receiver refuses.
@@ -135,6 +142,9 @@ pub enum Msg {
     },
     /// Client → server: what it wants to send.
     Offer {
+        /// Store every entry again, even one the server already holds
+        /// unchanged (`send --again`).
+        again: bool,
         /// Plaintext bytes per chunk.
         chunk_size: u32,
         /// The entries.
@@ -723,6 +733,7 @@ mod tests {
     async fn frames_round_trip() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
         let m = Msg::Offer {
+            again: false,
             chunk_size: 1 << 20,
             files: vec![offer("a/b")],
         };
@@ -739,6 +750,7 @@ mod tests {
     async fn a_control_read_dropped_mid_frame_loses_nothing() {
         let (mut a, b) = tokio::io::duplex(1 << 16);
         let m = Msg::Offer {
+            again: false,
             chunk_size: 1 << 20,
             files: vec![offer("a/b"), offer("c")],
         };

@@ -19,6 +19,7 @@ pub(crate) mod keychain;
 pub mod log;
 pub mod partial;
 pub mod pin;
+pub mod received;
 pub mod remote;
 pub mod sent;
 pub mod shares;

@@ -83,6 +83,14 @@ impl StagingKey {
         *h.finalize().as_bytes()
     }
 
+    /// The MAC of a receipt record ([`super::received`]).
+    pub fn receipt_mac(&self, record: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(self.0.expose());
+        h.update(b"p2pfs/receipt/v1");
+        h.update(record);
+        *h.finalize().as_bytes()
+    }
+
     /// The slot of `name` offered by `sender`.
     pub fn slot(&self, sender: &PublicKey, name: &str) -> Slot {
         let mut s = [0u8; 16];

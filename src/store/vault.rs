@@ -616,6 +616,18 @@ impl Vault {
         self.objects().join(format!("{}.env", id_hex(id)))
     }
 
+    /// True when object `id` is stored (its envelope is there: `vault rm`
+    /// removes it first).
+    pub fn has_object(&self, id: &FileId) -> bool {
+        self.env_path(id).is_file()
+    }
+
+    /// The record of what this vault received, by slot
+    /// ([`super::received`]).
+    pub fn receipts(&self) -> super::received::Receipts {
+        super::received::Receipts::new(&self.dir)
+    }
+
     fn lock_file(&self, name: &str) -> Result<(File, PathBuf)> {
         let p = self.dir.join(name);
         let f = fs::OpenOptions::new()
@@ -1989,6 +2001,58 @@ impl Unlocked<'_> {
         v
     }
 
+    /// The version of each live object. Objects of one origin under one
+    /// name are versions of one file (a changed file sent or imported
+    /// again), numbered from 1, the oldest, by the time they were added
+    /// (then by id); the highest is the newest. `(version, newest)` by id.
+    pub fn versions(&self) -> HashMap<FileId, (u32, bool)> {
+        let mut groups: HashMap<(Origin, String), Vec<(u64, FileId)>> = HashMap::new();
+        for e in self.entries() {
+            groups
+                .entry((e.origin(), e.meta.name.clone()))
+                .or_default()
+                .push((e.meta.added_ms, e.id));
+        }
+        let mut out = HashMap::new();
+        for mut g in groups.into_values() {
+            g.sort_unstable();
+            let n = g.len();
+            for (i, (_, id)) in g.into_iter().enumerate() {
+                out.insert(id, (i as u32 + 1, i + 1 == n));
+            }
+        }
+        out
+    }
+
+    /// The newest version of each file, sorted by name.
+    pub fn latest(&self) -> Vec<Entry> {
+        let v = self.versions();
+        self.entries()
+            .into_iter()
+            .filter(|e| v.get(&e.id).is_some_and(|(_, newest)| *newest))
+            .collect()
+    }
+
+    /// The versions beyond the newest `keep` of each file (what `vault
+    /// prune --keep KEEP` removes), sorted by name. `keep` 0 is taken as 1:
+    /// the newest version of a file is never pruned.
+    pub fn older_versions(&self, keep: u32) -> Vec<Entry> {
+        let v = self.versions();
+        let mut count: HashMap<(Origin, &str), u32> = HashMap::new();
+        let entries = self.entries();
+        for e in &entries {
+            *count.entry((e.origin(), e.meta.name.as_str())).or_default() += 1;
+        }
+        entries
+            .iter()
+            .filter(|e| {
+                let total = count[&(e.origin(), e.meta.name.as_str())];
+                v.get(&e.id).is_some_and(|(n, _)| *n + keep.max(1) <= total)
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Finds one object by full id, unique id prefix (≥ 8 hex digits) or exact name.
     pub fn resolve(&self, query: &str) -> Result<Entry> {
         self.resolve_from(query, None)
@@ -2013,6 +2077,16 @@ impl Unlocked<'_> {
                 .collect()
         } else {
             Vec::new()
+        };
+        // A name names the newest version of a file (one per origin: the
+        // same name from two origins stays ambiguous); an older version is
+        // named by its id.
+        let by_name: Vec<&Entry> = {
+            let v = self.versions();
+            by_name
+                .into_iter()
+                .filter(|e| v.get(&e.id).is_some_and(|(_, newest)| *newest))
+                .collect()
         };
         let hits = if by_name.is_empty() { by_id } else { by_name };
         match hits.as_slice() {
@@ -2040,8 +2114,10 @@ impl Unlocked<'_> {
     /// the owner's folders.
     pub fn folder(&self, folder: &str, from: Option<Origin>) -> Result<Vec<Entry>> {
         let prefix = format!("{}/", folder.trim_end_matches('/'));
+        // The newest version of each file: a folder never fails on its
+        // own versions.
         let under: Vec<Entry> = self
-            .entries()
+            .latest()
             .into_iter()
             .filter(|e| e.meta.name.starts_with(&prefix))
             .collect();

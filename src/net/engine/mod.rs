@@ -166,6 +166,11 @@ pub enum Note {
         /// Bytes the sink already held (resume).
         skipped: u64,
     },
+    /// An entry the sink already holds unchanged: not sent again.
+    Unchanged {
+        /// Its name.
+        name: String,
+    },
     /// A file is resumed.
     Resuming {
         /// Its name.

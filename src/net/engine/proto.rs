@@ -134,7 +134,7 @@ impl SourceMachine {
         }
         let accepted: Vec<bool> = plans
             .iter()
-            .map(|p| !matches!(p, FilePlan::Reject { .. }))
+            .map(|p| !matches!(p, FilePlan::Reject { .. } | FilePlan::Unchanged { .. }))
             .collect();
         let expected = accepted.iter().filter(|a| **a).count();
         Ok(Self {
@@ -268,6 +268,16 @@ impl SinkMachine {
         }
     }
 
+    /// `file` needs nothing (its plan says `Unchanged`): it has its result
+    /// from the plan, and any announcement of it is a violation.
+    pub fn skip(&mut self, file: u32) -> Result<(), NetError> {
+        Self::once(&mut self.started, file, "plan")?;
+        if let Some(e) = self.ended.get_mut(file as usize) {
+            *e = true;
+        }
+        self.on_result(file)
+    }
+
     /// The sink reports `file`'s result (each once: the disk side decides
     /// it, this checks it).
     pub fn on_result(&mut self, file: u32) -> Result<(), NetError> {
@@ -351,6 +361,8 @@ pub struct ChunkPlan {
     pub size: u64,
     /// Plaintext bytes per chunk.
     pub chunk_size: u32,
+    /// Whether chunks of it are taken (not for an `Unchanged` entry).
+    pub open: bool,
 }
 
 /// Bounds a chunk frame's header against the plan before anything is read
@@ -360,6 +372,12 @@ pub fn chunk_bounds(plans: &[ChunkPlan], h: &ChunkHeader) -> Result<(FileId, usi
     let p = plans
         .get(h.file as usize)
         .ok_or_else(|| violation(format!("chunk for unknown file {}", h.file)))?;
+    if !p.open {
+        return Err(violation(format!(
+            "chunk for file {}, which needs none",
+            h.file
+        )));
+    }
     if h.index >= chunk_count(p.size, p.chunk_size) {
         return Err(violation(format!("chunk index {} out of range", h.index)));
     }
@@ -424,6 +442,33 @@ mod tests {
         assert!(!sink.finished(), "a push sink waits for Done");
         assert_eq!(sink.on_msg(&Msg::Done).unwrap(), SinkStep::PeerDone);
         assert!(sink.finished() && !sink.reading());
+    }
+
+    /// An unchanged entry is neither announced nor answered: the source
+    /// sends nothing of it and expects no result; the sink counts it done
+    /// from its plan and refuses any announcement or result for it.
+    #[test]
+    fn an_unchanged_entry_needs_nothing_and_takes_nothing() {
+        let plans = vec![FilePlan::Unchanged { file_id: [2; 16] }, plan_new()];
+        let mut src = SourceMachine::on_plan(2, &plans).unwrap();
+        assert!(!src.is_accepted(0) && src.is_accepted(1));
+        assert!(
+            src.on_result(0).is_err(),
+            "no result for an unchanged entry"
+        );
+        let mut sink = SinkMachine::new(2, KeyFlow::Announced, false);
+        sink.skip(0).unwrap();
+        assert!(sink.on_msg(&start(0)).is_err(), "a start for it");
+        assert!(sink.on_msg(&end(0)).is_err(), "an end for it");
+        assert!(sink.on_result(0).is_err(), "a result for it");
+        assert!(sink.skip(0).is_err(), "skipped twice");
+        sink.on_msg(&start(1)).unwrap();
+        sink.on_msg(&end(1)).unwrap();
+        sink.on_result(1).unwrap();
+        assert_eq!(src.on_result(1).unwrap(), 1);
+        assert!(src.finished());
+        sink.on_msg(&Msg::Done).unwrap();
+        assert!(sink.finished());
     }
 
     #[test]
@@ -503,6 +548,7 @@ mod tests {
     #[test]
     fn requests_need_their_rights() {
         let offer = Msg::Offer {
+            again: false,
             chunk_size: 1 << 20,
             files: vec![],
         };
@@ -626,11 +672,20 @@ mod tests {
 
     #[test]
     fn chunk_headers_are_bounded_by_the_plan() {
-        let plans = [ChunkPlan {
-            id: [5; 16],
-            size: 10_000,
-            chunk_size: 4096,
-        }];
+        let plans = [
+            ChunkPlan {
+                id: [5; 16],
+                size: 10_000,
+                chunk_size: 4096,
+                open: true,
+            },
+            ChunkPlan {
+                id: [6; 16],
+                size: 10_000,
+                chunk_size: 4096,
+                open: false,
+            },
+        ];
         let h = |file, index, len| ChunkHeader {
             file,
             index,
@@ -641,7 +696,14 @@ mod tests {
             chunk_bounds(&plans, &h(0, 2, (10_000 - 8192 + 28) as u32)).unwrap(),
             ([5; 16], 10_000 - 8192 + 28)
         );
-        assert!(chunk_bounds(&plans, &h(1, 0, 4124)).is_err());
+        assert!(
+            chunk_bounds(&plans, &h(1, 0, 4124)).is_err(),
+            "a file that needs no chunk (unchanged)"
+        );
+        assert!(
+            chunk_bounds(&plans, &h(2, 0, 4124)).is_err(),
+            "no such file"
+        );
         assert!(chunk_bounds(&plans, &h(0, 3, 4124)).is_err());
         assert!(chunk_bounds(&plans, &h(0, 0, 4125)).is_err());
     }

@@ -42,6 +42,7 @@ use crate::{
         format::{Kind, Metadata},
         fsutil::{Dir, NewFile},
         partial::{self, CheckpointJob, Partial, PartialMeta, Slot, StagingKey, Verified},
+        received::Receipt,
         vault::Vault,
         StoreError,
     },
@@ -117,6 +118,10 @@ pub struct SinkCtx {
     pub dest: Option<Arc<Dir>>,
     /// With `dest`: replace existing files.
     pub force: bool,
+    /// A push whose entries this node already committed unchanged (its
+    /// receipts say so, `store::received`) are planned `Unchanged`: not
+    /// sent again. False for `send --again`, pulls and deposits.
+    pub skip_unchanged: bool,
 }
 
 /// What a sink run did.
@@ -128,6 +133,8 @@ pub struct Received {
     pub failures: Vec<String>,
     /// Plaintext bytes already held (resume).
     pub skipped: u64,
+    /// Entries planned `Unchanged` (not sent again).
+    pub unchanged: usize,
 }
 
 /// The slot name of a pulled object: not a valid file name (a NUL), so it
@@ -212,15 +219,24 @@ pub async fn run(
         }
         _ => return Err(NetError::Timeout("planning the transfer")),
     };
+    let same_bytes = planned
+        .unchanged
+        .iter()
+        .fold(0u64, |t, (_, _, size)| t.saturating_add(*size));
     (ctx.report)(Note::Start {
-        files: nfiles,
-        bytes,
+        files: nfiles - planned.unchanged.len(),
+        bytes: bytes.saturating_sub(same_bytes),
         skipped: planned.held,
     });
     link.send_msg(&Msg::Plan {
         files: planned.plans,
     })
     .await?;
+    let mut machine = SinkMachine::new(nfiles, ctx.flow, ctx.initiator);
+    for (file, name, _) in &planned.unchanged {
+        machine.skip(*file)?;
+        (ctx.report)(Note::Unchanged { name: name.clone() });
+    }
     let infos = planned.infos;
     let data = {
         let conn = link.conn.clone();
@@ -234,7 +250,6 @@ pub async fn run(
         tokio::spawn(async move { accept_data(conn, d, report).await })
     };
 
-    let mut machine = SinkMachine::new(nfiles, ctx.flow, ctx.initiator);
     let outcome: Result<(), NetError> = async {
         // Progress: new chunk bytes stored (counted by the disk actor) and
         // control messages; each `idle` window must bring MIN_PROGRESS.
@@ -331,6 +346,7 @@ pub async fn run(
         ok: ok_count.load(Ordering::Relaxed) as usize,
         failures,
         skipped: planned.held,
+        unchanged: planned.unchanged.len(),
     })
 }
 
@@ -486,6 +502,8 @@ struct Planned {
     plans: Vec<FilePlan>,
     infos: Arc<Vec<ChunkPlan>>,
     held: u64,
+    /// The entries planned `Unchanged`: index, name and size.
+    unchanged: Vec<(u32, String, u64)>,
 }
 
 /// What the resume decision needs to know of a partial.
@@ -534,7 +552,24 @@ fn plan(
     let mut infos = Vec::with_capacity(files.len());
     let mut states = Vec::with_capacity(files.len());
     let mut held = 0u64;
-    for f in files {
+    let mut unchanged = Vec::new();
+    // What this node already committed from this peer, for these names.
+    let receipts = if ctx.skip_unchanged && ctx.flow == KeyFlow::Announced {
+        let slots = files
+            .iter()
+            .map(|f| ctx.staging.slot(&peer, &slot_name(ctx.flow, f)))
+            .collect();
+        match vault.receipts().lookup(&ctx.staging, &slots) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("cannot read the receipts ({e}); every file is stored again");
+                Default::default()
+            }
+        }
+    } else {
+        Default::default()
+    };
+    for (i, f) in files.into_iter().enumerate() {
         let slot_name = slot_name(ctx.flow, &f);
         let slot = ctx.staging.slot(&peer, &slot_name);
         let version = ctx
@@ -542,6 +577,34 @@ fn plan(
             .version(&peer, &slot_name, f.size, f.chunk_size, &f.token);
         claim(slot, conn)?;
         claims.0.push(slot);
+        // The very same entry, committed before and still stored: nothing
+        // to send. (A partial of it cannot be in this slot: a commit
+        // removes it.)
+        if let Some(r) = receipts
+            .get(&slot)
+            .filter(|r| r.version == version && vault.has_object(&r.object))
+        {
+            plans.push(FilePlan::Unchanged { file_id: r.object });
+            infos.push(ChunkPlan {
+                id: r.object,
+                size: f.size,
+                chunk_size: f.chunk_size,
+                open: false,
+            });
+            unchanged.push((i as u32, f.name.clone(), f.size));
+            states.push(FileState {
+                expect: f,
+                id: r.object,
+                slot,
+                version,
+                partial: None,
+                end: None,
+                finished: true,
+                pending: None,
+                out: None,
+            });
+            continue;
+        }
         let want = Wanted {
             version,
             size: f.size,
@@ -619,6 +682,7 @@ fn plan(
             id,
             size: f.size,
             chunk_size: f.chunk_size,
+            open: true,
         });
         states.push(FileState {
             expect: f,
@@ -638,6 +702,7 @@ fn plan(
             plans,
             infos: Arc::new(infos),
             held,
+            unchanged,
         },
     ))
 }
@@ -745,7 +810,7 @@ fn disk_actor(
     // A group is handed to the committer whenever nothing else is queued
     // (so a lone file waits for nothing) and there is room, and when it is
     // full; its results go out as soon as it is durable.
-    let mut committer = Committer::start();
+    let mut committer = Committer::start(ctx.staging.clone());
     let rt = rx.rt.clone();
     let settle_all = |c: Committed, files: &[FileState]| {
         for (i, msg) in c.results(ctx, files) {
@@ -1114,6 +1179,11 @@ fn finish_if_ready(
                     slot,
                     vault: v,
                     blake3,
+                    receipt: (ctx.flow == KeyFlow::Announced).then_some(Receipt {
+                        slot,
+                        version: st.version,
+                        object: st.id,
+                    }),
                 });
                 return None;
             }
@@ -1145,6 +1215,9 @@ struct Grouped {
     slot: Slot,
     vault: &'static Vault,
     blake3: [u8; 32],
+    /// What to record once it is committed (a push: a later offer of the
+    /// same entry is then `Unchanged`).
+    receipt: Option<Receipt>,
 }
 
 /// Files a group holds before it is committed even while more data waits
@@ -1199,21 +1272,23 @@ struct Committer {
     done: mpsc::UnboundedReceiver<Committed>,
     in_flight: usize,
     thread: Option<std::thread::JoinHandle<()>>,
+    staging: Arc<StagingKey>,
 }
 
 impl Committer {
     /// Groups committed or waiting to be, at most.
     const DEPTH: usize = 2;
 
-    fn start() -> Self {
+    fn start(staging: Arc<StagingKey>) -> Self {
         let (tx, rx) = std::sync::mpsc::channel::<Vec<Grouped>>();
         let (done_tx, done) = mpsc::unbounded_channel();
+        let key = staging.clone();
         let thread = std::thread::Builder::new()
             .name("p2pfs-commit".into())
             .spawn(move || {
                 for grouped in rx {
                     let t0 = std::time::Instant::now();
-                    let c = commit_here(grouped);
+                    let c = commit_here(grouped, &key);
                     debug!(
                         files = c.files.len(),
                         elapsed_ms = t0.elapsed().as_millis() as u64,
@@ -1230,6 +1305,7 @@ impl Committer {
             done,
             in_flight: 0,
             thread,
+            staging,
         }
     }
 
@@ -1249,9 +1325,11 @@ impl Committer {
                     self.in_flight += 1;
                     None
                 }
-                Err(std::sync::mpsc::SendError(grouped)) => Some(commit_here(grouped)),
+                Err(std::sync::mpsc::SendError(grouped)) => {
+                    Some(commit_here(grouped, &self.staging))
+                }
             },
-            None => Some(commit_here(grouped)),
+            None => Some(commit_here(grouped, &self.staging)),
         }
     }
 
@@ -1282,17 +1360,34 @@ impl Drop for Committer {
     }
 }
 
-/// Commits a group on the calling thread.
-fn commit_here(grouped: Vec<Grouped>) -> Committed {
+/// Commits a group on the calling thread, then records the receipts of
+/// the files it stored (durably, before any result goes out: a sender
+/// told a file is stored finds it `Unchanged` next time).
+fn commit_here(grouped: Vec<Grouped>, staging: &StagingKey) -> Committed {
     let mut files = Vec::with_capacity(grouped.len());
     let mut ready = Vec::with_capacity(grouped.len());
+    let mut receipts = Vec::with_capacity(grouped.len());
+    let vault = grouped.first().map(|g| g.vault);
     for g in grouped {
         ready.push(g.ready);
         files.push((g.file, g.slot, g.vault, g.blake3));
+        receipts.push(g.receipt);
     }
     // Every partial is dropped (its files moved or kept) before a failed
     // one's result may remove it.
     let outcomes = partial::commit_group(ready);
+    let stored: Vec<Receipt> = receipts
+        .into_iter()
+        .zip(&outcomes)
+        .filter_map(|(r, o)| r.filter(|_| o.is_ok()))
+        .collect();
+    if let Some(v) = vault {
+        // Stored whatever happens here: without its receipt, a file is
+        // only sent (and stored) again next time.
+        if let Err(e) = v.receipts().append(staging, &stored) {
+            warn!("cannot record what was stored ({e}); unchanged files will be stored again");
+        }
+    }
     Committed { files, outcomes }
 }
 

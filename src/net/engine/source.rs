@@ -100,6 +100,8 @@ pub struct Sending {
     pub fresh: bool,
     /// Why the sink rejected it (nothing is sent).
     pub rejected: Option<String>,
+    /// The sink already committed this very entry (nothing is sent).
+    pub unchanged: bool,
     /// A deposit: how the file is sealed for its depositor.
     pub deposit: Option<Seal>,
 }
@@ -122,6 +124,8 @@ pub struct Seal {
 pub enum Outcome {
     /// Not sent: rejected in the plan, or no result.
     Pending,
+    /// Not sent: the sink already holds this very entry.
+    Unchanged,
     /// Committed and verified.
     Ok,
     /// Failed: how, and why (bounded and escaped).
@@ -177,10 +181,12 @@ pub async fn run(
         .iter()
         .map(|(_, s)| match &s.rejected {
             Some(r) => FilePlan::Reject { reason: r.clone() },
+            None if s.unchanged => FilePlan::Unchanged { file_id: s.id },
             None => FilePlan::New { file_id: s.id },
         })
         .collect();
     let mut machine = SourceMachine::on_plan(files.len(), &plans)?;
+    let unchanged: Vec<bool> = files.iter().map(|(_, s)| s.unchanged).collect();
     let n = files.len();
     let streams = streams.clamp(1, wire::MAX_STREAMS);
     let (ctrl_tx, mut ctrl_rx) = mpsc::unbounded_channel::<Msg>();
@@ -242,7 +248,7 @@ pub async fn run(
     let rep = report.clone();
     let reader = tokio::task::spawn_blocking(move || -> Result<(), NetError> {
         for (i, (from, s)) in files.iter().enumerate() {
-            if s.rejected.is_some() {
+            if s.rejected.is_some() || s.unchanged {
                 continue;
             }
             rep(Note::FileStart {
@@ -296,6 +302,11 @@ pub async fn run(
     // Results: one per accepted file, each at most once. Once everything
     // is sent, a sink that stays silent for RESULT_WAIT is given up on.
     let mut outcomes = vec![Outcome::Pending; n];
+    for (o, s) in outcomes.iter_mut().zip(&unchanged) {
+        if *s {
+            *o = Outcome::Unchanged;
+        }
+    }
     let mut reader = reader;
     let mut reader_done = false;
     while !machine.finished() {

@@ -1,0 +1,211 @@
+//! Re-sending (issue 10, item 1): a file the receiver already committed
+//! from this sender, unchanged, is not sent or stored again; an interrupted
+//! folder send, run again, ends with every file exactly once. Real `p2pfs`
+//! processes over QUIC on loopback.
+
+mod util;
+
+use std::collections::BTreeMap;
+
+use util::*;
+
+fn nodes() -> (Node, Node) {
+    let (a, b) = Node::pair();
+    a.init("alice");
+    b.init("bob");
+    (a, b)
+}
+
+/// The names the receiver holds, with how many versions of each.
+fn counts(b: &Node) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for e in b.list_all() {
+        *m.entry(e.name).or_insert(0) += 1;
+    }
+    m
+}
+
+/// `send --json ARGS… PEER`, asserting success: (files sent, unchanged).
+fn send(a: &Node, args: &[&str], peer: &str) -> (u64, u64) {
+    let mut all = vec!["send", "--json"];
+    all.extend_from_slice(args);
+    all.push(peer);
+    let r = a.run(all).ok();
+    let done = event(&events(&r.stdout), "done")
+        .unwrap_or_else(|| panic!("no done event: {r}"))
+        .clone();
+    let n = |k: &str| done[k].as_u64().unwrap_or_else(|| panic!("no {k}: {r}"));
+    (n("files"), n("unchanged"))
+}
+
+fn objects_on_disk(b: &Node) -> usize {
+    std::fs::read_dir(b.objects())
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_unchanged_folder_sent_again_stores_nothing_and_says_so() {
+    let (a, b) = nodes();
+    let srv = Serving::start(&b, &["--accept", "any"]);
+    for i in 0..40 {
+        write_random(&a.path(&format!("docs/f{i:02}")), 1000 + i * 100);
+    }
+    std::fs::create_dir_all(a.path("docs/empty")).unwrap();
+    a.run(["send", "--trust-new", "docs", &srv.addr()]).ok();
+    assert_eq!(b.list().len(), 41);
+    let objects = objects_on_disk(&b);
+
+    // Again: nothing crosses, nothing is stored, and the summary says why.
+    let r = a.run(["send", "--json", "docs", &srv.addr()]).ok();
+    let evs = events(&r.stdout);
+    let done = event(&evs, "done").expect("done event");
+    assert_eq!(done["files"], 0, "{r}");
+    assert_eq!(done["unchanged"], 41, "{r}");
+    assert_eq!(done["bytes_sent"], 0, "{r}");
+    assert_eq!(
+        evs.iter().filter(|e| e["event"] == "unchanged").count(),
+        41,
+        "{r}"
+    );
+    assert_eq!(b.list().len(), 41);
+    assert_eq!(objects_on_disk(&b), objects, "no new object");
+
+    // One file changed, one added: only those two are sent. The changed
+    // one is a second version under its name (issue 10, item 2).
+    let old03 = blake3_file(&a.path("docs/f03"));
+    let new03 = write_random(&a.path("docs/f03"), 777);
+    write_random(&a.path("docs/new"), 50);
+    assert_eq!(send(&a, &["docs"], &srv.addr()), (2, 40));
+    let c = counts(&b);
+    assert_eq!(c.len(), 42);
+    assert_eq!(c["docs/f03"], 2);
+    assert_eq!(c["docs/new"], 1);
+    // Listed: the newest; --all: both, numbered; export takes the newest,
+    // of one file and of the folder; the older one by its id.
+    assert_eq!(b.list().len(), 42);
+    assert_eq!(b.entry("docs/f03").blake3, new03);
+    let v: Vec<(u32, String)> = b
+        .list_all()
+        .into_iter()
+        .filter(|e| e.name == "docs/f03")
+        .map(|e| (e.version, e.blake3))
+        .collect();
+    assert_eq!(v, [(1, old03.clone()), (2, new03.clone())]);
+    assert_eq!(blake3_file(&b.export("docs/f03", "f03-out")), new03);
+    b.run(["vault", "export", "docs", "tree-out"]).ok();
+    assert_eq!(blake3_file(&b.path("tree-out/f03")), new03);
+    assert_eq!(
+        files_under(&b.path("tree-out")).len(),
+        41,
+        "every file once, the newest"
+    );
+    let old_id = b
+        .list_all()
+        .into_iter()
+        .find(|e| e.name == "docs/f03" && e.version == 1)
+        .unwrap()
+        .id;
+    assert_eq!(blake3_file(&b.export(&old_id, "f03-old")), old03);
+    // A single file is unchanged the same way; --again stores it again.
+    write_random(&a.path("solo"), 300);
+    a.run(["send", "solo", &srv.addr()]).ok();
+    assert_eq!(send(&a, &["solo"], &srv.addr()), (0, 1));
+    assert_eq!(send(&a, &["--again", "solo"], &srv.addr()), (1, 0));
+    assert_eq!(counts(&b)["solo"], 2);
+
+    // A file removed from the vault is sent again, not "unchanged".
+    let id = b
+        .list()
+        .into_iter()
+        .find(|e| e.name == "docs/f01")
+        .unwrap()
+        .id;
+    b.run(["vault", "rm", &id]).ok();
+    assert_eq!(send(&a, &["docs"], &srv.addr()), (1, 41));
+    assert_eq!(counts(&b)["docs/f01"], 1);
+
+    // The receipts name nothing in clear and are private.
+    let receipts = b.vault().join("received");
+    let bytes = std::fs::read(&receipts).unwrap();
+    assert!(find_bytes(&bytes, b"docs/").is_none());
+    assert!(find_bytes(&bytes, a.id().id.as_bytes()).is_none());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&receipts).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // prune keeps the newest version of each file.
+    b.run(["vault", "prune"])
+        .ok()
+        .says("removed 2 older version(s)");
+    let c = counts(&b);
+    assert!(c.values().all(|n| *n == 1), "{c:?}");
+    assert_eq!(b.entry("docs/f03").blake3, new03);
+    b.run(["vault", "verify", "--full"]).ok();
+    srv.stop().ok();
+}
+
+/// Another sender's identical file is its own: receipts are per sender.
+#[test]
+fn unchanged_is_per_sender_and_planted_receipts_are_ignored() {
+    let (a, b) = nodes();
+    let c = Node::new();
+    c.init("carol");
+    let srv = Serving::start(&b, &["--accept", "any"]);
+    write_random(&a.path("same"), 4000);
+    std::fs::copy(a.path("same"), c.path("same")).unwrap();
+    a.run(["send", "--trust-new", "same", &srv.addr()]).ok();
+    assert_eq!(send(&c, &["--trust-new", "same"], &srv.addr()), (1, 0));
+    assert_eq!(counts(&b)["same"], 2);
+    srv.stop().ok();
+
+    // Receipts that do not authenticate under this node's key count for
+    // nothing: flipping a bit of each makes every file go again.
+    let receipts = b.vault().join("received");
+    let mut bytes = std::fs::read(&receipts).unwrap();
+    for rec in bytes.chunks_mut(80) {
+        rec[70] ^= 1;
+    }
+    std::fs::write(&receipts, &bytes).unwrap();
+    let srv = Serving::start(&b, &["--accept", "any"]);
+    assert_eq!(send(&a, &["same"], &srv.addr()), (1, 0));
+    assert_eq!(counts(&b)["same"], 3);
+    srv.stop().ok();
+}
+
+/// kill -9 of the sender half-way through a folder, then the same send
+/// again: every file ends up exactly once, with the right content.
+#[test]
+fn a_killed_folder_send_run_again_stores_every_file_once() {
+    let (a, b) = nodes();
+    let srv = Serving::start(&b, &["--accept", "any"]);
+    let mut hashes = BTreeMap::new();
+    for i in 0..60u64 {
+        let name = format!("tree/f{i:02}");
+        hashes.insert(name.clone(), write_random(&a.path(&name), 4 << 20));
+    }
+    let total = 60 * (4 << 20);
+    let p = send_until(&a, "tree", &srv.addr(), total, 0.4);
+    p.kill9();
+    let before = b.list().len();
+    assert!(
+        before > 0 && before < 60,
+        "{before} files stored before the kill"
+    );
+    let (sent, unchanged) = send(&a, &["tree"], &srv.addr());
+    assert_eq!(sent + unchanged, 60);
+    assert!(
+        unchanged >= before as u64,
+        "{unchanged} unchanged, {before} stored before"
+    );
+    let c = counts(&b);
+    assert_eq!(c.len(), 60);
+    assert!(c.values().all(|n| *n == 1), "{c:?}");
+    for e in b.list() {
+        assert_eq!(e.blake3, hashes[&e.name], "{}", e.name);
+    }
+    assert!(b.staging_files().is_empty(), "{:?}", b.staging_files());
+    b.run(["vault", "verify", "--full"]).ok();
+    srv.stop().ok();
+}
