@@ -917,6 +917,11 @@ pub struct Serving {
 }
 
 impl Serving {
+    /// The serving process's id.
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().map_or(0, Proc::pid)
+    }
+
     /// Starts `serve` for `node` on a free port with `extra` arguments.
     pub fn start(node: &Node, extra: &[&str]) -> Self {
         Self::start_on(node, 0, extra)

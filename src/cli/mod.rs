@@ -106,6 +106,14 @@ enum Command {
     /// Work with the encrypted vault.
     #[command(subcommand)]
     Vault(vault_cmd::VaultCmd),
+    /// Print a shell completion script (for example:
+    /// `p2pfs completions bash > ~/.local/share/bash-completion/completions/p2pfs`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, roff (for example: `p2pfs man > ~/.local/share/man/man1/p2pfs.1`).
+    Man,
     /// Run this node: receive files into the vault.
     Serve {
         /// UDP address to listen on (port 0 picks a free one).
@@ -353,6 +361,20 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // Neither needs a home: they only describe the command line.
+    match &cli.cmd {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(*shell, &mut Cli::command(), "p2pfs", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            return Ok(());
+        }
+        _ => {}
+    }
     let home = match cli.home {
         Some(h) => h,
         None => default_home()?,
@@ -436,6 +458,7 @@ fn run(cli: Cli) -> Result<()> {
         ),
         Command::Peers { wait, json } => peers_cmd::run(&ctx, wait, json),
         Command::Trust(cmd) => trust_cmd::run(&ctx, cmd),
+        Command::Completions { .. } | Command::Man => Ok(()),
     }
 }
 

@@ -99,6 +99,49 @@ pub struct ServeArgs {
     pub idle: std::time::Duration,
 }
 
+/// Takes `HOME/serve.lock` (0600, an exclusive `flock`, with this
+/// process's id in it), or says which process holds it.
+fn lock_serving(home: &std::path::Path) -> Result<std::fs::File> {
+    use std::{
+        io::{Read, Seek, Write},
+        os::unix::fs::OpenOptionsExt,
+    };
+    let path = home.join("serve.lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut held = String::new();
+            let _ = (&f).take(32).read_to_string(&mut held);
+            let pid: String = held.chars().filter(char::is_ascii_digit).collect();
+            let by = if pid.is_empty() {
+                String::new()
+            } else {
+                format!(" (process {pid})")
+            };
+            bail!(
+                "another `p2pfs serve` is already running on this home{by}: {}\nstop it first, or give this one its own node with --home DIR",
+                home.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+    f.set_len(0)
+        .and_then(|_| f.rewind())
+        .and_then(|_| writeln!(f, "{}", std::process::id()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(f)
+}
+
 pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     let ServeArgs {
         listen,
@@ -133,6 +176,9 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         bail!("--accept ask needs a terminal to ask on; use --accept trusted or any");
     }
     let identity = ctx.home.load_identity()?;
+    // One daemon per home: a second would race the first for its partials,
+    // receipts and port. Held until this function returns.
+    let _serving = lock_serving(ctx.home.root())?;
     let vault: &'static _ = Box::leak(Box::new(ctx.home.vault()?));
     // Refuse to start rather than seal to a vault key the owner did not set.
     vault.check_pin()?;

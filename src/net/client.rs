@@ -498,6 +498,13 @@ pub async fn send(
 ) -> Result<Summary, NetError> {
     let (mut a, peer_name) = open_session(identity, target, &events).await?;
     let peer = a.link.peer();
+    if peer == identity.public() {
+        a.close().await;
+        return Err(NetError::ToSelf {
+            addr: target.label.clone(),
+            fingerprint: peer.fingerprint(),
+        });
+    }
     let request = match opts.sealed {
         None => Msg::Offer {
             again: opts.again,

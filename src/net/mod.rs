@@ -67,6 +67,14 @@ pub enum NetError {
         /// What made us expect that key (for the advice).
         hint: KeyHint,
     },
+    /// The peer is this node itself (its own serve).
+    #[error("{addr} is this node itself ({fingerprint}): nothing was sent. To store files in this node's own vault, use `p2pfs vault import`")]
+    ToSelf {
+        /// The address.
+        addr: String,
+        /// This node's fingerprint.
+        fingerprint: String,
+    },
     /// The receiver refused.
     #[error("refused by the receiver: {message}")]
     Refused {
