@@ -110,6 +110,9 @@ fn sending_to_ones_own_node_says_so_and_stores_nothing() {
     assert_ne!(r.code(), Some(0), "{r}");
     assert!(r.stderr.contains("is this node itself"), "{r}");
     assert!(r.stderr.contains("vault import"), "{r}");
+    // Nothing pinned either: its own key is no peer of its own.
+    let trusted: Vec<serde_json::Value> = n.run(["trust", "list", "--json"]).ok().json();
+    assert!(trusted.is_empty(), "{trusted:?}");
     srv.stop().ok();
     assert!(n.list().is_empty());
 }

@@ -135,10 +135,20 @@ fn an_unchanged_folder_sent_again_stores_nothing_and_says_so() {
         std::fs::metadata(&receipts).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    // prune keeps the newest version of each file.
+    // prune keeps the newest version of each file; a huge --keep keeps
+    // everything (it wrapped once and removed every version). rm of a
+    // name removes its newest version and says what stays.
+    b.run(["vault", "prune", "--keep", "4294967295"])
+        .ok()
+        .says("removed 0 older version(s)");
+    assert_eq!(counts(&b)["docs/f03"], 2);
+    b.run(["vault", "rm", "solo"])
+        .ok()
+        .says("1 older version(s) of it remain");
+    assert_eq!(counts(&b)["solo"], 1);
     b.run(["vault", "prune"])
         .ok()
-        .says("removed 2 older version(s)");
+        .says("removed 1 older version(s)");
     let c = counts(&b);
     assert!(c.values().all(|n| *n == 1), "{c:?}");
     assert_eq!(b.entry("docs/f03").blake3, new03);

@@ -204,6 +204,19 @@ fn confirm(c: &Contact, trust_new: bool) -> Result<()> {
 
 /// Pins a confirmed first contact (the key, its address when typed, the
 /// word as an alias) and says so — security-relevant, so even with `-q`.
+/// A first contact that turns out to be this node itself is refused
+/// before anything is asked or pinned.
+fn not_self(identity: &Keypair, c: &Contact) -> Result<()> {
+    if c.key == identity.public() {
+        return Err(p2pfs::net::NetError::ToSelf {
+            addr: c.name.clone(),
+            fingerprint: c.key.fingerprint(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 fn pin_first_contact(home: &Path, c: &Contact) -> Result<()> {
     let mut trust = TrustStore::load(home)?;
     trust.pin_key(&c.key)?;
@@ -343,6 +356,7 @@ pub(crate) async fn plan(
                     pin_addr: Some(&label),
                     alias: None,
                 };
+                not_self(identity, &c)?;
                 confirm(&c, trust_new)?;
                 pin_first_contact(home, &c)?;
             }
@@ -411,6 +425,7 @@ pub(crate) async fn plan(
                     pin_addr: None,
                     alias: Some(&word),
                 };
+                not_self(identity, &c)?;
                 confirm(&c, trust_new)?;
                 pin_first_contact(home, &c)?;
             }

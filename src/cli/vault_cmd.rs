@@ -170,8 +170,21 @@ pub fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<()> {
             let from = from.map(|f| u.origin(&f)).transpose()?;
             match resolve(ctx, &vault, &u, &what, from)? {
                 Resolved::Entry(e) => {
+                    let older = u
+                        .entries()
+                        .iter()
+                        .filter(|o| {
+                            o.id != e.id && o.origin() == e.origin() && o.meta.name == e.meta.name
+                        })
+                        .count();
                     u.remove(&e.id)?;
                     println!("removed {} ({})", escape(&e.meta.name), id_hex(&e.id));
+                    // A name names the newest version: say what stays.
+                    if older > 0 {
+                        println!(
+                            "{older} older version(s) of it remain, the newest of them now listed under its name (`p2pfs vault list --all`; remove each by id)"
+                        );
+                    }
                 }
                 Resolved::Deposit(d) => {
                     vault.remove_deposit(&d.id)?;
@@ -503,9 +516,11 @@ fn deposits(vault: &Vault) -> DepositList {
 }
 
 fn list(ctx: &Ctx, vault: &Vault, u: &Unlocked<'_>, json: bool, all: bool) -> Result<()> {
-    let entries = if all { u.entries() } else { u.latest() };
     let versions = u.versions();
     let version = |e: &Entry| versions.get(&e.id).map_or(1, |(n, _)| *n);
+    let mut entries = if all { u.entries() } else { u.latest() };
+    // Versions of one name in order, oldest first.
+    entries.sort_by(|a, b| (&a.meta.name, version(a), a.id).cmp(&(&b.meta.name, version(b), b.id)));
     let deps = deposits(vault).deposits;
     let who: Vec<Depositor> = deps.iter().map(|d| Depositor::new(ctx, d)).collect();
     if json {

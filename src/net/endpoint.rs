@@ -115,8 +115,10 @@ fn transport_config() -> quinn::TransportConfig {
     // probe in flight then blocks every other packet, a CONNECTION_CLOSE
     // too, until the probe is acknowledged or declared lost: about every
     // other `remote list` took 200 ms more (the client's close wait) and
-    // the server held the connection's place for its close. Ten datagrams,
-    // as RFC 9002 (7.2) recommends.
+    // the server held the connection's place for its close. Ten datagrams
+    // of the largest size: more than RFC 9002 (7.2) allows before the path
+    // is known (max(14,720 B, two datagrams)), a deliberate choice for a
+    // LAN, where a first burst of 64 KB costs nothing.
     let mut cubic = quinn::congestion::CubicConfig::default();
     cubic.initial_window(10 * u64::from(MAX_UDP_PAYLOAD));
     t.congestion_controller_factory(Arc::new(cubic));

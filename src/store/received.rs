@@ -184,8 +184,12 @@ impl Receipts {
                 .map_err(|e| StoreError::io("cannot read", &self.path, e))
         };
         if size(&f)? >= COMPACT_BYTES {
-            self.compact(&f, key)?;
-            f = self.open_locked()?;
+            // A rewrite that fails (a full disk) must not stop the appends:
+            // the record only grows past the threshold meanwhile.
+            match self.compact(&f, key) {
+                Ok(()) => f = self.open_locked()?,
+                Err(e) => tracing::warn!("cannot rewrite the receipts ({e}); appending"),
+            }
         }
         let len = size(&f)?;
         let aligned = len - len % RECORD_LEN as u64;

@@ -616,10 +616,10 @@ impl Vault {
         self.objects().join(format!("{}.env", id_hex(id)))
     }
 
-    /// True when object `id` is stored (its envelope is there: `vault rm`
-    /// removes it first).
+    /// True when object `id` is stored: its envelope and its data file are
+    /// there (`vault rm` removes the envelope first).
     pub fn has_object(&self, id: &FileId) -> bool {
-        self.env_path(id).is_file()
+        self.env_path(id).is_file() && self.obj_path(id).is_file()
     }
 
     /// The record of what this vault received, by slot
@@ -2047,7 +2047,10 @@ impl Unlocked<'_> {
             .iter()
             .filter(|e| {
                 let total = count[&(e.origin(), e.meta.name.as_str())];
-                v.get(&e.id).is_some_and(|(n, _)| *n + keep.max(1) <= total)
+                // No overflow: a huge `keep` keeps everything (a sum
+                // would wrap and remove every version).
+                v.get(&e.id)
+                    .is_some_and(|(n, _)| *n <= total.saturating_sub(keep.max(1)))
             })
             .cloned()
             .collect()

@@ -553,13 +553,22 @@ fn plan(
     let mut states = Vec::with_capacity(files.len());
     let mut held = 0u64;
     let mut unchanged = Vec::new();
+    // Every slot is claimed first: a claim takes it over from an older
+    // connection of this peer once that one's disk work is over, its last
+    // group committed and its receipts written. Read before, they missed
+    // that group, whose files were then stored a second time (kill -9 of a
+    // sender and a rerun while the old connection lived on).
+    let mut slots = Vec::with_capacity(files.len());
+    for f in &files {
+        let slot = ctx.staging.slot(&peer, &slot_name(ctx.flow, f));
+        claim(slot, conn)?;
+        claims.0.push(slot);
+        slots.push(slot);
+    }
     // What this node already committed from this peer, for these names.
     let receipts = if ctx.skip_unchanged && ctx.flow == KeyFlow::Announced {
-        let slots = files
-            .iter()
-            .map(|f| ctx.staging.slot(&peer, &slot_name(ctx.flow, f)))
-            .collect();
-        match vault.receipts().lookup(&ctx.staging, &slots) {
+        let wanted = slots.iter().copied().collect();
+        match vault.receipts().lookup(&ctx.staging, &wanted) {
             Ok(r) => r,
             Err(e) => {
                 warn!("cannot read the receipts ({e}); every file is stored again");
@@ -569,14 +578,11 @@ fn plan(
     } else {
         Default::default()
     };
-    for (i, f) in files.into_iter().enumerate() {
+    for (i, (f, slot)) in files.into_iter().zip(slots).enumerate() {
         let slot_name = slot_name(ctx.flow, &f);
-        let slot = ctx.staging.slot(&peer, &slot_name);
         let version = ctx
             .staging
             .version(&peer, &slot_name, f.size, f.chunk_size, &f.token);
-        claim(slot, conn)?;
-        claims.0.push(slot);
         // The very same entry, committed before and still stored: nothing
         // to send. (A partial of it cannot be in this slot: a commit
         // removes it.)
