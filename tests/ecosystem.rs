@@ -116,3 +116,36 @@ fn sending_to_ones_own_node_says_so_and_stores_nothing() {
     srv.stop().ok();
     assert!(n.list().is_empty());
 }
+
+/// Polish from the trial (issue 10, item 20): the send usage line, the
+/// --streams range, the vault key in `id`, and serve's hint to add a peer
+/// only while none may send.
+#[test]
+fn help_id_and_serve_say_what_they_should() {
+    let help = Cmd::new(None, ["send", "--help"]).run().ok().stdout;
+    assert!(
+        help.contains("Usage: p2pfs send [OPTIONS] PATH... PEER"),
+        "{help}"
+    );
+    assert!(!help.contains("<PATH... PEER> <PATH... PEER>"), "{help}");
+    assert!(help.contains("1 to 16"), "{help}");
+
+    let n = Node::new();
+    n.init("idnode");
+    let id = n.run(["id"]).ok().stdout;
+    let j: serde_json::Value = n.run(["id", "--json"]).ok().json();
+    let fp = j["vault_key_fingerprint"].as_str().unwrap().to_owned();
+    assert!(id.contains(&format!("vault key:   {fp}")), "{id}");
+
+    let out = Serving::start(&n, &[]).stop().ok().stdout;
+    assert!(
+        out.contains("(add one with `p2pfs trust add NODEID`)"),
+        "{out}"
+    );
+    let other = Node::new();
+    other.init("other");
+    n.run(["trust", "add", &other.id().id]).ok();
+    let out = Serving::start(&n, &[]).stop().ok().stdout;
+    assert!(out.contains("accepting:   trusted peers only"), "{out}");
+    assert!(!out.contains("add one with"), "{out}");
+}

@@ -135,11 +135,12 @@ enum Command {
     },
     /// Send files and folders to a peer: PATH... PEER, where PEER is a node name, a node id
     /// or a unique id prefix (8+ characters) found on the LAN, host:port, or NODEID@host:port.
+    #[command(override_usage = "p2pfs send [OPTIONS] PATH... PEER")]
     Send {
-        /// Paths to send, then the peer.
-        #[arg(required = true, num_args = 2.., value_name = "PATH... PEER")]
+        /// One or more paths to send, then the peer (the last argument).
+        #[arg(required = true, num_args = 2.., value_names = ["PATH", "PEER"])]
         args: Vec<String>,
-        /// Parallel QUIC data streams.
+        /// Parallel QUIC data streams, 1 to 16.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16))]
         streams: u16,
         /// NDJSON events on stdout (resolved, connected, start, progress, file_done, done, error).
@@ -178,7 +179,7 @@ enum Command {
         /// Replace existing files.
         #[arg(long)]
         force: bool,
-        /// Parallel QUIC data streams the peer may use.
+        /// Parallel QUIC data streams the peer may use, 1 to 16.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16))]
         streams: u16,
         /// NDJSON events on stdout (as for `send`).
@@ -519,6 +520,7 @@ fn id(ctx: &Ctx, json: bool) -> Result<()> {
             "fingerprint": ident.id().fingerprint(),
             "name": ident.name,
             "vault_key": vault_pk.to_id(),
+            "vault_key_fingerprint": vault_pk.fingerprint(),
             "home": ctx.home.root().display().to_string(),
         });
         println!("{v}");
@@ -526,6 +528,7 @@ fn id(ctx: &Ctx, json: bool) -> Result<()> {
         println!("name:        {}", ident.name);
         println!("id:          {}", ident.id());
         println!("fingerprint: {}", ident.id().fingerprint());
+        println!("vault key:   {}", vault_pk.fingerprint());
     }
     Ok(())
 }

@@ -602,6 +602,8 @@ pub(crate) fn ui_task(
                 Event::Start { bytes, skipped, .. } => {
                     let b = progress::bytes(bytes, quiet, verb);
                     b.set_position(skipped);
+                    // Bytes already there are no speed: the rate starts now.
+                    b.reset_eta();
                     pb = Some(b);
                 }
                 Event::FileStart { name, .. } => {

@@ -200,6 +200,14 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     let quiet = ctx.quiet;
     let res = rt.block_on(async move {
         let ep = endpoint::server(listen)?;
+        let may_send = p2pfs::store::trust::TrustStore::load(ctx.home.root())
+            .map(|t| {
+                t.peers()
+                    .iter()
+                    .filter(|p| p.allow.contains(&p2pfs::store::trust::Capability::Send))
+                    .count()
+            })
+            .unwrap_or(0);
         let local = ep.local_addr().context("cannot read the listening address")?;
         println!("p2pfs node {}", identity.name);
         println!("  id:          {}", identity.id());
@@ -208,7 +216,9 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         println!(
             "  accepting:   {}",
             match accept {
-                AcceptPolicy::Trusted => "trusted peers only (add one with `p2pfs trust add NODEID`)",
+                // The hint only while no peer may send here yet.
+                AcceptPolicy::Trusted if may_send == 0 => "trusted peers only (add one with `p2pfs trust add NODEID`)",
+                AcceptPolicy::Trusted => "trusted peers only",
                 AcceptPolicy::Ask => "trusted peers, and asks about others",
                 AcceptPolicy::Any => "ANY peer (open drop box)",
             }
