@@ -28,7 +28,7 @@ use p2pfs::{
 };
 use util::{
     blake3_file, exit, files_containing, files_under, fix_checksum, flip_byte, patch, random_bytes,
-    random_hex, snapshot, write_bytes, write_random, Cmd, Listed, Node,
+    random_hex, snapshot, write_bytes, write_random, Cmd, Listed, Node, Serving,
 };
 
 const MIB: u64 = 1 << 20;
@@ -1068,15 +1068,76 @@ fn names_with_control_characters_are_refused() {
     write_bytes(&n.path("src/a\u{1b}b"), b"escape");
     n.run(["vault", "import", "src/a\u{1b}b"])
         .code_is(exit::FAILURE)
-        .says("control character");
-    // Inside a folder: the whole import is refused before anything is stored.
+        .says("control character")
+        .says("nothing to import");
+    // Inside a folder, --strict: the whole import is refused before
+    // anything is stored.
     write_bytes(&n.path("dir/good.txt"), b"fine");
     write_bytes(&n.path("dir/bad\nname"), b"newline");
-    n.run(["vault", "import", "dir"])
+    write_bytes(&n.path("dir/also\u{7}bad"), b"bell");
+    n.run(["vault", "import", "--strict", "dir"])
         .code_is(exit::FAILURE)
-        .says("control character");
+        .says("control character")
+        .says("--strict");
     assert!(n.list().is_empty());
     assert!(n.object_files().is_empty());
+    // Without it: the bad names are skipped, one line each, the rest is
+    // stored, and the exit code says the import was partial.
+    let r = n
+        .run(["vault", "import", "dir"])
+        .code_is(exit::PARTIAL)
+        .says("2 path(s) skipped");
+    assert_eq!(r.stderr.matches("p2pfs: skipped").count(), 2, "{r}");
+    let names: Vec<String> = n.list().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["dir/good.txt"]);
+}
+
+#[test]
+fn names_that_are_not_utf8_or_stored_twice_are_skipped_before_sending() {
+    use std::os::unix::ffi::OsStrExt;
+    let (a, b) = Node::pair();
+    a.init("alice");
+    b.init("bob");
+    let srv = Serving::start(&b, &["--accept", "any"]);
+    write_bytes(&a.path("one/x.txt"), b"first x");
+    write_bytes(&a.path("two/x.txt"), b"second x");
+    write_bytes(&a.path("two/fine.txt"), b"fine");
+    let raw = a
+        .path("two")
+        .join(std::ffi::OsStr::from_bytes(b"latin1-\xe9t\xe9"));
+    std::fs::write(&raw, b"not utf-8").unwrap();
+    // The same stored name twice: `x.txt` from both folders' files given
+    // by path; the first keeps it.
+    let r = a.run([
+        "send",
+        "--trust-new",
+        "--strict",
+        "one/x.txt",
+        "two/x.txt",
+        &srv.addr(),
+    ]);
+    r.code_is(exit::FAILURE).says("same stored name");
+    assert!(b.list().is_empty(), "--strict sent nothing");
+    let r = a.run([
+        "send",
+        "--trust-new",
+        "one/x.txt",
+        "two/x.txt",
+        "two",
+        &srv.addr(),
+    ]);
+    let r = r.code_is(exit::PARTIAL).says("2 path(s) skipped");
+    assert!(r.stderr.contains("not valid UTF-8"), "{r}");
+    assert!(r.stderr.contains("same stored name"), "{r}");
+    assert!(
+        r.stderr.contains(r"latin1-\xE9t\xE9"),
+        "the name's bytes, escaped: {r}"
+    );
+    let mut names: Vec<String> = b.list().into_iter().map(|e| e.name).collect();
+    names.sort();
+    assert_eq!(names, ["two/fine.txt", "two/x.txt", "x.txt"]);
+    let out = b.export("x.txt", "x.out");
+    assert_eq!(std::fs::read(out).unwrap(), b"first x");
 }
 
 #[test]
@@ -1901,4 +1962,56 @@ fn an_unlock_removes_interrupted_replacements() {
         assert!(!a.vault().join(name).exists(), "{name} is left");
     }
     a.run(["vault", "verify", "--full"]).ok();
+}
+
+// ---------------------------------------------------------------- the receiver's log
+
+#[test]
+fn the_receiver_logs_one_line_per_transfer_naming_the_sender_by_its_alias() {
+    let (a, b) = Node::pair();
+    a.init("alice");
+    b.init("bob");
+    let me = a.id();
+    b.run([
+        "trust", "add", &me.id, "--name", "laptop", "--allow", "send",
+    ])
+    .ok();
+    for i in 0..3 {
+        write_random(&a.path(&format!("d/f{i}")), 100 + i);
+    }
+    let summary = format!("stored 3 file(s), 303 B from laptop ({})", me.fingerprint);
+    // Serves with `extra`, sends `d` with `flag`: the receiver's log.
+    let log_of = |extra: &[&str], flag: &str| {
+        let mut srv = Serving::start(&b, extra);
+        a.run(["send", flag, "d", &srv.addr()]).ok();
+        assert!(
+            srv.proc_mut()
+                .wait_for_output(&summary, Duration::from_secs(20)),
+            "{}",
+            srv.proc().stdout_now()
+        );
+        srv.proc().stdout_now()
+    };
+    let out = log_of(&[], "--trust-new");
+    assert!(
+        out.contains(&format!(
+            "receiving 3 item(s), 303 B from laptop ({})",
+            me.fingerprint
+        )),
+        "{out}"
+    );
+    assert!(
+        !out.contains("stored d/f0"),
+        "one line per file only with -v:\n{out}"
+    );
+    // With -v: one line per file as well, each naming the sender the same way.
+    let out = log_of(&["-v"], "--again");
+    for i in 0..3 {
+        let want = format!(
+            "stored d/f{i} ({} B) from laptop ({})",
+            100 + i,
+            me.fingerprint
+        );
+        assert!(out.contains(&want), "{want} in:\n{out}");
+    }
 }

@@ -466,6 +466,10 @@ fn lan_peers_and_send_by_name_and_id_prefix_between_two_namespaces() {
     // by the first 10 characters of B's id: no question.
     let (found, _) = peers(&a, Some(lan.a()), "1");
     assert!(named(&found, "vault-b")[0].pinned);
+    assert!(
+        !named(&found, "vault-b")[0].trusted,
+        "pinned by a send is not trusted: it may not send here"
+    );
     let trusted = trust_list(&a);
     assert_eq!(trusted[0]["aliases"], serde_json::json!(["vault-b"]));
     let h2 = write_random(&a.path("second.bin"), 70_000);

@@ -993,3 +993,78 @@ fn file_larger_than_4_gib() {
         .run()
         .ok();
 }
+
+/// Issue 10, item 17: the default listen address is `[::]`, one socket
+/// for IPv4 and IPv6, reachable at `127.0.0.1` and `[::1]`; an IPv4 peer is
+/// logged as IPv4, not as `::ffff:…`.
+#[test]
+fn the_default_listen_address_answers_on_ipv4_and_ipv6() {
+    let (a, b) = nodes();
+    let help = b.run(["serve", "--help"]).ok();
+    assert!(help.stdout.contains("[default: [::]:47474]"), "{help}");
+    // The default's address, on a free port (47474 may be taken here).
+    let mut p = b.spawn([
+        "serve",
+        "--listen",
+        "[::]:0",
+        "--no-mdns",
+        "--accept",
+        "any",
+        "-v",
+    ]);
+    assert!(
+        p.wait_for_output("(UDP)", Duration::from_secs(20)),
+        "{}",
+        p.stderr_now()
+    );
+    let out = p.stdout_now();
+    let port: u16 = out
+        .lines()
+        .find(|l| l.contains("listening:"))
+        .and_then(|l| l.split("[::]:").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("not listening on [::]:\n{out}"));
+    write_random(&a.path("four"), 4000);
+    write_random(&a.path("six"), 6000);
+    a.run(["send", "--trust-new", "four", &format!("127.0.0.1:{port}")])
+        .ok();
+    a.run(["send", "--trust-new", "six", &format!("[::1]:{port}")])
+        .ok();
+    let names: Vec<String> = b.list().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["four", "six"]);
+    let log = p.stdout_now();
+    assert!(log.contains("connected from 127.0.0.1:"), "{log}");
+    assert!(log.contains("connected from [::1]:"), "{log}");
+    assert!(!log.contains("::ffff:"), "{log}");
+}
+
+/// Issue 10, item 18: `send --wait SECS` waits for a receiver that is not
+/// up yet, and sends once it is; without it, the send fails at once.
+#[test]
+fn send_wait_waits_for_the_receiver_to_come_up() {
+    let (a, b) = nodes();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let h = write_random(&a.path("f"), 5000);
+    let r = a.run(["send", "--trust-new", "f", &addr]);
+    assert_eq!(r.status.code(), Some(10), "unreachable at once: {r}");
+    let mut p = a.spawn(["send", "--trust-new", "--wait", "60", "f", &addr]);
+    assert!(
+        p.wait_for_output("waiting for", Duration::from_secs(20)),
+        "{}",
+        p.stderr_now()
+    );
+    assert!(p.try_wait().is_none(), "gave up: {}", p.stderr_now());
+    let _srv = Serving::start_on(&b, port, &["--accept", "any"]);
+    assert!(
+        p.wait_timeout(Duration::from_secs(30)).is_some(),
+        "still waiting"
+    );
+    p.finish().ok();
+    assert_eq!(b.entry("f").blake3, h);
+}

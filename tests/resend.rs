@@ -219,3 +219,50 @@ fn a_killed_folder_send_run_again_stores_every_file_once() {
     b.run(["vault", "verify", "--full"]).ok();
     srv.stop().ok();
 }
+
+/// Ctrl-C on the sender (issue 10, item 8): the connection is closed at once
+/// with a reason; the receiver says within a second that the transfer was
+/// interrupted and is kept, without telling its operator to run a command;
+/// the sender says how to resume, and the rerun resumes.
+#[test]
+fn ctrl_c_on_the_sender_ends_both_sides_at_once_and_the_rerun_resumes() {
+    const MIB: u64 = 1 << 20;
+    let (a, b) = nodes();
+    let mut srv = Serving::start(&b, &["--accept", "any"]);
+    let total = 256 * MIB;
+    let h = write_random(&a.path("big.bin"), total);
+    let mut p = send_until(&a, "big.bin", &srv.addr(), total, 0.2);
+    let t0 = std::time::Instant::now();
+    p.signal(libc::SIGINT);
+    assert!(
+        p.wait_timeout(std::time::Duration::from_secs(2)).is_some(),
+        "the sender did not stop at once"
+    );
+    let r = p.finish();
+    r.code_is(exit::INTERRUPTED)
+        .says("interrupted")
+        .says("run the same command again to resume");
+    let line = "transfer interrupted: the peer stopped it (Ctrl-C)";
+    assert!(
+        srv.proc_mut()
+            .wait_for_output(line, std::time::Duration::from_secs(1)),
+        "the receiver did not report it within a second of the sender's exit ({:?} after Ctrl-C):\n{}",
+        t0.elapsed(),
+        srv.proc().stderr_now()
+    );
+    let log = srv.proc().stderr_now() + &srv.proc().stdout_now();
+    assert!(
+        log.contains("resumes when the peer starts the transfer again"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("run the same command"),
+        "advice for the sender in the receiver's log:\n{log}"
+    );
+    assert!(b.list().is_empty());
+    // The rerun resumes: bytes already there are not sent again.
+    let r = a.run(["send", "--json", "big.bin", &srv.addr()]).ok();
+    let done = event(&events(&r.stdout), "done").expect("done").clone();
+    assert!(done["bytes_skipped"].as_u64().unwrap_or(0) > 0, "{r}");
+    assert_eq!(b.entry("big.bin").blake3, h);
+}

@@ -353,3 +353,57 @@ fn two_keys_behind_one_word_are_refused_as_ambiguous_before_anything_else() {
         .says(&k2.fingerprint());
     assert!(r.elapsed < Duration::from_secs(2), "{r}");
 }
+
+/// Issue 10, item 6: a sender refused for not being trusted is listed by
+/// `trust pending` (fingerprint, address, when, how often) and can be let
+/// in by its fingerprint or a long id prefix; a short prefix, which a peer
+/// could grind to match, never names a key to trust.
+#[test]
+fn a_refused_sender_is_pending_and_is_trusted_by_its_fingerprint() {
+    let (a, b) = Node::pair();
+    a.init("alice");
+    b.init("bob");
+    let me = a.id();
+    let srv = Serving::start(&b, &[]);
+    write_random(&a.path("f"), 100);
+    for _ in 0..2 {
+        let r = a.run(["send", "--trust-new", "f", &srv.addr()]);
+        assert_eq!(r.status.code(), Some(11), "{r}");
+    }
+    let v: serde_json::Value = b.run(["trust", "pending", "--json"]).ok().json();
+    let list = v.as_array().expect("an array");
+    assert_eq!(list.len(), 1, "{v}");
+    assert_eq!(list[0]["fingerprint"], me.fingerprint.as_str());
+    assert_eq!(list[0]["id"], me.id.as_str());
+    assert_eq!(list[0]["times"], 2);
+    assert_eq!(list[0]["trusted"], false);
+    assert!(
+        list[0]["address"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("127.0.0.1:")),
+        "{v}"
+    );
+    let text = b.run(["trust", "pending"]).ok();
+    assert!(text.stdout.contains(&me.fingerprint), "{text}");
+    // Too short a prefix names nothing to trust.
+    let r = b.run(["trust", "add", &me.id[..12]]);
+    assert!(!r.status.success(), "{r}");
+    assert!(r.stderr.contains("16 or more characters"), "{r}");
+    b.run([
+        "trust",
+        "add",
+        &me.fingerprint.to_uppercase(),
+        "--name",
+        "laptop",
+    ])
+    .ok()
+    .says(&me.id);
+    let v: serde_json::Value = b.run(["trust", "pending", "--json"]).ok().json();
+    assert_eq!(v.as_array().map(Vec::len), Some(0), "{v}");
+    a.run(["send", "f", &srv.addr()]).ok();
+    assert_eq!(b.list().len(), 1);
+    // A long prefix works for a peer known here too (rights changed).
+    b.run(["trust", "add", &me.id[..16], "--allow", "send,get"])
+        .ok()
+        .says("send,get");
+}

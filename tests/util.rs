@@ -41,6 +41,8 @@ pub mod exit {
     pub const DISK_FULL: i32 = 8;
     pub const NOT_FOUND: i32 = 9;
     pub const SEALED_DEPOSIT: i32 = 18;
+    pub const PARTIAL: i32 = 23;
+    pub const INTERRUPTED: i32 = 130;
 }
 
 // ---------------------------------------------------------------- randomness

@@ -17,12 +17,17 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use p2pfs::{
-    crypto::kdf::KdfParams,
+    crypto::{kdf::KdfParams, keys::PublicKey},
     net::{
         discovery::DiscoveryError, engine::source::Failure, server::AcceptPolicy, wire::RefuseCode,
         NetError,
     },
-    store::{home::Home, trust::TrustError, StoreError},
+    store::{
+        home::Home,
+        trust::{TrustError, TrustStore},
+        StoreError,
+    },
+    text,
 };
 
 /// Exit codes (documented in README.md).
@@ -66,6 +71,12 @@ pub mod exit {
     /// The file is a sealed deposit of another node: only its depositor
     /// can fetch and open it.
     pub const SEALED_DEPOSIT: u8 = 18;
+    /// Some paths were skipped for names that cannot be stored (each named
+    /// on stderr); everything else was sent or imported (as rsync's 23).
+    pub const PARTIAL: u8 = 23;
+    /// Interrupted by Ctrl-C (128 + SIGINT, as shells report it); the
+    /// transfer resumes when the same command is run again.
+    pub const INTERRUPTED: u8 = 130;
 }
 
 #[derive(Parser)]
@@ -116,8 +127,9 @@ enum Command {
     Man,
     /// Run this node: receive files into the vault.
     Serve {
-        /// UDP address to listen on (port 0 picks a free one).
-        #[arg(long, default_value_t = std::net::SocketAddr::from(([0, 0, 0, 0], p2pfs::net::DEFAULT_PORT)))]
+        /// UDP address to listen on (port 0 picks a free one). The default
+        /// `[::]` is IPv4 and IPv6 on one socket; `0.0.0.0:PORT` is IPv4 only.
+        #[arg(long, default_value_t = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, p2pfs::net::DEFAULT_PORT)))]
         listen: std::net::SocketAddr,
         /// Who may send: trusted (default), ask, any.
         #[arg(long, value_enum, default_value = "trusted")]
@@ -132,6 +144,9 @@ enum Command {
         /// messages) in this many seconds; it stays resumable.
         #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
         idle_timeout: u64,
+        /// One line per stored file (by default one summary line per transfer).
+        #[arg(short, long)]
+        verbose: bool,
     },
     /// Send files and folders to a peer: PATH... PEER, where PEER is a node name, a node id
     /// or a unique id prefix (8+ characters) found on the LAN, host:port, or NODEID@host:port.
@@ -140,27 +155,8 @@ enum Command {
         /// One or more paths to send, then the peer (the last argument).
         #[arg(required = true, num_args = 2.., value_names = ["PATH", "PEER"])]
         args: Vec<String>,
-        /// Parallel QUIC data streams, 1 to 16.
-        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16))]
-        streams: u16,
-        /// NDJSON events on stdout (resolved, connected, start, progress, file_done, done, error).
-        #[arg(long)]
-        json: bool,
-        /// Pin the key of a node met for the first time without asking (scripts, no
-        /// terminal); its fingerprint is printed. A key other than a pinned one is
-        /// still refused.
-        #[arg(long)]
-        trust_new: bool,
-        /// A sealed deposit: seal the files to this node's own vault key, so the
-        /// receiver stores them without being able to read them (not even their
-        /// names); only this node gets them back (`p2pfs get`, with its passphrase).
-        #[arg(long)]
-        sealed: bool,
-        /// Store every file again, even those the receiver already stored
-        /// unchanged from this node (by default they are skipped and reported
-        /// as unchanged).
-        #[arg(long)]
-        again: bool,
+        #[command(flatten)]
+        flags: send_cmd::Flags,
     },
     /// Fetch from a peer what it lets this node fetch (files it shared with this node,
     /// everything when this node is one of its owner's devices): PEER NAME|ID|FOLDER [DEST].
@@ -246,6 +242,18 @@ pub struct Ctx {
     pub quiet: bool,
 }
 
+/// How a peer is shown: the first name this node gave it (escaped) and
+/// its fingerprint, or the fingerprint alone.
+pub fn peer_label(store: Option<&TrustStore>, key: &PublicKey) -> String {
+    match store
+        .and_then(|s| s.get(key))
+        .and_then(|p| p.aliases.first())
+    {
+        Some(a) => format!("{} ({})", text::escape(a), key.fingerprint()),
+        None => key.fingerprint(),
+    }
+}
+
 fn default_home() -> Result<PathBuf> {
     directories::ProjectDirs::from("", "", "p2pfs")
         .map(|d| d.data_dir().to_path_buf())
@@ -275,6 +283,7 @@ pub fn net_exit_code(e: &NetError) -> u8 {
             Failure::Storage => exit::PEER_STORAGE,
         },
         NetError::ConnectionLost(_) | NetError::Timeout(_) => exit::CONNECTION_LOST,
+        NetError::Interrupted => exit::INTERRUPTED,
         NetError::Store(StoreError::SourceChanged { .. }) => exit::FAILURE,
         NetError::Store(StoreError::DiskFull { .. }) => exit::DISK_FULL,
         _ => exit::FAILURE,
@@ -302,6 +311,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                 | StoreError::UnknownOrigin { .. } => exit::NOT_FOUND,
                 _ => exit::FAILURE,
             };
+        }
+        if cause.downcast_ref::<walk::Partial>().is_some() {
+            return exit::PARTIAL;
         }
         if let Some(code) = cause.downcast_ref::<vault_cmd::Failed>() {
             return code.0;
@@ -395,6 +407,7 @@ fn run(cli: Cli) -> Result<()> {
             no_mdns,
             name,
             idle_timeout,
+            verbose,
         } => serve_cmd::run(
             &ctx,
             serve_cmd::ServeArgs {
@@ -407,16 +420,10 @@ fn run(cli: Cli) -> Result<()> {
                 name,
                 mdns: !no_mdns,
                 idle: std::time::Duration::from_secs(idle_timeout),
+                verbose,
             },
         ),
-        Command::Send {
-            args,
-            streams,
-            json,
-            trust_new,
-            sealed,
-            again,
-        } => send_cmd::run(&ctx, args, streams as usize, json, trust_new, sealed, again),
+        Command::Send { args, flags } => send_cmd::run(&ctx, args, flags),
         Command::Get {
             peer,
             what,

@@ -16,7 +16,7 @@ use p2pfs::{
     crypto::keys::{Keypair, PublicKey},
     net::{
         client::{self as sender, item_for, SendOptions, Target},
-        discovery::{self, Lookup, Resolved},
+        discovery::{self, DiscoveryError, Lookup, Resolved},
         events::{Event, EventTx},
         KeyHint, NetError, DEFAULT_PORT,
     },
@@ -27,7 +27,7 @@ use p2pfs::{
 use super::{progress, walk, Ctx};
 
 /// A parsed PEER argument.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerSpec {
     /// Key required by `NODEID@…`.
     pub expected: Option<PublicKey>,
@@ -52,7 +52,7 @@ impl PeerSpec {
 const LAN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What a PEER argument names.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerArg {
     /// An address: `[NODEID@]host[:port]`, or an IP address.
     Addr(PeerSpec),
@@ -437,15 +437,53 @@ pub(crate) async fn plan(
     }
 }
 
-pub fn run(
-    ctx: &Ctx,
-    args: Vec<String>,
-    streams: usize,
-    json: bool,
-    trust_new: bool,
-    sealed: bool,
-    again: bool,
-) -> Result<()> {
+/// The options of `p2pfs send`.
+#[derive(clap::Args)]
+pub struct Flags {
+    /// Parallel QUIC data streams, 1 to 16.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub streams: u16,
+    /// NDJSON events on stdout (resolved, connected, start, progress, file_done, done, error).
+    #[arg(long)]
+    pub json: bool,
+    /// Pin the key of a node met for the first time without asking (scripts, no
+    /// terminal); its fingerprint is printed. A key other than a pinned one is
+    /// still refused.
+    #[arg(long)]
+    pub trust_new: bool,
+    /// A sealed deposit: seal the files to this node's own vault key, so the
+    /// receiver stores them without being able to read them (not even their
+    /// names); only this node gets them back (`p2pfs get`, with its passphrase).
+    #[arg(long)]
+    pub sealed: bool,
+    /// Store every file again, even those the receiver already stored
+    /// unchanged from this node (by default they are skipped and reported
+    /// as unchanged).
+    #[arg(long)]
+    pub again: bool,
+    /// Send nothing when any path has a name the receiver would refuse
+    /// (control or invisible characters, not UTF-8, the same stored name
+    /// twice). By default such paths are skipped, each with one line, the
+    /// rest is sent, and the exit code is 23.
+    #[arg(long)]
+    pub strict: bool,
+    /// Wait up to SECS for the peer to appear on the LAN or come up at its
+    /// address (trying again every second) instead of failing at once.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub wait: Option<u64>,
+}
+
+pub fn run(ctx: &Ctx, args: Vec<String>, flags: Flags) -> Result<()> {
+    let Flags {
+        streams,
+        json,
+        trust_new,
+        sealed,
+        again,
+        strict,
+        wait,
+    } = flags;
+    let streams = usize::from(streams);
     let Some((peer, paths)) = args.split_last() else {
         bail!("usage: p2pfs send PATH... PEER");
     };
@@ -455,9 +493,12 @@ pub fn run(
     let peer = classify(peer)?;
     let identity = ctx.home.load_identity()?;
     let paths: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
-    let entries = walk::collect(&paths)?;
+    let walk::Collected {
+        items: entries,
+        refused,
+    } = walk::collect(&paths, strict)?;
     if entries.is_empty() {
-        bail!("nothing to send: only symbolic links or special files were given (they are never followed)");
+        bail!("nothing to send: {}", walk::nothing_left(refused));
     }
     let mut items = Vec::with_capacity(entries.len());
     for e in entries {
@@ -482,15 +523,19 @@ pub fn run(
         again,
         ..SendOptions::default()
     };
-    let res = rt.block_on(send(
-        ctx,
-        &identity.keypair,
-        peer,
-        items,
-        opts,
-        json,
-        trust_new,
-    ));
+    let res = rt
+        .block_on(until_there(wait, json, &peer, || {
+            send(
+                ctx,
+                &identity.keypair,
+                peer.clone(),
+                items.clone(),
+                opts.clone(),
+                json,
+                trust_new,
+            )
+        }))
+        .and_then(|()| walk::partial(refused, "sent"));
     if json {
         if let Err(e) = &res {
             println!(
@@ -537,6 +582,63 @@ async fn send(
         println!("{}", summary_line(&s, what));
     }
     Ok(())
+}
+
+/// True when `e` says the peer is not there (yet): no node of that name
+/// answered on the LAN, or nothing answered at the address.
+fn not_there_yet(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<NetError>(),
+            Some(NetError::Unreachable { .. })
+        ) || matches!(
+            c.downcast_ref::<DiscoveryError>(),
+            Some(DiscoveryError::NotFound { .. })
+        )
+    })
+}
+
+/// Runs `attempt` once, or (`--wait SECS`) again every second while the
+/// peer is not there yet and the time is not up; says once that it waits.
+/// Ctrl-C ends the wait.
+pub(crate) async fn until_there<F, Fut>(
+    wait: Option<u64>,
+    quiet: bool,
+    peer: &PeerArg,
+    mut attempt: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let deadline = wait.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let mut said = false;
+    loop {
+        let e = match attempt().await {
+            Err(e) if not_there_yet(&e) => e,
+            r => return r,
+        };
+        match deadline {
+            Some(d) if tokio::time::Instant::now() + Duration::from_secs(1) < d => {}
+            _ => return Err(e),
+        }
+        if !said && !quiet {
+            let who = match peer {
+                PeerArg::Addr(spec) => spec.label(),
+                PeerArg::Lan(word) => word.clone(),
+            };
+            eprintln!(
+                "waiting for {} to come up (--wait {} s)…",
+                text::escape(&who),
+                wait.unwrap_or(0)
+            );
+            said = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::signal::ctrl_c() => return Err(NetError::Interrupted.into()),
+        }
+    }
 }
 
 /// The line that ends a send: what was sent, resumed, and found unchanged.
@@ -748,11 +850,24 @@ where
             }
             let _ = ui.send(ev);
         };
+        // Ctrl-C closes the connection with a reason (the peer ends its
+        // side at once, keeping what it verified) instead of killing the
+        // process mid-transfer.
+        let interrupt = tokio::signal::ctrl_c();
+        tokio::pin!(interrupt);
         let res = loop {
             tokio::select! {
                 biased;
                 Some(ev) = rx.recv() => forward(ev),
                 r = &mut send => break r,
+                _ = &mut interrupt => {
+                    p2pfs::net::client::interrupt_all().await;
+                    // The transfer fails on the closed connection and winds
+                    // down as after any loss: a fetch checkpoints its
+                    // partials, a send records what was committed.
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut send).await;
+                    break Err(NetError::Interrupted);
+                }
             }
         };
         while let Ok(ev) = rx.try_recv() {
@@ -766,7 +881,7 @@ where
         // Welcomed, or refused by the authenticated receiver: the handshake
         // proved the key, and that is the answer, whatever other addresses
         // would say.
-        if welcomed.is_some() || matches!(e, NetError::Refused { .. }) {
+        if welcomed.is_some() || matches!(e, NetError::Refused { .. } | NetError::Interrupted) {
             return (Err(e), proven(welcomed));
         }
         if i + 1 == targets.len() {

@@ -20,6 +20,7 @@ use p2pfs::{
         server::{self, AcceptPolicy, Asker, ServerCtx},
         wire::{FileOffer, OfferTotals},
     },
+    store::trust::TrustStore,
     text,
 };
 
@@ -97,6 +98,26 @@ pub struct ServeArgs {
     pub mdns: bool,
     /// How long a transfer may go without progress.
     pub idle: std::time::Duration,
+    /// One line per stored file.
+    pub verbose: bool,
+}
+
+/// What the log says of one connection: the peer's label (looked up once)
+/// and what it stored, for the one summary line of its transfer.
+struct Conn {
+    label: String,
+    files: u64,
+    bytes: u64,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Conn {
+    fn println(&self, line: &str) {
+        match &self.bar {
+            Some(b) => b.suspend(|| println!("{line}")),
+            None => println!("{line}"),
+        }
+    }
 }
 
 /// Takes `HOME/serve.lock` (0600, an exclusive `flock`, with this
@@ -149,7 +170,17 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         name,
         mdns,
         idle,
+        verbose,
     } = args;
+    // One daemon per home: a second would race the first for its partials,
+    // receipts and port. Taken before a first run creates the node, held
+    // until this function returns.
+    let _serving = if ctx.home.is_initialised() {
+        lock_serving(ctx.home.root())?
+    } else {
+        p2pfs::store::fsutil::create_private_dir(ctx.home.root())?;
+        lock_serving(ctx.home.root())?
+    };
     if !ctx.home.is_initialised() {
         let src = passphrase::vault_source(ctx.passphrase_file.as_deref());
         let pass = passphrase::get(&src, passphrase::Purpose::New).map_err(|e| {
@@ -176,9 +207,6 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         bail!("--accept ask needs a terminal to ask on; use --accept trusted or any");
     }
     let identity = ctx.home.load_identity()?;
-    // One daemon per home: a second would race the first for its partials,
-    // receipts and port. Held until this function returns.
-    let _serving = lock_serving(ctx.home.root())?;
     let vault: &'static _ = Box::leak(Box::new(ctx.home.vault()?));
     // Refuse to start rather than seal to a vault key the owner did not set.
     vault.check_pin()?;
@@ -291,48 +319,75 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
             }
             let _ = stop_tx.send(true);
         });
+        let home = ctx.home.root().to_path_buf();
         let ui = tokio::spawn(async move {
-            let mut bars: HashMap<PublicKey, indicatif::ProgressBar> = HashMap::new();
+            let mut conns: HashMap<PublicKey, Conn> = HashMap::new();
+            // The peer's label: looked up in the trust store (which `trust`
+            // commands change while serving) when its connection appears.
+            let label = |peer: &PublicKey| super::peer_label(TrustStore::load(&home).ok().as_ref(), peer);
+            let human = |b: u64| indicatif::HumanBytes(b).to_string();
             while let Some(ev) = rx.recv().await {
                 match ev {
-                    ServerEvent::PeerConnected { peer, addr } => println!("peer {} connected from {addr}", peer.fingerprint()),
-                    ServerEvent::PeerRefused { peer, reason } => println!("refused {} ({peer}): {reason}", peer.fingerprint()),
+                    ServerEvent::PeerConnected { peer, addr } => {
+                        let c = Conn { label: label(&peer), files: 0, bytes: 0, bar: None };
+                        if verbose {
+                            println!("peer {} connected from {addr}", c.label);
+                        }
+                        conns.insert(peer, c);
+                    }
+                    ServerEvent::PeerRefused { peer, reason } => println!("refused {} ({peer}): {reason}", label(&peer)),
                     ServerEvent::Offer { peer, files, bytes, held } => {
+                        let c = conns.entry(peer).or_insert_with(|| Conn { label: label(&peer), files: 0, bytes: 0, bar: None });
                         if held > 0 {
-                            println!("receiving {files} item(s), {} from {} (resuming, {} already here)", indicatif::HumanBytes(bytes), peer.fingerprint(), indicatif::HumanBytes(held));
+                            println!("receiving {files} item(s), {} from {} (resuming, {} already here)", human(bytes), c.label, human(held));
                         } else {
-                            println!("receiving {files} item(s), {} from {}", indicatif::HumanBytes(bytes), peer.fingerprint());
+                            println!("receiving {files} item(s), {} from {}", human(bytes), c.label);
                         }
                         let b = progress::bytes(bytes, quiet, &peer.fingerprint());
                         b.set_position(held);
-                        bars.insert(peer, b);
+                        c.bar = Some(b);
                     }
                     ServerEvent::Received { peer, bytes } => {
-                        if let Some(b) = bars.get(&peer) {
+                        if let Some(b) = conns.get(&peer).and_then(|c| c.bar.as_ref()) {
                             b.inc(bytes);
                         }
                     }
                     ServerEvent::Stored { peer, name, size } => {
-                        let line = format!("stored {} ({}) from {}", text::escape(&name), indicatif::HumanBytes(size), peer.fingerprint());
-                        match bars.get(&peer) {
-                            Some(b) => b.suspend(|| println!("{line}")),
-                            None => println!("{line}"),
+                        if let Some(c) = conns.get_mut(&peer) {
+                            c.files += 1;
+                            c.bytes = c.bytes.saturating_add(size);
+                            if verbose {
+                                c.println(&format!("stored {} ({}) from {}", text::escape(&name), human(size), c.label));
+                            }
                         }
                     }
                     ServerEvent::Failed { peer, message } => {
-                        eprintln!("p2pfs: {}: {}", peer.map(|p| p.fingerprint()).unwrap_or_else(|| "?".into()), text::escape(&message));
+                        let who = peer.map(|p| conns.get(&p).map_or_else(|| label(&p), |c| c.label.clone())).unwrap_or_else(|| "?".into());
+                        eprintln!("p2pfs: {who}: {}", text::escape(&message));
                     }
                     ServerEvent::Serving { peer, files, bytes, held } => {
-                        println!("serving {files} item(s), {} to {}{}", indicatif::HumanBytes(bytes), peer.fingerprint(), if held > 0 { format!(" (resuming, {} already there)", indicatif::HumanBytes(held)) } else { String::new() });
+                        let c = conns.entry(peer).or_insert_with(|| Conn { label: label(&peer), files: 0, bytes: 0, bar: None });
+                        println!("serving {files} item(s), {} to {}{}", human(bytes), c.label, if held > 0 { format!(" (resuming, {} already there)", human(held)) } else { String::new() });
                         let b = progress::bytes(bytes, quiet, &peer.fingerprint());
                         b.set_position(held);
-                        bars.insert(peer, b);
+                        c.bar = Some(b);
                     }
-                    ServerEvent::Listed { peer, files } => println!("listed {files} fetchable item(s) for {}", peer.fingerprint()),
-                    ServerEvent::Served { peer, files, bytes } => println!("served {files} item(s), {} on the wire, to {} (verified there)", indicatif::HumanBytes(bytes), peer.fingerprint()),
+                    ServerEvent::Listed { peer, files } => {
+                        let who = conns.get(&peer).map_or_else(|| label(&peer), |c| c.label.clone());
+                        println!("listed {files} fetchable item(s) for {who}");
+                    }
+                    ServerEvent::Served { peer, files, bytes } => {
+                        let who = conns.get(&peer).map_or_else(|| label(&peer), |c| c.label.clone());
+                        println!("served {files} item(s), {} on the wire, to {who} (verified there)", human(bytes));
+                    }
                     ServerEvent::Closed { peer } => {
-                        if let Some(b) = bars.remove(&peer) {
-                            b.finish_and_clear();
+                        if let Some(c) = conns.remove(&peer) {
+                            if let Some(b) = &c.bar {
+                                b.finish_and_clear();
+                            }
+                            if c.files > 0 {
+                                println!("stored {} file(s), {} from {} (committed and verified)", c.files, human(c.bytes), c.label);
+                            }
                         }
                     }
                 }

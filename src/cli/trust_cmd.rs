@@ -5,7 +5,10 @@ use anyhow::{bail, Result};
 use clap::Subcommand;
 use p2pfs::{
     crypto::keys::PublicKey,
-    store::trust::{self, Capability, TrustStore},
+    store::{
+        pending::{self, Pending},
+        trust::{self, Capability, TrustStore},
+    },
     text,
 };
 
@@ -15,7 +18,10 @@ use super::Ctx;
 pub enum TrustCmd {
     /// Trust a node: pin its key, optionally name it, and let it send (and/or get, or act as owner).
     Add {
-        /// The node id (52 characters, from `p2pfs id` on that node).
+        /// The node id (52 characters, from `p2pfs id` on that node); or, for a
+        /// sender refused lately (`p2pfs trust pending`) or a peer known here,
+        /// its fingerprint or an id prefix of 16 characters or more; or an
+        /// alias you gave.
         id: String,
         /// Your own name for it: `p2pfs send FILE ALIAS` then wants this key only.
         /// An alias names exactly one key.
@@ -32,6 +38,15 @@ pub enum TrustCmd {
     },
     /// List known and trusted peers.
     List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Senders refused lately for not being trusted (the last 64, for 7 days):
+    /// fingerprint, address, when, how often. Let one in with
+    /// `p2pfs trust add FINGERPRINT` after comparing it with what `p2pfs id`
+    /// shows on that node.
+    Pending {
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -88,6 +103,45 @@ fn shown_caps(allow: &[Capability]) -> String {
         .join(",")
 }
 
+/// The key `word` names for `trust add`: a full node id; an alias given
+/// here; or the fingerprint, or an id prefix of at least
+/// [`pending::MIN_PREFIX`] characters, of a sender refused lately or a peer
+/// known here. Shorter prefixes never name a key to trust: a peer could
+/// grind a key to match them.
+fn key_for_add(store: &TrustStore, pending: &Pending, word: &str) -> Result<PublicKey> {
+    if let Some(k) = PublicKey::parse_id(word) {
+        return Ok(k);
+    }
+    let bare = |s: &str| s.replace('-', "").to_ascii_lowercase();
+    let w = bare(word);
+    let mut hits: Vec<PublicKey> = pending.named(word);
+    for p in store.peers() {
+        let by_key = bare(&p.key.fingerprint()) == w
+            || (w.len() >= pending::MIN_PREFIX && p.key.to_id().starts_with(&w));
+        if (by_key || p.aliases.iter().any(|a| a == word)) && !hits.contains(&p.key) {
+            hits.push(p.key);
+        }
+    }
+    match hits.as_slice() {
+        [one] => Ok(*one),
+        [] => bail!(
+            "{:?} is not a node id (52 base32 characters, as `p2pfs id` prints), nor the fingerprint, \
+             an id prefix of {} or more characters, or an alias of a sender refused lately \
+             (`p2pfs trust pending`) or a peer known here",
+            text::escape(word),
+            pending::MIN_PREFIX
+        ),
+        many => bail!(
+            "{:?} matches several keys; give the full node id:\n  {}",
+            text::escape(word),
+            many.iter()
+                .map(|k| format!("{k}  fingerprint {}", k.fingerprint()))
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        ),
+    }
+}
+
 pub fn run(ctx: &Ctx, cmd: TrustCmd) -> Result<()> {
     ctx.home.load_identity()?;
     let mut store = TrustStore::load(ctx.home.root())?;
@@ -98,12 +152,8 @@ pub fn run(ctx: &Ctx, cmd: TrustCmd) -> Result<()> {
             allow,
             quota,
         } => {
-            let Some(key) = PublicKey::parse_id(&id) else {
-                bail!(
-                    "{:?} is not a node id (52 base32 characters, as `p2pfs id` prints)",
-                    text::escape(&id)
-                );
-            };
+            let mut pending = Pending::open(ctx.home.root())?;
+            let key = key_for_add(&store, &pending, &id)?;
             let caps = caps(&allow)?;
             // Check the alias before anything changes.
             if let Some(alias) = &name {
@@ -114,6 +164,10 @@ pub fn run(ctx: &Ctx, cmd: TrustCmd) -> Result<()> {
                 store.set_quota(&key, quota)?;
             }
             store.save()?;
+            pending.remove(&key);
+            if let Err(e) = pending.save() {
+                eprintln!("p2pfs: warning: {e}");
+            }
             let named = name
                 .map(|a| format!(", alias {:?}", text::escape(&a)))
                 .unwrap_or_default();
@@ -169,6 +223,55 @@ pub fn run(ctx: &Ctx, cmd: TrustCmd) -> Result<()> {
                 if store.peers().is_empty() {
                     eprintln!("(no known peers)");
                 }
+            }
+        }
+        TrustCmd::Pending { json } => {
+            let pending = Pending::open(ctx.home.root())?;
+            // Most recent first.
+            let seen: Vec<_> = pending.entries().iter().rev().collect();
+            // Times come from disk: any value must print, never panic.
+            let when = |t: i64| {
+                u64::try_from(t)
+                    .ok()
+                    .and_then(|s| s.checked_mul(1000))
+                    .and_then(super::vault_cmd::rfc3339_ms)
+                    .unwrap_or_else(|| "-".into())
+            };
+            if json {
+                let v: Vec<_> = seen
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "id": e.key.to_id(),
+                            "fingerprint": e.key.fingerprint(),
+                            "address": e.addr,
+                            "last_refused": when(e.last),
+                            "times": e.count,
+                            "trusted": store.get(&e.key).is_some_and(|p| !p.allow.is_empty()),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if seen.is_empty() {
+                eprintln!("(no sender was refused lately)");
+            } else {
+                println!(
+                    "{:<19}  {:<21}  {:<24}  {:>5}  ID",
+                    "FINGERPRINT", "LAST REFUSED", "ADDRESS", "TIMES"
+                );
+                for e in &seen {
+                    println!(
+                        "{:<19}  {:<21}  {:<24}  {:>5}  {}",
+                        e.key.fingerprint(),
+                        when(e.last),
+                        text::escape(&e.addr),
+                        e.count,
+                        e.key
+                    );
+                }
+                println!(
+                    "(senders do not say their name before they are trusted: compare the fingerprint with `p2pfs id` on that node, then `p2pfs trust add FINGERPRINT`)"
+                );
             }
         }
         TrustCmd::Rm { what } => {

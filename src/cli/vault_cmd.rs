@@ -44,6 +44,11 @@ pub enum VaultCmd {
         /// Files or folders.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Import nothing when any path has a name the vault cannot store
+        /// (by default such paths are skipped, each with one line, the rest
+        /// is imported, and the exit code is 23).
+        #[arg(long)]
+        strict: bool,
     },
     /// List stored files with their origin: `local`, or the fingerprint of
     /// the peer that sent them (needs the passphrase: names are encrypted);
@@ -141,7 +146,7 @@ pub enum VaultCmd {
 pub fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<()> {
     let vault = ctx.home.vault()?;
     match cmd {
-        VaultCmd::Import { paths } => import(ctx, &vault, &paths),
+        VaultCmd::Import { paths, strict } => import(ctx, &vault, &paths, strict),
         VaultCmd::List { json, all } => list(ctx, &vault, &unlock(ctx, &vault)?, json, all),
         VaultCmd::Prune { keep } => {
             let mut u = unlock(ctx, &vault)?;
@@ -239,11 +244,11 @@ fn unlock<'v>(ctx: &Ctx, vault: &'v Vault) -> Result<Unlocked<'v>> {
     Ok(u)
 }
 
-fn import(ctx: &Ctx, vault: &Vault, paths: &[PathBuf]) -> Result<()> {
+fn import(ctx: &Ctx, vault: &Vault, paths: &[PathBuf], strict: bool) -> Result<()> {
     vault.check_pin()?;
-    let items = walk::collect(paths)?;
+    let walk::Collected { items, refused } = walk::collect(paths, strict)?;
     if items.is_empty() {
-        bail!("nothing to import: only symbolic links or special files were given (they are never followed)");
+        bail!("nothing to import: {}", walk::nothing_left(refused));
     }
     let total: u64 = items.iter().map(|i| i.size).sum();
     let pb = progress::bytes(total, ctx.quiet, "importing");
@@ -280,7 +285,7 @@ fn import(ctx: &Ctx, vault: &Vault, paths: &[PathBuf]) -> Result<()> {
         human(total),
         &vault.public_key().fingerprint()
     );
-    Ok(())
+    walk::partial(refused, "imported")
 }
 
 /// Most objects one group commit of `vault import` makes durable together
@@ -385,7 +390,7 @@ const RFC3339_MAX_SECS: u64 = 253_402_300_799;
 
 /// A stored time in unix milliseconds as RFC 3339, if it has one. Stored
 /// times come from disk (or a peer): any u64 must print, never panic.
-fn rfc3339_ms(ms: u64) -> Option<String> {
+pub(crate) fn rfc3339_ms(ms: u64) -> Option<String> {
     if ms / 1000 > RFC3339_MAX_SECS {
         return None;
     }
@@ -708,10 +713,7 @@ fn verify(ctx: &Ctx, vault: &Vault, full: bool) -> Result<()> {
 
 /// How a peer is shown: its alias (escaped) and fingerprint.
 fn peer_label(store: &TrustStore, key: &PublicKey) -> String {
-    match store.get(key).and_then(|p| p.aliases.first()) {
-        Some(a) => format!("{} ({})", escape(a), key.fingerprint()),
-        None => key.fingerprint(),
-    }
+    super::peer_label(Some(store), key)
 }
 
 /// The peer a PEER argument names in the trust store; shares go to known

@@ -5,12 +5,16 @@
 //! (`p2pfs::store::fsutil::open_source`).
 
 use std::{
+    collections::HashMap,
     fs,
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result};
-use p2pfs::store::{format::validate_name, fsutil::FileIdentity};
+use anyhow::{bail, Context, Result};
+use p2pfs::{
+    store::{format::validate_name, fsutil::FileIdentity},
+    text,
+};
 
 pub use p2pfs::store::error::shown;
 
@@ -28,7 +32,36 @@ pub struct Item {
     pub identity: FileIdentity,
 }
 
-fn name_of(path: &Path) -> Result<String> {
+/// What a walk found: the entries to store, and how many paths it left out
+/// because the receiver (or the vault) would refuse their names.
+pub struct Collected {
+    /// Entries to store, in walk order, each name once.
+    pub items: Vec<Item>,
+    /// Paths left out for their names (one line each was printed).
+    pub refused: usize,
+}
+
+const NOT_UTF8: &str = "its name is not valid UTF-8";
+
+/// A path for a message: escaped; one that is not UTF-8 with its bytes
+/// as `\xNN` (as Rust quotes it), so two such names stay apart.
+fn shown_path(p: &Path) -> String {
+    match p.to_str() {
+        Some(_) => shown(p),
+        None => text::escape(&format!("{p:?}")),
+    }
+}
+
+/// Why a path was left out.
+enum Skip {
+    /// A symbolic link or special file: never followed (not an error).
+    NotFollowed(PathBuf),
+    /// A name that cannot be stored: not UTF-8, a control or invisible
+    /// character, too long, or the same stored name as an earlier path.
+    Name(PathBuf, String),
+}
+
+fn name_of(path: &Path) -> Result<Result<String, String>> {
     let base = match path.file_name() {
         Some(b) => PathBuf::from(b),
         None => fs::canonicalize(path)
@@ -37,19 +70,23 @@ fn name_of(path: &Path) -> Result<String> {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("root")),
     };
-    base.to_str()
+    Ok(base
+        .to_str()
         .map(str::to_owned)
-        .with_context(|| format!("{} is not valid UTF-8", shown(path)))
+        .ok_or_else(|| NOT_UTF8.to_owned()))
 }
 
-fn walk(path: &Path, name: &str, out: &mut Vec<Item>, skipped: &mut Vec<PathBuf>) -> Result<()> {
+fn walk(path: &Path, name: &str, out: &mut Vec<Item>, skipped: &mut Vec<Skip>) -> Result<()> {
     let meta =
         fs::symlink_metadata(path).with_context(|| format!("cannot read {}", shown(path)))?;
     if meta.file_type().is_symlink() {
-        skipped.push(path.to_path_buf());
+        skipped.push(Skip::NotFollowed(path.to_path_buf()));
         return Ok(());
     }
-    validate_name(name).map_err(|why| anyhow::anyhow!("cannot store {}: {why}", shown(path)))?;
+    if let Err(why) = validate_name(name) {
+        skipped.push(Skip::Name(path.to_path_buf(), why.to_owned()));
+        return Ok(());
+    }
     if meta.is_file() {
         out.push(Item {
             path: path.to_path_buf(),
@@ -75,29 +112,96 @@ fn walk(path: &Path, name: &str, out: &mut Vec<Item>, skipped: &mut Vec<PathBuf>
         }
         for c in children {
             let cn = c.file_name();
-            let cn = cn
-                .to_str()
-                .with_context(|| format!("{} is not valid UTF-8", shown(&c.path())))?;
-            walk(&c.path(), &format!("{name}/{cn}"), out, skipped)?;
+            match cn.to_str() {
+                Some(cn) => walk(&c.path(), &format!("{name}/{cn}"), out, skipped)?,
+                None => skipped.push(Skip::Name(c.path(), NOT_UTF8.to_owned())),
+            }
         }
     } else {
-        skipped.push(path.to_path_buf());
+        skipped.push(Skip::NotFollowed(path.to_path_buf()));
     }
     Ok(())
 }
 
-/// Walks every path; prints what was skipped.
-pub fn collect(paths: &[PathBuf]) -> Result<Vec<Item>> {
+/// Walks every path; prints one line for each path left out. Names the
+/// receiver would refuse (`validate_name`, invalid UTF-8, the same stored
+/// name twice: the first path keeps it) are found here, before anything is
+/// sent: with `strict` any of them fails the whole walk, otherwise they are
+/// left out and counted in [`Collected::refused`]. Symbolic links and special
+/// files are left out and not counted: they are never followed, by design.
+pub fn collect(paths: &[PathBuf], strict: bool) -> Result<Collected> {
     let mut items = Vec::new();
     let mut skipped = Vec::new();
     for p in paths {
-        walk(p, &name_of(p)?, &mut items, &mut skipped)?;
+        match name_of(p)? {
+            Ok(name) => walk(p, &name, &mut items, &mut skipped)?,
+            Err(why) => skipped.push(Skip::Name(p.clone(), why)),
+        }
     }
+    let mut first: HashMap<String, PathBuf> = HashMap::with_capacity(items.len());
+    let mut kept = Vec::with_capacity(items.len());
+    for it in items {
+        match first.get(&it.name) {
+            Some(p) => skipped.push(Skip::Name(
+                it.path,
+                format!(
+                    "the same stored name \"{}\" as {}",
+                    text::escape(&it.name),
+                    shown(p)
+                ),
+            )),
+            None => {
+                first.insert(it.name.clone(), it.path.clone());
+                kept.push(it);
+            }
+        }
+    }
+    let mut refused = 0;
     for s in &skipped {
-        eprintln!(
-            "p2pfs: skipped {} (symbolic link or special file, not followed)",
-            shown(s)
-        );
+        match s {
+            Skip::NotFollowed(p) => eprintln!(
+                "p2pfs: skipped {} (symbolic link or special file, not followed)",
+                shown(p)
+            ),
+            Skip::Name(p, why) => {
+                refused += 1;
+                let verb = if strict { "cannot store" } else { "skipped" };
+                eprintln!("p2pfs: {verb} {}: {why}", shown_path(p));
+            }
+        }
     }
-    Ok(items)
+    if strict && refused > 0 {
+        bail!("{refused} path(s) cannot be stored under their names (listed above); nothing was sent or stored (--strict)");
+    }
+    Ok(Collected {
+        items: kept,
+        refused,
+    })
 }
+
+/// Why a walk left nothing to store.
+pub fn nothing_left(refused: usize) -> String {
+    if refused > 0 {
+        format!("every path was skipped ({refused} for names that cannot be stored, listed above; symbolic links and special files are never followed)")
+    } else {
+        "only symbolic links or special files were given (they are never followed)".to_owned()
+    }
+}
+
+/// The end of a command that stored what it could: success, or the
+/// partial-transfer failure (exit code 23) when paths were left out for
+/// their names.
+pub fn partial(refused: usize, done: &str) -> Result<()> {
+    if refused == 0 {
+        return Ok(());
+    }
+    Err(Partial(format!(
+        "partial: {refused} path(s) skipped for their names (listed above); everything else was {done}"
+    ))
+    .into())
+}
+
+/// Some paths were left out for their names; the rest was stored.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Partial(pub String);

@@ -124,7 +124,9 @@ impl ChunkBudget {
 
 /// The address a per-address cap counts: IPv4 as is, IPv6 by its /64.
 fn per_host(ip: IpAddr) -> IpAddr {
-    match ip {
+    // An IPv4 peer of a dual-stack socket arrives as `::ffff:a.b.c.d`: it
+    // is counted by its IPv4 address, not with every other one in ::ffff:0:0/64.
+    match ip.to_canonical() {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => {
             let s = v6.segments();

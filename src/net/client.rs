@@ -144,6 +144,55 @@ pub struct Authenticated {
     pub endpoint: quinn::Endpoint,
     /// The connection, its control stream and session.
     pub link: Link,
+    /// Its place among the connections [`interrupt_all`] closes.
+    _live: Live,
+}
+
+/// The authenticated connections of this process, so that Ctrl-C can close
+/// each one with a reason ([`interrupt_all`]) and the peer learns at once
+/// that the transfer was interrupted, not after its idle timeout. Each
+/// entry lives exactly as long as its [`Authenticated`]: the handle kept
+/// here never outlives it, so a connection dropped without `close` still
+/// closes implicitly as quinn closes unreferenced connections.
+static LIVE: std::sync::Mutex<Vec<(u64, quinn::Connection)>> = std::sync::Mutex::new(Vec::new());
+
+/// An entry of [`LIVE`], removed on drop.
+struct Live(u64);
+
+impl Live {
+    fn register(conn: &quinn::Connection) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut l) = LIVE.lock() {
+            l.push((id, conn.clone()));
+        }
+        Live(id)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if let Ok(mut l) = LIVE.lock() {
+            l.retain(|(id, _)| *id != self.0);
+        }
+    }
+}
+
+/// Closes every authenticated connection of this process with
+/// [`close::INTERRUPTED`] (the user pressed Ctrl-C) and waits until each
+/// close has gone out (at most 200 ms each), so the peer ends its side at
+/// once: a receiver keeps what it verified as resumable partials. The
+/// transfers using them fail; the caller says how to resume.
+pub async fn interrupt_all() {
+    let conns: Vec<quinn::Connection> = match LIVE.lock() {
+        Ok(l) => l.iter().map(|(_, c)| c.clone()).collect(),
+        Err(_) => Vec::new(),
+    };
+    for conn in &conns {
+        let sent = conn.stats().udp_tx.datagrams;
+        conn.close(quinn::VarInt::from_u32(close::INTERRUPTED), b"Ctrl-C");
+        close_sent(conn, sent).await;
+    }
 }
 
 /// A QUIC connection and its control stream, before authentication.
@@ -193,6 +242,7 @@ async fn attempt(
     match hs {
         Ok(session) => Ok(Authenticated {
             endpoint,
+            _live: Live::register(&conn),
             link: Link {
                 conn,
                 send,

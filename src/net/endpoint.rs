@@ -141,13 +141,46 @@ pub fn server(addr: SocketAddr) -> Result<quinn::Endpoint, NetError> {
     let crypto = QuicServerConfig::try_from(tls).map_err(setup)?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     cfg.transport_config(server_transport());
-    let socket = std::net::UdpSocket::bind(addr).map_err(|e| match e.kind() {
+    let socket = listening_socket(addr).map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => NetError::Setup(format!(
             "{addr} is already in use: is another p2pfs serve running? Use --listen to pick another port"
         )),
         _ => NetError::Setup(format!("cannot listen on {addr}: {e}")),
     })?;
     endpoint(socket, Some(cfg))
+}
+
+/// The server's UDP socket. `[::]` is dual-stack, IPv4 and IPv6 on one
+/// socket (IPV6_V6ONLY off, whatever `net.ipv6.bindv6only` says), so the
+/// default listen address answers at `127.0.0.1` and `[::1]` alike; on a
+/// host without IPv6 it falls back to `0.0.0.0` on the same port.
+fn listening_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let SocketAddr::V6(v6) = addr else {
+        return std::net::UdpSocket::bind(addr);
+    };
+    let dual = (|| {
+        let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+        if v6.ip().is_unspecified() {
+            s.set_only_v6(false)?;
+        }
+        s.bind(&addr.into())?;
+        Ok::<_, std::io::Error>(std::net::UdpSocket::from(s))
+    })();
+    match dual {
+        // No IPv6 on this host (disabled, or no such address family).
+        Err(e)
+            if v6.ip().is_unspecified()
+                && matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
+                ) =>
+        {
+            tracing::info!("no IPv6 here ({e}): listening on IPv4 only");
+            std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], addr.port())))
+        }
+        r => r,
+    }
 }
 
 /// Builds an endpoint on a bound socket with larger socket buffers: fewer

@@ -42,6 +42,8 @@ pub mod close {
     pub const SHUTDOWN: u32 = 5;
     /// Noise handshake failed.
     pub const HANDSHAKE: u32 = 6;
+    /// The user interrupted the transfer (Ctrl-C); it is resumable.
+    pub const INTERRUPTED: u32 = 7;
 }
 
 /// Failures of network operations.
@@ -108,6 +110,10 @@ pub enum NetError {
     /// A timeout elapsed.
     #[error("timed out {0}")]
     Timeout(&'static str),
+    /// This side was interrupted (Ctrl-C): its connections were closed
+    /// with a reason, so the peer knows at once.
+    #[error("interrupted: the connection was closed and the peer told why; what was verified is kept (run the same command again to resume)")]
+    Interrupted,
     /// A local storage failure.
     #[error(transparent)]
     Store(#[from] StoreError),

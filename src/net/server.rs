@@ -18,7 +18,7 @@ use super::{
     admission::{Admission, ConnectionGuard, Limits, PromptQueue, TransferGuard},
     close, endpoint,
     engine::{
-        close_with,
+        close_with, closed_error,
         proto::{self, KeyFlow, Refusal, Request, Rights},
         sink::{self, Commit, Expect, SinkCtx},
         source::{self, From, Outcome, Sending, Stored},
@@ -155,7 +155,8 @@ pub async fn serve(
                     }
                     continue;
                 }
-                let addr = incoming.remote_address();
+                // IPv4 peers of the dual-stack socket as plain IPv4.
+                let addr = canonical(incoming.remote_address());
                 // Refused before any state is kept for it: too many
                 // connections are being set up, here or from that address.
                 let Some(guard) = ctx.admission.connection(addr.ip()) else {
@@ -258,11 +259,20 @@ async fn handle(
         let _ = link.refuse(RefuseCode::Untrusted, message).await;
         let _ = ctx.events.send(ServerEvent::PeerRefused {
             peer,
-            reason: "not trusted (use `p2pfs trust add`)".into(),
+            reason: format!(
+                "not trusted (listed by `p2pfs trust pending`; let it in with `p2pfs trust add {}`)",
+                peer.fingerprint()
+            ),
         });
         let c = ctx.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            log(&c, peer, LogAction::Refused, "connection", "not trusted")
+            log(&c, peer, LogAction::Refused, "connection", "not trusted");
+            // For `p2pfs trust pending` and `trust add FINGERPRINT`.
+            if let Err(e) =
+                crate::store::pending::note_refused(c.home.root(), &peer, &addr.to_string())
+            {
+                warn!("cannot note the refused sender: {e}");
+            }
         })
         .await;
         close_with(&link.conn, close::REFUSED, "untrusted");
@@ -310,14 +320,43 @@ async fn handle(
             });
         }
         Err(e) => {
+            // Whichever read noticed the loss first, the peer's own close
+            // (Ctrl-C, say) is the better account of it.
+            let closed = match (e, link.conn.close_reason()) {
+                (
+                    NetError::ConnectionLost(_),
+                    Some(why @ quinn::ConnectionError::ApplicationClosed(_)),
+                ) => Some(closed_error(&why)),
+                _ => None,
+            };
             let _ = ctx.events.send(ServerEvent::Failed {
                 peer: Some(peer),
-                message: e.to_string(),
+                message: receiver_text(closed.as_ref().unwrap_or(e)),
             });
         }
     }
     let _ = ctx.events.send(ServerEvent::Closed { peer });
     result
+}
+
+/// An address as people write it: `::ffff:a.b.c.d` (an IPv4 peer of a
+/// dual-stack socket) as `a.b.c.d`.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+/// How this side reports a transfer that ended early. The advice goes to
+/// the side that can act on it: the peer resumes by starting the transfer
+/// again, so the server's log says what is kept, never "run the same
+/// command again".
+fn receiver_text(e: &NetError) -> String {
+    const KEPT: &str =
+        "what was verified is kept and resumes when the peer starts the transfer again";
+    match e {
+        NetError::ConnectionLost(why) => format!("transfer interrupted: {why}; {KEPT}"),
+        NetError::Timeout(what) => format!("transfer interrupted: timed out {what}; {KEPT}"),
+        e => e.to_string(),
+    }
 }
 
 /// Records what a peer did in the sealed access log (best effort: a log

@@ -615,6 +615,41 @@ fn proc_fd(fd: &impl AsFd) -> String {
     format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
 }
 
+/// Opens (creating, 0600) and exclusively locks (`flock`) the lock file
+/// of a small state file, for one read-modify-write; unlocked on drop.
+pub fn lock_exclusive(lock_path: &Path) -> Result<File> {
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(lock_path)
+        .map_err(|e| StoreError::io("cannot open", lock_path, e))?;
+    lock.lock()
+        .map_err(|e| StoreError::io("cannot lock", lock_path, e))?;
+    Ok(lock)
+}
+
+/// Reads a cache file of at most `limit` bytes with `decode`: empty when
+/// absent; when damaged, empty too, with a warning that `lost` (what
+/// starting afresh costs). Only a failure to read is an error.
+pub fn read_cache<T, E: std::fmt::Display>(
+    path: &Path,
+    limit: u64,
+    decode: impl FnOnce(&[u8]) -> std::result::Result<Vec<T>, E>,
+    lost: &str,
+) -> Result<Vec<T>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let bytes = read_limited(path, limit)?;
+    Ok(decode(&bytes).unwrap_or_else(|e| {
+        tracing::warn!("{} is damaged ({e}); {lost}", super::error::shown(path));
+        Vec::new()
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,7 @@ pub mod home;
 pub(crate) mod keychain;
 pub mod log;
 pub mod partial;
+pub mod pending;
 pub mod pin;
 pub mod received;
 pub mod remote;

@@ -12,12 +12,11 @@
 use std::{
     collections::{HashMap, VecDeque},
     fs,
-    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
 use super::{
-    error::{Result, StoreError},
+    error::Result,
     format::{begin, checked, with_checksum},
     fsutil,
 };
@@ -89,34 +88,11 @@ fn decode(bytes: &[u8]) -> Result<Vec<Entry>, super::format::FormatError> {
 impl SentLog {
     /// Locks and loads the record of `home` (empty when absent or damaged).
     pub fn open(home: &Path) -> Result<Self> {
-        let lock_path = home.join("sent.lock");
-        let lock = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| StoreError::io("cannot open", &lock_path, e))?;
-        lock.lock()
-            .map_err(|e| StoreError::io("cannot lock", &lock_path, e))?;
+        let lock = fsutil::lock_exclusive(&home.join("sent.lock"))?;
         let path = home.join("sent");
-        let entries = if path.exists() {
-            let limit = (MAX_ENTRIES * ENTRY_LEN + 64) as u64;
-            match fsutil::read_limited(&path, limit).map(|b| decode(&b)) {
-                Ok(Ok(e)) => e,
-                Ok(Err(e)) => {
-                    tracing::warn!(
-                        "{} is damaged ({e}); interrupted sends will start over",
-                        super::error::shown(&path)
-                    );
-                    Vec::new()
-                }
-                Err(e) => return Err(e),
-            }
-        } else {
-            Vec::new()
-        };
+        let limit = (MAX_ENTRIES * ENTRY_LEN + 64) as u64;
+        let entries =
+            fsutil::read_cache(&path, limit, decode, "interrupted sends will start over")?;
         let mut log = Self {
             path,
             map: HashMap::new(),

@@ -144,10 +144,22 @@ pub fn closed_error(e: &quinn::ConnectionError) -> NetError {
                     NetError::Handshake(format!("the peer ended the handshake: {reason}"))
                 }
                 close::PROTOCOL => NetError::Protocol(format!("the peer reported: {reason}")),
+                close::INTERRUPTED => {
+                    NetError::ConnectionLost(format!("the peer stopped it ({reason})"))
+                }
                 _ => NetError::ConnectionLost(reason),
             }
         }
         // A transport close carries a reason from the peer too.
+        other => NetError::lost(other),
+    }
+}
+
+/// Maps a failed stream write to an error: a closed connection to why it
+/// closed ([`closed_error`]).
+pub fn write_error(e: &quinn::WriteError) -> NetError {
+    match e {
+        quinn::WriteError::ConnectionLost(c) => closed_error(c),
         other => NetError::lost(other),
     }
 }

@@ -18,6 +18,7 @@ use tokio::{sync::mpsc, task::JoinSet};
 use tracing::{debug, warn};
 
 use super::{
+    closed_error,
     proto::{self, chunk_bounds, ChunkPlan, KeyFlow, PartialFacts, SinkMachine, SinkStep, Wanted},
     source::unwrap_file_key,
     Link, Note, Reporter,
@@ -314,7 +315,7 @@ pub async fn run(
                     }
                 }
                 d = link.conn.closed() => {
-                    return Err(NetError::lost(&d));
+                    return Err(closed_error(&d));
                 }
             }
         }

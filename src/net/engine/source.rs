@@ -17,7 +17,7 @@ use std::{
 
 use tokio::sync::{mpsc, Mutex};
 
-use super::{closed_error, proto::SourceMachine, refused, Link, Note, Reporter};
+use super::{closed_error, proto::SourceMachine, refused, write_error, Link, Note, Reporter};
 use crate::{
     crypto::{
         chunk::{
@@ -210,9 +210,7 @@ pub async fn run(
                     Some(s) => s,
                     None => {
                         let mut s = conn.open_uni().await.map_err(|e| closed_error(&e))?;
-                        s.write_all(DATA_MAGIC)
-                            .await
-                            .map_err(|e| NetError::lost(&e))?;
+                        s.write_all(DATA_MAGIC).await.map_err(|e| write_error(&e))?;
                         stream.insert(s)
                     }
                 };
@@ -220,7 +218,7 @@ pub async fn run(
                 // Handing quinn the buffer itself saves a copy per chunk.
                 s.write_chunk(bytes::Bytes::from(frame))
                     .await
-                    .map_err(|e| NetError::lost(&e))?;
+                    .map_err(|e| write_error(&e))?;
                 sent.fetch_add(len, Ordering::Relaxed);
                 report(Note::Bytes(plain));
             }
