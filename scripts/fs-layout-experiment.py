@@ -1,3 +1,14 @@
+#!/usr/bin/env python3
+"""Replays the file-system work of `p2pfs vault import` of 10,000 small files
+in one vault layout, to see what a layout change would buy (docs/PERFORMANCE.md,
+*Vault layout*). Not a benchmark of p2pfs: no crypto, only the creates,
+writes, renames and syncs, on two threads as the import does them.
+
+    python3 scripts/fs-layout-experiment.py flat|shard|shard_gstage DIR
+
+flat: objects/ as today; shard: 256 subdirectories of objects/; shard_gstage:
+those, plus one staging folder per group of 256. DIR is removed first.
+"""
 import os, sys, threading, queue, time, shutil
 mode = sys.argv[1]; root = sys.argv[2]; N = 10000
 if os.path.exists(root): shutil.rmtree(root)
