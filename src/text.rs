@@ -90,6 +90,23 @@ pub fn bounded(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
+/// A byte count for people: exact below 1 KiB, else one decimal of the
+/// largest binary unit (`1.5 MiB`).
+pub fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
 /// Longest a peer-supplied name is shown inside a message, in bytes.
 pub const MAX_SHOWN_NAME: usize = 200;
 

@@ -370,18 +370,7 @@ fn commit_and_say(group: Vec<vault::Staged<'_>>, pb: &indicatif::ProgressBar) ->
 }
 
 fn human(n: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
+    p2pfs::text::human_bytes(n)
 }
 
 /// The latest time RFC 3339 (and humantime, which panics past it) can

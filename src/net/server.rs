@@ -800,9 +800,9 @@ async fn receive_deposit(
         if used.checked_add(totals.bytes).is_none_or(|t| t > quota) {
             let message = format!(
                 "over your quota here: {} of {} used, this deposit is {} (the owner raises it with `p2pfs trust add YOUR-ID --quota SIZE`)",
-                human(used),
-                human(quota),
-                human(totals.bytes)
+                crate::text::human_bytes(used),
+                crate::text::human_bytes(quota),
+                crate::text::human_bytes(totals.bytes)
             );
             let c = ctx.clone();
             let m = message.clone();
@@ -845,21 +845,6 @@ async fn receive_deposit(
     })
     .await;
     r.map(|_| ())
-}
-
-fn human(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
 }
 
 /// The entries of all transfers in progress share a budget: planning and
