@@ -577,10 +577,12 @@ fn damaged_envelope_is_named_and_never_exported() {
         .code_is(exit::CORRUPT)
         .says(&id1);
     assert!(!n.path("f1.out").exists());
-    n.run(["vault", "verify", "--full"])
+    let r = n
+        .run(["vault", "verify", "--full"])
         .code_is(exit::CORRUPT)
         .says(&id1)
         .never_says(&id2);
+    assert_eq!(r.all().matches(id1.as_str()).count(), 1, "named once:\n{r}");
     let p = n.export("f2.bin", "f2.out");
     assert!(same_content(&p, &n.path("src/f2.bin")));
 }

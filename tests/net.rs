@@ -930,6 +930,15 @@ fn ask_policy_prompts_on_the_terminal() {
             let r = r.code_is(11);
             assert!(r.stderr.contains("declined"), "{r}");
             assert!(b.list().is_empty());
+            // The receiver reports the decline once (issue 10, item 20).
+            assert!(
+                wait_until(Duration::from_secs(5), || seen("declined")),
+                "{}",
+                out.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+            let shown = out.lock().unwrap().clone();
+            assert_eq!(shown.matches("declined").count(), 1, "{shown}");
         }
     }
     assert_eq!(b.list().len(), 1);

@@ -648,11 +648,15 @@ fn summary_line(s: &p2pfs::net::client::Summary, what: &str) -> String {
         "{} file(s) unchanged, already stored there (--again stores them again)",
         s.unchanged
     );
-    if s.files == 0 && s.unchanged > 0 {
+    if s.files == 0 && s.folders == 0 && s.unchanged > 0 {
         return format!("nothing to send to {peer}: {unchanged}");
     }
+    let folders = match s.folders {
+        0 => String::new(),
+        n => format!(" and {n} empty folder(s)"),
+    };
     let mut line = format!(
-        "sent {} file(s) to {peer}: {} on the wire",
+        "sent {} file(s){folders} to {peer}: {} on the wire",
         s.files,
         human(s.bytes_sent)
     );
@@ -956,12 +960,24 @@ mod tests {
             peer: p2pfs::crypto::keys::PublicKey([7; 32]),
             peer_name: "bob".into(),
             files,
+            folders: 0,
             bytes_sent: 2048,
             bytes_skipped: skipped,
             unchanged,
         };
         let fresh = summary_line(&s(2, 0, 0), "stored");
         assert!(fresh.starts_with("sent 2 file(s) to bob ("), "{fresh}");
+        let with_dir = summary_line(
+            &p2pfs::net::client::Summary {
+                folders: 1,
+                ..s(2, 0, 0)
+            },
+            "stored",
+        );
+        assert!(
+            with_dir.starts_with("sent 2 file(s) and 1 empty folder(s) to bob ("),
+            "an empty folder is not a file: {with_dir}"
+        );
         assert!(
             !fresh.contains("resumed") && !fresh.contains("unchanged"),
             "{fresh}"

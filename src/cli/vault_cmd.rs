@@ -235,13 +235,19 @@ fn warn_problems(problems: &[Problem]) {
 }
 
 fn unlock<'v>(ctx: &Ctx, vault: &'v Vault) -> Result<Unlocked<'v>> {
+    let u = unlock_quietly(ctx, vault)?;
+    warn_problems(u.problems());
+    Ok(u)
+}
+
+/// As [`unlock`], without warning of damaged objects: for `verify --full`,
+/// whose report names them (once).
+fn unlock_quietly<'v>(ctx: &Ctx, vault: &'v Vault) -> Result<Unlocked<'v>> {
     let pass = passphrase::get(
         &passphrase::vault_source(ctx.passphrase_file.as_deref()),
         passphrase::Purpose::Existing,
     )?;
-    let u = vault.unlock(&pass)?;
-    warn_problems(u.problems());
-    Ok(u)
+    Ok(vault.unlock(&pass)?)
 }
 
 fn import(ctx: &Ctx, vault: &Vault, paths: &[PathBuf], strict: bool) -> Result<()> {
@@ -653,7 +659,8 @@ fn exported(e: &Entry, dest: &Path) {
 
 fn verify(ctx: &Ctx, vault: &Vault, full: bool) -> Result<()> {
     let report = if full {
-        let u = unlock(ctx, vault)?;
+        // The report starts with what the unlock found: named once, there.
+        let u = unlock_quietly(ctx, vault)?;
         let pb = progress::count(0, ctx.quiet, "verifying");
         let r = u.verify_full(&mut |n, t| {
             pb.set_length(t as u64);

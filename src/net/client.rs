@@ -97,8 +97,10 @@ pub struct Summary {
     pub peer: PublicKey,
     /// Its name.
     pub peer_name: String,
-    /// Files committed.
+    /// Files committed (empty folders not counted).
     pub files: usize,
+    /// Empty folders committed.
+    pub folders: usize,
     /// Chunk bytes sent on the wire.
     pub bytes_sent: u64,
     /// Plaintext bytes the receiver already had.
@@ -798,10 +800,14 @@ pub async fn send(
     // The worst kind of failure decides the exit code: tampering over a
     // full disk over another storage failure of the receiver.
     let mut worst: Option<Failure> = None;
+    let mut folders = 0;
     for (i, o) in ran.outcomes.iter().enumerate() {
         let name = text::escape(&items[i].offer.name);
         match (o, &rejected[i]) {
-            (Outcome::Ok, _) => committed.push(tags[i]),
+            (Outcome::Ok, _) => {
+                committed.push(tags[i]);
+                folders += usize::from(items[i].offer.kind == EntryKind::Dir);
+            }
             (Outcome::Unchanged, _) => {}
             (Outcome::Failed(kind, why), _) => {
                 worst = worst.max(Some(*kind));
@@ -841,7 +847,8 @@ pub async fn send(
     Ok(Summary {
         peer,
         peer_name,
-        files: committed.len(),
+        files: committed.len() - folders,
+        folders,
         bytes_sent: ran.bytes_sent,
         bytes_skipped: skipped,
         unchanged,

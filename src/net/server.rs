@@ -319,6 +319,13 @@ async fn handle(
                 message: format!("protocol error: {m}"),
             });
         }
+        // Every refused request, once, with the reason the peer was given.
+        Err(NetError::Refused { message, .. }) => {
+            let _ = ctx.events.send(ServerEvent::PeerRefused {
+                peer,
+                reason: message.clone(),
+            });
+        }
         Err(e) => {
             // Whichever read noticed the loss first, the peer's own close
             // (Ctrl-C, say) is the better account of it.
@@ -393,10 +400,6 @@ async fn request(
     let req = match proto::decide(&first, rights) {
         Ok(r) => r,
         Err(Refusal { code, message }) => {
-            let _ = ctx.events.send(ServerEvent::PeerRefused {
-                peer,
-                reason: format!("{} not allowed", first.kind()),
-            });
             let c = ctx.clone();
             let kind = first.kind();
             let _ = tokio::task::spawn_blocking(move || {
@@ -568,10 +571,6 @@ async fn serve_fetch(
     if let Err(Refusal { code, message }) =
         proto::authorise_fetch(&ids, |id| files.iter().any(|f| &f.id == id))
     {
-        let _ = ctx.events.send(ServerEvent::PeerRefused {
-            peer,
-            reason: "fetch of objects not available to it".into(),
-        });
         let c = ctx.clone();
         let what = ids.iter().map(id_hex).collect::<Vec<_>>().join(" ");
         let _ = tokio::task::spawn_blocking(move || {
@@ -901,10 +900,6 @@ async fn receive(
                 "the receiving user declined the transfer (or did not answer)".into(),
             )
             .await;
-        let _ = ctx.events.send(ServerEvent::PeerRefused {
-            peer,
-            reason: "declined".into(),
-        });
         return Err(e);
     }
     // The entries of all transfers in progress share a budget: planning
