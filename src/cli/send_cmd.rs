@@ -928,7 +928,7 @@ fn event_json(
         }
         Event::FileStart { .. } => return None,
         Event::Progress { done } => {
-            if last.elapsed() < Duration::from_millis(250) {
+            if last.elapsed() < Duration::from_millis(100) {
                 return None;
             }
             *last = std::time::Instant::now();

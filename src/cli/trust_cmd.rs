@@ -112,12 +112,9 @@ fn key_for_add(store: &TrustStore, pending: &Pending, word: &str) -> Result<Publ
     if let Some(k) = PublicKey::parse_id(word) {
         return Ok(k);
     }
-    let bare = |s: &str| s.replace('-', "").to_ascii_lowercase();
-    let w = bare(word);
     let mut hits: Vec<PublicKey> = pending.named(word);
     for p in store.peers() {
-        let by_key = bare(&p.key.fingerprint()) == w
-            || (w.len() >= pending::MIN_PREFIX && p.key.to_id().starts_with(&w));
+        let by_key = pending::names_key(word, &p.key);
         if (by_key || p.aliases.iter().any(|a| a == word)) && !hits.contains(&p.key) {
             hits.push(p.key);
         }

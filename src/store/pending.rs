@@ -104,6 +104,13 @@ fn bare(s: &str) -> String {
         .collect()
 }
 
+/// Whether `word`, as a user typed it, names `key`: its fingerprint (dashes
+/// and case as typed) or an id prefix of at least [`MIN_PREFIX`] characters.
+pub fn names_key(word: &str, key: &PublicKey) -> bool {
+    let w = bare(word);
+    bare(&key.fingerprint()) == w || (w.len() >= MIN_PREFIX && key.to_id().starts_with(&w))
+}
+
 impl Pending {
     /// Locks and loads the record of `home` (empty when absent or damaged;
     /// expired entries dropped).
@@ -160,13 +167,9 @@ impl Pending {
     /// dashes, any case), or by a node id prefix of at least [`MIN_PREFIX`]
     /// characters. Several means ambiguous; none, that `word` names none.
     pub fn named(&self, word: &str) -> Vec<PublicKey> {
-        let w = bare(word);
         self.entries
             .iter()
-            .filter(|e| {
-                bare(&e.key.fingerprint()) == w
-                    || (w.len() >= MIN_PREFIX && e.key.to_id().starts_with(&w))
-            })
+            .filter(|e| names_key(word, &e.key))
             .map(|e| e.key)
             .collect()
     }
