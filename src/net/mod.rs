@@ -14,6 +14,7 @@ pub mod endpoint;
 pub mod engine;
 pub mod events;
 pub mod handshake;
+pub mod pair;
 pub mod server;
 pub mod wire;
 

@@ -121,6 +121,9 @@ pub enum RefuseCode {
     Quota,
     /// The receiver's storage failed (not a full disk, not tampering).
     Storage,
+    /// Pairing: the joiner's proof does not match the code shown here
+    /// (a wrong or mistyped code; `docs/PROTOCOL.md`, *Pairing by code*).
+    WrongCode,
 }
 
 /// Control-stream messages. Variants are only ever appended.
@@ -239,6 +242,26 @@ pub enum Msg {
         /// The envelope (`docs/VAULT.md`, *Envelope*).
         envelope: Vec<u8>,
     },
+    /// Pairing, either way: this side's SPAKE2 message (`docs/PROTOCOL.md`,
+    /// *Pairing by code*).
+    PairStart {
+        /// The SPAKE2 message (33 bytes).
+        pake: Vec<u8>,
+    },
+    /// Pairing, either way: proof of the SPAKE2 key, bound to the Noise
+    /// transcript and both static keys. The joiner sends it first.
+    PairProof {
+        /// HMAC-SHA256 under a key derived from the SPAKE2 key.
+        proof: [u8; 32],
+    },
+    /// Pairing, either way, after both proofs: who this side is and what it
+    /// now lets the other do.
+    Paired {
+        /// This side's node name.
+        name: String,
+        /// Capabilities granted to the peer (bit 0 send, 1 get, 2 owner).
+        granted: u8,
+    },
 }
 
 /// One entry of a deposit: what the storing node may know of it.
@@ -354,6 +377,9 @@ impl Msg {
             Msg::Deposit { .. } => "Deposit",
             Msg::DepositStart { .. } => "DepositStart",
             Msg::DepositEnd { .. } => "DepositEnd",
+            Msg::PairStart { .. } => "PairStart",
+            Msg::PairProof { .. } => "PairProof",
+            Msg::Paired { .. } => "Paired",
         }
     }
 
@@ -433,6 +459,15 @@ impl Msg {
                     return Err(invalid("an object requested twice"));
                 }
                 Ok(())
+            }
+            Msg::PairStart { pake } if pake.len() != super::pair::PAKE_MSG_LEN => {
+                Err(invalid("SPAKE2 message length"))
+            }
+            Msg::Paired { name, granted } => {
+                if *granted > 0b111 {
+                    return Err(invalid("granted capabilities"));
+                }
+                validate_node_name(name).map_err(|why| invalid(&format!("node name: {why}")))
             }
             _ => Ok(()),
         }
