@@ -331,6 +331,7 @@ pub struct Cmd {
     cmd: Command,
     what: String,
     timeout: Duration,
+    input: Option<Vec<u8>>,
 }
 
 impl Cmd {
@@ -369,6 +370,7 @@ impl Cmd {
             cmd,
             what,
             timeout: TIMEOUT,
+            input: None,
         }
     }
 
@@ -376,6 +378,12 @@ impl Cmd {
     pub fn env(mut self, k: &str, v: impl AsRef<OsStr>) -> Self {
         self.what = format!("{k}=… {}", self.what);
         self.cmd.env(k, v);
+        self
+    }
+
+    /// Gives the process `bytes` on standard input (then end of file).
+    pub fn input(mut self, bytes: &[u8]) -> Self {
+        self.input = Some(bytes.to_vec());
         self
     }
 
@@ -440,10 +448,17 @@ impl Cmd {
     /// Starts the process without waiting for it.
     pub fn spawn(mut self) -> Proc {
         self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        if self.input.is_some() {
+            self.cmd.stdin(Stdio::piped());
+        }
         let mut child = self
             .cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        if let (Some(bytes), Some(mut w)) = (self.input.take(), child.stdin.take()) {
+            use std::io::Write;
+            w.write_all(&bytes).unwrap();
+        }
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let readers = vec![

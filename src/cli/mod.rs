@@ -3,6 +3,7 @@
 //! logic lives here.
 
 mod get_cmd;
+mod pair_cmd;
 mod passphrase;
 mod peers_cmd;
 mod progress;
@@ -74,6 +75,9 @@ pub mod exit {
     /// Some paths were skipped for names that cannot be stored (each named
     /// on stderr); everything else was sent or imported (as rsync's 23).
     pub const PARTIAL: u8 = 23;
+    /// Pairing failed: a wrong or expired code, too many wrong tries, or
+    /// a node that does not know the code. Nothing was pinned.
+    pub const PAIRING_FAILED: u8 = 24;
     /// Interrupted by Ctrl-C (128 + SIGINT, as shells report it); the
     /// transfer resumes when the same command is run again.
     pub const INTERRUPTED: u8 = 130;
@@ -204,6 +208,10 @@ enum Command {
     /// Manage trusted peers and pinned keys.
     #[command(subcommand)]
     Trust(trust_cmd::TrustCmd),
+    /// Pair with another node by a short code, once: each pins the other's
+    /// key and lets it send (no node id to copy). `p2pfs pair` shows a code;
+    /// `p2pfs pair CODE HOST:PORT` on the other node types it.
+    Pair(pair_cmd::PairArgs),
 }
 
 /// `p2pfs remote …`.
@@ -311,6 +319,12 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                 | StoreError::UnknownOrigin { .. } => exit::NOT_FOUND,
                 _ => exit::FAILURE,
             };
+        }
+        if cause
+            .downcast_ref::<p2pfs::net::pair::PairError>()
+            .is_some()
+        {
+            return exit::PAIRING_FAILED;
         }
         if cause.downcast_ref::<walk::Partial>().is_some() {
             return exit::PARTIAL;
@@ -466,6 +480,7 @@ fn run(cli: Cli) -> Result<()> {
         ),
         Command::Peers { wait, json } => peers_cmd::run(&ctx, wait, json),
         Command::Trust(cmd) => trust_cmd::run(&ctx, cmd),
+        Command::Pair(args) => pair_cmd::run(&ctx, args),
         Command::Completions { .. } | Command::Man => Ok(()),
     }
 }

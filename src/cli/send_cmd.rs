@@ -75,6 +75,11 @@ pub fn classify(s: &str) -> Result<PeerArg> {
 
 /// Parses `[NODEID@]host[:port]` (IPv6 as `[addr]:port`).
 pub fn parse_peer(s: &str) -> Result<PeerSpec> {
+    parse_peer_with(s, DEFAULT_PORT)
+}
+
+/// [`parse_peer`] with another default port (`pair`'s).
+pub fn parse_peer_with(s: &str, default_port: u16) -> Result<PeerSpec> {
     let (expected, rest) = match s.split_once('@') {
         Some((id, rest)) => match PublicKey::parse_id(id) {
             Some(k) => (Some(k), rest),
@@ -90,7 +95,7 @@ pub fn parse_peer(s: &str) -> Result<PeerSpec> {
             .context("missing ']' in an IPv6 address")?;
         let port = match tail.strip_prefix(':') {
             Some(p) => p.parse().with_context(|| format!("bad port {p:?}"))?,
-            None => DEFAULT_PORT,
+            None => default_port,
         };
         (h.to_owned(), port)
     } else {
@@ -99,7 +104,7 @@ pub fn parse_peer(s: &str) -> Result<PeerSpec> {
                 h.to_owned(),
                 p.parse().with_context(|| format!("bad port {p:?}"))?,
             ),
-            None => (rest.to_owned(), DEFAULT_PORT),
+            None => (rest.to_owned(), default_port),
         }
     };
     if host.is_empty() {
@@ -115,7 +120,7 @@ pub fn parse_peer(s: &str) -> Result<PeerSpec> {
     })
 }
 
-async fn resolve(spec: &PeerSpec) -> Result<SocketAddr> {
+pub async fn resolve(spec: &PeerSpec) -> Result<SocketAddr> {
     let label = spec.label();
     let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host(label.as_str())
         .await

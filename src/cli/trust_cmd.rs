@@ -58,7 +58,7 @@ pub enum TrustCmd {
     },
 }
 
-fn caps(allow: &[String]) -> Result<Vec<Capability>> {
+pub(crate) fn caps(allow: &[String]) -> Result<Vec<Capability>> {
     let mut caps = Vec::new();
     for a in allow {
         match a.trim() {

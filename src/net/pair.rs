@@ -74,8 +74,9 @@ pub const WORDS: [&str; 256] = [
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum PairError {
     /// The code as typed is not a code.
-    #[error("{0:?} is not a pairing code: {1} (a code looks like 7-orbit-velvet; `p2pfs pair` on the other node shows it)")]
-    BadCode(String, &'static str),
+    /// The code as typed is not a code (never quoted: it is a secret).
+    #[error("that is not a pairing code: {0} (a code looks like 7-orbit-velvet; `p2pfs pair` on the other node shows it)")]
+    BadCode(&'static str),
     /// The hosting side says the code is wrong.
     #[error("the other node refused the code: it is wrong, mistyped or expired. Nothing was pinned; check the code `p2pfs pair` shows there and try again")]
     WrongCode,
@@ -123,7 +124,7 @@ impl Code {
     /// spaces instead of dashes do not matter; each word must be one of
     /// [`WORDS`], so a typo is caught before anything is sent.
     pub fn parse(typed: &str) -> Result<Code, PairError> {
-        let bad = |why| PairError::BadCode(text::escape(&text::bounded(typed, 64)), why);
+        let bad = PairError::BadCode;
         let lower = Zeroizing::new(typed.trim().to_lowercase());
         let parts: Vec<&str> = lower
             .split(|c: char| c == '-' || c.is_whitespace())
@@ -267,8 +268,9 @@ impl Pake {
 pub enum Step {
     /// Send these and read the next message.
     Reply(Vec<Msg>),
-    /// The code was wrong (host): send this refusal, close, count a failure.
-    Wrong(Msg),
+    /// The code was wrong (host): refuse with [`RefuseCode::WrongCode`],
+    /// close, count a failure.
+    Wrong,
     /// Both proofs checked: record the peer (its name, what it granted
     /// us), then send `then` (the joiner's `Paired`, the host's `Done`).
     Commit {
@@ -283,7 +285,7 @@ pub enum Step {
 
 enum State {
     /// Joiner: sent its SPAKE2 message. Host: waiting for the joiner's.
-    Started(Option<Pake>),
+    Started(Option<Box<Pake>>),
     /// Waiting for the peer's proof.
     Proving(Proofs),
     /// Proofs checked (joiner: waiting for the host's `Paired`; host:
@@ -317,7 +319,7 @@ impl Exchange {
             Role::Joiner => {
                 let (pake, msg) = Pake::start(role, &code, binding);
                 (
-                    State::Started(Some(pake)),
+                    State::Started(Some(Box::new(pake))),
                     Some(Msg::PairStart { pake: msg }),
                 )
             }
@@ -361,10 +363,7 @@ impl Exchange {
             }
             (Role::Host, State::Proving(proofs), Msg::PairProof { proof }) => {
                 if !proofs.check(&proof) {
-                    return Ok(Step::Wrong(Msg::Refused {
-                        code: RefuseCode::WrongCode,
-                        message: "wrong pairing code".into(),
-                    }));
+                    return Ok(Step::Wrong);
                 }
                 self.state = State::Proven;
                 Ok(Step::Reply(vec![
@@ -384,11 +383,14 @@ impl Exchange {
                 self.state = State::Proven;
                 Ok(Step::Reply(Vec::new()))
             }
-            (Role::Joiner, State::Proving(_), Msg::Refused { code, .. })
-                if code == RefuseCode::WrongCode =>
-            {
-                Err(PairError::WrongCode)
-            }
+            (
+                Role::Joiner,
+                State::Proving(_),
+                Msg::Refused {
+                    code: RefuseCode::WrongCode,
+                    ..
+                },
+            ) => Err(PairError::WrongCode),
             (role, State::Proven, Msg::Paired { name, granted }) => Ok(Step::Commit {
                 name,
                 granted_to_us: granted,
@@ -450,14 +452,13 @@ mod tests {
         }
     }
 
+    /// What [`run`] returns: the joiner's commit or error, the host's
+    /// commit, and whether the host saw a wrong code.
+    type Outcome = (Result<(String, u8), PairError>, Option<(String, u8)>, bool);
+
     /// Runs both machines against each other in memory; returns what each
     /// side committed (name, granted) or the first error, and the host's.
-    fn run(
-        host_code: &str,
-        join_code: &str,
-        hb: Binding,
-        jb: Binding,
-    ) -> (Result<(String, u8), PairError>, Option<(String, u8)>, bool) {
+    fn run(host_code: &str, join_code: &str, hb: Binding, jb: Binding) -> Outcome {
         let (mut host, none) = Exchange::new(
             Role::Host,
             Code::parse(host_code).unwrap(),
@@ -482,9 +483,12 @@ mod tests {
             for m in to_host.drain(..) {
                 match host.on_msg(m).unwrap() {
                     Step::Reply(r) => to_join.extend(r),
-                    Step::Wrong(r) => {
+                    Step::Wrong => {
                         wrong = true;
-                        to_join.push(r)
+                        to_join.push(Msg::Refused {
+                            code: RefuseCode::WrongCode,
+                            message: "wrong pairing code".into(),
+                        })
                     }
                     Step::Commit {
                         name,
@@ -508,7 +512,7 @@ mod tests {
                         joined = Some((name, granted_to_us));
                         to_host.push(then);
                     }
-                    Ok(Step::Wrong(_)) => unreachable!(),
+                    Ok(Step::Wrong) => unreachable!(),
                 }
             }
             if to_host.is_empty() {
@@ -592,7 +596,7 @@ mod tests {
             "x-a-b",
         ] {
             assert!(
-                matches!(Code::parse(bad), Err(PairError::BadCode(..))),
+                matches!(Code::parse(bad), Err(PairError::BadCode(_))),
                 "{bad}"
             );
         }

@@ -35,7 +35,7 @@ use super::{
 use crate::{
     crypto::{
         chunk::{chunk_count, chunk_plain_len, FileId},
-        keys::PublicKey,
+        keys::{Keypair, PublicKey},
     },
     store::{
         format::Kind,
@@ -62,7 +62,7 @@ pub enum AcceptPolicy {
 
 /// How long a connection may take from its first packet to a proven key
 /// confirmation (QUIC handshake, control stream, Noise).
-const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the local user has to answer a prompt.
 const PROMPT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long shutdown waits for connections to checkpoint and close.
@@ -190,9 +190,10 @@ pub async fn serve(
     Ok(())
 }
 
-/// QUIC handshake, control stream and Noise, bounded by [`AUTH_TIMEOUT`].
-async fn authenticate(
-    ctx: &ServerCtx,
+/// QUIC handshake, control stream and Noise as the responder (also the
+/// pairing host's, `cli::pair_cmd`). The caller bounds it in time.
+pub async fn authenticate(
+    identity: &Keypair,
     incoming: quinn::Incoming,
 ) -> Result<
     (
@@ -210,7 +211,7 @@ async fn authenticate(
     let mut prologue = [0u8; 32];
     conn.export_keying_material(&mut prologue, EXPORTER_LABEL, b"")
         .map_err(|_| NetError::Setup("TLS exporter unavailable".into()))?;
-    match handshake::respond(&mut recv, &mut send, &ctx.identity.keypair, &prologue).await {
+    match handshake::respond(&mut recv, &mut send, identity, &prologue).await {
         Ok(s) => Ok((conn, send, recv, s)),
         Err(e) => {
             close_with(&conn, close::HANDSHAKE, "handshake failed");
@@ -226,7 +227,9 @@ async fn handle(
     guard: ConnectionGuard,
 ) -> Result<(), NetError> {
     let (conn, send, recv, session) =
-        match tokio::time::timeout(AUTH_TIMEOUT, authenticate(&ctx, incoming)).await {
+        match tokio::time::timeout(AUTH_TIMEOUT, authenticate(&ctx.identity.keypair, incoming))
+            .await
+        {
             Ok(r) => r?,
             Err(_) => return Err(NetError::Timeout("authenticating a connection")),
         };
@@ -348,7 +351,7 @@ async fn handle(
 
 /// An address as people write it: `::ffff:a.b.c.d` (an IPv4 peer of a
 /// dual-stack socket) as `a.b.c.d`.
-fn canonical(a: SocketAddr) -> SocketAddr {
+pub fn canonical(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 

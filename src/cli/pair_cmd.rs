@@ -1,0 +1,395 @@
+//! `p2pfs pair`: pairing two nodes by a short code, once (`docs/PROTOCOL.md`,
+//! *Pairing by code*). Without a code it hosts: prints a code, listens and
+//! waits for the other node; with one it joins. The protocol decisions are
+//! `net::pair`'s state machine; this module is the I/O around it and the
+//! trust store update both sides make when the proofs check.
+
+use std::{
+    io::{BufRead, IsTerminal},
+    net::SocketAddr,
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use p2pfs::{
+    crypto::keys::PublicKey,
+    net::{
+        client::{self, Target},
+        endpoint,
+        engine::Link,
+        pair::{Binding, Code, Exchange, PairError, Role, Session, Step, CODE_LIFETIME},
+        server, wire, KeyHint, NetError,
+    },
+    store::{home::Identity, trust::Capability, trust::TrustStore},
+    text,
+};
+use serde_json::json;
+
+use super::{send_cmd, trust_cmd, Ctx};
+
+/// How long either side waits for the next pairing message.
+const STEP_WAIT: Duration = Duration::from_secs(30);
+
+/// `p2pfs pair` arguments.
+#[derive(clap::Args, Debug)]
+pub struct PairArgs {
+    /// The code the other node shows. Without it, this node shows a code and
+    /// waits. `-` reads it from standard input (so it is not in the process
+    /// list on a shared machine); P2PFS_PAIR_CODE also works.
+    #[arg(value_name = "CODE")]
+    pub code: Option<String>,
+    /// Where the node showing the code listens (HOST[:PORT], port 47475 by
+    /// default), when it is not on this LAN.
+    #[arg(value_name = "PEER")]
+    pub peer: Option<String>,
+    /// What the other node may do here once paired: send, get, owner,
+    /// comma-separated, or none.
+    #[arg(long, value_delimiter = ',', default_value = "send")]
+    pub allow: Vec<String>,
+    /// UDP address to listen on while showing a code.
+    #[arg(long, default_value_t = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, p2pfs::net::pair::DEFAULT_PAIR_PORT)))]
+    pub listen: SocketAddr,
+    /// How long the code stays valid, in seconds (at most 600).
+    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub timeout: u64,
+    /// Machine-readable output: the code as `{"code": …}`, then the outcome.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn bits(caps: &[Capability]) -> u8 {
+    caps.iter().fold(0, |b, c| {
+        b | match c {
+            Capability::Send => 1,
+            Capability::Get => 2,
+            Capability::Owner => 4,
+        }
+    })
+}
+
+fn caps_of(bits: u8) -> Vec<Capability> {
+    [
+        (1, Capability::Send),
+        (2, Capability::Get),
+        (4, Capability::Owner),
+    ]
+    .into_iter()
+    .filter(|(b, _)| bits & b != 0)
+    .map(|(_, c)| c)
+    .collect()
+}
+
+fn cap_names(caps: &[Capability]) -> Vec<&'static str> {
+    caps.iter()
+        .map(|c| match c {
+            Capability::Send => "send",
+            Capability::Get => "get",
+            Capability::Owner => "owner",
+        })
+        .collect()
+}
+
+fn rights_text(caps: &[Capability]) -> String {
+    if caps.is_empty() {
+        "nothing (pinned only)".into()
+    } else {
+        cap_names(caps).join(", ")
+    }
+}
+
+/// What both sides record once the proofs check: the peer's key pinned,
+/// the rights given to it, its name, and its name as an alias when free.
+fn record(home: &Path, peer: &PublicKey, name: &str, grant: &[Capability]) -> Result<String> {
+    let mut t = TrustStore::load(home)?;
+    t.pin_key(peer)?;
+    t.trust(peer, grant)?;
+    t.set_peer_name(peer, name);
+    let alias = match t.add_alias(peer, name) {
+        Ok(_) => format!("; {:?} names it here", text::escape(name)),
+        Err(e) => format!("; its name is not kept as an alias: {e}"),
+    };
+    t.save()?;
+    Ok(alias)
+}
+
+fn read_code(arg: &str) -> Result<Code> {
+    if arg != "-" {
+        return Ok(Code::parse(arg)?);
+    }
+    if std::io::stdin().is_terminal() {
+        eprint!("pairing code: ");
+    }
+    let mut line = zeroize::Zeroizing::new(String::new());
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the pairing code from standard input")?;
+    Ok(Code::parse(&line)?)
+}
+
+pub fn run(ctx: &Ctx, args: PairArgs) -> Result<()> {
+    let identity = ctx.home.load_identity()?;
+    let grant = trust_cmd::caps(&args.allow)?;
+    let typed = args
+        .code
+        .clone()
+        .or_else(|| std::env::var("P2PFS_PAIR_CODE").ok());
+    let rt = super::runtime(false)?;
+    match typed {
+        Some(c) => {
+            let code = read_code(&c)?;
+            let Some(peer) = &args.peer else {
+                bail!(
+                    "give the address `p2pfs pair` printed on the other node: p2pfs pair CODE HOST:PORT"
+                )
+            };
+            let spec = send_cmd::parse_peer_with(peer, p2pfs::net::pair::DEFAULT_PAIR_PORT)?;
+            rt.block_on(join(ctx, &identity, code, &spec, &grant, args.json))
+        }
+        None => rt.block_on(host(ctx, &identity, &args, &grant)),
+    }
+}
+
+/// Hosts a pairing session: shows a code, then answers joiners until one
+/// pairs, [`p2pfs::net::pair::MAX_FAILURES`] guesses fail, or the code
+/// expires.
+async fn host(ctx: &Ctx, identity: &Identity, args: &PairArgs, grant: &[Capability]) -> Result<()> {
+    let ep = endpoint::server(args.listen)?;
+    let local = ep
+        .local_addr()
+        .context("cannot read the listening address")?;
+    let code = Code::generate();
+    let lifetime = Duration::from_secs(args.timeout).min(CODE_LIFETIME);
+    if args.json {
+        println!(
+            "{}",
+            json!({ "code": code.expose(), "listen": local.to_string(), "port": local.port(),
+                    "expires_in": lifetime.as_secs() })
+        );
+    } else {
+        println!("pairing code: {}", code.expose());
+        println!(
+            "On the other node run:  p2pfs pair {} HOST:{}",
+            code.expose(),
+            local.port()
+        );
+        println!(
+            "(HOST is this machine's address; the code works once, for {}, and 3 wrong tries end it)",
+            humantime::format_duration(lifetime)
+        );
+    }
+    let deadline = tokio::time::Instant::now() + lifetime;
+    let mut session = Session::default();
+    let me = identity.id();
+    loop {
+        let incoming = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return Err(PairError::Expired.into()),
+            _ = tokio::signal::ctrl_c() => return Err(NetError::Interrupted.into()),
+            i = ep.accept() => match i {
+                Some(i) => i,
+                None => bail!("the listening endpoint closed"),
+            },
+        };
+        let addr = incoming.remote_address();
+        let auth = tokio::time::timeout(
+            server::AUTH_TIMEOUT,
+            server::authenticate(&identity.keypair, incoming),
+        )
+        .await;
+        // Probes (first contact learns our key) and failed handshakes end
+        // here: no guess was made.
+        let Ok(Ok((conn, send, recv, session_keys))) = auth else {
+            continue;
+        };
+        if session_keys.peer == me {
+            conn.close(quinn::VarInt::from_u32(p2pfs::net::close::REFUSED), b"self");
+            continue;
+        }
+        let mut link = Link {
+            conn,
+            send,
+            recv: wire::ControlRecv::new(recv),
+            session: session_keys,
+        };
+        let binding = Binding {
+            host: me,
+            joiner: link.peer(),
+            transcript: link.session.transcript_hash,
+        };
+        let (mut ex, _) = Exchange::new(
+            Role::Host,
+            code.clone(),
+            binding,
+            identity.name.clone(),
+            bits(grant),
+        );
+        match host_attempt(ctx, &mut link, &mut ex, grant).await {
+            Ok((name, to_us, alias)) => {
+                report(args.json, &link.peer(), &name, grant, &to_us, &alias);
+                return Ok(());
+            }
+            Err(e) if ex.guessed() => {
+                let from = server::canonical(addr);
+                let what = match e.downcast_ref::<PairError>() {
+                    Some(PairError::WrongCode) => format!("a wrong code was tried from {from}"),
+                    _ => format!("a pairing attempt from {from} failed ({e})"),
+                };
+                let left = session.failed()?;
+                eprintln!("p2pfs: {what}: {left} more failed attempt(s) end the session");
+            }
+            Err(e) => tracing::debug!("pairing connection from {addr} ended: {e}"),
+        }
+    }
+}
+
+async fn host_attempt(
+    ctx: &Ctx,
+    link: &mut Link,
+    ex: &mut Exchange,
+    grant: &[Capability],
+) -> Result<(String, Vec<Capability>, String)> {
+    loop {
+        let m = link
+            .next_msg(STEP_WAIT, "waiting for the pairing peer")
+            .await?;
+        match ex.on_msg(m)? {
+            Step::Reply(msgs) => {
+                for m in &msgs {
+                    link.send_msg(m).await?;
+                }
+            }
+            Step::Wrong => {
+                link.refuse(wire::RefuseCode::WrongCode, "wrong pairing code".into())
+                    .await;
+                return Err(PairError::WrongCode.into());
+            }
+            Step::Commit {
+                name,
+                granted_to_us,
+                then,
+            } => {
+                let alias = record(ctx.home.root(), &link.peer(), &name, grant)?;
+                link.send_msg(&then).await?;
+                let _ = link.send.finish();
+                let _ = tokio::time::timeout(Duration::from_secs(5), link.conn.closed()).await;
+                return Ok((name, caps_of(granted_to_us), alias));
+            }
+        }
+    }
+}
+
+/// Joins the session of the node at `spec` with `code`.
+async fn join(
+    ctx: &Ctx,
+    identity: &Identity,
+    code: Code,
+    spec: &send_cmd::PeerSpec,
+    grant: &[Capability],
+    json: bool,
+) -> Result<()> {
+    let addr = send_cmd::resolve(spec).await?;
+    let label = spec.label();
+    // The key that answers there; the proofs decide whether it is the
+    // node that showed the code.
+    let key = client::probe(&identity.keypair, addr, |_| {}).await?;
+    if key == identity.id() {
+        return Err(NetError::ToSelf {
+            addr: label,
+            fingerprint: key.fingerprint(),
+        }
+        .into());
+    }
+    if spec.expected.is_some_and(|e| e != key) {
+        bail!("another key than the one given answers at {label}: nothing was pinned");
+    }
+    let target = Target {
+        addr,
+        label: label.clone(),
+        expected: key,
+        hint: KeyHint::Address,
+    };
+    let mut a = client::connect(&identity.keypair, &target).await?;
+    let binding = Binding {
+        host: key,
+        joiner: identity.id(),
+        transcript: a.link.session.transcript_hash,
+    };
+    let (mut ex, first) = Exchange::new(
+        Role::Joiner,
+        code,
+        binding,
+        identity.name.clone(),
+        bits(grant),
+    );
+    if let Some(m) = first {
+        a.link.send_msg(&m).await?;
+    }
+    loop {
+        let m = a
+            .link
+            .next_msg(STEP_WAIT, "waiting for the node showing the code")
+            .await;
+        let m = match m {
+            // The host ends the connection after a refusal: its reason.
+            Err(e) => return Err(e.into()),
+            Ok(m) => m,
+        };
+        match ex.on_msg(m)? {
+            Step::Reply(msgs) => {
+                for m in &msgs {
+                    a.link.send_msg(m).await?;
+                }
+            }
+            Step::Wrong => bail!("pairing protocol error: the joiner cannot refuse a code"),
+            Step::Commit {
+                name,
+                granted_to_us,
+                then,
+            } => {
+                let alias = record(ctx.home.root(), &key, &name, grant)?;
+                a.link.send_msg(&then).await?;
+                let done = a
+                    .link
+                    .next_msg(
+                        Duration::from_secs(10),
+                        "waiting for the other node to record the pairing",
+                    )
+                    .await;
+                a.close().await;
+                if !matches!(done, Ok(wire::Msg::Done)) {
+                    bail!(
+                        "paired here, but the other node did not confirm it recorded this node: run `p2pfs pair` there again if sends to it are refused"
+                    );
+                }
+                report(json, &key, &name, grant, &caps_of(granted_to_us), &alias);
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn report(
+    json: bool,
+    peer: &PublicKey,
+    name: &str,
+    grant: &[Capability],
+    to_us: &[Capability],
+    alias: &str,
+) {
+    if json {
+        println!(
+            "{}",
+            json!({ "event": "paired", "id": peer.to_id(), "fingerprint": peer.fingerprint(),
+                    "name": name, "allowed": cap_names(grant), "allowed_here": cap_names(to_us) })
+        );
+    } else {
+        println!(
+            "paired with {:?} (fingerprint {}): its key is pinned{alias}.\n  it may here:    {}\n  you may there:  {}",
+            text::escape(name),
+            peer.fingerprint(),
+            rights_text(grant),
+            rights_text(to_us)
+        );
+    }
+}
