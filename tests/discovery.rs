@@ -115,6 +115,46 @@ impl Netns {
         Some(ns)
     }
 
+    /// Three namespaces: A (10.214.1.2/24) and B (10.214.2.2/24) on two
+    /// subnets, joined by a router R (10.214.1.1, 10.214.2.1) that forwards
+    /// IPv4 between them (and so, as routers do, not link-local multicast).
+    /// `a()` is A, `b()` is B, `names[2]` is R.
+    fn routed(test: &str) -> Option<Self> {
+        let mut ns = Self::new(test, 2)?;
+        let r = format!("{}-r", ns.names[0]);
+        ip(&["netns", "add", &r]);
+        ns.names.push(r.clone());
+        ip(&["-n", &r, "link", "set", "lo", "up"]);
+        let tag = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let (a, b) = (ns.a().to_owned(), ns.b().to_owned());
+        for (end, net, side) in [(&a, "1", "a"), (&b, "2", "b")] {
+            let (ve, vr) = (format!("p2r{tag}{side}"), format!("p2r{tag}{side}r"));
+            ip(&[
+                "link", "add", &ve, "netns", end, "type", "veth", "peer", "name", &vr, "netns", &r,
+            ]);
+            let (host_addr, gw) = (format!("10.214.{net}.2/24"), format!("10.214.{net}.1"));
+            ip(&["-n", end, "addr", "add", &host_addr, "dev", &ve]);
+            ip(&["-n", &r, "addr", "add", &format!("{gw}/24"), "dev", &vr]);
+            for (n, d) in [(end, &ve), (&r, &vr)] {
+                ip(&["-n", n, "link", "set", "dev", d, "multicast", "on"]);
+                ip(&["-n", n, "link", "set", "dev", d, "up"]);
+            }
+            ip(&["-n", end, "route", "add", "default", "via", &gw]);
+            ip(&["-n", end, "route", "add", "224.0.0.0/4", "dev", &ve]);
+        }
+        let fwd = Command::new("ip")
+            .args(["netns", "exec", &r, "sh", "-c"])
+            .arg("echo 1 > /proc/sys/net/ipv4/ip_forward")
+            .status()
+            .expect("ip netns exec");
+        assert!(fwd.success(), "cannot turn on forwarding in {r}");
+        Some(ns)
+    }
+
     fn a(&self) -> &str {
         &self.names[0]
     }
@@ -944,4 +984,35 @@ fn discovery_between_two_processes_in_one_namespace() {
     let h = write_random(&a.path("x.bin"), 200_000);
     cmd_in(&a, ns_ref, ["send", "x.bin", &b_id]).run().ok();
     assert_eq!(exported_hash(&b, "x.bin"), h);
+}
+
+/// Beyond one LAN (README, *Beyond one LAN*): two subnets joined by a
+/// router, as over WireGuard or Tailscale. Discovery does not cross (mDNS
+/// is link-local), a send by name says so, and a send by `NODEID@address`
+/// goes through, authenticated and verified.
+#[test]
+fn a_send_by_address_crosses_a_router_where_discovery_does_not() {
+    let Some(net) = Netns::routed("a_send_by_address_crosses_a_router_where_discovery_does_not")
+    else {
+        return;
+    };
+    let (a, b) = (Node::new(), Node::new());
+    a.init("near");
+    let _srv = Serving::start(&b, Some(net.b()), &["--name", "far", "--accept", "any"]);
+    let (found, r) = peers(&a, Some(net.a()), "2");
+    assert!(
+        named(&found, "far").is_empty(),
+        "mDNS crossed the router: {r}"
+    );
+    let h = write_random(&a.path("across.bin"), 3_000_000);
+    cmd_in(&a, Some(net.a()), ["send", "across.bin", "far"])
+        .run()
+        .code_is(PEER_NOT_FOUND)
+        .says("host:port");
+    let target = format!("{}@10.214.2.2:47474", b.id().id);
+    let r = cmd_in(&a, Some(net.a()), ["send", "across.bin", &target])
+        .run()
+        .ok();
+    assert!(b.list().len() == 1, "{r}");
+    assert_eq!(exported_hash(&b, "across.bin"), h);
 }
