@@ -149,3 +149,114 @@ fn help_id_and_serve_say_what_they_should() {
     assert!(out.contains("accepting:   trusted peers only"), "{out}");
     assert!(!out.contains("add one with"), "{out}");
 }
+
+/// `src/cli/mod.rs`, `exit::NOT_CONFIRMED`.
+const NOT_CONFIRMED: i32 = 17;
+
+/// Issue 10 item 11: `vault list PREFIX` with a header row, `vault rm` of a
+/// folder (every version, one commit; a terminal confirms, scripts need
+/// `--yes`), and `vault verify --json` for intact and damaged vaults.
+#[test]
+fn folders_are_listed_by_prefix_and_removed_whole_once_confirmed() {
+    let n = Node::new();
+    n.init("alpha");
+    for f in [
+        "tax/2024.pdf",
+        "tax/2025.pdf",
+        "tax/old/2020.pdf",
+        "taxi.txt",
+    ] {
+        let p = n.path(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        write_random(&p, 5_000);
+    }
+    n.import(&["tax", "taxi.txt"]);
+    // A second version of one file.
+    write_random(&n.path("tax/2025.pdf"), 6_000);
+    n.run(["vault", "import", "tax"]).ok();
+    let versions_before = n.list_all().len();
+    assert!(versions_before > n.list().len(), "no second version made");
+
+    // A prefix is a name or a folder, never part of a word; a header row.
+    let r = n.run(["vault", "list", "tax"]).ok();
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].ends_with("NAME"),
+        "{r}"
+    );
+    assert!(r.stdout.contains("tax/old/2020.pdf"), "{r}");
+    assert!(!r.stdout.contains("taxi.txt"), "{r}");
+    let listed: Vec<serde_json::Value> = n.run(["vault", "list", "tax/", "--json"]).ok().json();
+    assert!(listed
+        .iter()
+        .all(|e| e["name"].as_str().is_some_and(|s| s.starts_with("tax/"))));
+    n.run(["vault", "list", "nothing-here"])
+        .code_is(exit::NOT_FOUND);
+
+    // No terminal, no --yes: refused, nothing removed.
+    n.run(["vault", "rm", "tax"])
+        .code_is(NOT_CONFIRMED)
+        .says("--yes");
+    assert_eq!(n.list_all().len(), versions_before);
+    // On a terminal: asked, and "no" keeps everything.
+    let cmdline = format!("{BIN} vault rm tax");
+    let mut pty = Pty::spawn(&cmdline, &n.work, &n.home, n.passphrase.as_deref());
+    assert!(
+        pty.wait_for("[y/N]", Duration::from_secs(20)),
+        "{}",
+        pty.shown()
+    );
+    assert!(
+        pty.shown().contains("3 file(s) under tax/"),
+        "{}",
+        pty.shown()
+    );
+    pty.type_line("n");
+    let (code, shown) = pty.finish(Duration::from_secs(20));
+    assert_eq!(code, Some(NOT_CONFIRMED), "{shown}");
+    assert_eq!(n.list_all().len(), versions_before);
+    // "y" removes every version of every file under it, not taxi.txt.
+    let mut pty = Pty::spawn(&cmdline, &n.work, &n.home, n.passphrase.as_deref());
+    assert!(
+        pty.wait_for("[y/N]", Duration::from_secs(20)),
+        "{}",
+        pty.shown()
+    );
+    pty.type_line("y");
+    let (code, shown) = pty.finish(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{shown}");
+    let left: Vec<String> = n.list_all().into_iter().map(|e| e.name).collect();
+    assert_eq!(left, ["taxi.txt"]);
+    assert_eq!(n.object_files().get("obj").map_or(0, Vec::len), 1);
+    n.run(["vault", "verify", "--full"]).ok();
+
+    // --yes for scripts.
+    write_random(&n.path("photos/a.jpg"), 1_000);
+    n.import(&["photos"]);
+    n.run(["vault", "rm", "--yes", "photos"])
+        .ok()
+        .says("1 file(s) under photos/");
+    assert_eq!(n.list().len(), 1);
+
+    // verify --json: intact, then one damaged object named with its id.
+    let v: serde_json::Value = n.run(["vault", "verify", "--json"]).ok().json();
+    assert_eq!(
+        (v["intact"].as_bool(), v["checked"].as_u64()),
+        (Some(true), Some(1))
+    );
+    assert_eq!(v["mode"], "ciphertext");
+    let id = n.entry("taxi.txt").id;
+    flip_byte(&n.obj(&id), 100, 0x01);
+    let r = n.run(["vault", "verify", "--json"]).code_is(exit::CORRUPT);
+    let v: serde_json::Value = r.json();
+    assert_eq!(v["intact"], false);
+    assert_eq!(v["damaged"][0]["id"], id.as_str());
+    let r = n
+        .run(["vault", "verify", "--full", "--json"])
+        .code_is(exit::CORRUPT);
+    let v: serde_json::Value = r.json();
+    assert_eq!(
+        (v["mode"].as_str(), v["intact"].as_bool()),
+        (Some("full"), Some(false))
+    );
+}

@@ -277,6 +277,26 @@ fn rm_survives_a_fault_at_every_file_operation() {
     });
 }
 
+/// `vault rm --yes FOLDER` removes several objects with one commit: under
+/// a fault at any operation, all of them are gone or none.
+#[test]
+fn a_folder_rm_removes_all_or_nothing_under_a_fault_at_every_file_operation() {
+    let (t, want) = stocked();
+    every_fault(
+        &t,
+        &["vault", "rm", "--yes", "d"],
+        &[],
+        |n, rule, how, r| {
+            let now: BTreeMap<String, String> = contents(&sound(n, rule)).into_iter().collect();
+            match how {
+                Told::Done => assert!(now.is_empty(), "[{rule}] {now:?}: {r}"),
+                Told::Failed => assert_eq!(now, want, "[{rule}] said it failed, yet: {r}"),
+                Told::Died => assert!(now == want || now.is_empty(), "[{rule}] {now:?}"),
+            }
+        },
+    );
+}
+
 #[test]
 fn passwd_survives_a_fault_at_every_file_operation() {
     let (t, want) = stocked();

@@ -262,6 +262,17 @@ pub fn peer_label(store: Option<&TrustStore>, key: &PublicKey) -> String {
     }
 }
 
+/// Asks `question [y/N]` on the terminal (prompt on stderr, answer from
+/// stdin): true only for a yes.
+pub(crate) fn confirm(question: &str) -> bool {
+    use std::io::{BufRead, Write};
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    let answered = std::io::stdin().lock().read_line(&mut line).is_ok();
+    answered && matches!(line.trim(), "y" | "Y" | "yes" | "Yes")
+}
+
 fn default_home() -> Result<PathBuf> {
     directories::ProjectDirs::from("", "", "p2pfs")
         .map(|d| d.data_dir().to_path_buf())

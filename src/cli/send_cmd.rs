@@ -5,7 +5,7 @@
 //! handshake proved; maps the outcome to messages and exit codes.
 
 use std::{
-    io::{BufRead, IsTerminal, Write},
+    io::IsTerminal,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
@@ -194,11 +194,7 @@ fn confirm(c: &Contact, trust_new: bool) -> Result<()> {
         Some(w) => format!("Pin this key as {:?} and send?", text::escape(w)),
         None => "Pin this key and send?".to_owned(),
     };
-    eprint!("{what} [y/N] ");
-    let _ = std::io::stderr().flush();
-    let mut line = String::new();
-    let answered = std::io::stdin().lock().read_line(&mut line).is_ok();
-    if answered && matches!(line.trim(), "y" | "Y" | "yes" | "Yes") {
+    if super::confirm(&what) {
         return Ok(());
     }
     Err(NotConfirmed(format!(

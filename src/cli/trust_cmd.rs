@@ -196,6 +196,12 @@ pub fn run(ctx: &Ctx, cmd: TrustCmd) -> Result<()> {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
+                if !store.peers().is_empty() {
+                    println!(
+                        "{:<19}  {:<16} {:<16} {:<14} ID  ADDRESSES",
+                        "FINGERPRINT", "ALIASES", "ALLOW", "QUOTA"
+                    );
+                }
                 for p in store.peers() {
                     let aliases = if p.aliases.is_empty() {
                         "-".to_owned()
@@ -208,7 +214,7 @@ pub fn run(ctx: &Ctx, cmd: TrustCmd) -> Result<()> {
                         .map(|n| format!("  (calls itself {:?})", text::escape(n)))
                         .unwrap_or_default();
                     println!(
-                        "{}  {:<16} allow: {:<9} quota: {:<7} {}  {}{calls}",
+                        "{}  {:<16} {:<16} {:<14} {}  {}{calls}",
                         p.key.fingerprint(),
                         aliases,
                         shown_caps(&p.allow),

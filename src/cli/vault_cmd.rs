@@ -56,6 +56,9 @@ pub enum VaultCmd {
     /// depositor can open them). A file stored again changed is a new
     /// version: only the newest of each is listed, unless --all.
     List {
+        /// Only this file, or the files under this folder.
+        #[arg(value_name = "PREFIX")]
+        prefix: Option<String>,
         /// JSON array output (`added` is null for a stored time outside
         /// RFC 3339's years 0000-9999; `version` counts from 1, the oldest).
         #[arg(long)]
@@ -85,19 +88,29 @@ pub enum VaultCmd {
         #[arg(long, value_name = "ORIGIN")]
         from: Option<String>,
     },
-    /// Remove a stored file, or a sealed deposit (by its id).
+    /// Remove a stored file (its newest version; an older one by id), a
+    /// sealed deposit (by its id), or a stored folder: every version of
+    /// every file under it, after a confirmation on a terminal.
     Rm {
-        /// Name, id or unique id prefix.
+        /// Name, id or unique id prefix, or a stored folder.
         what: String,
         /// Only among files of this origin (as for export).
         #[arg(long, value_name = "ORIGIN")]
         from: Option<String>,
+        /// Remove a folder without asking (for scripts: without a terminal
+        /// a folder is only removed with --yes).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Check every object: ciphertext integrity (no passphrase), or with --full decrypt everything.
     Verify {
         /// Decrypt every object and check its BLAKE3 (needs the passphrase).
         #[arg(long)]
         full: bool,
+        /// One JSON object: `mode`, `checked`, `intact`, `damaged` (id and
+        /// problem of each), `leftovers`. The exit code is as without it.
+        #[arg(long)]
+        json: bool,
     },
     /// Change the vault passphrase.
     Passwd {
@@ -147,7 +160,14 @@ pub fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<()> {
     let vault = ctx.home.vault()?;
     match cmd {
         VaultCmd::Import { paths, strict } => import(ctx, &vault, &paths, strict),
-        VaultCmd::List { json, all } => list(ctx, &vault, &unlock(ctx, &vault)?, json, all),
+        VaultCmd::List { prefix, json, all } => list(
+            ctx,
+            &vault,
+            &unlock(ctx, &vault)?,
+            prefix.as_deref(),
+            json,
+            all,
+        ),
         VaultCmd::Prune { keep } => {
             let mut u = unlock(ctx, &vault)?;
             let old = u.older_versions(keep);
@@ -170,39 +190,36 @@ pub fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<()> {
             let from = from.map(|f| u.origin(&f)).transpose()?;
             export(ctx, &vault, &u, &what, dest, force, from)
         }
-        VaultCmd::Rm { what, from } => {
+        VaultCmd::Rm { what, from, yes } => {
             let mut u = unlock(ctx, &vault)?;
             let from = from.map(|f| u.origin(&f)).transpose()?;
-            match resolve(ctx, &vault, &u, &what, from)? {
-                Resolved::Entry(e) => {
-                    let older = u
-                        .entries()
-                        .iter()
-                        .filter(|o| {
-                            o.id != e.id && o.origin() == e.origin() && o.meta.name == e.meta.name
-                        })
-                        .count();
-                    u.remove(&e.id)?;
-                    println!("removed {} ({})", escape(&e.meta.name), id_hex(&e.id));
-                    // A name names the newest version: say what stays.
-                    if older > 0 {
-                        println!(
-                            "{older} older version(s) of it remain, the newest of them now listed under its name (`p2pfs vault list --all`; remove each by id)"
-                        );
-                    }
+            let found = match resolve(ctx, &vault, &u, &what, from) {
+                Err(e)
+                    if matches!(
+                        e.downcast_ref::<StoreError>(),
+                        Some(StoreError::NotFound { .. })
+                    ) =>
+                {
+                    None
                 }
-                Resolved::Deposit(d) => {
+                r => Some(r?),
+            };
+            match found {
+                Some(Resolved::Entry(e)) if e.meta.kind == Kind::File => rm_file(&mut u, &e),
+                Some(Resolved::Deposit(d)) => {
                     vault.remove_deposit(&d.id)?;
                     println!(
                         "removed sealed deposit {} from {}",
                         id_hex(&d.id),
                         Depositor::new(ctx, &d)
                     );
+                    Ok(())
                 }
+                // A folder, stored as one (an empty folder sent) or not.
+                Some(Resolved::Entry(_)) | None => rm_folder(&mut u, &what, from, yes),
             }
-            Ok(())
         }
-        VaultCmd::Verify { full } => verify(ctx, &vault, full),
+        VaultCmd::Verify { full, json } => verify(ctx, &vault, full, json),
         VaultCmd::Passwd {
             new_passphrase_file,
         } => {
@@ -226,6 +243,76 @@ pub fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<()> {
         VaultCmd::Shares { json } => list_shares(ctx, &vault, json),
         VaultCmd::Log { json } => show_log(ctx, &vault, json),
     }
+}
+
+/// `vault rm NAME`: the newest version of one file; says what stays.
+fn rm_file(u: &mut Unlocked<'_>, e: &Entry) -> Result<()> {
+    let older = u
+        .entries()
+        .iter()
+        .filter(|o| o.id != e.id && o.origin() == e.origin() && o.meta.name == e.meta.name)
+        .count();
+    u.remove(&e.id)?;
+    println!("removed {} ({})", escape(&e.meta.name), id_hex(&e.id));
+    // A name names the newest version: say what stays.
+    if older > 0 {
+        println!(
+            "{older} older version(s) of it remain, the newest of them now listed under its name (`p2pfs vault list --all`; remove each by id)"
+        );
+    }
+    Ok(())
+}
+
+/// `vault rm FOLDER`: every version of every file under the folder (of
+/// one origin, as for export) and the folder entries themselves, in one
+/// commit, once confirmed.
+fn rm_folder(u: &mut Unlocked<'_>, what: &str, from: Option<Origin>, yes: bool) -> Result<()> {
+    let folder = what.trim_end_matches('/');
+    let prefix = format!("{folder}/");
+    let all = u.entries();
+    // The folder's own entry (an empty folder sent as such), of that origin.
+    let own = |e: &&Entry| e.meta.name == folder && from.is_none_or(|o| e.origin() == o);
+    let newest = match u.folder(folder, from) {
+        Ok(v) => v,
+        Err(StoreError::NotFound { .. }) if all.iter().any(|e| own(&e)) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    // One origin: the folder's (`folder` refused a mix), or the one asked for.
+    let origin = newest.first().map(Entry::origin).or(from);
+    let doomed: Vec<&Entry> = all
+        .iter()
+        .filter(|e| {
+            (e.meta.name == folder || e.meta.name.starts_with(&prefix))
+                && origin.is_none_or(|o| e.origin() == o)
+        })
+        .collect();
+    let files = newest.iter().filter(|e| e.meta.kind == Kind::File).count();
+    let bytes: u64 = doomed.iter().map(|e| e.meta.size).sum();
+    let what_goes = format!(
+        "{files} file(s) under {}/ ({} object(s) with their older versions, {})",
+        escape(folder),
+        doomed.len(),
+        human(bytes)
+    );
+    if !yes {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            bail!(Failed(
+                exit::NOT_CONFIRMED,
+                format!("not removing {what_goes}: there is no terminal to confirm on; add --yes to remove a folder from a script")
+            ));
+        }
+        if !super::confirm(&format!("Remove {what_goes} from the vault?")) {
+            bail!(Failed(
+                exit::NOT_CONFIRMED,
+                "not confirmed: nothing was removed".to_owned()
+            ));
+        }
+    }
+    let ids: Vec<FileId> = doomed.iter().map(|e| e.id).collect();
+    u.remove_all(&ids)?;
+    println!("removed {what_goes}");
+    Ok(())
 }
 
 fn warn_problems(problems: &[Problem]) {
@@ -515,13 +602,35 @@ fn deposits(vault: &Vault) -> DepositList {
     }
 }
 
-fn list(ctx: &Ctx, vault: &Vault, u: &Unlocked<'_>, json: bool, all: bool) -> Result<()> {
+fn list(
+    ctx: &Ctx,
+    vault: &Vault,
+    u: &Unlocked<'_>,
+    prefix: Option<&str>,
+    json: bool,
+    all: bool,
+) -> Result<()> {
     let versions = u.versions();
     let version = |e: &Entry| versions.get(&e.id).map_or(1, |(n, _)| *n);
     let mut entries = if all { u.entries() } else { u.latest() };
+    // A prefix is a name or a folder, never part of a word: `list tax`
+    // shows `tax` and `tax/…`, not `taxi`. Deposits have no name here.
+    let deps = match prefix.map(|p| p.trim_end_matches('/')) {
+        Some(p) => {
+            let under = format!("{p}/");
+            entries.retain(|e| e.meta.name == p || e.meta.name.starts_with(&under));
+            if entries.is_empty() {
+                return Err(StoreError::NotFound {
+                    query: p.to_owned(),
+                }
+                .into());
+            }
+            Vec::new()
+        }
+        None => deposits(vault).deposits,
+    };
     // Versions of one name in order, oldest first.
     entries.sort_by(|a, b| (&a.meta.name, version(a), a.id).cmp(&(&b.meta.name, version(b), b.id)));
-    let deps = deposits(vault).deposits;
     let who: Vec<Depositor> = deps.iter().map(|d| Depositor::new(ctx, d)).collect();
     if json {
         let v: Vec<_> = entries
@@ -535,6 +644,12 @@ fn list(ctx: &Ctx, vault: &Vault, u: &Unlocked<'_>, json: bool, all: bool) -> Re
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
+    }
+    if !entries.is_empty() {
+        println!(
+            "{:<12}  {:>10}  {:<20}  {:<19}  NAME",
+            "ID", "SIZE", "ADDED", "ORIGIN"
+        );
     }
     for e in &entries {
         let mut name = if e.meta.kind == Kind::Dir {
@@ -657,7 +772,7 @@ fn exported(e: &Entry, dest: &Path) {
     );
 }
 
-fn verify(ctx: &Ctx, vault: &Vault, full: bool) -> Result<()> {
+fn verify(ctx: &Ctx, vault: &Vault, full: bool, json: bool) -> Result<()> {
     let report = if full {
         // The report starts with what the unlock found: named once, there.
         let u = unlock_quietly(ctx, vault)?;
@@ -677,6 +792,34 @@ fn verify(ctx: &Ctx, vault: &Vault, full: bool) -> Result<()> {
         pb.finish_and_clear();
         r
     };
+    if json {
+        let damaged: Vec<_> = report
+            .problems
+            .iter()
+            .map(|p| serde_json::json!({ "id": id_hex(&p.id), "name": p.name, "problem": p.what }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "mode": if full { "full" } else { "ciphertext" },
+                "checked": report.checked,
+                "intact": report.problems.is_empty(),
+                "damaged": damaged,
+                "leftovers": report.leftovers,
+            })
+        );
+        if report.problems.is_empty() {
+            return Ok(());
+        }
+        bail!(Failed(
+            exit::CORRUPT,
+            format!(
+                "{} of {} object(s) damaged",
+                report.problems.len(),
+                report.checked
+            )
+        ));
+    }
     if report.leftovers > 0 {
         eprintln!(
             "p2pfs: note: {} data file(s) without an envelope: leftovers of interrupted stores, removed by the next unlocked command (list, export, verify --full)",
@@ -884,6 +1027,12 @@ fn list_shares(ctx: &Ctx, vault: &Vault, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
+    if !recs.is_empty() {
+        println!(
+            "{:<19}  {:<16}  {:<12}  {:>10}  NAME",
+            "PEER", "ALIAS", "ID", "SIZE"
+        );
+    }
     for r in &recs {
         println!(
             "{}  {:<16}  {}  {:>10}  {}",
@@ -923,6 +1072,12 @@ fn show_log(ctx: &Ctx, vault: &Vault, json: bool) -> Result<()> {
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
+        if !recs.is_empty() {
+            println!(
+                "{:<20}  {:<30}  {:<8}  OBJECT  OUTCOME",
+                "TIME", "PEER", "ACTION"
+            );
+        }
         for r in &recs {
             println!(
                 "{:<20}  {:<30}  {:<8}  {}  {}",

@@ -12,7 +12,7 @@
 //! exclusively, so reconciliation never races a store in progress.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fs::{self, File},
     io::{Read, Write},
     os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt},
@@ -2355,50 +2355,75 @@ impl Unlocked<'_> {
     /// Removes an object: tombstone in the index first (the commit), then
     /// the files, then its shares (each withdrawal logged).
     pub fn remove(&mut self, id: &FileId) -> Result<()> {
-        let Some(rec) = self.records.iter_mut().find(|r| &r.id == id) else {
+        self.remove_all(std::slice::from_ref(id))
+    }
+
+    /// Removes objects (`vault rm` of a folder) with one commit: every
+    /// tombstone is in the index before any file goes, so a crash leaves
+    /// all of them listed or none; then their files, then their shares.
+    /// An unknown id refuses the whole call before anything changes.
+    pub fn remove_all(&mut self, ids: &[FileId]) -> Result<()> {
+        let known: HashSet<FileId> = self.records.iter().map(|r| r.id).collect();
+        if let Some(id) = ids.iter().find(|id| !known.contains(*id)) {
             return Err(StoreError::NotFound { query: id_hex(id) });
-        };
-        let name = match &rec.state {
-            RecordState::Live { meta, .. } => meta.name.clone(),
-            RecordState::Deleted => id_hex(id),
-        };
-        rec.state = RecordState::Deleted;
-        // The tombstone is the commit: from here on the object is gone,
+        }
+        let want: HashSet<&FileId> = ids.iter().collect();
+        let mut names = Vec::with_capacity(ids.len());
+        for rec in self.records.iter_mut().filter(|r| want.contains(&r.id)) {
+            names.push((
+                rec.id,
+                match &rec.state {
+                    RecordState::Live { meta, .. } => meta.name.clone(),
+                    RecordState::Deleted => id_hex(&rec.id),
+                },
+            ));
+            rec.state = RecordState::Deleted;
+        }
+        // The tombstones are the commit: from here on the objects are gone,
         // and what cannot be removed now is a leftover the next unlock
         // removes (a warning, not a failure that would say it is kept).
         self.save_index()?;
-        let files = [self.vault.env_path(id), self.vault.obj_path(id)];
-        match files.iter().try_for_each(|p| fsutil::remove_if_exists(p)) {
-            Ok(()) => fsutil::sync_dir_after_commit(&self.vault.objects()),
-            Err(e) => tracing::warn!(
-                "{e}: {name} is removed from the vault; its files go at the next unlock"
-            ),
+        let mut removed = true;
+        for (id, name) in &names {
+            let files = [self.vault.env_path(id), self.vault.obj_path(id)];
+            if let Err(e) = files.iter().try_for_each(|p| fsutil::remove_if_exists(p)) {
+                removed = false;
+                tracing::warn!(
+                    "{e}: {name} is removed from the vault; its files go at the next unlock"
+                );
+            }
+        }
+        if removed {
+            fsutil::sync_dir_after_commit(&self.vault.objects());
         }
         let mut shares = Shares::load(&self.vault.dir)?;
-        let peers: Vec<PublicKey> = shares
-            .records()
+        let recs: Vec<LogRecord> = names
             .iter()
-            .filter(|r| &r.id == id)
-            .map(|r| r.peer)
-            .collect();
-        if peers.is_empty() {
-            return Ok(());
-        }
-        shares.remove_object(id);
-        shares.save()?;
-        let recs: Vec<LogRecord> = peers
-            .into_iter()
-            .map(|p| {
-                LogRecord::now(
-                    Some(p),
-                    LogAction::Unshare,
-                    &name,
-                    &format!("object {} removed from the vault", id_hex(id)),
-                )
+            .flat_map(|(id, name)| {
+                shares
+                    .records()
+                    .iter()
+                    .filter(|r| &r.id == id)
+                    .map(|r| {
+                        LogRecord::now(
+                            Some(r.peer),
+                            LogAction::Unshare,
+                            name,
+                            &format!("object {} removed from the vault", id_hex(id)),
+                        )
+                    })
+                    .collect::<Vec<_>>()
             })
             .collect();
+        if recs.is_empty() {
+            return Ok(());
+        }
+        for (id, _) in &names {
+            shares.remove_object(id);
+        }
+        shares.save()?;
         if let Err(e) = self.vault.log_all(&recs) {
-            // The object and its shares are gone; only the record is missing.
+            // The objects and their shares are gone; only the record is missing.
             tracing::warn!("cannot write the access log: {e}");
         }
         Ok(())
