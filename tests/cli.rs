@@ -1234,6 +1234,7 @@ fn deposit_as_daemon(n: &Node, depositor: &PublicKey, to: &PublicKey, data: &[u8
             size: data.len() as u64,
             chunk_size: 4096,
             sealed_key: None,
+            label: Vec::new(),
         })
         .unwrap();
     p.set_sealed_key(vec![7; SEALED_KEY_LEN]);

@@ -1077,3 +1077,84 @@ fn send_wait_waits_for_the_receiver_to_come_up() {
     p.finish().ok();
     assert_eq!(b.entry("f").blake3, h);
 }
+
+/// Issue 10 item 12: `vault partials` names each interrupted transfer for
+/// its owner (sender, name, size, progress, age; sealed to the vault key
+/// on disk), `vault partials rm` removes one or all (never while a store
+/// holds the lock), and `serve --expire-partials` drops old ones.
+#[test]
+fn partials_are_listed_removed_and_expire() {
+    let (a, b) = nodes();
+    const SIZE: u64 = 200 << 20;
+    write_random(&a.path("big"), SIZE);
+    let interrupt = || {
+        let srv = Server::start(&b, &["--accept", "any"]);
+        let port = srv.port;
+        let sender = send_until(&a, "big", &srv.addr(), SIZE, 0.5);
+        srv.stop();
+        sender.finish().code_is(15);
+        port
+    };
+    let port = interrupt();
+    let listed: Vec<serde_json::Value> = b.run(["vault", "partials", "--json"]).ok().json();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let p = &listed[0];
+    assert_eq!(p["kind"], "received");
+    assert_eq!(p["peer"], a.id().id);
+    assert_eq!(p["name"], "big");
+    assert_eq!(p["size"], SIZE);
+    let held = p["held"].as_u64().unwrap();
+    assert!(held > 0 && held < SIZE, "{p}");
+    assert!(p["age_secs"].as_u64().unwrap() < 60, "{p}");
+    let id = p["id"].as_str().unwrap().to_owned();
+    let text = b.run(["vault", "partials"]).ok();
+    let first = text.stdout.lines().next().unwrap_or_default();
+    assert!(first.starts_with("ID") && first.ends_with("NAME"), "{text}");
+    text.says(&id[..12])
+        .says("received")
+        .says(&a.id().fingerprint)
+        .says("big");
+
+    // Not while a store holds the lock (as a receiving `serve` does).
+    let lock = std::fs::File::open(b.vault().join("lock")).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) on a file this test owns.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH) }, 0);
+    b.run(["vault", "partials", "rm", "--all"])
+        .code_is(1)
+        .says("being stored");
+    drop(lock);
+    assert_eq!(
+        b.run(["vault", "partials", "--json"])
+            .ok()
+            .json::<Vec<serde_json::Value>>()
+            .len(),
+        1
+    );
+    b.run(["vault", "partials", "rm", "ffff"])
+        .code_is(exit::NOT_FOUND);
+    b.run(["vault", "partials", "rm", &id[..6]])
+        .ok()
+        .says("removed 1 interrupted transfer(s)");
+    assert!(b.staging_files().is_empty(), "{:?}", b.staging_files());
+    b.run(["vault", "partials"])
+        .ok()
+        .says("no interrupted transfer");
+
+    // Expiry: untouched for longer than --expire-partials, removed at start.
+    interrupt();
+    std::thread::sleep(Duration::from_millis(2100));
+    let mut srv = Server::start_on(&b, port, &["--accept", "any", "--expire-partials", "2s"]);
+    assert!(
+        srv.proc_mut()
+            .wait_for_output("removed 1 interrupted transfer(s)", Duration::from_secs(20)),
+        "{}",
+        srv.proc().stderr_now()
+    );
+    srv.stop();
+    assert!(b.staging_files().is_empty(), "{:?}", b.staging_files());
+    b.cmd(["serve", "--expire-partials", "0s"])
+        .run()
+        .code_is(2)
+        .says("at least 1s");
+}

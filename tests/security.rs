@@ -386,7 +386,7 @@ fn a_copied_receiver_identity_cannot_impersonate_a_trusted_sender() {
 
 // ------------------------------------------------------------------ H3
 
-/// A partial's state file (`docs/PROTOCOL.md`, *Resume*, state version 2).
+/// A partial's state file (`docs/PROTOCOL.md`, *Resume*, state version 3).
 struct PartState {
     file_id: [u8; 16],
     size: u64,
@@ -397,7 +397,7 @@ struct PartState {
 fn read_part(path: &std::path::Path) -> PartState {
     let b = std::fs::read(path).unwrap();
     assert_eq!(&b[..8], b"P2PFSPT\0");
-    assert_eq!(u16::from_be_bytes([b[8], b[9]]), 2);
+    assert_eq!(u16::from_be_bytes([b[8], b[9]]), 3);
     let at = 10 + 16 + 32;
     let file_id = b[at..at + 16].try_into().unwrap();
     let size = u64::from_be_bytes(b[at + 16..at + 24].try_into().unwrap());

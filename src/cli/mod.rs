@@ -148,6 +148,10 @@ enum Command {
         /// messages) in this many seconds; it stays resumable.
         #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
         idle_timeout: u64,
+        /// Remove interrupted transfers (partials, `vault partials`) that
+        /// nothing continued for this long: `7d`, `12h`, `30min`.
+        #[arg(long, value_name = "AGE", default_value = "7d", value_parser = parse_age)]
+        expire_partials: std::time::Duration,
         /// One line per stored file (by default one summary line per transfer).
         #[arg(short, long)]
         verbose: bool,
@@ -271,6 +275,16 @@ pub(crate) fn confirm(question: &str) -> bool {
     let mut line = String::new();
     let answered = std::io::stdin().lock().read_line(&mut line).is_ok();
     answered && matches!(line.trim(), "y" | "Y" | "yes" | "Yes")
+}
+
+/// An age such as `7d` or `90min` (humantime), at least one second.
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let d =
+        humantime::parse_duration(s).map_err(|e| format!("{e} (for example 7d, 12h, 30min)"))?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err("at least 1s".into());
+    }
+    Ok(d)
 }
 
 fn default_home() -> Result<PathBuf> {
@@ -432,6 +446,7 @@ fn run(cli: Cli) -> Result<()> {
             no_mdns,
             name,
             idle_timeout,
+            expire_partials,
             verbose,
         } => serve_cmd::run(
             &ctx,
@@ -445,6 +460,7 @@ fn run(cli: Cli) -> Result<()> {
                 name,
                 mdns: !no_mdns,
                 idle: std::time::Duration::from_secs(idle_timeout),
+                partial_ttl: expire_partials,
                 verbose,
             },
         ),

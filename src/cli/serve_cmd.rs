@@ -98,6 +98,8 @@ pub struct ServeArgs {
     pub mdns: bool,
     /// How long a transfer may go without progress.
     pub idle: std::time::Duration,
+    /// Partials untouched for this long are removed.
+    pub partial_ttl: std::time::Duration,
     /// One line per stored file.
     pub verbose: bool,
 }
@@ -170,6 +172,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         name,
         mdns,
         idle,
+        partial_ttl,
         verbose,
     } = args;
     // One daemon per home: a second would race the first for its partials,
@@ -282,6 +285,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
             (accept == AcceptPolicy::Ask).then(|| Arc::new(TerminalAsker) as Arc<dyn Asker>),
             Limits {
                 idle,
+                partial_ttl,
                 ..Limits::default()
             },
             tx,
@@ -380,6 +384,10 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
                         let who = conns.get(&peer).map_or_else(|| label(&peer), |c| c.label.clone());
                         println!("served {files} item(s), {} on the wire, to {who} (verified there)", human(bytes));
                     }
+                    ServerEvent::PartialsExpired { count, after } => println!(
+                        "removed {count} interrupted transfer(s) nothing continued for {} (--expire-partials); their senders start them over",
+                        humantime::format_duration(after)
+                    ),
                     ServerEvent::Closed { peer } => {
                         if let Some(c) = conns.remove(&peer) {
                             if let Some(b) = &c.bar {

@@ -22,6 +22,7 @@ use p2pfs::{
         format::Kind,
         fsutil,
         log::{LogAction, LogRecord},
+        partial::{PartialInfo, PartialKind},
         shares::{ShareRecord, Shares},
         trust::{Capability, TrustStore},
         vault::{self, id_hex, Entry, Origin, Problem, Unlocked, Vault},
@@ -154,6 +155,31 @@ pub enum VaultCmd {
         #[arg(long)]
         json: bool,
     },
+    /// List the interrupted transfers kept to resume: id, peer, name, size,
+    /// progress, age (names need the passphrase: they are sealed to the
+    /// vault key). `partials rm ID|--all` removes them (no passphrase).
+    Partials {
+        #[command(subcommand)]
+        cmd: Option<PartialsCmd>,
+        /// JSON array output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `vault partials …`.
+#[derive(Subcommand)]
+pub enum PartialsCmd {
+    /// Remove partial transfers: by id (a unique prefix of 4+ hex digits),
+    /// or all. Refused while a transfer is being stored.
+    Rm {
+        /// The id as `vault partials` lists it.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every partial.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 pub fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<()> {
@@ -242,7 +268,134 @@ pub fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<()> {
         VaultCmd::Unshare { what, peer, from } => unshare(ctx, &vault, &what, &peer, from),
         VaultCmd::Shares { json } => list_shares(ctx, &vault, json),
         VaultCmd::Log { json } => show_log(ctx, &vault, json),
+        VaultCmd::Partials { cmd: None, json } => list_partials(ctx, &vault, json),
+        VaultCmd::Partials {
+            cmd: Some(PartialsCmd::Rm { id, all }),
+            ..
+        } => rm_partials(&vault, id.as_deref(), all),
     }
+}
+
+/// `vault partials`: what each partial is (its label, opened with the
+/// vault key), how far it got, and how long ago it last moved.
+fn list_partials(ctx: &Ctx, vault: &Vault, json: bool) -> Result<()> {
+    let parts = vault.partials()?;
+    let u = unlock(ctx, vault)?;
+    let store = TrustStore::load(ctx.home.root())?;
+    let now = std::time::SystemTime::now();
+    let age = |p: &PartialInfo| {
+        p.modified
+            .and_then(|m| now.duration_since(m).ok())
+            .map(|d| std::time::Duration::from_secs(d.as_secs()))
+    };
+    let rows: Vec<_> = parts
+        .iter()
+        .map(|p| (p, u.partial_label(p), age(p)))
+        .collect();
+    if json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(p, l, a)| {
+                serde_json::json!({
+                    "id": to_hex(&p.slot.0),
+                    "kind": l.as_ref().map(|l| l.kind.as_str()),
+                    "peer": l.as_ref().map(|l| l.peer.to_id()),
+                    "peer_fingerprint": l.as_ref().map(|l| l.peer.fingerprint()),
+                    "alias": l.as_ref().and_then(|l| store.get(&l.peer)).and_then(|t| t.aliases.first().cloned()),
+                    "name": l.as_ref().filter(|l| l.kind != PartialKind::Deposit).map(|l| l.name.clone()),
+                    "size": p.size,
+                    "held": p.held,
+                    "age_secs": a.map(|a| a.as_secs()),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        eprintln!("(no interrupted transfer is kept)");
+        return Ok(());
+    }
+    println!(
+        "{:<12}  {:<8}  {:<30}  {:>10}  {:>5}  {:>10}  NAME",
+        "ID", "KIND", "PEER", "SIZE", "DONE", "AGE"
+    );
+    for (p, l, a) in &rows {
+        let pct = p
+            .held
+            .saturating_mul(100)
+            .checked_div(p.size)
+            .unwrap_or(100);
+        let (kind, peer, name) = match l {
+            Some(l) => (
+                l.kind.as_str(),
+                peer_label(&store, &l.peer),
+                match l.kind {
+                    PartialKind::Deposit => "(sealed deposit: no name here)".to_owned(),
+                    _ => escape(&l.name),
+                },
+            ),
+            None => ("-", "-".to_owned(), "(not recorded)".to_owned()),
+        };
+        println!(
+            "{:<12}  {:<8}  {:<30}  {:>10}  {:>4}%  {:>10}  {}",
+            &to_hex(&p.slot.0)[..12],
+            kind,
+            peer,
+            human(p.size),
+            pct,
+            a.map_or_else(
+                || "-".to_owned(),
+                |a| humantime::format_duration(a).to_string()
+            ),
+            name
+        );
+    }
+    Ok(())
+}
+
+/// `vault partials rm ID|--all`.
+fn rm_partials(vault: &Vault, id: Option<&str>, all: bool) -> Result<()> {
+    let parts = vault.partials()?;
+    let chosen: Vec<&PartialInfo> = match id {
+        _ if all => parts.iter().collect(),
+        Some(q) => {
+            let q = q.trim().to_ascii_lowercase();
+            if q.len() < 4 || !q.chars().all(|c| c.is_ascii_hexdigit()) {
+                bail!("a partial is named by 4 or more hex digits of its id (see `p2pfs vault partials`)");
+            }
+            let hits: Vec<&PartialInfo> = parts
+                .iter()
+                .filter(|p| to_hex(&p.slot.0).starts_with(&q))
+                .collect();
+            match hits.len() {
+                1 => hits,
+                0 => return Err(StoreError::NotFound { query: q }.into()),
+                _ => {
+                    return Err(StoreError::Ambiguous {
+                        query: q,
+                        candidates: hits
+                            .iter()
+                            .map(|p| format!("  {}", to_hex(&p.slot.0)))
+                            .collect(),
+                    }
+                    .into())
+                }
+            }
+        }
+        None => bail!("give the id of a partial, or --all"),
+    };
+    let slots: Vec<_> = chosen.iter().map(|p| p.slot).collect();
+    if !vault.remove_partials(&slots)? {
+        bail!("a transfer is being stored here right now (by `serve` or `get`): nothing was removed; try again when it ends");
+    }
+    let bytes: u64 = chosen.iter().map(|p| p.held).sum();
+    println!(
+        "removed {} interrupted transfer(s), {} held; a sender that continues one starts it over",
+        slots.len(),
+        human(bytes)
+    );
+    Ok(())
 }
 
 /// `vault rm NAME`: the newest version of one file; says what stays.

@@ -47,6 +47,9 @@ pub struct Limits {
     /// [`MIN_PROGRESS`] new bytes stored or control messages) before it is
     /// ended.
     pub idle: std::time::Duration,
+    /// Partials untouched for this long are removed (`serve
+    /// --expire-partials`).
+    pub partial_ttl: std::time::Duration,
 }
 
 /// Progress a transfer must make in each [`Limits::idle`] window, in bytes
@@ -69,6 +72,7 @@ impl Default for Limits {
             chunk_bytes_per_connection: 40 << 20,
             chunk_bytes: 128 << 20,
             idle: std::time::Duration::from_secs(60),
+            partial_ttl: super::server::PARTIAL_TTL,
         }
     }
 }

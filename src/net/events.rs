@@ -171,6 +171,14 @@ pub enum ServerEvent {
         /// The sender.
         peer: PublicKey,
     },
+    /// Partials nothing continued for longer than `serve
+    /// --expire-partials` were removed.
+    PartialsExpired {
+        /// How many transfers.
+        count: usize,
+        /// The age limit.
+        after: std::time::Duration,
+    },
 }
 
 /// The sending half of a server event channel.

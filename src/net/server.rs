@@ -11,7 +11,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, warn, Instrument};
 
 pub use super::admission::Asker;
 use super::{
@@ -83,6 +83,7 @@ pub struct ServerCtx {
     staging: Arc<StagingKey>,
     admission: Arc<Admission>,
     prompts: Option<PromptQueue>,
+    partial_ttl: Duration,
 }
 
 impl ServerCtx {
@@ -103,6 +104,7 @@ impl ServerCtx {
         };
         Ok(Self {
             home,
+            partial_ttl: limits.partial_ttl,
             staging: Arc::new(StagingKey::from_identity(&identity.keypair)),
             identity,
             vault,
@@ -114,7 +116,8 @@ impl ServerCtx {
     }
 }
 
-/// Partials untouched for this long are removed (`docs/PROTOCOL.md`).
+/// Partials untouched for this long are removed by default (`serve
+/// --expire-partials`, `docs/PROTOCOL.md`).
 pub const PARTIAL_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How often expired partials are looked for.
 const EXPIRY_EVERY: Duration = Duration::from_secs(3600);
@@ -122,9 +125,14 @@ const EXPIRY_EVERY: Duration = Duration::from_secs(3600);
 /// Removes expired partials that no connection holds (blocking).
 fn expire_partials(ctx: &ServerCtx) {
     let in_use = |slot: &Slot| sink::in_use(slot);
-    match ctx.vault.expire_partials(PARTIAL_TTL, &in_use) {
+    match ctx.vault.expire_partials(ctx.partial_ttl, &in_use) {
         Ok(0) => {}
-        Ok(n) => info!("removed {n} interrupted transfer(s) untouched for 7 days"),
+        Ok(count) => {
+            let _ = ctx.events.send(ServerEvent::PartialsExpired {
+                count,
+                after: ctx.partial_ttl,
+            });
+        }
         Err(e) => warn!("cannot remove expired partials: {e}"),
     }
 }

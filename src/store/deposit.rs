@@ -520,6 +520,7 @@ pub(crate) mod tests {
                 size: s.size,
                 chunk_size: 4096,
                 sealed_key: None,
+                label: Vec::new(),
             })
             .unwrap();
         // The sender's own key, sealed to itself, for resume: opaque here.

@@ -40,8 +40,17 @@ use crate::crypto::{
 
 const MAGIC: &[u8; 8] = b"P2PFSPT\0";
 /// The format version of partial state files (version 1, written by
-/// c3e3ae4, kept the name in clear; such partials are dropped).
-pub const STATE_VERSION: u16 = 2;
+/// c3e3ae4, kept the name in clear; such partials are dropped). Version 3
+/// added the label sealed to the vault key; version 2 states are read as
+/// unlabelled.
+pub const STATE_VERSION: u16 = 3;
+/// The state version before labels, still read.
+const STATE_VERSION_UNLABELLED: u16 = 2;
+/// Largest sealed label: ephemeral key, peer, kind, a name of at most
+/// 4096 bytes, tag.
+const MAX_LABEL: usize = 32 + 32 + 1 + 4096 + 16;
+/// The HKDF info (and AD) prefix of a partial's label.
+const LABEL_INFO: &[u8] = b"p2pfs/partial-label/v1";
 /// Data written between two checkpoints, at least.
 pub const CHECKPOINT_BYTES: u64 = 32 << 20;
 /// Checkpoints are also at least this many times the state file's size
@@ -131,6 +140,112 @@ pub struct PartialMeta {
     pub chunk_size: u32,
     /// File key sealed to the sender (ephemeral ‖ ciphertext ‖ tag), once known.
     pub sealed_key: Option<Vec<u8>>,
+    /// Who and what the partial is, sealed to the vault key
+    /// ([`PartialLabel`]); empty when not recorded (a version-2 state).
+    pub label: Vec<u8>,
+}
+
+/// What a partial is, for its owner (`vault partials`): sealed to the
+/// vault public key when the state is first written, so the daemon can
+/// record it unattended and only the passphrase opens it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartialLabel {
+    /// The peer it comes from.
+    pub peer: PublicKey,
+    /// How it arrives.
+    pub kind: PartialKind,
+    /// The entry's name (empty for a deposit: this node never learns it).
+    pub name: String,
+}
+
+/// How a partial arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartialKind {
+    /// Sent here (a push).
+    Received,
+    /// Fetched from the peer (`get`).
+    Fetched,
+    /// A sealed deposit of the peer.
+    Deposit,
+}
+
+impl PartialKind {
+    fn code(self) -> u8 {
+        match self {
+            PartialKind::Received => 0,
+            PartialKind::Fetched => 1,
+            PartialKind::Deposit => 2,
+        }
+    }
+
+    /// How `vault partials` names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartialKind::Received => "received",
+            PartialKind::Fetched => "fetched",
+            PartialKind::Deposit => "deposit",
+        }
+    }
+}
+
+fn label_info(slot: &Slot) -> Vec<u8> {
+    let mut i = LABEL_INFO.to_vec();
+    i.extend_from_slice(&slot.0);
+    i
+}
+
+impl PartialLabel {
+    /// Sealed to `vault_pk`: ephemeral (32) ‖ AES-256-GCM(peer ‖ kind ‖ name).
+    pub fn seal(&self, vault_pk: &PublicKey, slot: &Slot) -> Result<Vec<u8>> {
+        let info = label_info(slot);
+        let mut body = zeroize::Zeroizing::new(Vec::with_capacity(33 + self.name.len()));
+        body.extend_from_slice(self.peer.as_bytes());
+        body.push(self.kind.code());
+        body.extend_from_slice(self.name.as_bytes());
+        let (eph, key) = crate::crypto::wrap::wrap_key_for(vault_pk, &info)?;
+        let mut out = eph.as_bytes().to_vec();
+        out.extend_from_slice(&key.seal(WRAP_NONCE, &info, &body)?);
+        if out.len() > MAX_LABEL {
+            return Err(StoreError::Invalid("a partial's name is too long".into()));
+        }
+        Ok(out)
+    }
+
+    /// Opens a sealed label with one of `keys` (the vault key and those it
+    /// replaced); `None` when none opens it or it is malformed.
+    pub fn open(sealed: &[u8], slot: &Slot, keys: &[&Keypair]) -> Option<PartialLabel> {
+        let eph = PublicKey(sealed.get(..32)?.try_into().ok()?);
+        let info = label_info(slot);
+        let body = keys.iter().find_map(|kp| {
+            let key = unwrap_key(kp, &eph, &info).ok()?;
+            key.open(WRAP_NONCE, &info, &sealed[32..]).ok()
+        })?;
+        let body = zeroize::Zeroizing::new(body);
+        let peer = PublicKey(body.get(..32)?.try_into().ok()?);
+        let kind = match body.get(32)? {
+            0 => PartialKind::Received,
+            1 => PartialKind::Fetched,
+            2 => PartialKind::Deposit,
+            _ => return None,
+        };
+        let name = std::str::from_utf8(body.get(33..)?).ok()?.to_owned();
+        Some(PartialLabel { peer, kind, name })
+    }
+}
+
+/// A partial as `vault partials` lists it, read without the passphrase.
+#[derive(Clone, Debug)]
+pub struct PartialInfo {
+    /// Where it lives (its id in `vault partials`).
+    pub slot: Slot,
+    /// Plaintext size of the file.
+    pub size: u64,
+    /// Plaintext bytes held (checkpointed).
+    pub held: u64,
+    /// When its state was last written.
+    pub modified: Option<std::time::SystemTime>,
+    /// The sealed label (empty: none recorded).
+    pub label: Vec<u8>,
 }
 
 /// The HKDF info and the AD of a partial's sealed key: its own label, both
@@ -193,6 +308,7 @@ fn encode_state(m: &PartialMeta, hashes: &ChunkHashes) -> Vec<u8> {
         Some(k) => w.u16(k.len() as u16).bytes(k),
         None => w.u16(0),
     };
+    w.u16(m.label.len() as u16).bytes(&m.label);
     w.u64(hashes.held());
     for (i, h) in hashes.iter() {
         w.u64(i).bytes(h);
@@ -203,7 +319,13 @@ fn encode_state(m: &PartialMeta, hashes: &ChunkHashes) -> Vec<u8> {
 type State = (PartialMeta, ChunkHashes);
 
 fn decode_state(bytes: &[u8], slot: &Slot) -> Result<State, FormatError> {
-    let body = checked_v(bytes, MAGIC, STATE_VERSION)?;
+    let labelled = bytes.get(8..10) != Some(&STATE_VERSION_UNLABELLED.to_be_bytes()[..]);
+    let version = if labelled {
+        STATE_VERSION
+    } else {
+        STATE_VERSION_UNLABELLED
+    };
+    let body = checked_v(bytes, MAGIC, version)?;
     let mut r = Reader::new(&body[10..]);
     if r.array::<16>("slot")? != slot.0 {
         return Err(DecodeError::Invalid("slot (state file renamed?)").into());
@@ -215,6 +337,13 @@ fn decode_state(bytes: &[u8], slot: &Slot) -> Result<State, FormatError> {
         0 => None,
         SEALED_KEY_LEN => Some(r.bytes(SEALED_KEY_LEN, "sealed key")?.to_vec()),
         _ => return Err(DecodeError::Invalid("sealed key length").into()),
+    };
+    let label = match labelled {
+        true => match r.u16("label length")? as usize {
+            n if n <= MAX_LABEL => r.bytes(n, "label")?.to_vec(),
+            _ => return Err(DecodeError::Invalid("label length").into()),
+        },
+        false => Vec::new(),
     };
     let n = chunk_count(size, chunk_size);
     let count = r.u64("chunk count")?;
@@ -241,6 +370,7 @@ fn decode_state(bytes: &[u8], slot: &Slot) -> Result<State, FormatError> {
             size,
             chunk_size,
             sealed_key,
+            label,
         },
         hashes,
     ))
@@ -259,6 +389,9 @@ pub struct Partial<'v> {
     /// it (two X25519 operations a small file, done before any
     /// checkpoint, never pays).
     seal_for: Option<(PublicKey, PublicKey)>,
+    /// What to seal as the label at the first checkpoint, if the state has
+    /// none (a small file, done before any checkpoint, never pays).
+    describe: Option<Box<PartialLabel>>,
 }
 
 /// The receiver's running end-to-end check: chunks are decrypted (in memory
@@ -471,6 +604,69 @@ impl Vault {
         Ok(dropped)
     }
 
+    /// The resumable partials (those with a state file), read without the
+    /// passphrase: slot, size, bytes held, age and the sealed label. A
+    /// state that does not decode is listed with nothing held and no label
+    /// (it would be started over), never a failure.
+    pub fn partials(&self) -> Result<Vec<PartialInfo>> {
+        let dir = self.staging_dir();
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(|e| StoreError::io("cannot list", &dir, e))? {
+            let e = e.map_err(|e| StoreError::io("cannot list", &dir, e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(slot) = name
+                .strip_prefix(PREFIX)
+                .and_then(|r| r.strip_suffix(".part"))
+                .and_then(crate::crypto::from_hex::<16>)
+                .map(Slot)
+            else {
+                continue;
+            };
+            let modified = e.metadata().and_then(|m| m.modified()).ok();
+            let state = fsutil::read_limited(&e.path(), MAX_STATE)
+                .ok()
+                .and_then(|b| decode_state(&b, &slot).ok());
+            out.push(match state {
+                Some((m, hashes)) => PartialInfo {
+                    slot,
+                    size: m.size,
+                    held: hashes
+                        .iter()
+                        .map(|(i, _)| chunk_plain_len(m.size, m.chunk_size, i) as u64)
+                        .sum(),
+                    modified,
+                    label: m.label,
+                },
+                None => PartialInfo {
+                    slot,
+                    size: 0,
+                    held: 0,
+                    modified,
+                    label: Vec::new(),
+                },
+            });
+        }
+        out.sort_by_key(|p| p.modified);
+        Ok(out)
+    }
+
+    /// Removes the partials in `slots` (`vault partials rm`), only when no
+    /// store is in progress (the store lock can be taken exclusively), so
+    /// never one a connection is writing. `Ok(false)`: a store was in
+    /// progress and nothing was removed.
+    pub fn remove_partials(&self, slots: &[Slot]) -> Result<bool> {
+        let (lock, exclusive) = self.lock_best()?;
+        if !exclusive {
+            return Ok(false);
+        }
+        for s in slots {
+            self.remove_partial(s)?;
+        }
+        fsutil::fsync_dir(&self.staging_dir())?;
+        drop(lock);
+        Ok(true)
+    }
+
     /// Removes a partial's files.
     pub fn remove_partial(&self, slot: &Slot) -> Result<()> {
         let (obj, part) = self.partial_paths(slot);
@@ -495,6 +691,7 @@ impl Vault {
             since_checkpoint: 0,
             verify: None,
             seal_for: None,
+            describe: None,
         })
     }
 
@@ -516,6 +713,7 @@ impl Vault {
             since_checkpoint: 0,
             verify: None,
             seal_for: None,
+            describe: None,
         }))
     }
 }
@@ -631,6 +829,20 @@ impl<'v> Partial<'v> {
                 self.meta.sealed_key = Some(sealed);
             }
         }
+        if self.meta.label.is_empty() {
+            if let Some(d) = self.describe.take() {
+                // A label that cannot be sealed (the vault key pin is
+                // unusable) only makes the partial unnamed in `vault
+                // partials`: the transfer goes on.
+                match self.writer.vault().sealing_key() {
+                    Ok(pk) => match d.seal(&pk, &self.meta.slot) {
+                        Ok(l) => self.meta.label = l,
+                        Err(e) => tracing::warn!("a partial stays unlabelled: {e}"),
+                    },
+                    Err(e) => tracing::warn!("a partial stays unlabelled: {e}"),
+                }
+            }
+        }
         self.since_checkpoint = 0;
         Ok(CheckpointJob {
             file: self.writer.file_handle()?,
@@ -658,6 +870,12 @@ impl<'v> Partial<'v> {
     pub fn seal_key_at_checkpoint(&mut self, sender: PublicKey, receiver: PublicKey) {
         self.meta.sealed_key = None;
         self.seal_for = Some((sender, receiver));
+    }
+
+    /// Has the first checkpoint record `label` (sealed to the vault key)
+    /// when the state has no label yet.
+    pub fn describe_at_checkpoint(&mut self, label: PartialLabel) {
+        self.describe = Some(Box::new(label));
     }
 
     /// True when a checkpoint can record how to resume: the key sealed to
@@ -885,6 +1103,7 @@ mod tests {
                 size,
                 chunk_size: 1 << 20,
                 sealed_key: key,
+                label: vec![seed; usize::from(seed) * 3],
             };
             let n = chunk_count(size, m.chunk_size);
             let mut hashes = ChunkHashes::new(n);
@@ -931,8 +1150,34 @@ mod tests {
             size: 10,
             chunk_size: 4096,
             sealed_key: Some(vec![9; 80]),
+            label: Vec::new(),
         };
+        // The label names sender and file, sealed to the vault key: only
+        // that key (not another, not for another slot) opens it.
+        let vault_kp = Keypair::generate().unwrap();
+        let label = PartialLabel {
+            peer: s1,
+            kind: PartialKind::Received,
+            name: name.to_owned(),
+        };
+        let sealed = label.seal(&vault_kp.public(), &m.slot).unwrap();
+        assert_eq!(
+            PartialLabel::open(&sealed, &m.slot, &[&vault_kp]),
+            Some(label)
+        );
+        let other_kp = Keypair::generate().unwrap();
+        assert_eq!(PartialLabel::open(&sealed, &m.slot, &[&other_kp]), None);
+        assert_eq!(
+            PartialLabel::open(&sealed, &Slot([1; 16]), &[&vault_kp]),
+            None
+        );
+        assert_eq!(
+            PartialLabel::open(&sealed[..40], &m.slot, &[&vault_kp]),
+            None
+        );
+        let m = PartialMeta { label: sealed, ..m };
         let enc = encode_state(&m, &ChunkHashes::new(1));
+        assert_eq!(decode_state(&enc, &m.slot).unwrap().0, m);
         for needle in [name.as_bytes(), &b"Secret"[..], s1.as_bytes()] {
             assert!(!enc.windows(needle.len()).any(|w| w == needle));
         }
@@ -984,6 +1229,37 @@ mod tests {
         assert!(!v.partial_paths(&Slot([3; 16])).0.exists());
     }
 
+    /// A state written before labels (version 2) still resumes, unlabelled.
+    #[test]
+    fn a_version_2_state_reads_as_unlabelled() {
+        let m = PartialMeta {
+            slot: Slot([4; 16]),
+            version: [5; 32],
+            file_id: [6; 16],
+            size: 10_000,
+            chunk_size: 4096,
+            sealed_key: None,
+            label: Vec::new(),
+        };
+        let mut hashes = ChunkHashes::new(3);
+        hashes.insert(1, [8; 32]);
+        let v3 = encode_state(&m, &hashes);
+        // Version 2: no label length after the (empty) key length.
+        let at = 10 + 16 + 32 + 16 + 8 + 4 + 2;
+        let mut body = v3[..v3.len() - 32].to_vec();
+        assert_eq!(&body[at..at + 2], &[0, 0]);
+        body.drain(at..at + 2);
+        body[8..10].copy_from_slice(&STATE_VERSION_UNLABELLED.to_be_bytes());
+        let sum = blake3::hash(&body);
+        body.extend_from_slice(sum.as_bytes());
+        let (m2, h2) = decode_state(&body, &m.slot).unwrap();
+        assert_eq!((m2, h2), (m, hashes));
+        // Version 1 (names in clear) and unknown versions are refused.
+        let mut v1 = body.clone();
+        v1[8..10].copy_from_slice(&1u16.to_be_bytes());
+        assert!(decode_state(&v1, &Slot([4; 16])).is_err());
+    }
+
     /// Regression (issue 7, H1): the decoder sized its buffer 33× the file.
     #[test]
     fn a_huge_declared_count_allocates_nothing() {
@@ -994,6 +1270,7 @@ mod tests {
             size: (1 << 44) - 1,
             chunk_size: 4096,
             sealed_key: None,
+            label: Vec::new(),
         };
         let mut enc = encode_state(&m, &ChunkHashes::new(1 << 32));
         // Claim 2^32 records in a file that holds none.

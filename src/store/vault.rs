@@ -487,7 +487,7 @@ impl Vault {
     /// the pin at every store. A header that changed is followed only when
     /// a pin of the same or a higher generation than the last one seen
     /// allows its key (a `vault rekey`): never back to an older pin.
-    fn sealing_key(&self) -> Result<PublicKey> {
+    pub(crate) fn sealing_key(&self) -> Result<PublicKey> {
         let found = read_header(&self.dir.join("header"))?.vault_pk;
         let Some(p) = &self.pinned else {
             return Ok(found);
@@ -2427,6 +2427,21 @@ impl Unlocked<'_> {
             tracing::warn!("cannot write the access log: {e}");
         }
         Ok(())
+    }
+
+    /// Opens a partial's label (`vault partials`) with the vault key or one
+    /// it replaced; `None` for a partial without one, or one no key opens.
+    pub fn partial_label(
+        &self,
+        p: &super::partial::PartialInfo,
+    ) -> Option<super::partial::PartialLabel> {
+        if p.label.is_empty() {
+            return None;
+        }
+        let keys: Vec<&Keypair> = std::iter::once(&self.keypair)
+            .chain(&self.old_keys)
+            .collect();
+        super::partial::PartialLabel::open(&p.label, &p.slot, &keys)
     }
 
     /// Reads the access log (`log.1`, then `log`): the records this vault

@@ -42,7 +42,10 @@ use crate::{
     store::{
         format::{Kind, Metadata},
         fsutil::{Dir, NewFile},
-        partial::{self, CheckpointJob, Partial, PartialMeta, Slot, StagingKey, Verified},
+        partial::{
+            self, CheckpointJob, Partial, PartialKind, PartialLabel, PartialMeta, Slot, StagingKey,
+            Verified,
+        },
         received::Receipt,
         vault::Vault,
         StoreError,
@@ -672,7 +675,7 @@ fn plan(
             // first chunk comes: no destination is open before.
             let p = match partial.take() {
                 Some(p) => p,
-                None => Box::new(start(ctx, slot, version, id, &f)?),
+                None => Box::new(start(ctx, &peer, slot, version, id, &f)?),
             };
             let mut p = p;
             let key = FileKey::from_secret(k.key.secret().clone());
@@ -716,26 +719,42 @@ fn plan(
 
 fn start(
     ctx: &SinkCtx,
+    peer: &PublicKey,
     slot: Slot,
     version: [u8; 32],
     id: FileId,
     f: &Expect,
 ) -> Result<Partial<'static>, StoreError> {
-    ctx.vault.start_partial(PartialMeta {
+    let mut p = ctx.vault.start_partial(PartialMeta {
         slot,
         version,
         file_id: id,
         size: f.size,
         chunk_size: f.chunk_size,
         sealed_key: None,
-    })
+        label: Vec::new(),
+    })?;
+    // Its owner's view of it (`vault partials`), sealed to the vault key
+    // at the first checkpoint; a deposit's name is the depositor's tag,
+    // not a name, so none is kept.
+    let (kind, name) = match ctx.flow {
+        KeyFlow::Announced => (PartialKind::Received, f.name.clone()),
+        KeyFlow::Known => (PartialKind::Fetched, f.name.clone()),
+        KeyFlow::Sealed => (PartialKind::Deposit, String::new()),
+    };
+    p.describe_at_checkpoint(PartialLabel {
+        peer: *peer,
+        kind,
+        name,
+    });
+    Ok(p)
 }
 
 /// Opens a pulled file's destination (an unnamed file in its directory
 /// under the destination, every directory on the way entered relative to
 /// its parent and never through a link) and starts its verification,
 /// which writes the plaintext there in order as it checks it.
-fn prepare(ctx: &SinkCtx, st: &mut FileState) -> Result<(), StoreError> {
+fn prepare(ctx: &SinkCtx, peer: &PublicKey, st: &mut FileState) -> Result<(), StoreError> {
     let Some(key) = st.pending.take() else {
         return Ok(());
     };
@@ -753,17 +772,18 @@ fn prepare(ctx: &SinkCtx, st: &mut FileState) -> Result<(), StoreError> {
         .try_clone()
         .map_err(|e| StoreError::io("cannot write", "the destination file", e))?;
     st.out = Some(Box::new(out));
-    let p = open_or_start(ctx, st)?;
+    let p = open_or_start(ctx, peer, st)?;
     p.set_key_streaming(*key, Some(stream))
 }
 
 fn open_or_start<'a>(
     ctx: &SinkCtx,
+    peer: &PublicKey,
     st: &'a mut FileState,
 ) -> Result<&'a mut Partial<'static>, StoreError> {
     let p = match st.partial.take() {
         Some(p) => p,
-        None => Box::new(start(ctx, st.slot, st.version, st.id, &st.expect)?),
+        None => Box::new(start(ctx, peer, st.slot, st.version, st.id, &st.expect)?),
     };
     Ok(st.partial.insert(p))
 }
@@ -806,7 +826,7 @@ fn disk_actor(
     let mut group = Group::default();
     for (i, st) in files.iter_mut().enumerate() {
         if st.pending.is_some() && st.partial.as_ref().is_some_and(|p| p.has_every_chunk()) {
-            if let Err(e) = prepare(ctx, st) {
+            if let Err(e) = prepare(ctx, &peer, st) {
                 warn!("cannot open a destination: {e}");
             }
         }
@@ -870,7 +890,7 @@ fn disk_actor(
         let step = (|| -> Result<(), StoreError> {
             match cmd {
                 DiskCmd::Start { key, fresh, .. } => {
-                    let p = open_or_start(ctx, st)?;
+                    let p = open_or_start(ctx, &peer, st)?;
                     if fresh {
                         p.reset();
                     }
@@ -886,8 +906,8 @@ fn disk_actor(
                 DiskCmd::Chunk {
                     index, data, leaf, ..
                 } => {
-                    prepare(ctx, st)?;
-                    let p = open_or_start(ctx, st)?;
+                    prepare(ctx, &peer, st)?;
+                    let p = open_or_start(ctx, &peer, st)?;
                     // A chunk already held is not progress: re-sending one
                     // cannot keep a transfer alive.
                     if !p.has(index) {
