@@ -150,6 +150,67 @@ fn help_id_and_serve_say_what_they_should() {
     assert!(!out.contains("add one with"), "{out}");
 }
 
+/// Issue 10 item 20: `--passphrase-file` and `-q` are listed and accepted
+/// only by the commands they act on (and before any command, as before);
+/// elsewhere they are a usage error, not silently ignored.
+#[test]
+fn flags_are_listed_and_accepted_only_where_they_act() {
+    let help = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.push("--help");
+        Cmd::new(None, a).run().ok().stdout
+    };
+    // (command, takes --passphrase-file, takes -q)
+    let table: &[(&[&str], bool, bool)] = &[
+        (&["completions"], false, false),
+        (&["man"], false, false),
+        (&["peers"], false, false),
+        (&["id"], false, false),
+        (&["trust", "list"], false, false),
+        (&["pair"], false, false),
+        (&["remote", "list"], false, false),
+        (&["vault", "partials", "rm"], false, false),
+        (&["vault", "import"], false, true),
+        (&["send"], false, true),
+        (&["vault", "list"], true, false),
+        (&["vault", "rekey"], true, false),
+        (&["init"], true, false),
+        (&["vault", "export"], true, true),
+        (&["vault", "verify"], true, true),
+        (&["get"], true, true),
+        (&["serve"], true, true),
+    ];
+    for (cmd, pass, quiet) in table {
+        let h = help(cmd);
+        assert_eq!(h.contains("--passphrase-file"), *pass, "{cmd:?}:\n{h}");
+        assert_eq!(h.contains("--quiet"), *quiet, "{cmd:?}:\n{h}");
+    }
+    let top = help(&[]);
+    assert!(
+        top.contains("--passphrase-file") && top.contains("--quiet"),
+        "{top}"
+    );
+
+    let n = Node::new();
+    n.init("flags");
+    let pf = n.path("pass.txt");
+    std::fs::write(&pf, format!("{}\n", n.passphrase.as_deref().unwrap())).unwrap();
+    let pf = pf.to_str().unwrap();
+    // Before the command and after it: both open the vault.
+    for args in [
+        &["--passphrase-file", pf, "vault", "list"][..],
+        &["vault", "list", "--passphrase-file", pf],
+    ] {
+        Cmd::new(Some(&n.home), args).run().ok();
+    }
+    // Where it does nothing, it is refused with a usage error.
+    Cmd::new(Some(&n.home), ["trust", "list", "--passphrase-file", pf])
+        .run()
+        .code_is(2)
+        .says("unexpected argument");
+    Cmd::new(Some(&n.home), ["id", "-q"]).run().code_is(2);
+}
+
 /// `src/cli/mod.rs`, `exit::NOT_CONFIRMED`.
 const NOT_CONFIRMED: i32 = 17;
 

@@ -93,15 +93,32 @@ struct Cli {
     /// Node home directory (default: $P2PFS_HOME, else the platform data directory).
     #[arg(long, global = true, env = "P2PFS_HOME", value_name = "DIR")]
     home: Option<PathBuf>,
-    /// Read the vault passphrase from FILE (first line) instead of the terminal.
-    /// P2PFS_PASSPHRASE_FILE and P2PFS_PASSPHRASE also work.
-    #[arg(long, global = true, value_name = "FILE")]
-    passphrase_file: Option<PathBuf>,
-    /// No progress bars.
-    #[arg(short, long, global = true)]
-    quiet: bool,
+    // The two flags below are accepted here, before any command, and after
+    // the commands that use them (`PassphraseArg`, `QuietArg`); no other
+    // command lists or accepts them.
+    #[command(flatten)]
+    pass: PassphraseArg,
+    #[command(flatten)]
+    quiet: QuietArg,
     #[command(subcommand)]
     cmd: Command,
+}
+
+/// `--passphrase-file`, on the commands that open the vault.
+#[derive(clap::Args, Default)]
+pub struct PassphraseArg {
+    /// Read the vault passphrase from FILE (first line) instead of the terminal.
+    /// P2PFS_PASSPHRASE_FILE and P2PFS_PASSPHRASE also work.
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// `--quiet`, on the commands that draw progress bars.
+#[derive(clap::Args, Default)]
+pub struct QuietArg {
+    /// No progress bars.
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -111,6 +128,8 @@ enum Command {
         /// Node name shown to peers (default: the host name).
         #[arg(long)]
         name: Option<String>,
+        #[command(flatten)]
+        pass: PassphraseArg,
     },
     /// Show this node's id, fingerprint and name.
     Id {
@@ -155,6 +174,10 @@ enum Command {
         /// One line per stored file (by default one summary line per transfer).
         #[arg(short, long)]
         verbose: bool,
+        #[command(flatten)]
+        pass: PassphraseArg,
+        #[command(flatten)]
+        quiet: QuietArg,
     },
     /// Send files and folders to a peer: PATH... PEER, where PEER is a node name, a node id
     /// or a unique id prefix (8+ characters) found on the LAN, host:port, or NODEID@host:port.
@@ -165,6 +188,8 @@ enum Command {
         args: Vec<String>,
         #[command(flatten)]
         flags: send_cmd::Flags,
+        #[command(flatten)]
+        quiet: QuietArg,
     },
     /// Fetch from a peer what it lets this node fetch (files it shared with this node,
     /// everything when this node is one of its owner's devices): PEER NAME|ID|FOLDER [DEST].
@@ -196,6 +221,10 @@ enum Command {
         /// P2PFS_REMOTE_PASSPHRASE_FILE, P2PFS_REMOTE_PASSPHRASE, or the terminal).
         #[arg(long, value_name = "FILE")]
         remote_passphrase_file: Option<PathBuf>,
+        #[command(flatten)]
+        pass: PassphraseArg,
+        #[command(flatten)]
+        quiet: QuietArg,
     },
     /// What a peer lets this node fetch.
     #[command(subcommand)]
@@ -252,6 +281,20 @@ pub struct Ctx {
     pub passphrase_file: Option<PathBuf>,
     /// No progress bars.
     pub quiet: bool,
+}
+
+impl Ctx {
+    /// The context of a command that takes `--passphrase-file` or `-q`
+    /// after its name as well as before it: either place sets them.
+    fn with(&self, pass: PassphraseArg, quiet: QuietArg) -> Ctx {
+        Ctx {
+            home: self.home.clone(),
+            passphrase_file: pass
+                .passphrase_file
+                .or_else(|| self.passphrase_file.clone()),
+            quiet: quiet.quiet || self.quiet,
+        }
+    }
 }
 
 /// How a peer is shown: the first name this node gave it (escaped) and
@@ -433,13 +476,16 @@ fn run(cli: Cli) -> Result<()> {
     };
     let ctx = Ctx {
         home: Home::new(home),
-        passphrase_file: cli.passphrase_file,
-        quiet: cli.quiet,
+        passphrase_file: cli.pass.passphrase_file,
+        quiet: cli.quiet.quiet,
     };
     match cli.cmd {
-        Command::Init { name } => init(&ctx, name),
+        Command::Init { name, pass } => init(&ctx.with(pass, QuietArg::default()), name),
         Command::Id { json } => id(&ctx, json),
-        Command::Vault(cmd) => vault_cmd::run(&ctx, cmd),
+        Command::Vault(cmd) => {
+            let (pass, quiet) = cmd.flags();
+            vault_cmd::run(&ctx.with(pass, quiet), cmd)
+        }
         Command::Serve {
             listen,
             accept,
@@ -448,8 +494,10 @@ fn run(cli: Cli) -> Result<()> {
             idle_timeout,
             expire_partials,
             verbose,
+            pass,
+            quiet,
         } => serve_cmd::run(
-            &ctx,
+            &ctx.with(pass, quiet),
             serve_cmd::ServeArgs {
                 listen,
                 accept: match accept {
@@ -464,7 +512,9 @@ fn run(cli: Cli) -> Result<()> {
                 verbose,
             },
         ),
-        Command::Send { args, flags } => send_cmd::run(&ctx, args, flags),
+        Command::Send { args, flags, quiet } => {
+            send_cmd::run(&ctx.with(PassphraseArg::default(), quiet), args, flags)
+        }
         Command::Get {
             peer,
             what,
@@ -475,8 +525,10 @@ fn run(cli: Cli) -> Result<()> {
             json,
             trust_new,
             remote_passphrase_file,
+            pass,
+            quiet,
         } => get_cmd::get(
-            &ctx,
+            &ctx.with(pass, quiet),
             get_cmd::Common {
                 peer,
                 json,

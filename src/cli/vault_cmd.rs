@@ -31,7 +31,7 @@ use p2pfs::{
     text::escape,
 };
 
-use super::{exit, passphrase, progress, walk, Ctx};
+use super::{exit, passphrase, progress, walk, Ctx, PassphraseArg, QuietArg};
 
 /// A failure whose message was already printed, with its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,8 @@ pub enum VaultCmd {
         /// is imported, and the exit code is 23).
         #[arg(long)]
         strict: bool,
+        #[command(flatten)]
+        quiet: QuietArg,
     },
     /// List stored files with their origin: `local`, or the fingerprint of
     /// the peer that sent them (needs the passphrase: names are encrypted);
@@ -67,12 +69,16 @@ pub enum VaultCmd {
         /// Every version of each file, not only the newest.
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        pass: PassphraseArg,
     },
     /// Remove the older versions of every file, keeping the newest KEEP.
     Prune {
         /// Versions of each file to keep (at least 1: the newest is never removed).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         keep: u32,
+        #[command(flatten)]
+        pass: PassphraseArg,
     },
     /// Decrypt a stored file (or every file under a stored folder) to DEST.
     Export {
@@ -88,6 +94,10 @@ pub enum VaultCmd {
         /// folder that holds files of several origins.
         #[arg(long, value_name = "ORIGIN")]
         from: Option<String>,
+        #[command(flatten)]
+        pass: PassphraseArg,
+        #[command(flatten)]
+        quiet: QuietArg,
     },
     /// Remove a stored file (its newest version; an older one by id), a
     /// sealed deposit (by its id), or a stored folder: every version of
@@ -102,6 +112,8 @@ pub enum VaultCmd {
         /// a folder is only removed with --yes).
         #[arg(long, short = 'y')]
         yes: bool,
+        #[command(flatten)]
+        pass: PassphraseArg,
     },
     /// Check every object: ciphertext integrity (no passphrase), or with --full decrypt everything.
     Verify {
@@ -112,15 +124,24 @@ pub enum VaultCmd {
         /// problem of each), `leftovers`. The exit code is as without it.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        pass: PassphraseArg,
+        #[command(flatten)]
+        quiet: QuietArg,
     },
     /// Change the vault passphrase.
     Passwd {
         /// Read the new passphrase from FILE (else P2PFS_NEW_PASSPHRASE(_FILE) or the terminal).
         #[arg(long, value_name = "FILE")]
         new_passphrase_file: Option<PathBuf>,
+        #[command(flatten)]
+        pass: PassphraseArg,
     },
     /// Replace the vault key pair and rewrap every file key.
-    Rekey,
+    Rekey {
+        #[command(flatten)]
+        pass: PassphraseArg,
+    },
     /// Let a trusted peer retrieve a stored file, or every file under a stored folder as it
     /// is now (a snapshot: files stored under the folder later are not shared). The file key
     /// is sealed to the peer's node key, so `serve` can hand it out without the passphrase.
@@ -132,6 +153,8 @@ pub enum VaultCmd {
         /// Only files of this origin (as for export).
         #[arg(long, value_name = "ORIGIN")]
         from: Option<String>,
+        #[command(flatten)]
+        pass: PassphraseArg,
     },
     /// Stop sharing a stored file (or the files under a stored folder) with a peer.
     Unshare {
@@ -142,18 +165,24 @@ pub enum VaultCmd {
         /// Only files of this origin (as for export).
         #[arg(long, value_name = "ORIGIN")]
         from: Option<String>,
+        #[command(flatten)]
+        pass: PassphraseArg,
     },
     /// List what is shared with whom.
     Shares {
         /// JSON array output.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        pass: PassphraseArg,
     },
     /// Show the access log: retrievals, listings, shares, deposits and refusals.
     Log {
         /// JSON array output.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        pass: PassphraseArg,
     },
     /// List the interrupted transfers kept to resume: id, peer, name, size,
     /// progress, age (names need the passphrase: they are sealed to the
@@ -164,6 +193,8 @@ pub enum VaultCmd {
         /// JSON array output.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        pass: PassphraseArg,
     },
 }
 
@@ -182,11 +213,38 @@ pub enum PartialsCmd {
     },
 }
 
+impl VaultCmd {
+    /// The `--passphrase-file` and `-q` given after the command's name.
+    pub fn flags(&self) -> (PassphraseArg, QuietArg) {
+        use VaultCmd::*;
+        let file = |p: &PassphraseArg| PassphraseArg {
+            passphrase_file: p.passphrase_file.clone(),
+        };
+        let q = |q: &QuietArg| QuietArg { quiet: q.quiet };
+        match self {
+            Import { quiet, .. } => (PassphraseArg::default(), q(quiet)),
+            Export { pass, quiet, .. } | Verify { pass, quiet, .. } => (file(pass), q(quiet)),
+            List { pass, .. }
+            | Prune { pass, .. }
+            | Rm { pass, .. }
+            | Passwd { pass, .. }
+            | Rekey { pass }
+            | Share { pass, .. }
+            | Unshare { pass, .. }
+            | Shares { pass, .. }
+            | Log { pass, .. }
+            | Partials { pass, .. } => (file(pass), QuietArg::default()),
+        }
+    }
+}
+
 pub fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<()> {
     let vault = ctx.home.vault()?;
     match cmd {
-        VaultCmd::Import { paths, strict } => import(ctx, &vault, &paths, strict),
-        VaultCmd::List { prefix, json, all } => list(
+        VaultCmd::Import { paths, strict, .. } => import(ctx, &vault, &paths, strict),
+        VaultCmd::List {
+            prefix, json, all, ..
+        } => list(
             ctx,
             &vault,
             &unlock(ctx, &vault)?,
@@ -194,7 +252,7 @@ pub fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<()> {
             json,
             all,
         ),
-        VaultCmd::Prune { keep } => {
+        VaultCmd::Prune { keep, .. } => {
             let mut u = unlock(ctx, &vault)?;
             let old = u.older_versions(keep);
             for e in &old {
@@ -211,12 +269,15 @@ pub fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<()> {
             dest,
             force,
             from,
+            ..
         } => {
             let u = unlock(ctx, &vault)?;
             let from = from.map(|f| u.origin(&f)).transpose()?;
             export(ctx, &vault, &u, &what, dest, force, from)
         }
-        VaultCmd::Rm { what, from, yes } => {
+        VaultCmd::Rm {
+            what, from, yes, ..
+        } => {
             let mut u = unlock(ctx, &vault)?;
             let from = from.map(|f| u.origin(&f)).transpose()?;
             let found = match resolve(ctx, &vault, &u, &what, from) {
@@ -245,9 +306,10 @@ pub fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<()> {
                 Some(Resolved::Entry(_)) | None => rm_folder(&mut u, &what, from, yes),
             }
         }
-        VaultCmd::Verify { full, json } => verify(ctx, &vault, full, json),
+        VaultCmd::Verify { full, json, .. } => verify(ctx, &vault, full, json),
         VaultCmd::Passwd {
             new_passphrase_file,
+            ..
         } => {
             let mut u = unlock(ctx, &vault)?;
             let new = passphrase::get(
@@ -258,17 +320,23 @@ pub fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<()> {
             println!("passphrase changed");
             Ok(())
         }
-        VaultCmd::Rekey => {
+        VaultCmd::Rekey { .. } => {
             let mut u = unlock(ctx, &vault)?;
             let n = u.rekey()?;
             println!("vault rekeyed: {n} file key(s) rewrapped to the new vault key");
             Ok(())
         }
-        VaultCmd::Share { what, peer, from } => share(ctx, &vault, &what, &peer, from),
-        VaultCmd::Unshare { what, peer, from } => unshare(ctx, &vault, &what, &peer, from),
-        VaultCmd::Shares { json } => list_shares(ctx, &vault, json),
-        VaultCmd::Log { json } => show_log(ctx, &vault, json),
-        VaultCmd::Partials { cmd: None, json } => list_partials(ctx, &vault, json),
+        VaultCmd::Share {
+            what, peer, from, ..
+        } => share(ctx, &vault, &what, &peer, from),
+        VaultCmd::Unshare {
+            what, peer, from, ..
+        } => unshare(ctx, &vault, &what, &peer, from),
+        VaultCmd::Shares { json, .. } => list_shares(ctx, &vault, json),
+        VaultCmd::Log { json, .. } => show_log(ctx, &vault, json),
+        VaultCmd::Partials {
+            cmd: None, json, ..
+        } => list_partials(ctx, &vault, json),
         VaultCmd::Partials {
             cmd: Some(PartialsCmd::Rm { id, all }),
             ..
