@@ -257,6 +257,8 @@ pub struct Run {
     pub status: ExitStatus,
     /// Standard output.
     pub stdout: String,
+    /// Standard output as bytes (a file written to `-`).
+    pub stdout_bytes: Vec<u8>,
     /// Standard error.
     pub stderr: String,
     /// How long it ran.
@@ -597,6 +599,7 @@ impl Proc {
             what: std::mem::take(&mut self.what),
             status,
             stdout: self.stdout_now(),
+            stdout_bytes: self.stdout.lock().unwrap().clone(),
             stderr: self.stderr_now(),
             elapsed: self.started.elapsed(),
         }

@@ -382,9 +382,16 @@ pub fn get(ctx: &Ctx, c: Common, a: GetArgs) -> Result<()> {
     let mut keys = Keys::new(ctx, &identity.keypair, l.peer, &c, vault);
     let opened = keys.open_all(l.header.as_deref(), l.files)?;
     let (chosen, folder) = select(opened, &a.what)?;
-    // Where each file goes: into the vault, or a plain file published
-    // under the destination (a folder keeps its structure).
-    let (dest, rels): (Option<fsutil::Dir>, Vec<String>) = if a.into_vault {
+    let to_stdout = a.dest.as_deref() == Some(Path::new("-"));
+    if to_stdout {
+        check_stdout(
+            folder.is_some() || chosen[0].body.meta.kind != Kind::File,
+            c.json,
+        )?;
+    }
+    // Where each file goes: into the vault, standard output, or a plain
+    // file published under the destination (a folder keeps its structure).
+    let (dest, rels): (Option<fsutil::Dir>, Vec<String>) = if a.into_vault || to_stdout {
         (None, Vec::new())
     } else {
         match &folder {
@@ -445,6 +452,7 @@ pub fn get(ctx: &Ctx, c: Common, a: GetArgs) -> Result<()> {
         .map(|(i, o)| {
             let commit = match rels.get(i) {
                 Some(rel) => Commit::Publish { rel: rel.clone() },
+                None if to_stdout => Commit::Stream,
                 None => Commit::Vault,
             };
             (o.remote.id, commit)
@@ -457,6 +465,7 @@ pub fn get(ctx: &Ctx, c: Common, a: GetArgs) -> Result<()> {
         .map(|(o, (_, c))| {
             let to = match c {
                 Commit::Vault | Commit::Deposit => "the vault".to_string(),
+                Commit::Stream => "standard output".to_string(),
                 Commit::Publish { rel } => match (&folder, &a.dest) {
                     (Some(f), d) => d
                         .clone()
@@ -479,6 +488,10 @@ pub fn get(ctx: &Ctx, c: Common, a: GetArgs) -> Result<()> {
         vault,
         dest,
         force: a.force,
+        stream: to_stdout.then(|| {
+            let out: Box<dyn std::io::Write + Send> = Box::new(std::io::stdout());
+            std::sync::Arc::new(std::sync::Mutex::new(out))
+        }),
     };
     let res = rt.block_on(async {
         let target = &targets[0];
@@ -489,20 +502,49 @@ pub fn get(ctx: &Ctx, c: Common, a: GetArgs) -> Result<()> {
     });
     let p = res?;
     if !c.json && !ctx.quiet {
+        // Standard output holds the file: what was done goes to stderr.
+        let say = |line: String| {
+            if to_stdout {
+                eprintln!("{line}")
+            } else {
+                println!("{line}")
+            }
+        };
         for (name, to) in &shown {
-            println!(
+            say(format!(
                 "fetched {} -> {} (MACs and BLAKE3 verified)",
                 text::escape(name),
                 text::escape(to)
-            );
+            ));
         }
-        println!(
-            "fetched {} file(s) from {} ({}), {} already here (resumed)",
+        let resumed = if p.bytes_skipped > 0 {
+            format!(", {} already here (resumed)", human(p.bytes_skipped))
+        } else {
+            String::new()
+        };
+        say(format!(
+            "fetched {} file(s) from {} ({}){resumed}",
             p.files,
             text::escape(&p.peer_name),
             p.peer.fingerprint(),
-            human(p.bytes_skipped)
-        );
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses what cannot go to standard output (`get PEER NAME -`,
+/// `vault export NAME -`): a folder, events (`--json` writes them
+/// there), or a terminal (binary data; redirect it, as `age` asks).
+pub(crate) fn check_stdout(folder: bool, json: bool) -> Result<()> {
+    use std::io::IsTerminal;
+    if folder {
+        bail!("a folder cannot be written to standard output: give a destination folder");
+    }
+    if json {
+        bail!("--json writes its events to standard output: give a destination file, not -");
+    }
+    if std::io::stdout().is_terminal() {
+        bail!("standard output is a terminal: redirect it (`> FILE` or `| COMMAND`), or give a destination file");
     }
     Ok(())
 }

@@ -200,7 +200,8 @@ enum Command {
         peer: String,
         /// A name, an id or unique id prefix, or a folder (see `p2pfs remote list PEER`).
         what: String,
-        /// Destination file or folder (default: its name, here).
+        /// Destination file or folder (default: its name, here); `-` is standard
+        /// output (one file, verified whole before the first byte is written).
         dest: Option<PathBuf>,
         /// Store it encrypted in this node's vault instead of writing a plain file.
         #[arg(long, conflicts_with = "dest")]

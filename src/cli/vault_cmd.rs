@@ -84,7 +84,8 @@ pub enum VaultCmd {
     Export {
         /// Name, id or unique id prefix (8+ hex digits).
         what: String,
-        /// Destination (default: the file's base name in the current directory).
+        /// Destination (default: the file's base name in the current
+        /// directory); `-` is standard output (one file, not a terminal).
         dest: Option<PathBuf>,
         /// Replace an existing destination file.
         #[arg(long)]
@@ -934,6 +935,24 @@ fn export(
         _ => {}
     }
     let Target { entries, folder } = target(u, what, from)?;
+    if dest.as_deref() == Some(Path::new("-")) {
+        let e = &entries[0];
+        super::get_cmd::check_stdout(folder.is_some() || e.meta.kind != Kind::File, false)?;
+        // Each chunk is authenticated before it is written; the BLAKE3 of
+        // the whole is checked at the end: a failure there is an error
+        // (exit code), as with `age -d`, since bytes already went out.
+        let pb = progress::bytes(e.meta.size, ctx.quiet, &e.meta.name);
+        let mut out = std::io::stdout().lock();
+        u.decrypt_to(&e.id, &mut out, &mut |d| pb.set_position(d))?;
+        std::io::Write::flush(&mut out)
+            .map_err(|e| StoreError::io("cannot write", "standard output", e))?;
+        pb.finish_and_clear();
+        eprintln!(
+            "exported {} -> standard output (BLAKE3 verified)",
+            escape(&e.meta.name)
+        );
+        return Ok(());
+    }
     let Some(folder) = folder else {
         let e = &entries[0];
         let dest = match dest {

@@ -961,6 +961,8 @@ pub struct PullTo {
     pub dest: Option<crate::store::fsutil::Dir>,
     /// Replace existing files.
     pub force: bool,
+    /// Where [`Commit::Stream`](super::engine::sink::Commit::Stream) files go.
+    pub stream: Option<super::engine::sink::Stream>,
 }
 
 /// What a completed pull did.
@@ -1030,6 +1032,7 @@ pub async fn get(
         initiator: true,
         dest: to.dest.map(Arc::new),
         force: to.force,
+        stream: to.stream,
         skip_unchanged: false,
     });
     let received = sink::run(&mut a.link, ctx, expects, Box::new(())).await?;

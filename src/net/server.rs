@@ -881,6 +881,7 @@ fn push_sink(ctx: &ServerCtx, peer: PublicKey, flow: KeyFlow, again: bool) -> Ar
         initiator: false,
         dest: None,
         force: false,
+        stream: None,
         skip_unchanged: flow == KeyFlow::Announced && !again,
     })
 }

@@ -1004,21 +1004,10 @@ impl<'v> Partial<'v> {
             fileops::set_len(f, 0, Path::new("the destination file"))
                 .and_then(|_| f.rewind())
                 .map_err(|e| StoreError::io("cannot write", "the destination file", e))?;
-            if &self.writer.decrypt_into(&key, &mut f)? != blake3 {
-                return Err(StoreError::corrupt(
-                    format!("received file {}", meta.name),
-                    "the data changed on disk while it was published",
-                ));
-            }
+            self.decrypt_checked(&key, blake3, meta, &mut f)?;
         }
         super::vault::finish_plain(out, meta, force)?;
-        let (slot, vault) = (self.meta.slot, self.vault());
-        drop(self);
-        // Published: what is left of the partial is a leftover, not a
-        // failure of the file.
-        if let Err(e) = vault.remove_partial(&slot) {
-            tracing::warn!("a published file's partial stays behind: {e}");
-        }
+        self.published();
         Ok(())
     }
 
@@ -1039,25 +1028,60 @@ impl<'v> Partial<'v> {
         if meta.kind == crate::store::format::Kind::Dir {
             dir.child_dir(name)?;
         } else {
-            let writer = &self.writer;
             super::vault::publish_plain(dir, name, force, &mut |w| {
-                if &writer.decrypt_into(&key, w)? != blake3 {
-                    return Err(StoreError::corrupt(
-                        format!("received file {}", meta.name),
-                        "the data changed on disk while it was published",
-                    ));
-                }
+                self.decrypt_checked(&key, blake3, meta, w)?;
                 Ok(meta.clone())
             })?;
         }
+        self.published();
+        Ok(())
+    }
+
+    /// Checks the whole file against `blake3`, then decrypts it from the
+    /// partial (ciphertext) into `out` (`get PEER NAME -`): nothing reaches
+    /// `out` before the whole file is verified, and no plaintext touches
+    /// the disk. Removes the partial once all of it is written; if `out`
+    /// fails, the partial stays (a rerun fetches nothing again).
+    pub fn stream_out(
+        mut self,
+        blake3: &[u8; 32],
+        meta: &Metadata,
+        out: &mut dyn std::io::Write,
+    ) -> Result<()> {
+        let key = self.verified(blake3, &meta.name)?;
+        self.decrypt_checked(&key, blake3, meta, out)?;
+        out.flush()
+            .map_err(|e| StoreError::io("cannot write", "the output", e))?;
+        self.published();
+        Ok(())
+    }
+
+    /// Decrypts the verified partial into `w`, checking its BLAKE3 again
+    /// (the data on disk may have changed since it was verified).
+    fn decrypt_checked(
+        &self,
+        key: &FileKey,
+        blake3: &[u8; 32],
+        meta: &Metadata,
+        w: &mut dyn std::io::Write,
+    ) -> Result<()> {
+        if &self.writer.decrypt_into(key, w)? != blake3 {
+            return Err(StoreError::corrupt(
+                format!("received file {}", meta.name),
+                "the data changed on disk while it was published",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes a published partial: what is left of it now is a leftover,
+    /// not a failure of the file.
+    fn published(self) {
         let (slot, vault) = (self.meta.slot, self.vault());
         drop(self);
-        // Published: what is left of the partial is a leftover, not a
-        // failure of the file.
         if let Err(e) = vault.remove_partial(&slot) {
             tracing::warn!("a published file's partial stays behind: {e}");
         }
-        Ok(())
     }
 }
 

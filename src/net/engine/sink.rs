@@ -75,7 +75,14 @@ pub enum Commit {
         /// The name relative to the destination, `/`-separated (checked).
         rel: String,
     },
+    /// Verified whole, then decrypted from its partial into the sink's
+    /// [`SinkCtx::stream`] (`get PEER NAME -`): nothing is written there
+    /// before the BLAKE3 is checked, and no plaintext touches the disk.
+    Stream,
 }
+
+/// Where [`Commit::Stream`] files go (standard output).
+pub type Stream = Arc<std::sync::Mutex<Box<dyn std::io::Write + Send>>>;
 
 /// One file the sink expects.
 pub struct Expect {
@@ -122,6 +129,8 @@ pub struct SinkCtx {
     pub dest: Option<Arc<Dir>>,
     /// With `dest`: replace existing files.
     pub force: bool,
+    /// Where [`Commit::Stream`] files go.
+    pub stream: Option<Stream>,
     /// A push whose entries this node already committed unchanged (its
     /// receipts say so, `store::received`) are planned `Unchanged`: not
     /// sent again. False for `send --again`, pulls and deposits.
@@ -1219,6 +1228,13 @@ fn finish_if_ready(
         (Commit::Publish { rel }, Some(dest)) => match st.out.take() {
             Some(out) => p.publish_streamed(&blake3, &meta, *out, ctx.force),
             None => publish(*p, &blake3, &meta, dest, rel, ctx.force),
+        },
+        (Commit::Stream, _) => match &ctx.stream {
+            Some(out) => match out.lock() {
+                Ok(mut w) => p.stream_out(&blake3, &meta, &mut *w),
+                Err(_) => Err(StoreError::Invalid("the output failed".into())),
+            },
+            None => Err(StoreError::Invalid("no destination".into())),
         },
         (Commit::Publish { .. }, None) | (Commit::Deposit, _) => {
             Err(StoreError::Invalid("no destination".into()))
