@@ -266,3 +266,113 @@ fn ctrl_c_on_the_sender_ends_both_sides_at_once_and_the_rerun_resumes() {
     assert!(done["bytes_skipped"].as_u64().unwrap_or(0) > 0, "{r}");
     assert_eq!(b.entry("big.bin").blake3, h);
 }
+
+/// Issue 10 item 4, its input half: `send - --name NAME` sends standard
+/// input as one file. Its token is its content's, so the same input again
+/// is `unchanged` (nothing stored), a changed one becomes a second
+/// version, and a sender killed part-way resumes when run again with the
+/// same input. Neither home ever holds the plaintext; `-` without a name,
+/// `-` beside other paths and a name the receiver would refuse fail before
+/// anything is sent.
+#[test]
+fn standard_input_is_sent_under_its_name_idempotently_and_resumes() {
+    const MIB: usize = 1 << 20;
+    let (a, b) = nodes();
+    let srv = Serving::start(&b, &["--accept", "any"]);
+    let addr = srv.addr();
+    let data = random_bytes(3 * MIB + 5);
+    let stdin_send = |input: &[u8], extra: &[&str]| {
+        let mut args = vec![
+            "send",
+            "--json",
+            "--trust-new",
+            "-",
+            "--name",
+            "db/dump.sql",
+        ];
+        args.extend_from_slice(extra);
+        args.push(&addr);
+        a.cmd(args).input(input).run()
+    };
+    let r = stdin_send(&data, &[]).ok();
+    let done = event(&events(&r.stdout), "done").expect("done").clone();
+    assert_eq!(done["files"], 1, "{r}");
+    assert_eq!(b.entry("db/dump.sql").blake3, blake3_hex(&data));
+    let out = b.run(["vault", "export", "db/dump.sql", "-"]).ok();
+    assert!(
+        out.stdout_bytes == data,
+        "the export differs from the input"
+    );
+
+    // The same input again: nothing sent, nothing stored.
+    let r = stdin_send(&data, &[]).ok();
+    let done = event(&events(&r.stdout), "done").expect("done").clone();
+    assert_eq!(
+        (done["files"].as_u64(), done["unchanged"].as_u64()),
+        (Some(0), Some(1)),
+        "{r}"
+    );
+    assert_eq!(counts(&b)["db/dump.sql"], 1);
+    assert!(
+        wait_until(std::time::Duration::from_secs(5), || srv
+            .proc()
+            .stdout_now()
+            .contains("nothing new from")),
+        "the receiver does not say that nothing was new:\n{}",
+        srv.proc().stdout_now()
+    );
+    assert!(!srv.proc().stdout_now().contains("receiving 0 item(s)"));
+    // Changed: a second version.
+    let mut changed = data.clone();
+    changed[MIB] ^= 1;
+    stdin_send(&changed, &[]).ok();
+    assert_eq!(counts(&b)["db/dump.sql"], 2);
+    assert_eq!(b.entry("db/dump.sql").blake3, blake3_hex(&changed));
+
+    // Refused before anything is sent.
+    for (args, says) in [
+        (&["send", "-", &addr][..], "--name"),
+        (&["send", "-", "x", "--name", "n", &addr], "alone"),
+        (&["send", "-", "--name", "a/../b", &addr], "--name"),
+        (&["send", "--name", "n", "x", &addr], "standard input"),
+    ] {
+        let r = a.cmd(args).input(b"data").run();
+        assert!(!r.status.success(), "{r}");
+        r.says(says);
+    }
+    assert_eq!(b.list_all().len(), 2);
+
+    // Killed part-way, then the same input again: it resumes.
+    let big = random_bytes(256 * MIB);
+    let mut p = a
+        .cmd(["send", "--json", "-", "--name", "big.bin", &addr])
+        .input(&big)
+        .spawn();
+    let target = big.len() as u64 / 5;
+    assert!(
+        wait_until(std::time::Duration::from_secs(120), || {
+            events(&p.stdout_now()).iter().any(|e| {
+                e["event"] == "progress" && e["bytes_done"].as_u64().unwrap_or(0) >= target
+            })
+        }),
+        "no progress: {}",
+        p.stderr_now()
+    );
+    assert!(p.try_wait().is_none(), "the send ended too early");
+    p.kill9();
+    let r = a
+        .cmd(["send", "--json", "-", "--name", "big.bin", &addr])
+        .input(&big)
+        .run()
+        .ok();
+    let done = event(&events(&r.stdout), "done").expect("done").clone();
+    assert!(done["bytes_skipped"].as_u64().unwrap_or(0) > 0, "{r}");
+    assert_eq!(b.entry("big.bin").blake3, blake3_hex(&big));
+
+    // No plaintext in either home (the sender held it in memory only).
+    for n in [&a, &b] {
+        let found = files_containing(&n.home, &data[MIB..MIB + 64]);
+        assert!(found.is_empty(), "plaintext on disk: {found:?}");
+    }
+    srv.stop().ok();
+}

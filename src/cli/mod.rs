@@ -181,10 +181,11 @@ enum Command {
     },
     /// Send files and folders to a peer: PATH... PEER, where PEER is a node name, a node id
     /// or a unique id prefix (8+ characters) found on the LAN, host:port, or NODEID@host:port.
+    /// PATH `-` (alone, with --name NAME) sends standard input.
     #[command(override_usage = "p2pfs send [OPTIONS] PATH... PEER")]
     Send {
         /// One or more paths to send, then the peer (the last argument).
-        #[arg(required = true, num_args = 2.., value_names = ["PATH", "PEER"])]
+        #[arg(required = true, num_args = 1.., value_names = ["PATH", "PEER"])]
         args: Vec<String>,
         #[command(flatten)]
         flags: send_cmd::Flags,

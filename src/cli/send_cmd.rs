@@ -472,6 +472,10 @@ pub struct Flags {
     /// address (trying again every second) instead of failing at once.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub wait: Option<u64>,
+    /// With `-` as the only PATH (standard input, read to its end first,
+    /// held in memory only): the name to store it under.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
 }
 
 pub fn run(ctx: &Ctx, args: Vec<String>, flags: Flags) -> Result<()> {
@@ -483,6 +487,7 @@ pub fn run(ctx: &Ctx, args: Vec<String>, flags: Flags) -> Result<()> {
         again,
         strict,
         wait,
+        name,
     } = flags;
     let streams = usize::from(streams);
     let Some((peer, paths)) = args.split_last() else {
@@ -493,21 +498,29 @@ pub fn run(ctx: &Ctx, args: Vec<String>, flags: Flags) -> Result<()> {
     }
     let peer = classify(peer)?;
     let identity = ctx.home.load_identity()?;
-    let paths: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
-    let walk::Collected {
-        items: entries,
-        refused,
-    } = walk::collect(&paths, strict)?;
-    if entries.is_empty() {
-        bail!("nothing to send: {}", walk::nothing_left(refused));
-    }
-    let mut items = Vec::with_capacity(entries.len());
-    for e in entries {
-        items.push(
-            item_for(&e.path, e.name, e.dir)
-                .with_context(|| format!("cannot read {}", walk::shown(&e.path)))?,
-        );
-    }
+    let (items, refused) = if paths.iter().any(|p| p == "-") {
+        (vec![stdin_item(paths, name)?], 0)
+    } else {
+        if name.is_some() {
+            bail!("--name names standard input: give - as the only PATH");
+        }
+        let paths: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
+        let walk::Collected {
+            items: entries,
+            refused,
+        } = walk::collect(&paths, strict)?;
+        if entries.is_empty() {
+            bail!("nothing to send: {}", walk::nothing_left(refused));
+        }
+        let mut items = Vec::with_capacity(entries.len());
+        for e in entries {
+            items.push(
+                item_for(&e.path, e.name, e.dir)
+                    .with_context(|| format!("cannot read {}", walk::shown(&e.path)))?,
+            );
+        }
+        (items, refused)
+    };
     let rt = super::runtime(true)?;
     // A deposit is sealed to this node's own vault key (the one its pin
     // allows): no passphrase is needed to seal, only to open it again.
@@ -546,6 +559,31 @@ pub fn run(ctx: &Ctx, args: Vec<String>, flags: Flags) -> Result<()> {
         }
     }
     res
+}
+
+/// `send - --name NAME PEER`: standard input, read to its end (a pipe or
+/// a file, never a terminal), as one file under a name checked as the
+/// receiver checks it.
+fn stdin_item(paths: &[String], name: Option<String>) -> Result<sender::Item> {
+    use std::io::IsTerminal;
+    if paths.len() != 1 {
+        bail!("- (standard input) is sent alone: give it as the only PATH");
+    }
+    let Some(name) = name else {
+        bail!("- (standard input) needs a name to be stored under: add --name NAME");
+    };
+    if let Err(why) = p2pfs::store::format::validate_name(&name) {
+        bail!("--name {}: {why}", text::escape(&name));
+    }
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        bail!("standard input is a terminal: pipe or redirect the data to send (`cmd | p2pfs send - --name NAME PEER`)");
+    }
+    Ok(p2pfs::net::client::stdin_item(
+        name,
+        &mut stdin.lock(),
+        &mut |_| {},
+    )?)
 }
 
 async fn send(

@@ -342,6 +342,10 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
                     ServerEvent::PeerRefused { peer, reason } => println!("refused {} ({peer}): {reason}", label(&peer)),
                     ServerEvent::Offer { peer, files, bytes, held } => {
                         let c = conns.entry(peer).or_insert_with(|| Conn { label: label(&peer), files: 0, bytes: 0, bar: None });
+                        if files == 0 {
+                            println!("nothing new from {}: everything offered is already stored here, unchanged", c.label);
+                            continue;
+                        }
                         if held > 0 {
                             println!("receiving {files} item(s), {} from {} (resuming, {} already here)", human(bytes), c.label, human(held));
                         } else {

@@ -8,7 +8,7 @@
 use std::{
     net::SocketAddr,
     os::unix::fs::MetadataExt,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -137,6 +137,63 @@ pub fn item_for(path: &Path, name: String, dir: bool) -> std::io::Result<Item> {
             mode: m.mode() & 0o777,
             token: source_token(&m),
         },
+        spool: None,
+    })
+}
+
+/// Builds the offer entry of standard input (`send - --name NAME`): `input`
+/// is read to its end into an anonymous memory file (`memfd_create`: no
+/// name on any file system, gone with the process, in memory or swap
+/// only), since an offer states its size before any chunk goes. Its token
+/// is the BLAKE3 of the content, so the same input sent again is
+/// `Unchanged` and an interrupted one resumes; its mode is 0644, its time
+/// now. `progress` gets the bytes read so far.
+pub fn stdin_item(
+    name: String,
+    input: &mut dyn std::io::Read,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Item, StoreError> {
+    use std::io::Write;
+    let io = |e: std::io::Error| StoreError::io("cannot read", "standard input", e);
+    let fd = rustix::fs::memfd_create("p2pfs-stdin", rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|e| io(e.into()))?;
+    let mut spool = std::fs::File::from(fd);
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io(e)),
+        };
+        h.update(&buf[..n]);
+        spool
+            .write_all(&buf[..n])
+            .map_err(|e| StoreError::io("cannot hold", "standard input in memory", e))?;
+        size += n as u64;
+        progress(size);
+    }
+    let mut th = blake3::Hasher::new();
+    th.update(b"p2pfs/stdin-token/v1");
+    th.update(h.finalize().as_bytes());
+    let mut token = [0u8; 16];
+    token.copy_from_slice(&th.finalize().as_bytes()[..16]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    Ok(Item {
+        path: PathBuf::from("-"),
+        offer: FileOffer {
+            name,
+            kind: EntryKind::File,
+            size,
+            mtime: now,
+            mode: 0o644,
+            token,
+        },
+        spool: Some(std::sync::Arc::new(spool)),
     })
 }
 

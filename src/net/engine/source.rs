@@ -42,10 +42,13 @@ pub const RESULT_WAIT: Duration = Duration::from_secs(120);
 /// One local entry to send.
 #[derive(Debug, Clone)]
 pub struct Item {
-    /// Local path.
+    /// Local path (for standard input, `-`: never opened).
     pub path: PathBuf,
     /// What is offered.
     pub offer: FileOffer,
+    /// Standard input as spooled (`send -`, [`crate::net::client::stdin_item`]):
+    /// read from here instead of `path`; its token is its content's.
+    pub spool: Option<Arc<File>>,
 }
 
 /// A vault object to send as stored.
@@ -522,7 +525,15 @@ fn read_local(
         })
     };
     let mut f: Option<File> = None;
-    if item.offer.kind == EntryKind::File {
+    if let Some(spool) = &item.spool {
+        // Only this process holds it: nothing can change it under us.
+        let mut fh = spool
+            .try_clone()
+            .map_err(|e| StoreError::io("cannot read", "standard input", e))?;
+        std::io::Seek::rewind(&mut fh)
+            .map_err(|e| StoreError::io("cannot read", "standard input", e))?;
+        f = Some(fh);
+    } else if item.offer.kind == EntryKind::File {
         // Never through a symbolic link swapped in after the walk, and
         // only the very file the walk saw: the token covers its device,
         // inode, size and times, taken from the opened descriptor.
@@ -574,7 +585,7 @@ fn read_local(
             leaves.push(leaf);
         }
     }
-    if let Some(fh) = f.as_mut() {
+    if let Some(fh) = f.as_mut().filter(|_| item.spool.is_none()) {
         let mut probe = [0u8; 1];
         if fh
             .read(&mut probe)
