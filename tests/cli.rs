@@ -28,7 +28,7 @@ use p2pfs::{
 };
 use util::{
     blake3_file, exit, files_containing, files_under, fix_checksum, flip_byte, patch, random_bytes,
-    random_hex, snapshot, write_bytes, write_random, Cmd, Listed, Node, Serving,
+    random_hex, snapshot, wait_until, write_bytes, write_random, Cmd, Listed, Node, Serving,
 };
 
 const MIB: u64 = 1 << 20;
@@ -2018,4 +2018,75 @@ fn the_receiver_logs_one_line_per_transfer_naming_the_sender_by_its_alias() {
         );
         assert!(out.contains(&want), "{want} in:\n{out}");
     }
+}
+
+/// `p2pfs rename` (README, *Names*): same key and id, the vault still opens,
+/// a bad name changes nothing, and a running serve takes the new name on
+/// its next connection without restarting or dropping anything.
+#[test]
+fn rename_keeps_the_key_and_a_running_serve_takes_the_new_name() {
+    let (a, b) = (Node::new(), Node::new());
+    a.init("sender");
+    b.init("before");
+    let id = b.id();
+    let h = write_random(&b.path("kept.bin"), 5000);
+    b.import(&["kept.bin"]);
+
+    // Offline: the identity file is rewritten, nothing else changes.
+    b.run(["rename", "middle"])
+        .ok()
+        .says("renamed before to middle")
+        .says("next `p2pfs serve`");
+    let now = b.id();
+    assert_eq!(
+        (now.name.as_str(), &now.id, &now.fingerprint),
+        ("middle", &id.id, &id.fingerprint)
+    );
+    assert_eq!(now.vault_key, id.vault_key);
+    for f in files_under(&b.home) {
+        assert_eq!(mode_of(&f), 0o600, "{}", f.display());
+    }
+    // A hostile name is refused and nothing is written.
+    let before = snapshot(&b.home);
+    for bad in ["", "bell\u{7}", "rtl\u{202e}txt", &"x".repeat(65)] {
+        b.run(["rename", bad])
+            .code_is(exit::FAILURE)
+            .says("node name");
+    }
+    assert_eq!(snapshot(&b.home), before);
+
+    // Serving: the old name to the first sender, the new to the next.
+    let srv = Serving::start(&b, &["--accept", "any"]);
+    write_random(&a.path("one"), 100);
+    let told = |r: util::Run| -> String {
+        r.stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["event"] == "connected")
+            .and_then(|v| v["name"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| panic!("no connected event:\n{r}"))
+    };
+    let r = a
+        .run(["send", "--json", "--trust-new", "one", &srv.addr()])
+        .ok();
+    assert_eq!(told(r), "middle");
+    b.run(["rename", "after"])
+        .ok()
+        .says("renamed middle to after")
+        .says(&format!("process {}", srv.pid()));
+    assert!(
+        wait_until(Duration::from_secs(10), || srv
+            .proc()
+            .stdout_now()
+            .contains("renamed to after")),
+        "{}",
+        srv.proc().stdout_now()
+    );
+    write_random(&a.path("two"), 100);
+    let r = a.run(["send", "--json", "two", &srv.addr()]).ok();
+    assert_eq!(told(r), "after");
+    // The same name again: nothing to do, and the serve is still up.
+    b.run(["rename", "after"]).ok().says("already named after");
+    a.run(["send", "one", &srv.addr()]).ok();
+    assert_eq!(blake3_file(&b.export("kept.bin", "kept.out")), h);
 }

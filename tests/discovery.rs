@@ -1016,3 +1016,67 @@ fn a_send_by_address_crosses_a_router_where_discovery_does_not() {
     assert!(b.list().len() == 1, "{r}");
     assert_eq!(exported_hash(&b, "across.bin"), h);
 }
+
+/// `p2pfs rename` while serving (README, *Names*): the old advert is
+/// withdrawn, the new name is announced and sends by it reach the same key,
+/// and the sender hears the new name from the node itself.
+#[test]
+fn a_rename_while_serving_is_re_advertised_under_the_new_name() {
+    let Some(lan) = Netns::lan("a_rename_while_serving_is_re_advertised_under_the_new_name") else {
+        return;
+    };
+    let (a, b) = (Node::new(), Node::new());
+    a.init("node-a");
+    let srv = Serving::start(
+        &b,
+        Some(lan.b()),
+        &["--name", "old-name", "--accept", "any"],
+    );
+    let b_id = b.id().id;
+    let mut last = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            last = peers(&a, Some(lan.a()), "1").0;
+            !named(&last, "old-name").is_empty()
+        }),
+        "not found before the rename: {last:?}"
+    );
+    cmd_in(&b, None, ["rename", "new-name"])
+        .run()
+        .ok()
+        .says("renamed old-name to new-name")
+        .says("the running serve");
+    assert_eq!(b.id().name, "new-name");
+    // The new name is announced and the old one withdrawn (a goodbye).
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            last = peers(&a, Some(lan.a()), "1").0;
+            named(&last, "new-name")
+                .first()
+                .is_some_and(|f| f.id == b_id)
+                && named(&last, "old-name").is_empty()
+        }),
+        "after the rename: {last:?}\n{}",
+        srv.output()
+    );
+    assert!(
+        srv.output()
+            .contains("advertised on the LAN as \"new-name\""),
+        "{}",
+        srv.output()
+    );
+    let h = write_random(&a.path("r.bin"), 100_000);
+    cmd_in(
+        &a,
+        Some(lan.a()),
+        ["send", "--trust-new", "r.bin", "new-name"],
+    )
+    .run()
+    .ok()
+    .says("pinned new-name at 10.213.0.2");
+    assert_eq!(exported_hash(&b, "r.bin"), h);
+    // The old name finds nobody now.
+    cmd_in(&a, Some(lan.a()), ["send", "r.bin", "old-name"])
+        .run()
+        .code_is(PEER_NOT_FOUND);
+}

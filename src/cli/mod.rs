@@ -137,6 +137,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rename this node (same key, same id): peers see the new name from
+    /// their next connection; a running `serve` re-advertises at once.
+    Rename {
+        /// The new name (as for `init --name`).
+        name: String,
+    },
     /// Work with the encrypted vault.
     #[command(subcommand)]
     Vault(vault_cmd::VaultCmd),
@@ -484,6 +490,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Command::Init { name, pass } => init(&ctx.with(pass, QuietArg::default()), name),
         Command::Id { json } => id(&ctx, json),
+        Command::Rename { name } => rename(&ctx, &name),
         Command::Vault(cmd) => {
             let (pass, quiet) = cmd.flags();
             vault_cmd::run(&ctx.with(pass, quiet), cmd)
@@ -611,6 +618,27 @@ fn init(ctx: &Ctx, name: Option<String>) -> Result<()> {
     println!("  id:          {}", ident.id());
     println!("  fingerprint: {}", ident.id().fingerprint());
     println!("  home:        {}", ctx.home.root().display());
+    Ok(())
+}
+
+fn rename(ctx: &Ctx, name: &str) -> Result<()> {
+    let old = ctx.home.load_identity()?.name;
+    ctx.home.rename(name)?;
+    let shown = p2pfs::text::escape(name);
+    if old == name {
+        println!("this node is already named {shown}");
+        return Ok(());
+    }
+    match serve_cmd::reload_running(ctx.home.root())? {
+        Some(pid) => println!(
+            "renamed {} to {shown}: the running serve (process {pid}) takes it now (peers see it from their next connection; on the LAN it is re-advertised)",
+            p2pfs::text::escape(&old)
+        ),
+        None => println!(
+            "renamed {} to {shown}: peers see it from the next `p2pfs serve`",
+            p2pfs::text::escape(&old)
+        ),
+    }
     Ok(())
 }
 

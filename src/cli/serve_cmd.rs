@@ -165,6 +165,43 @@ fn lock_serving(home: &std::path::Path) -> Result<std::fs::File> {
     Ok(f)
 }
 
+/// Asks the `serve` running on `home`, if any, to reload its name (a
+/// `SIGHUP` to the process that holds `HOME/serve.lock`); its pid if so.
+pub fn reload_running(home: &std::path::Path) -> Result<Option<u32>> {
+    use std::io::Read;
+    let path = home.join("serve.lock");
+    let f = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+    };
+    match f.try_lock_shared() {
+        // Nobody holds it exclusively: no serve runs.
+        Ok(()) => return Ok(None),
+        Err(std::fs::TryLockError::WouldBlock) => {}
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+    let mut held = String::new();
+    let _ = (&f).take(32).read_to_string(&mut held);
+    let pid: u32 = match held.trim().parse() {
+        Ok(p) if p > 1 && p <= i32::MAX as u32 => p,
+        _ => bail!(
+            "a `p2pfs serve` holds {} but its process id is unreadable: restart it to take the new name",
+            path.display()
+        ),
+    };
+    // SAFETY: kill(2) with a checked positive pid and a valid signal.
+    if unsafe { libc::kill(pid as i32, libc::SIGHUP) } != 0 {
+        bail!(
+            "cannot signal the running `p2pfs serve` (process {pid}): {}; restart it to take the new name",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(Some(pid))
+}
+
 pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     let ServeArgs {
         listen,
@@ -178,6 +215,10 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     // One daemon per home: a second would race the first for its partials,
     // receipts and port. Taken before a first run creates the node, held
     // until this function returns.
+    // SIGHUP means "reload the name" (`p2pfs rename`), never "exit": ignored
+    // from before the lock names this process until its handler is in.
+    // SAFETY: setting a signal's disposition to SIG_IGN.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     let _serving = if ctx.home.is_initialised() {
         lock_serving(ctx.home.root())?
     } else {
@@ -256,6 +297,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         );
         println!("  vault key:   {} (files are stored sealed; reading them needs the passphrase)", vault.public_key().fingerprint());
         let node_name = identity.name.clone();
+        let local_id = identity.id();
         // Advertise only once the endpoint is bound, on the port it got.
         let advert = if mdns {
             match discovery::advertise(&identity.name, &identity.id(), local) {
@@ -291,15 +333,38 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
             tx,
         )?);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let advert_task = advert.map(|mut a| {
+        // `p2pfs rename` rewrites the identity file and sends SIGHUP: the
+        // new name goes to peers from their next connection and, with
+        // mDNS, the old advert is withdrawn and the new one announced.
+        let (name_tx, name_rx) = tokio::sync::watch::channel(node_name.clone());
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            let home = ctx.home.clone();
+            let sctx = server_ctx.clone();
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    match home.load_identity() {
+                        Ok(id) if id.name != sctx.name() => {
+                            println!("renamed to {}: peers see the new name from their next connection", text::escape(&id.name));
+                            sctx.set_name(id.name.clone());
+                            let _ = name_tx.send(id.name);
+                        }
+                        Ok(_) => {}
+                        Err(e) => eprintln!("p2pfs: warning: cannot reload the node name: {e}"),
+                    }
+                }
+            });
+        }
+        let advert_task = mdns.then(|| {
             let stop = stop_rx.clone();
-            let name = node_name.clone();
+            let mut name_rx = name_rx.clone();
+            let mut advert = advert;
             tokio::spawn(async move {
                 let stopped = stopped(stop);
                 tokio::pin!(stopped);
                 loop {
+                    let name = name_rx.borrow().clone();
                     tokio::select! {
-                        ev = a.next_event() => match ev {
+                        ev = async { match advert.as_mut() { Some(a) => a.next_event().await, None => std::future::pending().await } } => match ev {
                             Some(AdvertEvent::Renamed { instance }) => println!("another node on the LAN already advertises {name:?}: advertised as {instance:?} instead (senders by name get both nodes listed and choose by id)"),
                             Some(AdvertEvent::AddressAdded(ip)) => println!("new address {ip}: announced on the LAN"),
                             Some(AdvertEvent::AddressRemoved(ip)) => println!("address {ip} is gone"),
@@ -308,11 +373,33 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
                                 break;
                             }
                         },
+                        changed = name_rx.changed() => {
+                            if changed.is_err() {
+                                continue;
+                            }
+                            let name = name_rx.borrow_and_update().clone();
+                            if let Some(a) = advert.take() {
+                                a.shutdown().await;
+                            }
+                            match discovery::advertise(&name, &local_id, local) {
+                                Ok(mut a) => {
+                                    if a.announced(std::time::Duration::from_secs(5)).await {
+                                        println!("advertised on the LAN as {:?}", a.instance());
+                                    } else {
+                                        eprintln!("p2pfs: warning: the mDNS announcement of {:?} is not confirmed yet", a.instance());
+                                    }
+                                    advert = Some(a);
+                                }
+                                Err(e) => eprintln!("p2pfs: warning: not advertised on the LAN: {e}"),
+                            }
+                        }
                         _ = &mut stopped => break,
                     }
                 }
                 // Withdraw first, so nobody finds a node that is going away.
-                a.shutdown().await;
+                if let Some(a) = advert {
+                    a.shutdown().await;
+                }
             })
         });
         tokio::spawn(async move {

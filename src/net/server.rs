@@ -84,9 +84,25 @@ pub struct ServerCtx {
     admission: Arc<Admission>,
     prompts: Option<PromptQueue>,
     partial_ttl: Duration,
+    /// The name told to peers; `p2pfs rename` changes it while serving.
+    name: std::sync::RwLock<String>,
 }
 
 impl ServerCtx {
+    /// The node's name as told to peers now.
+    pub fn name(&self) -> String {
+        self.name
+            .read()
+            .map_or_else(|_| self.identity.name.clone(), |n| n.clone())
+    }
+
+    /// Tells peers `name` from the next connection on (`p2pfs rename`).
+    pub fn set_name(&self, name: String) {
+        if let Ok(mut n) = self.name.write() {
+            *n = name;
+        }
+    }
+
     /// A serving node's context; `asker` is the terminal prompt of the
     /// `Ask` policy.
     pub fn new(
@@ -106,6 +122,7 @@ impl ServerCtx {
             home,
             partial_ttl: limits.partial_ttl,
             staging: Arc::new(StagingKey::from_identity(&identity.keypair)),
+            name: std::sync::RwLock::new(identity.name.clone()),
             identity,
             vault,
             policy,
@@ -264,7 +281,7 @@ async fn handle(
         let message = format!(
             "node {} does not trust you (your node id {peer}, fingerprint {}). \
              On the receiving node run: p2pfs trust add {peer}",
-            text::escape(&ctx.identity.name),
+            text::escape(&ctx.name()),
             peer.fingerprint()
         );
         let _ = link.refuse(RefuseCode::Untrusted, message).await;
@@ -310,7 +327,7 @@ async fn handle(
     endpoint::authorise(&link.conn, rights.trusted);
     link.send_msg(&Msg::Welcome {
         version: env!("CARGO_PKG_VERSION").into(),
-        name: ctx.identity.name.clone(),
+        name: ctx.name(),
     })
     .await?;
     let result = request(&ctx, &mut link, rights, transfer).await;

@@ -126,6 +126,22 @@ impl Home {
         })
     }
 
+    /// Renames the node: the identity file is rewritten atomically with
+    /// the same key and the new name (checked as `init` checks it).
+    pub fn rename(&self, name: &str) -> Result<()> {
+        validate_node_name(name).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let path = self.identity_path();
+        if !path.exists() {
+            return Err(StoreError::NotInitialised {
+                home: self.root.clone(),
+            });
+        }
+        let bytes = fsutil::read_limited(&path, 4096)?;
+        let mut file = IdentityFile::decode(&bytes).map_err(|e| format_error(&path, e))?;
+        file.name = name.to_owned();
+        fsutil::write_atomic(&path, &file.encode())
+    }
+
     /// Opens the vault, sealing only to vault keys the owner set
     /// (`vault/key.pin`, checked with this node's identity).
     pub fn vault(&self) -> Result<Vault> {
