@@ -321,3 +321,87 @@ fn folders_are_listed_by_prefix_and_removed_whole_once_confirmed() {
         (Some("full"), Some(false))
     );
 }
+
+/// Issue 10, item 10: choosing a passphrase says it cannot be recovered,
+/// refuses an empty one at the first prompt, warns of a weak one (zxcvbn)
+/// before it is confirmed; a wrong one is asked again, three tries in all.
+#[test]
+fn passphrases_are_chosen_with_care_and_mistyped_ones_asked_again() {
+    let n = Node::new();
+    let strong = n.passphrase.clone().unwrap();
+    // From a script: a weak one is warned of, a strong one is not.
+    let weak = Node::new();
+    weak.cmd(["init", "--name", "w"])
+        .passphrase("password1")
+        .run()
+        .ok()
+        .says("weak");
+    n.init("n").never_says("weak");
+
+    // On a terminal: told, empty refused, weak warned of, then confirmed.
+    let fresh = Node::new();
+    let cmdline = format!("{BIN} init --name t");
+    let mut pty = Pty::spawn(&cmdline, &fresh.work, &fresh.home, None);
+    let t = Duration::from_secs(20);
+    assert!(pty.wait_for("Vault passphrase:", t), "{}", pty.shown());
+    assert!(
+        pty.shown().contains("cannot be recovered"),
+        "{}",
+        pty.shown()
+    );
+    pty.type_line("");
+    assert!(pty.wait_for("must not be empty", t), "{}", pty.shown());
+    // Asked again for the first entry, not for a confirmation of "".
+    assert!(!pty.shown().contains("(again)"), "{}", pty.shown());
+    pty.type_line("password1");
+    assert!(pty.wait_for("(again):", t), "{}", pty.shown());
+    assert!(pty.shown().contains("weak"), "{}", pty.shown());
+    pty.type_line("password1");
+    let (code, shown) = pty.finish(t);
+    assert_eq!(code, Some(0), "{shown}");
+    fresh
+        .cmd(["vault", "list"])
+        .passphrase("password1")
+        .run()
+        .ok();
+
+    // Two wrong tries, then the right one: opened.
+    let cmdline = format!("{BIN} vault list");
+    let mut pty = Pty::spawn(&cmdline, &n.work, &n.home, None);
+    for (i, left) in [(1, "2 left"), (2, "1 left")] {
+        assert!(
+            wait_until(t, || pty.shown().matches("Vault passphrase:").count() == i),
+            "{}",
+            pty.shown()
+        );
+        pty.type_line("not it");
+        assert!(pty.wait_for(left, t), "{}", pty.shown());
+    }
+    assert!(
+        wait_until(t, || pty.shown().matches("Vault passphrase:").count() == 3),
+        "{}",
+        pty.shown()
+    );
+    pty.type_line(&strong);
+    let (code, shown) = pty.finish(t);
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("vault is empty"), "{shown}");
+    // Three wrong tries: the wrong-passphrase exit code, nothing more asked.
+    let mut pty = Pty::spawn(&cmdline, &n.work, &n.home, None);
+    for i in 1..=3 {
+        assert!(
+            wait_until(t, || pty.shown().matches("Vault passphrase:").count() == i),
+            "{}",
+            pty.shown()
+        );
+        pty.type_line("not it");
+    }
+    let (code, shown) = pty.finish(t);
+    assert_eq!(code, Some(exit::WRONG_PASSPHRASE), "{shown}");
+    assert_eq!(shown.matches("Vault passphrase:").count(), 3, "{shown}");
+    // From the environment, one try: no prompt even on a terminal.
+    let pty = Pty::spawn(&cmdline, &n.work, &n.home, Some("not it"));
+    let (code, shown) = pty.finish(t);
+    assert_eq!(code, Some(exit::WRONG_PASSPHRASE), "{shown}");
+    assert!(!shown.contains("Vault passphrase:"), "{shown}");
+}

@@ -32,7 +32,7 @@ use p2pfs::{
 };
 
 use super::{
-    passphrase::{self, Purpose},
+    passphrase,
     send_cmd::{self, classify, first_that_answers, human, pin_proven, ui_task},
     Ctx,
 };
@@ -96,12 +96,10 @@ impl<'a> Keys<'a> {
                             "owner entries without the vault header",
                         ));
                     };
-                    let pass = passphrase::get(
+                    self.vault = Some(store_error(passphrase::open_with(
                         &passphrase::remote_source(self.remote_file),
-                        Purpose::Existing,
-                    )
-                    .map_err(|e| StoreError::Invalid(format!("{e:#}")))?;
-                    self.vault = Some(open_remote_vault(h, &pass)?);
+                        |pass| open_remote_vault(h, pass),
+                    ))?);
                 }
                 match &self.vault {
                     Some(kp) => open_remote_envelope(kp, &f.id, &f.key),
@@ -111,12 +109,10 @@ impl<'a> Keys<'a> {
             Access::Deposit => {
                 let (ctx, vault, unlocked) = &mut self.local;
                 if unlocked.is_none() {
-                    let pass = passphrase::get(
+                    *unlocked = Some(store_error(passphrase::open_with(
                         &passphrase::vault_source(ctx.passphrase_file.as_deref()),
-                        Purpose::Existing,
-                    )
-                    .map_err(|e| StoreError::Invalid(format!("{e:#}")))?;
-                    *unlocked = Some(vault.unlock(&pass)?);
+                        |pass| vault.unlock(pass),
+                    ))?);
                 }
                 match unlocked {
                     // Sealed to this vault's key now or before a rekey.
@@ -147,6 +143,15 @@ impl<'a> Keys<'a> {
         out.sort_by(|a, b| a.body.meta.name.cmp(&b.body.meta.name));
         Ok(out)
     }
+}
+
+/// A passphrase step's error as a [`StoreError`]: its own when it is one
+/// (a wrong passphrase), else the message.
+fn store_error<T>(r: Result<T>) -> Result<T, StoreError> {
+    r.map_err(|e| match e.downcast::<StoreError>() {
+        Ok(e) => e,
+        Err(e) => StoreError::Invalid(format!("{e:#}")),
+    })
 }
 
 fn kind_name(k: Kind) -> &'static str {

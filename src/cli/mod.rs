@@ -609,10 +609,7 @@ fn init(ctx: &Ctx, name: Option<String>) -> Result<()> {
         .into());
     }
     let name = name.unwrap_or_else(host_name);
-    let pass = passphrase::get(
-        &passphrase::vault_source(ctx.passphrase_file.as_deref()),
-        passphrase::Purpose::New,
-    )?;
+    let pass = passphrase::get_new(&passphrase::vault_source(ctx.passphrase_file.as_deref()))?;
     let ident = ctx.home.init(&name, &pass, KdfParams::DEFAULT)?;
     println!("created node {}", ident.name);
     println!("  id:          {}", ident.id());

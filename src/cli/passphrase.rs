@@ -14,18 +14,9 @@ use std::{
     sync::Mutex,
 };
 
-use anyhow::{bail, Context, Result};
-use p2pfs::crypto::kdf::Passphrase;
+use anyhow::{anyhow, bail, Context, Result};
+use p2pfs::{crypto::kdf::Passphrase, store::StoreError};
 use zeroize::Zeroizing;
-
-/// Whether a passphrase is being created (asked twice) or entered.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
-    /// Unlock an existing vault.
-    Existing,
-    /// Choose a new passphrase.
-    New,
-}
 
 /// Names of the environment variables for one passphrase slot.
 pub struct Source<'a> {
@@ -37,6 +28,8 @@ pub struct Source<'a> {
     pub var: &'static str,
     /// The terminal prompt.
     pub prompt: &'static str,
+    /// What choosing this passphrase does, said before a new one is asked.
+    pub setting: &'static str,
 }
 
 /// The variables holding a passphrase itself (not a file name).
@@ -100,6 +93,7 @@ pub fn vault_source(file: Option<&Path>) -> Source<'_> {
         file_var: "P2PFS_PASSPHRASE_FILE",
         var: "P2PFS_PASSPHRASE",
         prompt: "Vault passphrase",
+        setting: "Choosing the passphrase of a new vault",
     }
 }
 
@@ -110,6 +104,7 @@ pub fn new_source(file: Option<&Path>) -> Source<'_> {
         file_var: "P2PFS_NEW_PASSPHRASE_FILE",
         var: "P2PFS_NEW_PASSPHRASE",
         prompt: "New vault passphrase",
+        setting: "Choosing a new passphrase for this vault (the old one stops working)",
     }
 }
 
@@ -121,6 +116,7 @@ pub fn remote_source(file: Option<&Path>) -> Source<'_> {
         file_var: "P2PFS_REMOTE_PASSPHRASE_FILE",
         var: "P2PFS_REMOTE_PASSPHRASE",
         prompt: "Passphrase of the peer's vault",
+        setting: "Choosing the passphrase of the peer's vault",
     }
 }
 
@@ -138,44 +134,146 @@ fn from_file(path: &Path) -> Result<Passphrase> {
     Ok(Zeroizing::new(std::mem::take(&mut *bytes)))
 }
 
-/// Gets a passphrase from the first available source.
-pub fn get(src: &Source<'_>, purpose: Purpose) -> Result<Passphrase> {
-    let pass = if let Some(f) = src.file {
-        from_file(f)?
+/// The passphrase from a file or the environment, if one is given there.
+fn given(src: &Source<'_>) -> Result<Option<Passphrase>> {
+    Ok(if let Some(f) = src.file {
+        Some(from_file(f)?)
     } else if let Some(f) = std::env::var_os(src.file_var) {
-        from_file(&PathBuf::from(f))?
-    } else if let Some(v) = captured(src.var) {
-        v
-    } else if std::io::stdin().is_terminal() {
-        let first = Zeroizing::new(
-            rpassword::prompt_password(format!("{}: ", src.prompt))
-                .context("cannot read the passphrase from the terminal")?,
-        );
-        if purpose == Purpose::New {
-            let again = Zeroizing::new(
-                rpassword::prompt_password(format!("{} (again): ", src.prompt))
-                    .context("cannot read the passphrase from the terminal")?,
-            );
-            if *first != *again {
-                bail!("the two passphrases differ; nothing was changed");
-            }
-        }
-        Zeroizing::new(first.as_bytes().to_vec())
+        Some(from_file(&PathBuf::from(f))?)
     } else {
-        bail!(
-            "a passphrase is needed and there is no terminal to ask on: \
-             use {} FILE, or set {} or {}",
-            if src.var == "P2PFS_REMOTE_PASSPHRASE" {
-                "--remote-passphrase-file"
-            } else {
-                "--passphrase-file"
-            },
-            src.file_var,
-            src.var
-        );
-    };
-    if purpose == Purpose::New && pass.is_empty() {
-        bail!("the passphrase must not be empty");
+        captured(src.var)
+    })
+}
+
+/// Whether `get` would ask on the terminal for `src`.
+fn asks(src: &Source<'_>) -> bool {
+    src.file.is_none()
+        && std::env::var_os(src.file_var).is_none()
+        && !CAPTURED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|(n, _)| *n == src.var)
+        && std::io::stdin().is_terminal()
+}
+
+/// Tries on a terminal: a wrong passphrase, an empty one or two that differ
+/// are asked again this many times in all.
+pub const TRIES: usize = 3;
+
+fn no_terminal(src: &Source<'_>) -> anyhow::Error {
+    anyhow!(
+        "a passphrase is needed and there is no terminal to ask on: \
+         use {} FILE, or set {} or {}",
+        if src.var == "P2PFS_REMOTE_PASSPHRASE" {
+            "--remote-passphrase-file"
+        } else {
+            "--passphrase-file"
+        },
+        src.file_var,
+        src.var
+    )
+}
+
+fn prompt(text: &str) -> Result<Passphrase> {
+    let typed = Zeroizing::new(
+        rpassword::prompt_password(format!("{text}: "))
+            .context("cannot read the passphrase from the terminal")?,
+    );
+    Ok(Zeroizing::new(typed.as_bytes().to_vec()))
+}
+
+/// How strong a new passphrase is, by zxcvbn's guess count, as one line of
+/// warning when it is weak (score below 3 of 4, "too weak" by zxcvbn's own
+/// measure), else `None`. Argon2id slows each guess down, but a phrase in
+/// the first 10^10 guesses of a dictionary attack still falls to a stolen
+/// vault header in days; the warning says so and leaves the choice to the
+/// user. (zxcvbn makes working copies of the phrase that it frees without
+/// wiping: the cost of an estimate, paid once, at creation only.)
+pub fn weakness(pass: &[u8]) -> Option<String> {
+    let text = Zeroizing::new(String::from_utf8_lossy(pass).into_owned());
+    let e = zxcvbn::zxcvbn(&text, &["p2pfs", "vault"]);
+    if u8::from(e.score()) >= 3 {
+        return None;
     }
-    Ok(pass)
+    let mut line = format!(
+        "this passphrase is weak (strength {} of 4, about 10^{:.0} guesses)",
+        e.score(),
+        e.guesses_log10().max(0.0)
+    );
+    if let Some(w) = e.feedback().and_then(|f| f.warning()) {
+        line.push_str(&format!(": {w}"));
+    }
+    if let Some(s) = e.feedback().and_then(|f| f.suggestions().first()) {
+        line.push_str(&format!(" ({s})"));
+    }
+    Some(line)
+}
+
+/// Gets a new passphrase (`init`, a first `serve`, `vault passwd`) from the
+/// first available source. On a terminal the user is told that it cannot
+/// be recovered, an empty one is refused at once, a weak one is warned of
+/// before it is confirmed, and a mistake is asked again ([`TRIES`] in all).
+pub fn get_new(src: &Source<'_>) -> Result<Passphrase> {
+    if let Some(pass) = given(src)? {
+        if pass.is_empty() {
+            bail!("the passphrase must not be empty");
+        }
+        if let Some(w) = weakness(&pass) {
+            eprintln!("p2pfs: warning: {w}");
+        }
+        return Ok(pass);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(no_terminal(src));
+    }
+    eprintln!(
+        "{}: it protects every file in the vault and cannot be recovered: \
+         without it, nothing stored here can be read.",
+        src.setting
+    );
+    for _ in 0..TRIES {
+        let first = prompt(src.prompt)?;
+        if first.is_empty() {
+            eprintln!("the passphrase must not be empty");
+            continue;
+        }
+        if let Some(w) = weakness(&first) {
+            eprintln!(
+                "warning: {w}; type it again to use it anyway, or something else to choose again"
+            );
+        }
+        let again = prompt(&format!("{} (again)", src.prompt))?;
+        if *first != *again {
+            eprintln!("the two passphrases differ");
+            continue;
+        }
+        return Ok(first);
+    }
+    bail!("no passphrase chosen after {TRIES} tries; nothing was changed")
+}
+
+/// Opens something with an existing passphrase from the first available
+/// source: `open` is tried with it; on a terminal, a wrong one
+/// ([`StoreError::WrongPassphrase`]) is asked again, [`TRIES`] times in
+/// all. A passphrase from a file or the environment is tried once.
+pub fn open_with<T>(
+    src: &Source<'_>,
+    mut open: impl FnMut(&Passphrase) -> std::result::Result<T, StoreError>,
+) -> Result<T> {
+    if !asks(src) {
+        let pass = given(src)?.ok_or_else(|| no_terminal(src))?;
+        return Ok(open(&pass)?);
+    }
+    let mut tried = 0;
+    loop {
+        let pass = prompt(src.prompt)?;
+        tried += 1;
+        match open(&pass) {
+            Err(StoreError::WrongPassphrase) if tried < TRIES => {
+                eprintln!("wrong passphrase, try again ({} left)", TRIES - tried);
+            }
+            r => return Ok(r?),
+        }
+    }
 }

@@ -227,7 +227,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     };
     if !ctx.home.is_initialised() {
         let src = passphrase::vault_source(ctx.passphrase_file.as_deref());
-        let pass = passphrase::get(&src, passphrase::Purpose::New).map_err(|e| {
+        let pass = passphrase::get_new(&src).map_err(|e| {
             anyhow::anyhow!(
                 "{e}\n(no node in {} yet: `p2pfs serve` creates one when it can get a passphrase for the new vault)",
                 ctx.home.root().display()

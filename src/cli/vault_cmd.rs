@@ -313,10 +313,7 @@ pub fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<()> {
             ..
         } => {
             let mut u = unlock(ctx, &vault)?;
-            let new = passphrase::get(
-                &passphrase::new_source(new_passphrase_file.as_deref()),
-                passphrase::Purpose::New,
-            )?;
+            let new = passphrase::get_new(&passphrase::new_source(new_passphrase_file.as_deref()))?;
             u.change_passphrase(&new)?;
             println!("passphrase changed");
             Ok(())
@@ -552,11 +549,10 @@ fn unlock<'v>(ctx: &Ctx, vault: &'v Vault) -> Result<Unlocked<'v>> {
 /// As [`unlock`], without warning of damaged objects: for `verify --full`,
 /// whose report names them (once).
 fn unlock_quietly<'v>(ctx: &Ctx, vault: &'v Vault) -> Result<Unlocked<'v>> {
-    let pass = passphrase::get(
+    passphrase::open_with(
         &passphrase::vault_source(ctx.passphrase_file.as_deref()),
-        passphrase::Purpose::Existing,
-    )?;
-    Ok(vault.unlock(&pass)?)
+        |pass| vault.unlock(pass),
+    )
 }
 
 fn import(ctx: &Ctx, vault: &Vault, paths: &[PathBuf], strict: bool) -> Result<()> {
