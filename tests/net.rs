@@ -415,10 +415,61 @@ fn receiver_disk_full_is_reported_and_vault_stays_sound() {
     let r = a
         .run(["send", "--trust-new", "big", &srv.addr()])
         .code_is(14);
-    assert!(r.stderr.contains("disk is full"), "{r}");
+    // Issue 10, item 9: each side hears it in its own terms. The sender:
+    // whose disk, what was kept, what to do, and no path of the receiver.
+    assert!(r.stderr.contains("its disk is full"), "{r}");
+    assert!(r.stderr.contains("run the same command again"), "{r}");
+    let mnt_s = mnt.to_string_lossy().into_owned();
+    assert!(!r.all().contains(&mnt_s), "a receiver path leaked: {r}");
+    // The receiver: one line for the file, where it is full, no advice
+    // meant for the sender, no "refused" line as well.
+    assert!(
+        wait_until(Duration::from_secs(5), || srv
+            .proc()
+            .stderr_now()
+            .contains("not stored")),
+        "{}",
+        srv.proc().stderr_now()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let said = format!("{}{}", srv.proc().stdout_now(), srv.proc().stderr_now());
+    let lines: Vec<&str> = said.lines().filter(|l| l.contains("big")).collect();
+    assert_eq!(lines.len(), 1, "{said}");
+    assert!(
+        lines[0].contains(&format!("disk full in {mnt_s}")),
+        "{said}"
+    );
+    assert!(lines[0].contains("the sender was told"), "{said}");
+    assert!(!said.contains("run the same command"), "{said}");
+    assert!(!said.contains("refused"), "{said}");
     drop(srv);
     assert!(b.list().is_empty());
     b.run(["vault", "verify"]).ok();
+
+    // A fetch into the full disk: the fetcher is told to free space here,
+    // the serving node only that the peer's disk is full.
+    let bid = b.id();
+    a.run(["trust", "add", &bid.id, "--allow", "owner"]).ok();
+    a.import(&["big"]);
+    let srv_a = Server::start(&a, &["--accept", "any"]);
+    let from = format!("{}@{}", a.id().id, srv_a.addr());
+    let r = b
+        .cmd(["get", &from, "big", "out.bin"])
+        .env("P2PFS_REMOTE_PASSPHRASE", a.passphrase.as_deref().unwrap())
+        .run()
+        .code_is(exit::DISK_FULL);
+    assert!(r.stderr.contains(&format!("disk full in {mnt_s}")), "{r}");
+    assert!(r.stderr.contains("free some space"), "{r}");
+    assert!(!r.stderr.contains("refused"), "{r}");
+    assert!(
+        wait_until(Duration::from_secs(5), || srv_a
+            .proc()
+            .stderr_now()
+            .contains("the peer's disk is full")),
+        "{}",
+        srv_a.proc().stderr_now()
+    );
+    assert!(!srv_a.proc().stderr_now().contains("run the same command"));
 }
 
 /// Issue 12, acceptance (item 2): a 64 MiB receiver home and 2,000 small

@@ -347,6 +347,19 @@ async fn handle(
                 message: format!("protocol error: {m}"),
             });
         }
+        // This node's disk filled while receiving: said per file, with
+        // where (the sink's notes), and the sender was told.
+        Err(NetError::Store(crate::store::StoreError::DiskFull { .. })) => {}
+        // The peer's disk filled while fetching from here: its user acts.
+        Err(NetError::Refused {
+            code: RefuseCode::DiskFull,
+            ..
+        }) => {
+            let _ = ctx.events.send(ServerEvent::Failed {
+                peer: Some(peer),
+                message: "the fetch stopped: the peer's disk is full (what it verified resumes when it fetches again)".into(),
+            });
+        }
         // Every refused request, once, with the reason the peer was given.
         Err(NetError::Refused { message, .. }) => {
             let _ = ctx.events.send(ServerEvent::PeerRefused {

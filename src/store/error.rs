@@ -47,11 +47,9 @@ pub enum StoreError {
         /// The version found.
         version: u16,
     },
-    /// The disk is full; nothing partial was kept.
-    #[error(
-        "disk full while writing {}: free some space and try again (nothing partial was kept)",
-        shown(path)
-    )]
+    /// The disk is full. Named by the directory written to: the file's own
+    /// name is a temporary or an object id, nothing a user acts on.
+    #[error("disk full in {}: free some space and try again", full_dir(path))]
     DiskFull {
         /// The file being written.
         path: PathBuf,
@@ -246,6 +244,15 @@ impl StoreError {
 /// escaped, so a hostile file name cannot drive the terminal.
 pub fn shown(path: &std::path::Path) -> String {
     crate::text::escape(&path.to_string_lossy())
+}
+
+/// The directory a disk-full write went to, as shown: the file's parent.
+pub fn full_dir(path: &std::path::Path) -> String {
+    shown(
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(path),
+    )
 }
 
 /// Result alias for the store.

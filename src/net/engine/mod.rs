@@ -121,9 +121,17 @@ pub fn close_with(conn: &quinn::Connection, code: u32, why: &str) {
 
 /// A refusal from the peer, its message made safe to show.
 pub fn refused(code: wire::RefuseCode, message: &str) -> NetError {
+    let message = text::from_peer(message);
     NetError::Refused {
         code,
-        message: text::from_peer(message),
+        // Said by the code, however the peer words it.
+        message: if code == wire::RefuseCode::DiskFull {
+            format!(
+                "its disk is full: {message}; once space is freed there, run the same command again to resume"
+            )
+        } else {
+            message
+        },
     }
 }
 

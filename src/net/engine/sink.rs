@@ -7,6 +7,7 @@
 
 use std::{
     collections::HashMap,
+    path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -194,7 +195,9 @@ pub async fn run(
     let (actor_done, actor) = tokio::sync::oneshot::channel::<Vec<String>>();
     let progress = Arc::new(AtomicU64::new(0));
     let ok_count = Arc::new(AtomicU64::new(0));
+    let full = Arc::new(std::sync::Mutex::new(None::<PathBuf>));
     {
+        let full = full.clone();
         let ctx = ctx.clone();
         let res_tx = res_tx.clone();
         let conn = link.conn.clone();
@@ -215,7 +218,18 @@ pub async fn run(
                         Vec::new()
                     }
                 };
-                let failures = disk_actor(&ctx, peer, states, inbox, &res_tx, &progress, &ok_count);
+                let failures = disk_actor(
+                    &ctx,
+                    peer,
+                    states,
+                    inbox,
+                    &res_tx,
+                    Tally {
+                        progress: &progress,
+                        ok_count: &ok_count,
+                        full: &full,
+                    },
+                );
                 drop(claims);
                 let _ = actor_done.send(failures);
             })
@@ -225,8 +239,27 @@ pub async fn run(
     let planned = match tokio::time::timeout(Duration::from_secs(120), plan_rx).await {
         Ok(Ok(Ok(p))) => p,
         Ok(Ok(Err(e))) => {
-            if let NetError::Refused { code, message } = &e {
-                let _ = link.refuse(*code, message.clone()).await;
+            match &e {
+                NetError::Refused { code, message } => {
+                    let _ = link.refuse(*code, message.clone()).await;
+                }
+                // Full before the first byte (a partial could not be
+                // opened): the peer hears it as such, not as a lost stream.
+                NetError::Store(StoreError::DiskFull { path }) => {
+                    if !ctx.initiator {
+                        (ctx.report)(Note::FileFailed {
+                            name: String::new(),
+                            message: format!(
+                                "nothing stored: disk full in {}; the sender was told, and can resume once space is freed",
+                                crate::store::error::full_dir(path)
+                            ),
+                        });
+                    }
+                    let _ = link
+                        .refuse(RefuseCode::DiskFull, DISK_FULL_KEPT.into())
+                        .await;
+                }
+                _ => {}
             }
             return Err(e);
         }
@@ -297,7 +330,7 @@ pub async fn run(
                         SinkStep::PeerDone => continue,
                     };
                     if ctl_tx.send(cmd).is_err() {
-                        return Err(storage_stopped(&mut res_rx, link).await);
+                        return Err(storage_stopped(&mut res_rx, link, &full).await);
                     }
                 }
                 r = res_rx.recv() => {
@@ -311,7 +344,7 @@ pub async fn run(
                         Msg::Refused { code, message } => {
                             let _ = link.send.finish();
                             let _ = tokio::time::timeout(Duration::from_secs(2), link.conn.closed()).await;
-                            return Err(NetError::Refused { code, message });
+                            return Err(refusal(&full, code, message));
                         }
                         _ => {}
                     }
@@ -366,7 +399,11 @@ pub async fn run(
 /// The disk actor stopped while a control message was handed to it: it
 /// stops only after reporting why (a `Refused`, e.g. disk full), which is
 /// forwarded with the results before it — never a bare "connection lost".
-async fn storage_stopped(res_rx: &mut mpsc::UnboundedReceiver<Msg>, link: &mut Link) -> NetError {
+async fn storage_stopped(
+    res_rx: &mut mpsc::UnboundedReceiver<Msg>,
+    link: &mut Link,
+    full: &std::sync::Mutex<Option<PathBuf>>,
+) -> NetError {
     while let Ok(m) = res_rx.try_recv() {
         if link.send_msg(&m).await.is_err() {
             break;
@@ -374,10 +411,30 @@ async fn storage_stopped(res_rx: &mut mpsc::UnboundedReceiver<Msg>, link: &mut L
         if let Msg::Refused { code, message } = m {
             let _ = link.send.finish();
             let _ = tokio::time::timeout(Duration::from_secs(2), link.conn.closed()).await;
-            return NetError::Refused { code, message };
+            return refusal(full, code, message);
         }
     }
     NetError::ConnectionLost("storage stopped".into())
+}
+
+/// What the peer is told when this node's disk fills: what it keeps. The
+/// advice (free space, run again) is the sender's to give its user.
+const DISK_FULL_KEPT: &str = "the files it confirmed are stored, the others are not (one in progress resumes from its last checkpoint)";
+
+/// This end's error for a refusal it sent: when its own disk filled, that
+/// (a fetch's user frees the space; a daemon has said so per file); any
+/// other refusal is the one the peer was given.
+fn refusal(
+    full: &std::sync::Mutex<Option<PathBuf>>,
+    code: RefuseCode,
+    message: String,
+) -> NetError {
+    match full.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        Some(path) if code == RefuseCode::DiskFull => {
+            NetError::Store(StoreError::DiskFull { path })
+        }
+        _ => NetError::Refused { code, message },
+    }
 }
 
 /// The per-file state of a reception.
@@ -797,6 +854,16 @@ fn open_or_start<'a>(
     Ok(st.partial.insert(p))
 }
 
+/// What the disk actor tells the control loop as it goes.
+struct Tally<'a> {
+    /// New chunk bytes stored.
+    progress: &'a AtomicU64,
+    /// Files committed.
+    ok_count: &'a AtomicU64,
+    /// Where this node's disk filled, if it did.
+    full: &'a std::sync::Mutex<Option<PathBuf>>,
+}
+
 /// Owns every partial of one transfer: writes chunks, checkpoints, verifies
 /// and commits finished files, and reports results. Returns the failures.
 fn disk_actor(
@@ -805,11 +872,17 @@ fn disk_actor(
     mut files: Vec<FileState>,
     mut rx: Inbox,
     res: &mpsc::UnboundedSender<Msg>,
-    progress: &AtomicU64,
-    ok_count: &AtomicU64,
+    tally: Tally<'_>,
 ) -> Vec<String> {
+    let Tally {
+        progress,
+        ok_count,
+        full,
+    } = tally;
     let syncer = Syncer::start();
     let failures = std::cell::RefCell::new(Vec::new());
+    // This reception's full disk was reported (to both sides).
+    let mut said_full = false;
     let fail = |name: &str, message: &str| {
         (ctx.report)(Note::FileFailed {
             name: name.to_string(),
@@ -961,18 +1034,29 @@ fn disk_actor(
             continue;
         }
         if let Err(e) = step {
-            let (code, message) = match e {
-                StoreError::DiskFull { .. } => (
-                    RefuseCode::DiskFull,
-                    "the receiver's disk is full: the files it confirmed are stored, the others are not (one in progress resumes where its last checkpoint fit) — free space there and run the same command again".to_string(),
-                ),
+            let (code, message) = match &e {
+                StoreError::DiskFull { path } => {
+                    // Here, the operator's side: the sender was told, and
+                    // acts. A fetch (this end asked) says it in its error.
+                    if !ctx.initiator {
+                        fail(
+                            &st.expect.name,
+                            &format!(
+                                "not stored: disk full in {}; the sender was told, and can resume once space is freed",
+                                crate::store::error::full_dir(path)
+                            ),
+                        );
+                    }
+                    (RefuseCode::DiskFull, DISK_FULL_KEPT.to_string())
+                }
                 other => {
                     fail(&st.expect.name, &other.to_string());
-                    (RefuseCode::Storage, storage_message(&other))
+                    (RefuseCode::Storage, storage_message(other))
                 }
             };
-            if code == RefuseCode::DiskFull {
-                fail(&st.expect.name, &message);
+            if let StoreError::DiskFull { path } = &e {
+                said_full = true;
+                *full.lock().unwrap_or_else(|p| p.into_inner()) = Some(path.clone());
             }
             // What verified before the failure is committed (or fails)
             // and is answered first: the sender is told of every file.
@@ -1000,7 +1084,13 @@ fn disk_actor(
         if let Some(mut p) = st.partial.take() {
             if resumable(ctx, &p) {
                 if let Err(e) = p.checkpoint() {
-                    warn!("cannot checkpoint a partial: {e}");
+                    let name = text::escape(&st.expect.name);
+                    // A full disk was said once already, with where.
+                    if said_full && matches!(e, StoreError::DiskFull { .. }) {
+                        debug!("cannot checkpoint the partial of {name}: {e}");
+                    } else {
+                        warn!("cannot checkpoint the partial of {name}: {e}; it resumes from its last checkpoint");
+                    }
                 }
             } else {
                 let slot = p.meta.slot;
@@ -1478,6 +1568,8 @@ fn result(
                     warn!("a storage error: {err}");
                     storage_message(&err)
                 }
+                // No local path for the peer; both ends read it right.
+                result_code::DISK_FULL => "not stored: the receiver's disk is full".to_string(),
                 _ => err.to_string(),
             };
             Msg::FileResult {

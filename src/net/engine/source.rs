@@ -337,8 +337,9 @@ pub async fn run(
                             report(Note::FileDone { name: name.clone(), size: *size, blake3: b3 });
                         } else {
                             let message = text::from_peer(&message);
+                            // The code says why; the peer's words add nothing.
                             let why = if code == wire::result_code::DISK_FULL {
-                                format!("the receiver's disk is full: {message}")
+                                "not stored: the receiver's disk is full".to_string()
                             } else {
                                 message
                             };
