@@ -124,9 +124,64 @@ pub fn source_token(m: &std::fs::Metadata) -> [u8; 16] {
     t
 }
 
+/// How long after its last change a file's token is trusted: longer than
+/// the file system's timestamp tick (a jiffy, at most 10 ms, on Linux with
+/// a nanosecond file system; 2 s where times come in whole seconds), so a
+/// write made after the token was taken moves ctime and changes it.
+pub fn racy_window(m: &std::fs::Metadata) -> std::time::Duration {
+    if m.ctime_nsec() == 0 && m.mtime_nsec() == 0 {
+        std::time::Duration::from_secs(2)
+    } else {
+        std::time::Duration::from_millis(20)
+    }
+}
+
+/// How much longer `m` stays racy at `now` (Unix time): its ctime (set by
+/// the kernel on every write, never by `utimes`) is within
+/// [`racy_window`] of `now`, or in the future. Zero when it is not.
+pub fn racy_for(m: &std::fs::Metadata, now: std::time::Duration) -> std::time::Duration {
+    let window = racy_window(m);
+    let ctime = std::time::Duration::new(
+        u64::try_from(m.ctime()).unwrap_or(0),
+        u32::try_from(m.ctime_nsec()).unwrap_or(0).min(999_999_999),
+    );
+    match now.checked_sub(ctime) {
+        Some(age) => window.saturating_sub(age),
+        // A clock set back: wait the window out, no longer.
+        None => window,
+    }
+}
+
+/// Metadata of `path` whose token can be trusted: a file changed within
+/// the last timestamp tick is "racy" (as in git): a same-size write later
+/// in that tick would leave size and times, and so the token, as they are,
+/// and the file would be found unchanged with other content. So a racy
+/// file is stat'ed again once its window has passed (at most 20 ms on a
+/// nanosecond file system), up to three times for a file still being
+/// written (whose writes the check after reading it then sees).
+fn settled_metadata(path: &Path) -> std::io::Result<std::fs::Metadata> {
+    let mut m = std::fs::symlink_metadata(path)?;
+    for _ in 0..3 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let wait = racy_for(&m, now);
+        if wait.is_zero() {
+            break;
+        }
+        std::thread::sleep(wait);
+        m = std::fs::symlink_metadata(path)?;
+    }
+    Ok(m)
+}
+
 /// Builds the offer entry of a local file or empty directory.
 pub fn item_for(path: &Path, name: String, dir: bool) -> std::io::Result<Item> {
-    let m = std::fs::symlink_metadata(path)?;
+    let m = if dir {
+        std::fs::symlink_metadata(path)?
+    } else {
+        settled_metadata(path)?
+    };
     Ok(Item {
         path: path.to_path_buf(),
         offer: FileOffer {
@@ -1118,6 +1173,30 @@ pub async fn get(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 10, item 1: a file written just before it is offered gets its
+    /// token only once a later write would change it (its ctime is older
+    /// than the tick), so a same-size rewrite right after the send is not
+    /// found unchanged by the next one.
+    #[test]
+    fn a_token_is_taken_only_once_the_file_has_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        for _ in 0..5 {
+            std::fs::write(&p, b"one version").unwrap();
+            let item = item_for(&p, "f".into(), false).unwrap();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            assert!(racy_for(&m, now).is_zero(), "token taken while racy");
+            assert_eq!(item.offer.token, source_token(&m));
+            // A same-size write now lands in a later tick: a new token.
+            std::fs::write(&p, b"two version").unwrap();
+            let m2 = std::fs::symlink_metadata(&p).unwrap();
+            assert_ne!(source_token(&m2), item.offer.token);
+        }
+    }
 
     fn busy() -> NetError {
         NetError::Refused {
