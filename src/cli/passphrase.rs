@@ -145,18 +145,6 @@ fn given(src: &Source<'_>) -> Result<Option<Passphrase>> {
     })
 }
 
-/// Whether `get` would ask on the terminal for `src`.
-fn asks(src: &Source<'_>) -> bool {
-    src.file.is_none()
-        && std::env::var_os(src.file_var).is_none()
-        && !CAPTURED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|(n, _)| *n == src.var)
-        && std::io::stdin().is_terminal()
-}
-
 /// Tries on a terminal: a wrong passphrase, an empty one or two that differ
 /// are asked again this many times in all.
 pub const TRIES: usize = 3;
@@ -261,9 +249,11 @@ pub fn open_with<T>(
     src: &Source<'_>,
     mut open: impl FnMut(&Passphrase) -> std::result::Result<T, StoreError>,
 ) -> Result<T> {
-    if !asks(src) {
-        let pass = given(src)?.ok_or_else(|| no_terminal(src))?;
+    if let Some(pass) = given(src)? {
         return Ok(open(&pass)?);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(no_terminal(src));
     }
     let mut tried = 0;
     loop {
