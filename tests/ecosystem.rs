@@ -184,7 +184,15 @@ fn flags_are_listed_and_accepted_only_where_they_act() {
         let h = help(cmd);
         assert_eq!(h.contains("--passphrase-file"), *pass, "{cmd:?}:\n{h}");
         assert_eq!(h.contains("--quiet"), *quiet, "{cmd:?}:\n{h}");
+        // Only the commands that need no home leave `--home` out (and
+        // still accept it, as every command does).
+        let no_home = matches!(cmd, [c] if *c == "completions" || *c == "man");
+        assert_eq!(h.contains("--home"), !no_home, "{cmd:?}:\n{h}");
     }
+    Cmd::new(None, ["--home", "/nonexistent", "man"]).run().ok();
+    Cmd::new(None, ["completions", "--home", "/nonexistent", "bash"])
+        .run()
+        .ok();
     let top = help(&[]);
     assert!(
         top.contains("--passphrase-file") && top.contains("--quiet"),

@@ -448,7 +448,10 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let cli = Cli::parse();
+    let cli = {
+        use clap::FromArgMatches;
+        Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit())
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -463,17 +466,35 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The command line: `--home` (global, so every command accepts it) is
+/// accepted but not shown on the commands that need no home.
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    for name in ["completions", "man"] {
+        // A subcommand's own `home` takes the place of the global one.
+        cmd = cmd.mut_subcommand(name, |c| {
+            c.arg(
+                clap::Arg::new("home")
+                    .long("home")
+                    .value_name("DIR")
+                    .value_parser(clap::value_parser!(PathBuf))
+                    .hide(true),
+            )
+        });
+    }
+    cmd
+}
+
 fn run(cli: Cli) -> Result<()> {
     // Neither needs a home: they only describe the command line.
     match &cli.cmd {
         Command::Completions { shell } => {
-            use clap::CommandFactory;
-            clap_complete::generate(*shell, &mut Cli::command(), "p2pfs", &mut std::io::stdout());
+            clap_complete::generate(*shell, &mut command(), "p2pfs", &mut std::io::stdout());
             return Ok(());
         }
         Command::Man => {
-            use clap::CommandFactory;
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            clap_mangen::Man::new(command()).render(&mut std::io::stdout())?;
             return Ok(());
         }
         _ => {}

@@ -126,7 +126,7 @@ impl Conn {
 /// process's id in it), or says which process holds it.
 fn lock_serving(home: &std::path::Path) -> Result<std::fs::File> {
     use std::{
-        io::{Read, Seek, Write},
+        io::{Seek, Write},
         os::unix::fs::OpenOptionsExt,
     };
     let path = home.join("serve.lock");
@@ -141,14 +141,7 @@ fn lock_serving(home: &std::path::Path) -> Result<std::fs::File> {
     match f.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            let mut held = String::new();
-            let _ = (&f).take(32).read_to_string(&mut held);
-            let pid: String = held.chars().filter(char::is_ascii_digit).collect();
-            let by = if pid.is_empty() {
-                String::new()
-            } else {
-                format!(" (process {pid})")
-            };
+            let by = holder_pid(&f).map_or(String::new(), |pid| format!(" (process {pid})"));
             bail!(
                 "another `p2pfs serve` is already running on this home{by}: {}\nstop it first, or give this one its own node with --home DIR",
                 home.display()
@@ -165,10 +158,22 @@ fn lock_serving(home: &std::path::Path) -> Result<std::fs::File> {
     Ok(f)
 }
 
+/// The process id written in a held `serve.lock` (its first 32 bytes, a
+/// decimal pid above 1 that fits a `pid_t`); `None` when unreadable (the
+/// file is on disk: never trusted beyond that check).
+fn holder_pid(f: &std::fs::File) -> Option<u32> {
+    use std::io::Read;
+    let mut held = String::new();
+    (&*f).take(32).read_to_string(&mut held).ok()?;
+    held.trim()
+        .parse()
+        .ok()
+        .filter(|p| *p > 1 && *p <= i32::MAX as u32)
+}
+
 /// Asks the `serve` running on `home`, if any, to reload its name (a
 /// `SIGHUP` to the process that holds `HOME/serve.lock`); its pid if so.
 pub fn reload_running(home: &std::path::Path) -> Result<Option<u32>> {
-    use std::io::Read;
     let path = home.join("serve.lock");
     let f = match std::fs::File::open(&path) {
         Ok(f) => f,
@@ -183,11 +188,9 @@ pub fn reload_running(home: &std::path::Path) -> Result<Option<u32>> {
             return Err(e).with_context(|| format!("cannot lock {}", path.display()))
         }
     }
-    let mut held = String::new();
-    let _ = (&f).take(32).read_to_string(&mut held);
-    let pid: u32 = match held.trim().parse() {
-        Ok(p) if p > 1 && p <= i32::MAX as u32 => p,
-        _ => bail!(
+    let pid = match holder_pid(&f) {
+        Some(p) => p,
+        None => bail!(
             "a `p2pfs serve` holds {} but its process id is unreadable: restart it to take the new name",
             path.display()
         ),
