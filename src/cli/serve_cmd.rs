@@ -164,7 +164,7 @@ fn lock_serving(home: &std::path::Path) -> Result<std::fs::File> {
 fn holder_pid(f: &std::fs::File) -> Option<u32> {
     use std::io::Read;
     let mut held = String::new();
-    (&*f).take(32).read_to_string(&mut held).ok()?;
+    f.take(32).read_to_string(&mut held).ok()?;
     held.trim()
         .parse()
         .ok()
