@@ -414,6 +414,8 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<DiscoveryError>() {
             return match e {
                 DiscoveryError::NotFound { .. }
+                | DiscoveryError::NoPairing { .. }
+                | DiscoveryError::SeveralPairing { .. }
                 | DiscoveryError::Ambiguous { .. }
                 | DiscoveryError::Flooded { .. } => exit::PEER_NOT_FOUND,
                 _ => exit::FAILURE,

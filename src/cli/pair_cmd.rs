@@ -16,7 +16,7 @@ use p2pfs::{
     crypto::keys::PublicKey,
     net::{
         client::{self, Target},
-        endpoint,
+        discovery, endpoint,
         engine::Link,
         pair::{Binding, Code, Exchange, PairError, Role, Session, Step, CODE_LIFETIME},
         server, wire, KeyHint, NetError,
@@ -40,9 +40,14 @@ pub struct PairArgs {
     #[arg(value_name = "CODE")]
     pub code: Option<String>,
     /// Where the node showing the code listens (HOST[:PORT], port 47475 by
-    /// default), when it is not on this LAN.
+    /// default). Without it, the node showing the code is found on the LAN
+    /// (mDNS) by the code's number.
     #[arg(value_name = "PEER")]
     pub peer: Option<String>,
+    /// While showing a code: do not announce its number on the LAN (the
+    /// other node then needs this node's address).
+    #[arg(long)]
+    pub no_mdns: bool,
     /// What the other node may do here once paired: send, get, owner,
     /// comma-separated, or none.
     #[arg(long, value_delimiter = ',', default_value = "send")]
@@ -139,13 +144,14 @@ pub fn run(ctx: &Ctx, args: PairArgs) -> Result<()> {
     match typed {
         Some(c) => {
             let code = read_code(&c)?;
-            let Some(peer) = &args.peer else {
-                bail!(
-                    "give the address `p2pfs pair` printed on the other node: p2pfs pair CODE HOST:PORT"
-                )
+            let place = match &args.peer {
+                Some(peer) => Place::Given(send_cmd::parse_peer_with(
+                    peer,
+                    p2pfs::net::pair::DEFAULT_PAIR_PORT,
+                )?),
+                None => Place::Lan,
             };
-            let spec = send_cmd::parse_peer_with(peer, p2pfs::net::pair::DEFAULT_PAIR_PORT)?;
-            rt.block_on(join(ctx, &identity, code, &spec, &grant, args.json))
+            rt.block_on(join(ctx, &identity, code, place, &grant, args.json))
         }
         None => rt.block_on(host(ctx, &identity, &args, &grant)),
     }
@@ -161,21 +167,45 @@ async fn host(ctx: &Ctx, identity: &Identity, args: &PairArgs, grant: &[Capabili
         .context("cannot read the listening address")?;
     let code = Code::generate();
     let lifetime = Duration::from_secs(args.timeout).min(CODE_LIFETIME);
+    // Only the nameplate is announced; dropping the advertisement (on
+    // every way out) withdraws it.
+    let advert = if args.no_mdns {
+        None
+    } else {
+        match discovery::advertise_pairing(&identity.name, &identity.id(), local, code.nameplate())
+        {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("p2pfs: not announced on the LAN ({e}): the other node needs this node's address");
+                None
+            }
+        }
+    };
     if args.json {
         println!(
             "{}",
             json!({ "code": code.expose(), "listen": local.to_string(), "port": local.port(),
-                    "expires_in": lifetime.as_secs() })
+                    "expires_in": lifetime.as_secs(), "announced": advert.is_some() })
         );
     } else {
         println!("pairing code: {}", code.expose());
+        if advert.is_some() {
+            println!("On the other node run:  p2pfs pair {}", code.expose());
+            println!(
+                "  (from another network: p2pfs pair {} HOST:{}, HOST being this machine's address)",
+                code.expose(),
+                local.port()
+            );
+        } else {
+            println!(
+                "On the other node run:  p2pfs pair {} HOST:{}",
+                code.expose(),
+                local.port()
+            );
+            println!("  (HOST is this machine's address)");
+        }
         println!(
-            "On the other node run:  p2pfs pair {} HOST:{}",
-            code.expose(),
-            local.port()
-        );
-        println!(
-            "(HOST is this machine's address; the code works once, for {}, and 3 wrong tries end it)",
+            "The code works once, for {}, and 3 wrong tries end it.",
             humantime::format_duration(lifetime)
         );
     }
@@ -279,17 +309,52 @@ async fn host_attempt(
     }
 }
 
-/// Joins the session of the node at `spec` with `code`.
+/// Where the node showing the code is.
+enum Place {
+    /// At this address (`PEER`).
+    Given(send_cmd::PeerSpec),
+    /// On the LAN: the one node announcing the code's nameplate.
+    Lan,
+}
+
+/// How long `pair CODE` looks for the node showing it on the LAN.
+const LAN_WAIT: Duration = Duration::from_secs(5);
+
+/// The address, its label and the key announced for it, if any.
+async fn locate(
+    identity: &Identity,
+    code: &Code,
+    place: Place,
+) -> Result<(SocketAddr, String, Option<PublicKey>)> {
+    if let Place::Given(spec) = place {
+        let addr = send_cmd::resolve(&spec).await?;
+        return Ok((addr, spec.label(), spec.expected));
+    }
+    let plate = code.nameplate();
+    let found = discovery::browse_pairing(plate, LAN_WAIT).await?;
+    let host = discovery::pairing_host(&found, plate, &identity.id(), LAN_WAIT)?;
+    let addr = host
+        .socket_addrs()
+        .into_iter()
+        .next()
+        .context("the pairing record has no address")?;
+    Ok((
+        addr,
+        format!("{} at {addr}", host.shown_name()),
+        Some(host.id),
+    ))
+}
+
+/// Joins the session of the node at `place` with `code`.
 async fn join(
     ctx: &Ctx,
     identity: &Identity,
     code: Code,
-    spec: &send_cmd::PeerSpec,
+    place: Place,
     grant: &[Capability],
     json: bool,
 ) -> Result<()> {
-    let addr = send_cmd::resolve(spec).await?;
-    let label = spec.label();
+    let (addr, label, expected) = locate(identity, &code, place).await?;
     // The key that answers there; the proofs decide whether it is the
     // node that showed the code.
     let key = client::probe(&identity.keypair, addr, |_| {}).await?;
@@ -300,8 +365,8 @@ async fn join(
         }
         .into());
     }
-    if spec.expected.is_some_and(|e| e != key) {
-        bail!("another key than the one given answers at {label}: nothing was pinned");
+    if expected.is_some_and(|e| e != key) {
+        bail!("another key than the one given or announced answers at {label}: nothing was pinned");
     }
     let target = Target {
         addr,

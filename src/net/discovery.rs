@@ -26,6 +26,11 @@ use crate::{crypto::keys::PublicKey, store::format::validate_node_name, text};
 
 /// The DNS-SD service type of p2pfs nodes.
 pub const SERVICE_TYPE: &str = "_p2pfs._udp.local.";
+/// The DNS-SD service type of a node showing a pairing code (`p2pfs pair`):
+/// its record names the code's nameplate (not secret), never the code.
+pub const PAIR_SERVICE_TYPE: &str = "_p2pfs-pair._udp.local.";
+/// Largest pairing nameplate (`net::pair`).
+const MAX_PLATE: u16 = 99;
 /// The protocol version a node advertises in TXT `v` (ALPN `p2pfs/3`).
 pub const PROTOCOL_VERSION: &str = "3";
 /// Longest instance label we advertise, in bytes. DNS labels end at 63
@@ -79,6 +84,33 @@ pub enum DiscoveryError {
         /// What was asked for.
         query: String,
         /// The matching nodes (one per distinct id).
+        candidates: Vec<Peer>,
+    },
+    /// No node announces the pairing nameplate asked for.
+    #[error(
+        "no node showing a pairing code {plate}-… answered on the LAN (mDNS) within {} s: check \
+         that `p2pfs pair` still runs there and was not started with --no-mdns, or give its \
+         address: p2pfs pair CODE HOST (UDP port 47475 by default)",
+        waited.as_secs()
+    )]
+    NoPairing {
+        /// The nameplate.
+        plate: u16,
+        /// How long the LAN was browsed.
+        waited: Duration,
+    },
+    /// Several nodes announce the pairing nameplate asked for (two
+    /// pairings at once, or a spoofer): none is tried.
+    #[error(
+        "{} nodes show a pairing code {plate}-… on the LAN ({}); none was tried: give the address \
+         of the one you mean: p2pfs pair CODE HOST (UDP port 47475 by default)",
+        candidates.len(),
+        candidates.iter().map(|p| format!("{} (fingerprint {})", p.shown_name(), p.id.fingerprint())).collect::<Vec<_>>().join(", ")
+    )]
+    SeveralPairing {
+        /// The nameplate.
+        plate: u16,
+        /// One pair per distinct id.
         candidates: Vec<Peer>,
     },
     /// More records were announced than a browse keeps, so a second node
@@ -143,6 +175,9 @@ pub struct Peer {
     pub addresses: Vec<IpAddr>,
     /// Its UDP port.
     pub port: u16,
+    /// The pairing nameplate it shows (TXT `plate`, 1–99): pairing records
+    /// only, `None` on a node's record.
+    pub plate: Option<u16>,
     /// A goodbye (or a record of TTL 0) withdrew it during the browse. It
     /// still counts when deciding whether a word is ambiguous: anyone can
     /// send a goodbye in another node's name.
@@ -172,14 +207,39 @@ impl Peer {
             .collect()
     }
 
-    /// Reads a resolved record; `None` for foreign or malformed ones.
+    /// Reads a resolved node record; `None` for foreign or malformed ones.
     pub fn from_info(info: &ServiceInfo) -> Option<Peer> {
+        Self::from_record(info, SERVICE_TYPE)
+    }
+
+    /// Reads a resolved record of `service` ([`SERVICE_TYPE`] or
+    /// [`PAIR_SERVICE_TYPE`], which must name a valid nameplate); `None`
+    /// for foreign or malformed ones.
+    pub fn from_record(info: &ServiceInfo, service: &str) -> Option<Peer> {
         let fullname = info.get_fullname();
-        let cut = fullname.len().checked_sub(SERVICE_TYPE.len() + 1)?;
+        let cut = fullname.len().checked_sub(service.len() + 1)?;
         let (instance, suffix) = (fullname.get(..cut)?, fullname.get(cut..)?);
-        if !suffix.strip_prefix('.')?.eq_ignore_ascii_case(SERVICE_TYPE) {
+        if !suffix.strip_prefix('.')?.eq_ignore_ascii_case(service) {
             return None;
         }
+        let plate = if service == PAIR_SERVICE_TYPE {
+            let p = info.get_property_val_str("plate")?.trim();
+            // Digits only: no sign, no space, no leading zero.
+            if p.is_empty()
+                || p.len() > 2
+                || p.starts_with('0')
+                || !p.bytes().all(|b| b.is_ascii_digit())
+            {
+                return None;
+            }
+            Some(
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PLATE).contains(n))?,
+            )
+        } else {
+            None
+        };
         if instance.is_empty()
             || instance.len() > MAX_LABEL
             || instance.chars().any(text::is_forbidden_in_name)
@@ -217,6 +277,7 @@ impl Peer {
             id,
             addresses,
             port,
+            plate,
             withdrawn: false,
         })
     }
@@ -270,18 +331,33 @@ pub fn instance_label(name: &str) -> String {
 /// again when another responder re-announces the same instance with other
 /// records: keyed by the pair, a second id under a name is *added*, never
 /// replaces the first (which would let a spoofer take the name over).
-#[derive(Default)]
 struct Merged {
+    /// The service browsed.
+    service: &'static str,
     seen: BTreeMap<(String, PublicKey), Peer>,
     truncated: bool,
 }
 
+impl Default for Merged {
+    fn default() -> Self {
+        Self::of(SERVICE_TYPE)
+    }
+}
+
 impl Merged {
+    fn of(service: &'static str) -> Self {
+        Self {
+            service,
+            seen: BTreeMap::new(),
+            truncated: false,
+        }
+    }
+
     /// Applies one event; true when the set changed.
     fn apply(&mut self, ev: ServiceEvent) -> bool {
         match ev {
             ServiceEvent::ServiceResolved(info) => {
-                let Some(new) = Peer::from_info(&info) else {
+                let Some(new) = Peer::from_record(&info, self.service) else {
                     // Skipped, and nothing already seen is dropped: a
                     // malformed re-announcement must not hide a node.
                     tracing::debug!(
@@ -373,12 +449,73 @@ fn daemon() -> Result<ServiceDaemon, DiscoveryError> {
 /// every 50 ms, so it may also stop on time (see [`Lookup::settled`]).
 pub async fn browse(
     timeout: Duration,
+    stop_when: impl FnMut(&[Peer]) -> bool,
+) -> Result<Browsed, DiscoveryError> {
+    browse_service(SERVICE_TYPE, timeout, stop_when).await
+}
+
+/// Browses the LAN for nodes showing a pairing code with nameplate
+/// `plate`: every (instance, id) pair advertising it (live ones first), a
+/// short while after the first one (to notice a second node, or a
+/// spoofer, behind the same nameplate), or at `timeout`. What a record
+/// claims decides nothing: the code's proofs do (`net::pair`).
+pub async fn browse_pairing(plate: u16, timeout: Duration) -> Result<Browsed, DiscoveryError> {
+    let mut first: Option<Instant> = None;
+    let found = browse_service(PAIR_SERVICE_TYPE, timeout, |peers| {
+        if !peers.iter().any(|p| p.plate == Some(plate)) {
+            return false;
+        }
+        let now = Instant::now();
+        now.duration_since(*first.get_or_insert(now)) >= MATCH_GRACE
+    })
+    .await?;
+    Ok(Browsed {
+        peers: found
+            .peers
+            .into_iter()
+            .filter(|p| p.plate == Some(plate))
+            .collect(),
+        truncated: found.truncated,
+    })
+}
+
+/// The one node (other than `me`) a pairing browse found: none, or
+/// several distinct ids, is an error (by id, never by arrival; withdrawn
+/// records do not count: pairing trusts no record, the proofs decide).
+pub fn pairing_host(
+    found: &Browsed,
+    plate: u16,
+    me: &PublicKey,
+    waited: Duration,
+) -> Result<Peer, DiscoveryError> {
+    let mut ids: Vec<&Peer> = Vec::new();
+    for p in found
+        .live()
+        .filter(|p| p.plate == Some(plate) && p.id != *me)
+    {
+        if ids.iter().all(|q| q.id != p.id) {
+            ids.push(p);
+        }
+    }
+    match ids.as_slice() {
+        [] => Err(DiscoveryError::NoPairing { plate, waited }),
+        [one] => Ok((*one).clone()),
+        many => Err(DiscoveryError::SeveralPairing {
+            plate,
+            candidates: many.iter().map(|p| (*p).clone()).collect(),
+        }),
+    }
+}
+
+async fn browse_service(
+    service: &'static str,
+    timeout: Duration,
     mut stop_when: impl FnMut(&[Peer]) -> bool,
 ) -> Result<Browsed, DiscoveryError> {
     let d = daemon()?;
-    let rx = d.browse(SERVICE_TYPE).map_err(mdns_err)?;
+    let rx = d.browse(service).map_err(mdns_err)?;
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut merged = Merged::default();
+    let mut merged = Merged::of(service);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -401,7 +538,7 @@ pub async fn browse(
     }
     // The daemon blocks on a full event channel: let go of it first.
     drop(rx);
-    let _ = d.stop_browse(SERVICE_TYPE);
+    let _ = d.stop_browse(service);
     let _ = d.shutdown();
     Ok(Browsed {
         peers: merged.peers(),
@@ -576,6 +713,7 @@ pub enum AdvertEvent {
 /// which also waits for the goodbye to go out) withdraws it.
 pub struct Advertisement {
     daemon: ServiceDaemon,
+    service: &'static str,
     fullname: String,
     instance: String,
     monitor: mdns_sd::Receiver<DaemonEvent>,
@@ -591,6 +729,36 @@ pub fn advertise(
     name: &str,
     id: &PublicKey,
     bound: SocketAddr,
+) -> Result<Advertisement, DiscoveryError> {
+    advertise_service(SERVICE_TYPE, "p2pfs", name, id, bound, None)
+}
+
+/// Advertises that node `name` (`id`) shows a pairing code with nameplate
+/// `plate` on `bound` (as [`advertise`] does; the code itself never
+/// leaves the node). Dropping it withdraws it.
+pub fn advertise_pairing(
+    name: &str,
+    id: &PublicKey,
+    bound: SocketAddr,
+    plate: u16,
+) -> Result<Advertisement, DiscoveryError> {
+    advertise_service(
+        PAIR_SERVICE_TYPE,
+        "p2pfs-pair",
+        name,
+        id,
+        bound,
+        Some(plate),
+    )
+}
+
+fn advertise_service(
+    service: &'static str,
+    host_prefix: &str,
+    name: &str,
+    id: &PublicKey,
+    bound: SocketAddr,
+    plate: Option<u16>,
 ) -> Result<Advertisement, DiscoveryError> {
     let d = daemon()?;
     let ip = bound.ip();
@@ -609,23 +777,28 @@ pub fn advertise(
     let id_text = id.to_id();
     // The host name is per node, so it never collides with the machine's
     // own mDNS responder or with another node on the same host.
-    let host = format!("p2pfs-{}.local.", &id_text[..16]);
-    let props = [
+    // (A pairing node has a host name of its own beside its `serve`.)
+    let host = format!("{host_prefix}-{}.local.", &id_text[..16]);
+    let mut props = vec![
         ("v", PROTOCOL_VERSION.to_owned()),
         ("id", id_text),
         ("name", name.to_owned()),
     ];
+    if let Some(p) = plate {
+        props.push(("plate", p.to_string()));
+    }
     let info = if ip.is_unspecified() {
-        ServiceInfo::new(SERVICE_TYPE, &instance, &host, (), bound.port(), &props[..])
+        ServiceInfo::new(service, &instance, &host, (), bound.port(), &props[..])
             .map(ServiceInfo::enable_addr_auto)
     } else {
-        ServiceInfo::new(SERVICE_TYPE, &instance, &host, ip, bound.port(), &props[..])
+        ServiceInfo::new(service, &instance, &host, ip, bound.port(), &props[..])
     }
     .map_err(mdns_err)?;
     let fullname = info.get_fullname().to_owned();
     d.register(info).map_err(mdns_err)?;
     Ok(Advertisement {
         daemon: d,
+        service,
         fullname,
         instance,
         monitor,
@@ -651,7 +824,7 @@ impl Advertisement {
                 DaemonEvent::NameChange(c) if c.original.eq_ignore_ascii_case(&self.fullname) => {
                     let instance = c
                         .new_name
-                        .strip_suffix(&format!(".{SERVICE_TYPE}"))
+                        .strip_suffix(&format!(".{}", self.service))
                         .unwrap_or(&c.new_name)
                         .to_owned();
                     if instance != self.instance {
@@ -739,8 +912,98 @@ mod tests {
             id,
             addresses: vec!["10.0.0.1".parse().unwrap()],
             port: 47474,
+            plate: None,
             withdrawn: false,
         }
+    }
+
+    /// A pairing record reads its nameplate; one without a valid one (or a
+    /// node record read as a pairing one, and the reverse) is skipped.
+    #[test]
+    fn pairing_records_carry_a_valid_nameplate() {
+        let id = key();
+        let rec = |service: &str, plate: Option<&str>| {
+            let mut props = vec![("v", PROTOCOL_VERSION.to_owned()), ("id", id.to_id())];
+            if let Some(p) = plate {
+                props.push(("plate", p.to_owned()));
+            }
+            ServiceInfo::new(
+                service,
+                "pairing",
+                "h.local.",
+                "10.0.0.1",
+                47475,
+                &props[..],
+            )
+            .unwrap()
+        };
+        let p = Peer::from_record(&rec(PAIR_SERVICE_TYPE, Some("7")), PAIR_SERVICE_TYPE).unwrap();
+        assert_eq!((p.plate, p.id, p.port), (Some(7), id, 47475));
+        assert_eq!(
+            Peer::from_record(&rec(PAIR_SERVICE_TYPE, Some("99")), PAIR_SERVICE_TYPE)
+                .unwrap()
+                .plate,
+            Some(99)
+        );
+        for bad in [
+            None,
+            Some(""),
+            Some("0"),
+            Some("100"),
+            Some("07"),
+            Some("+7"),
+            Some("x"),
+        ] {
+            assert_eq!(
+                Peer::from_record(&rec(PAIR_SERVICE_TYPE, bad), PAIR_SERVICE_TYPE),
+                None,
+                "{bad:?}"
+            );
+        }
+        // A node record is no pairing record, nor the reverse; a node
+        // record's stray `plate` is not read.
+        assert_eq!(
+            Peer::from_record(&rec(SERVICE_TYPE, Some("7")), PAIR_SERVICE_TYPE),
+            None
+        );
+        assert_eq!(Peer::from_info(&rec(PAIR_SERVICE_TYPE, Some("7"))), None);
+        assert_eq!(
+            Peer::from_info(&rec(SERVICE_TYPE, Some("7")))
+                .unwrap()
+                .plate,
+            None
+        );
+    }
+
+    #[test]
+    fn one_pairing_host_or_an_error() {
+        let (me, a, b) = (key(), key(), key());
+        let rec = |name: &str, id, plate| Peer {
+            plate: Some(plate),
+            port: 47475,
+            ..peer(name, id)
+        };
+        let w = Duration::from_secs(5);
+        let f = found(vec![rec("a", a, 7), rec("b", b, 8), rec("me", me, 7)]);
+        assert_eq!(pairing_host(&f, 7, &me, w).unwrap().id, a);
+        assert!(matches!(
+            pairing_host(&f, 9, &me, w),
+            Err(DiscoveryError::NoPairing { plate: 9, .. })
+        ));
+        // Two ids behind one nameplate: neither is chosen.
+        let f = found(vec![rec("a", a, 7), rec("b", b, 7), rec("a2", a, 7)]);
+        match pairing_host(&f, 7, &me, w) {
+            Err(e @ DiscoveryError::SeveralPairing { .. }) => {
+                assert!(e.to_string().contains(&b.fingerprint()), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A withdrawn record is not a host to try.
+        let gone = Peer {
+            withdrawn: true,
+            ..rec("a", a, 7)
+        };
+        assert!(pairing_host(&found(vec![gone]), 7, &me, w).is_err());
     }
 
     fn found(peers: Vec<Peer>) -> Browsed {
