@@ -1080,3 +1080,73 @@ fn a_rename_while_serving_is_re_advertised_under_the_new_name() {
         .run()
         .code_is(PEER_NOT_FOUND);
 }
+
+/// `p2pfs pair CODE` with no address (README, *Pairing*): the joiner finds
+/// the node showing the code by its number over real mDNS between two
+/// namespaces, and both pin each other; a host started with `--no-mdns` is
+/// not found, and the joiner says so with the not-found code and pins
+/// nothing.
+#[test]
+fn pair_by_code_alone_finds_the_host_on_the_lan() {
+    let Some(lan) = Netns::lan("pair_by_code_alone_finds_the_host_on_the_lan") else {
+        return;
+    };
+    let (a, b) = (Node::new(), Node::new());
+    a.init("joiner");
+    b.init("shower");
+    let host = |extra: &[&str]| {
+        let mut args = vec!["pair", "--json"];
+        args.extend_from_slice(extra);
+        let mut p = cmd_in(&b, Some(lan.b()), args).spawn();
+        assert!(
+            p.wait_for_output("\"code\"", Duration::from_secs(20)),
+            "pair did not start:\n{}\n{}",
+            p.stdout_now(),
+            p.stderr_now()
+        );
+        let first: serde_json::Value =
+            serde_json::from_str(p.stdout_now().lines().next().unwrap()).unwrap();
+        (p, first)
+    };
+
+    // Not announced: nothing answers the nameplate, nothing is pinned.
+    let (mut quiet, shown) = host(&["--no-mdns"]);
+    assert_eq!(shown["announced"], false, "{shown}");
+    let code = shown["code"].as_str().unwrap().to_owned();
+    cmd_in(&a, Some(lan.a()), ["pair", &code])
+        .run()
+        .code_is(PEER_NOT_FOUND)
+        .says("no node showing a pairing code")
+        .says("--no-mdns");
+    assert!(trust_list(&a).is_empty());
+    quiet.signal(libc::SIGTERM);
+    let _ = quiet.wait_timeout(Duration::from_secs(10));
+    assert!(trust_list(&b).is_empty());
+
+    // Announced: the code alone is enough.
+    let (mut p, shown) = host(&[]);
+    assert_eq!(shown["announced"], true, "{shown}");
+    let code = shown["code"].as_str().unwrap().to_owned();
+    let r = cmd_in(&a, Some(lan.a()), ["pair", &code])
+        .run()
+        .ok()
+        .says("paired with \"shower\"");
+    assert!(
+        p.wait_timeout(Duration::from_secs(10)).is_some(),
+        "host did not end: {r}"
+    );
+    p.finish().ok();
+    let (ta, tb) = (trust_list(&a), trust_list(&b));
+    assert_eq!(ta.len(), 1, "{ta:?}");
+    assert_eq!(ta[0]["id"], b.id().id);
+    assert_eq!(tb.len(), 1, "{tb:?}");
+    assert_eq!(tb[0]["id"], a.id().id);
+    assert_eq!(tb[0]["allow"], serde_json::json!(["send"]));
+    // And a send by the peer's name needs nothing else.
+    let _srv = Serving::start(&b, Some(lan.b()), &[]);
+    let h = write_random(&a.path("after-pair.bin"), 200_000);
+    cmd_in(&a, Some(lan.a()), ["send", "after-pair.bin", "shower"])
+        .run()
+        .ok();
+    assert_eq!(exported_hash(&b, "after-pair.bin"), h);
+}
