@@ -1094,20 +1094,7 @@ fn pair_by_code_alone_finds_the_host_on_the_lan() {
     let (a, b) = (Node::new(), Node::new());
     a.init("joiner");
     b.init("shower");
-    let host = |extra: &[&str]| {
-        let mut args = vec!["pair", "--json"];
-        args.extend_from_slice(extra);
-        let mut p = cmd_in(&b, Some(lan.b()), args).spawn();
-        assert!(
-            p.wait_for_output("\"code\"", Duration::from_secs(20)),
-            "pair did not start:\n{}\n{}",
-            p.stdout_now(),
-            p.stderr_now()
-        );
-        let first: serde_json::Value =
-            serde_json::from_str(p.stdout_now().lines().next().unwrap()).unwrap();
-        (p, first)
-    };
+    let host = |extra: &[&str]| pair_host(&b, lan.b(), extra);
 
     // Not announced: nothing answers the nameplate, nothing is pinned.
     let (mut quiet, shown) = host(&["--no-mdns"]);
@@ -1149,4 +1136,94 @@ fn pair_by_code_alone_finds_the_host_on_the_lan() {
         .run()
         .ok();
     assert_eq!(exported_hash(&b, "after-pair.bin"), h);
+}
+
+/// Starts `pair --json EXTRA` of `node` in namespace `ns` (the default
+/// listen address); returns the process and its first line (the code).
+fn pair_host(node: &Node, ns: &str, extra: &[&str]) -> (Proc, serde_json::Value) {
+    let mut args = vec!["pair", "--json"];
+    args.extend_from_slice(extra);
+    start_pairing(cmd_in(node, Some(ns), args))
+}
+
+/// A pairing record decides nothing (PROTOCOL.md, *Finding the host*): a
+/// record from another responder that claims the nameplate under another
+/// id, pointing at the real host, is refused when the key that answers is
+/// not the announced one; next to the real host's own record, two ids
+/// behind one nameplate are refused with both fingerprints. Nothing is
+/// pinned on either side, and the host's code still works by address.
+#[test]
+fn a_spoofed_pairing_record_pairs_nobody() {
+    let test = "a_spoofed_pairing_record_pairs_nobody";
+    if !have_zeroconf(test) {
+        return;
+    }
+    let Some(lan) = Netns::lan(test) else {
+        return;
+    };
+    let (a, b, attacker) = (Node::new(), Node::new(), Node::new());
+    a.init("joiner");
+    b.init("shower");
+    attacker.init("shower");
+    let xid = attacker.id();
+    let spoof = |plate: &str, port: u64| {
+        let recs = serde_json::json!([{"type": "_p2pfs-pair._udp.local.", "instance": "shower",
+            "addresses": ["10.213.0.2"], "port": port,
+            "txt": {"v": "3", "id": xid.id, "name": "shower", "plate": plate}}]);
+        let py = Python::spawn(lan.b(), ZEROCONF_ADVERTISE, &[&recs.to_string(), "120"]);
+        assert!(
+            wait_until(Duration::from_secs(60), || py.stdout().contains("ready")),
+            "zeroconf did not register:\n{}",
+            py.describe()
+        );
+        py
+    };
+    let plate = |code: &str| code.split('-').next().unwrap().to_owned();
+
+    // The real host is quiet; the spoofer announces its nameplate with its
+    // own id at the real host's address.
+    let (mut p, shown) = pair_host(&b, lan.b(), &["--no-mdns"]);
+    let code = shown["code"].as_str().unwrap().to_owned();
+    let port = shown["port"].as_u64().unwrap();
+    let py = spoof(&plate(&code), port);
+    let r = cmd_in(&a, Some(lan.a()), ["pair", &code]).run();
+    assert_ne!(r.code(), Some(0), "{r}");
+    let r = r.says("another key than the one given or announced");
+    assert!(
+        trust_list(&a).is_empty() && trust_list(&b).is_empty(),
+        "{r}"
+    );
+    drop(py);
+    // The code was not used up: by address it pairs.
+    cmd_in(
+        &a,
+        Some(lan.a()),
+        ["pair", &code, &format!("10.213.0.2:{port}")],
+    )
+    .run()
+    .ok()
+    .says("paired with \"shower\"");
+    assert!(p.wait_timeout(Duration::from_secs(10)).is_some());
+    p.finish().ok();
+    assert_eq!(trust_list(&a).len(), 1);
+    cmd_in(&a, None, ["trust", "rm", &b.id().id]).run().ok();
+    cmd_in(&b, None, ["trust", "rm", &a.id().id]).run().ok();
+
+    // The real host announces too: two ids behind one nameplate.
+    let (mut p, shown) = pair_host(&b, lan.b(), &[]);
+    let code = shown["code"].as_str().unwrap().to_owned();
+    let port = shown["port"].as_u64().unwrap();
+    let _py = spoof(&plate(&code), port);
+    let r = cmd_in(&a, Some(lan.a()), ["pair", &code])
+        .run()
+        .code_is(PEER_NOT_FOUND)
+        .says("2 nodes show a pairing code")
+        .says(&xid.fingerprint)
+        .says(&b.id().fingerprint);
+    assert!(
+        trust_list(&a).is_empty() && trust_list(&b).is_empty(),
+        "{r}"
+    );
+    p.signal(libc::SIGTERM);
+    let _ = p.wait_timeout(Duration::from_secs(10));
 }

@@ -30,15 +30,7 @@ fn trusted(n: &Node) -> Vec<serde_json::Value> {
 fn host(host: &Node, extra: &[&str]) -> (Proc, String, u16) {
     let mut args = vec!["pair", "--json", "--listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
-    let mut p = host.spawn(args);
-    assert!(
-        p.wait_for_output("\"code\"", Duration::from_secs(20)),
-        "pair did not start:\n{}\n{}",
-        p.stdout_now(),
-        p.stderr_now()
-    );
-    let first: serde_json::Value =
-        serde_json::from_str(p.stdout_now().lines().next().unwrap()).unwrap();
+    let (p, first) = start_pairing(host.cmd(args));
     let code = first["code"].as_str().unwrap().to_owned();
     let port = first["port"].as_u64().unwrap() as u16;
     (p, code, port)

@@ -1106,3 +1106,19 @@ pub fn assert_plain_log_line(line: &str) {
         "no timestamp first in a log line: {line:?}"
     );
 }
+
+/// Spawns `cmd` (a `pair --json` that shows a code) and waits for its first
+/// line; returns the process and that line (`code`, `port`, …).
+pub fn start_pairing(cmd: Cmd) -> (Proc, serde_json::Value) {
+    let mut p = cmd.spawn();
+    assert!(
+        p.wait_for_output("\"code\"", Duration::from_secs(20)),
+        "pair did not start:\n{}\n{}",
+        p.stdout_now(),
+        p.stderr_now()
+    );
+    let first: serde_json::Value =
+        serde_json::from_str(p.stdout_now().lines().next().unwrap_or_default())
+            .expect("pair --json printed JSON first");
+    (p, first)
+}
