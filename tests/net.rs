@@ -956,7 +956,7 @@ fn ask_policy_prompts_on_the_terminal() {
     );
     let addr = format!("127.0.0.1:{port}");
     let mut stdin = child.stdin.take().unwrap();
-    for (answer, expect_ok) in [("n", false), ("y", true)] {
+    for (answer, expect_ok) in [("n", false), ("y", true), ("always", true)] {
         let before = out.lock().unwrap().matches("accept?").count();
         let sender = a.spawn(["send", "--trust-new", "asked.txt", &addr]);
         assert!(
@@ -993,6 +993,17 @@ fn ask_policy_prompts_on_the_terminal() {
         }
     }
     assert_eq!(b.list().len(), 1);
+    // "always" trusted the sender with send: its next offer is taken with
+    // no prompt.
+    let t: Vec<serde_json::Value> = b.run(["trust", "list", "--json"]).ok().json();
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert_eq!(t[0]["id"], a.id().id);
+    assert_eq!(t[0]["allow"], serde_json::json!(["send"]));
+    let prompts = out.lock().unwrap().matches("accept?").count();
+    write_random(&a.path("trusted.txt"), 999);
+    a.run(["send", "trusted.txt", &addr]).ok();
+    assert_eq!(b.list().len(), 2);
+    assert_eq!(out.lock().unwrap().matches("accept?").count(), prompts);
     // Stop serve itself (script(1) does not forward signals).
     let _ = Command::new("pkill")
         .args([

@@ -160,7 +160,10 @@ enum Command {
         /// `[::]` is IPv4 and IPv6 on one socket; `0.0.0.0:PORT` is IPv4 only.
         #[arg(long, default_value_t = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, p2pfs::net::DEFAULT_PORT)))]
         listen: std::net::SocketAddr,
-        /// Who may send: trusted (default), ask, any.
+        /// Who may send: trusted (default), ask, any. `ask` shows each
+        /// untrusted offer on the terminal (fingerprint, count, total, the
+        /// largest entries) and takes yes, no, or always (trust that node
+        /// with send from then on).
         #[arg(long, value_enum, default_value = "trusted")]
         accept: Accept,
         /// Do not advertise on the LAN (mDNS).

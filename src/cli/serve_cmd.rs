@@ -6,6 +6,7 @@ use std::{
     collections::HashMap,
     io::{BufRead, IsTerminal, Write},
     net::SocketAddr,
+    path::PathBuf,
     sync::Arc,
 };
 
@@ -20,13 +21,60 @@ use p2pfs::{
         server::{self, AcceptPolicy, Asker, ServerCtx},
         wire::{FileOffer, OfferTotals},
     },
-    store::trust::TrustStore,
+    store::trust::{Capability, TrustStore},
     text,
 };
 
 use super::{passphrase, progress, Ctx};
 
-struct TerminalAsker;
+/// Asks on the terminal; "always" also trusts the sender with `send` in
+/// this home's trust store, so its next offers need no prompt.
+struct TerminalAsker {
+    home: PathBuf,
+}
+
+/// What the user answered to an offer.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    No,
+    Yes,
+    Always,
+}
+
+impl Answer {
+    /// Anything but a clear yes or always is a no.
+    fn parse(line: &str) -> Self {
+        match line.trim().to_ascii_lowercase().as_str() {
+            "y" | "yes" => Self::Yes,
+            "a" | "always" => Self::Always,
+            _ => Self::No,
+        }
+    }
+}
+
+impl TerminalAsker {
+    /// Trusts `peer` with `send`; the offer is accepted even when that
+    /// cannot be recorded (the user said yes to it), with a warning.
+    fn always(&self, peer: &PublicKey) {
+        let saved = (|| -> anyhow::Result<()> {
+            let mut t = TrustStore::load(&self.home)?;
+            t.trust(peer, &[Capability::Send])?;
+            t.save()?;
+            Ok(())
+        })();
+        match saved {
+            Ok(()) => eprintln!(
+                "trusted node {} (fingerprint {}) to send from now on (undo: p2pfs trust rm {})",
+                peer,
+                peer.fingerprint(),
+                peer
+            ),
+            Err(e) => {
+                eprintln!("p2pfs: warning: accepted this once, but trusting the node failed: {e}")
+            }
+        }
+    }
+}
 
 /// Entries shown in a prompt: the largest first, so a huge file cannot hide
 /// behind many small ones.
@@ -64,13 +112,20 @@ impl Asker for TerminalAsker {
                 indicatif::HumanBytes(rest)
             );
         }
-        eprint!("accept? [y/N] ");
+        eprint!("accept? [y]es, [N]o, [a]lways (trust this node to send) ");
         let _ = std::io::stderr().flush();
         let mut line = String::new();
         if std::io::stdin().lock().read_line(&mut line).is_err() {
             return false;
         }
-        matches!(line.trim(), "y" | "Y" | "yes")
+        match Answer::parse(&line) {
+            Answer::No => false,
+            Answer::Yes => true,
+            Answer::Always => {
+                self.always(peer);
+                true
+            }
+        }
     }
 }
 
@@ -327,7 +382,11 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
             identity,
             vault,
             accept,
-            (accept == AcceptPolicy::Ask).then(|| Arc::new(TerminalAsker) as Arc<dyn Asker>),
+            (accept == AcceptPolicy::Ask).then(|| {
+                Arc::new(TerminalAsker {
+                    home: ctx.home.root().to_path_buf(),
+                }) as Arc<dyn Asker>
+            }),
             Limits {
                 idle,
                 partial_ttl,
@@ -508,4 +567,25 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     res?;
     Ok(())
+}
+
+#[cfg(test)]
+mod answer_tests {
+    use super::Answer;
+
+    #[test]
+    fn only_a_clear_yes_or_always_accepts() {
+        for (line, want) in [
+            ("y\n", Answer::Yes),
+            (" YES ", Answer::Yes),
+            ("a\n", Answer::Always),
+            ("Always", Answer::Always),
+            ("", Answer::No),
+            ("n", Answer::No),
+            ("yess", Answer::No),
+            ("ya", Answer::No),
+        ] {
+            assert_eq!(Answer::parse(line), want, "{line:?}");
+        }
+    }
 }
