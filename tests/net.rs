@@ -972,9 +972,19 @@ fn ask_policy_prompts_on_the_terminal() {
         let shown = out.lock().unwrap().clone();
         assert!(shown.contains(&a.id().fingerprint), "{shown}");
         assert!(shown.contains("asked.txt"), "{shown}");
+        // While the prompt waits, the sender says whom it waits for.
+        let waiting = format!("waiting for {} to accept", b.id().name);
+        assert!(
+            wait_until(Duration::from_secs(10), || sender
+                .stderr_now()
+                .contains(&waiting)),
+            "{}",
+            sender.stderr_now()
+        );
         writeln!(stdin, "{answer}").unwrap();
         stdin.flush().unwrap();
         let r = sender.finish();
+        assert!(r.stderr.contains("(up to 330 s)"), "{r}");
         if expect_ok {
             r.ok();
         } else {
@@ -1001,7 +1011,9 @@ fn ask_policy_prompts_on_the_terminal() {
     assert_eq!(t[0]["allow"], serde_json::json!(["send"]));
     let prompts = out.lock().unwrap().matches("accept?").count();
     write_random(&a.path("trusted.txt"), 999);
-    a.run(["send", "trusted.txt", &addr]).ok();
+    a.run(["send", "trusted.txt", &addr])
+        .ok()
+        .never_says("to accept");
     assert_eq!(b.list().len(), 2);
     assert_eq!(out.lock().unwrap().matches("accept?").count(), prompts);
     // Stop serve itself (script(1) does not forward signals).

@@ -739,6 +739,12 @@ pub(crate) fn ui_task(
                         );
                     }
                 }
+                // Shown with -q too (which drops only the bars): it
+                // explains a pause of up to minutes.
+                Event::Deciding { name, secs } => eprintln!(
+                    "waiting for {} to accept… (up to {secs} s)",
+                    text::escape(&name)
+                ),
                 Event::Resuming { name, percent } => {
                     if !quiet {
                         eprintln!("resuming {} at {percent}%", text::escape(&name));
@@ -953,6 +959,9 @@ fn event_json(
             "event": "connected", "peer": peer.to_id(), "fingerprint": peer.fingerprint(),
             "name": name, "first_contact": first_contact }),
         Event::Waiting { reason } => json!({ "event": "waiting", "reason": reason }),
+        Event::Deciding { name, secs } => {
+            json!({ "event": "deciding", "name": name, "secs": secs })
+        }
         Event::Start {
             files,
             bytes,

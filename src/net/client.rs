@@ -586,6 +586,13 @@ where
 
 /// Connects, authenticates and waits for the welcome, while the receiver
 /// is busy ([`while_busy`], reported as `Waiting`); reports `Connected`.
+/// How long a sender waits for the answer to its offer: longer than a
+/// receiver waits for its user (`server::PROMPT_TIMEOUT`, 300 s).
+const PLAN_WAIT: Duration = Duration::from_secs(330);
+/// After this long without an answer the sender says it is waiting for the
+/// receiver to accept (a plan normally comes in milliseconds).
+const DECIDING_NOTICE: Duration = Duration::from_millis(1500);
+
 async fn open_session(
     identity: &Keypair,
     target: &Target,
@@ -690,14 +697,23 @@ pub async fn send(
         },
     };
     a.link.send_msg(&request).await?;
-    let plans = match a
-        .link
-        .next_msg(
-            Duration::from_secs(330),
-            "waiting for the receiver to accept",
-        )
-        .await?
-    {
+    let answer = {
+        let reply = a
+            .link
+            .next_msg(PLAN_WAIT, "waiting for the receiver to accept");
+        tokio::pin!(reply);
+        tokio::select! {
+            r = &mut reply => r,
+            () = tokio::time::sleep(DECIDING_NOTICE) => {
+                let _ = events.send(Event::Deciding {
+                    name: peer_name.clone(),
+                    secs: PLAN_WAIT.as_secs(),
+                });
+                reply.await
+            }
+        }
+    };
+    let plans = match answer? {
         Msg::Plan { files } if files.len() == items.len() => files,
         Msg::Refused { code, message } => return Err(a.refused(code, &message).await),
         other => {

@@ -19,6 +19,14 @@ pub enum Event {
         /// The receiver's reason (checked peer text).
         reason: String,
     },
+    /// The receiver has not answered the offer yet (it may be asking its
+    /// user, `serve --accept ask`); the sender waits up to `secs`.
+    Deciding {
+        /// The receiver's name (its `Welcome.name`; display only).
+        name: String,
+        /// How long the sender waits for the answer, in seconds.
+        secs: u64,
+    },
     /// A transfer is starting.
     Start {
         /// Number of entries.
