@@ -329,6 +329,12 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     let rt = super::runtime(true)?;
     let quiet = ctx.quiet;
     let res = rt.block_on(async move {
+        // Stop signals are caught from before anything is printed: a
+        // SIGTERM right after the banner stops the node cleanly, never by
+        // the default disposition.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
         let ep = endpoint::server(listen)?;
         let may_send = p2pfs::store::trust::TrustStore::load(ctx.home.root())
             .map(|t| {
@@ -465,10 +471,9 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
             })
         });
         tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+                _ = int.recv() => {}
+                _ = term.recv() => {}
             }
             let _ = stop_tx.send(true);
         });
