@@ -646,10 +646,8 @@ async fn hostile(port: u16) -> sender::Authenticated {
         hint: KeyHint::Given,
     };
     let mut a = sender::connect(&me, &target).await.unwrap();
-    match a.link.recv.read_msg().await.unwrap() {
-        Some(Msg::Welcome { .. }) => a,
-        other => panic!("expected welcome, got {other:?}"),
-    }
+    a.welcome("hostile").await.expect("a welcome");
+    a
 }
 
 fn offer(name: &str, size: u64) -> FileOffer {
@@ -972,6 +970,9 @@ fn ask_policy_prompts_on_the_terminal() {
         let shown = out.lock().unwrap().clone();
         assert!(shown.contains(&a.id().fingerprint), "{shown}");
         assert!(shown.contains("asked.txt"), "{shown}");
+        // The sender's own name, marked as its claim (issue 10, item 7).
+        let claim = format!("node \"{}\" (its own name, unverified", a.id().name);
+        assert!(shown.contains(&claim), "{shown}");
         // While the prompt waits, the sender says whom it waits for.
         let waiting = format!("waiting for {} to accept", b.id().name);
         assert!(

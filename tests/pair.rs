@@ -140,6 +140,7 @@ fn a_serve_node_is_not_a_pairing_node() {
     let srv = Serving::start(&a, &["--accept", "any"]);
     let r = b.run(["pair", "7-orbit-velvet", &srv.addr()]);
     assert_ne!(r.code(), Some(0), "{r}");
+    r.says("that address is a `p2pfs serve`, not a `p2pfs pair`");
     assert!(trusted(&a)
         .iter()
         .all(|p| p["allow"] != serde_json::json!(["send"])));

@@ -292,7 +292,7 @@ fn hostile_fetch(b: &Node, a: &Node, s: &Serving, id: &str) -> String {
             hint: KeyHint::Given,
         };
         let mut c = client::connect(&me, &t).await.unwrap();
-        c.welcome().await.unwrap();
+        c.welcome("hostile").await.unwrap();
         let id: [u8; 16] = from_hex(id).unwrap();
         c.link
             .send_msg(&Msg::Fetch {
@@ -311,14 +311,14 @@ fn hostile_fetch(b: &Node, a: &Node, s: &Serving, id: &str) -> String {
 /// The vault header a listing carried to `b`, through the library.
 fn hostile_list_header(b: &Node, a: &Node, s: &Serving) -> Option<Vec<u8>> {
     use p2pfs::{
-        crypto::keys::{Keypair, PublicKey},
+        crypto::keys::PublicKey,
         net::{
             client::{self, Target},
             KeyHint,
         },
         store::home::Home,
     };
-    let me: Keypair = Home::new(&b.home).load_identity().unwrap().keypair;
+    let me = Home::new(&b.home).load_identity().unwrap();
     let t = Target {
         addr: s.addr().parse().unwrap(),
         label: s.addr(),

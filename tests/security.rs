@@ -64,6 +64,11 @@ async fn connect_as(me: &Keypair, port: u16) -> (sender::Authenticated, Msg) {
         hint: KeyHint::Given,
     };
     let mut a = sender::connect(me, &target).await.unwrap();
+    let hello = Msg::Hello {
+        version: "hostile".into(),
+        name: "hostile".into(),
+    };
+    wire::write_msg(&mut a.link.send, &hello).await.unwrap();
     let first = a.link.recv.read_msg().await.unwrap().unwrap();
     (a, first)
 }
@@ -331,6 +336,15 @@ async fn ik_as(
     let mut frame = (confirm.len() as u16).to_be_bytes().to_vec();
     frame.extend_from_slice(&confirm);
     send.write_all(&frame).await.unwrap();
+    // A client speaks first after the handshake (protocol 4).
+    let _ = wire::write_msg(
+        &mut send,
+        &Msg::Hello {
+            version: "hand-made".into(),
+            name: "hand-made".into(),
+        },
+    )
+    .await;
     let reply = tokio::time::timeout(Duration::from_secs(10), wire::read_msg(&mut recv))
         .await
         .ok()
@@ -486,6 +500,9 @@ fn a_stolen_vault_folder_cannot_be_decrypted_with_the_senders_help() {
         let session = handshake::respond(&mut recv, &mut send, &thief, &prologue)
             .await
             .unwrap();
+        let Some(Msg::Hello { .. }) = wire::read_msg(&mut recv).await.unwrap() else {
+            panic!("no hello")
+        };
         wire::write_msg(
             &mut send,
             &Msg::Welcome {
@@ -962,9 +979,12 @@ fn send_never_follows_a_symlink_swapped_in_after_the_walk() {
     let item = sender::item_for(&a.path("public.txt"), "public.txt".into(), false).unwrap();
     std::fs::remove_file(a.path("public.txt")).unwrap();
     std::os::unix::fs::symlink(a.path("private.txt"), a.path("public.txt")).unwrap();
-    let identity = Keypair::from_secret(p2pfs::crypto::keys::Secret32::from_bytes(
-        identity_secret(&a),
-    ));
+    let identity = p2pfs::store::home::Identity {
+        keypair: Keypair::from_secret(p2pfs::crypto::keys::Secret32::from_bytes(identity_secret(
+            &a,
+        ))),
+        name: a.id().name,
+    };
     let target = Target {
         addr: local(srv.port),
         label: srv.addr(),

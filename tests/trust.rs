@@ -376,6 +376,8 @@ fn a_refused_sender_is_pending_and_is_trusted_by_its_fingerprint() {
     assert_eq!(list[0]["fingerprint"], me.fingerprint.as_str());
     assert_eq!(list[0]["id"], me.id.as_str());
     assert_eq!(list[0]["times"], 2);
+    // What it calls itself (its Hello), shown as such.
+    assert_eq!(list[0]["name"], "alice", "{v}");
     assert_eq!(list[0]["trusted"], false);
     assert!(
         list[0]["address"]
@@ -385,6 +387,8 @@ fn a_refused_sender_is_pending_and_is_trusted_by_its_fingerprint() {
     );
     let text = b.run(["trust", "pending"]).ok();
     assert!(text.stdout.contains(&me.fingerprint), "{text}");
+    assert!(text.stdout.contains("CALLS ITSELF"), "{text}");
+    assert!(text.stdout.contains("alice"), "{text}");
     // Too short a prefix names nothing to trust.
     let r = b.run(["trust", "add", &me.id[..12]]);
     assert!(!r.status.success(), "{r}");

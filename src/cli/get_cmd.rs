@@ -23,6 +23,7 @@ use p2pfs::{
     store::{
         format::{EnvelopeBody, Kind},
         fsutil,
+        home::Identity,
         remote::{open_remote_envelope, open_remote_vault},
         shares::open_share,
         vault::{id_hex, Unlocked, Vault},
@@ -170,12 +171,12 @@ fn access_name(a: Access) -> &'static str {
 }
 
 /// Resolves PEER and lists what it lets this node fetch.
-async fn listing(ctx: &Ctx, identity: &Keypair, c: &Common) -> Result<(Vec<Target>, Listing)> {
-    let plan = send_cmd::plan(ctx, identity, classify(&c.peer)?, c.trust_new, c.json).await?;
+async fn listing(ctx: &Ctx, me: &Identity, c: &Common) -> Result<(Vec<Target>, Listing)> {
+    let plan = send_cmd::plan(ctx, &me.keypair, classify(&c.peer)?, c.trust_new, c.json).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
     let (res, proven) = first_that_answers(&plan.targets, tx, |t, tx| async move {
-        client::list(identity, &t, tx).await
+        client::list(me, &t, tx).await
     })
     .await;
     let _ = drain.await;
@@ -195,7 +196,7 @@ async fn listing(ctx: &Ctx, identity: &Keypair, c: &Common) -> Result<(Vec<Targe
 pub fn remote_list(ctx: &Ctx, c: Common) -> Result<()> {
     let identity = ctx.home.load_identity()?;
     let rt = super::runtime(false)?;
-    let (_, l) = rt.block_on(listing(ctx, &identity.keypair, &c))?;
+    let (_, l) = rt.block_on(listing(ctx, &identity, &c))?;
     let vault: &'static Vault = Box::leak(Box::new(ctx.home.vault()?));
     let mut keys = Keys::new(ctx, &identity.keypair, l.peer, &c, vault);
     let opened = keys.open_all(l.header.as_deref(), l.files)?;
@@ -383,7 +384,7 @@ pub fn get(ctx: &Ctx, c: Common, a: GetArgs) -> Result<()> {
         vault.check_pin()?;
     }
     let rt = super::runtime(true)?;
-    let (targets, l) = rt.block_on(listing(ctx, &identity.keypair, &c))?;
+    let (targets, l) = rt.block_on(listing(ctx, &identity, &c))?;
     let mut keys = Keys::new(ctx, &identity.keypair, l.peer, &c, vault);
     let opened = keys.open_all(l.header.as_deref(), l.files)?;
     let (chosen, folder) = select(opened, &a.what)?;
@@ -500,7 +501,7 @@ pub fn get(ctx: &Ctx, c: Common, a: GetArgs) -> Result<()> {
     };
     let res = rt.block_on(async {
         let target = &targets[0];
-        client::get(&identity.keypair, target, ids, a.streams, &mut pull, to, tx).await
+        client::get(&identity, target, ids, a.streams, &mut pull, to, tx).await
     });
     rt.block_on(async {
         let _ = ui.await;

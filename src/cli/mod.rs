@@ -320,6 +320,23 @@ pub fn peer_label(store: Option<&TrustStore>, key: &PublicKey) -> String {
     }
 }
 
+/// [`peer_label`], or for a peer without an alias the name it gives itself
+/// (`Hello`), marked as its claim: `FINGERPRINT (calls itself "NAME")`.
+pub fn claimed_label(store: Option<&TrustStore>, key: &PublicKey, claimed: &str) -> String {
+    match store
+        .and_then(|s| s.get(key))
+        .and_then(|p| p.aliases.first())
+    {
+        Some(_) => peer_label(store, key),
+        None if claimed.is_empty() => key.fingerprint(),
+        None => format!(
+            "{} (calls itself \"{}\")",
+            key.fingerprint(),
+            text::escape(claimed)
+        ),
+    }
+}
+
 /// Asks `question [y/N]` on the terminal (prompt on stderr, answer from
 /// stdin): true only for a yes.
 pub(crate) fn confirm(question: &str) -> bool {

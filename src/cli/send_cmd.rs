@@ -20,7 +20,7 @@ use p2pfs::{
         events::{Event, EventTx},
         KeyHint, NetError, DEFAULT_PORT,
     },
-    store::trust::TrustStore,
+    store::{home::Identity, trust::TrustStore},
     text,
 };
 
@@ -541,7 +541,7 @@ pub fn run(ctx: &Ctx, args: Vec<String>, flags: Flags) -> Result<()> {
         .block_on(until_there(wait, json, &peer, || {
             send(
                 ctx,
-                &identity.keypair,
+                &identity,
                 peer.clone(),
                 items.clone(),
                 opts.clone(),
@@ -588,7 +588,7 @@ fn stdin_item(paths: &[String], name: Option<String>) -> Result<sender::Item> {
 
 async fn send(
     ctx: &Ctx,
-    identity: &Keypair,
+    me: &Identity,
     peer: PeerArg,
     items: Vec<sender::Item>,
     opts: SendOptions,
@@ -598,13 +598,13 @@ async fn send(
     let Plan {
         targets,
         first_contact,
-    } = plan(ctx, identity, peer, trust_new, json).await?;
+    } = plan(ctx, &me.keypair, peer, trust_new, json).await?;
     let (tx, ui) = ui_task(json, ctx.quiet, first_contact, "sending");
     let home = ctx.home.root();
     let opts = &opts;
     let (res, proven) = first_that_answers(&targets, tx, |t, tx| {
         let items = items.clone();
-        async move { sender::send(identity, home, &t, items, opts, tx).await }
+        async move { sender::send(me, home, &t, items, opts, tx).await }
     })
     .await;
     let _ = ui.await;

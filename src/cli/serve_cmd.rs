@@ -83,9 +83,16 @@ const PROMPT_ENTRIES: usize = 10;
 const PROMPT_NAME: usize = 100;
 
 impl Asker for TerminalAsker {
-    fn ask(&self, peer: &PublicKey, files: &[FileOffer], totals: &OfferTotals) -> bool {
+    fn ask(
+        &self,
+        peer: &PublicKey,
+        claimed: &str,
+        files: &[FileOffer],
+        totals: &OfferTotals,
+    ) -> bool {
         eprintln!(
-            "\nnode {} (fingerprint {}) wants to send {} item(s), {} in all:",
+            "\nnode \"{}\" (its own name, unverified; node id {}, fingerprint {}) wants to send {} item(s), {} in all:",
+            text::escape(claimed),
             peer,
             peer.fingerprint(),
             files.len(),
@@ -483,17 +490,18 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
             // The peer's label: looked up in the trust store (which `trust`
             // commands change while serving) when its connection appears.
             let label = |peer: &PublicKey| super::peer_label(TrustStore::load(&home).ok().as_ref(), peer);
+            let claimed_label = |peer: &PublicKey, claimed: &str| super::claimed_label(TrustStore::load(&home).ok().as_ref(), peer, claimed);
             let human = |b: u64| indicatif::HumanBytes(b).to_string();
             while let Some(ev) = rx.recv().await {
                 match ev {
-                    ServerEvent::PeerConnected { peer, addr } => {
-                        let c = Conn { label: label(&peer), files: 0, bytes: 0, bar: None };
+                    ServerEvent::PeerConnected { peer, addr, claimed } => {
+                        let c = Conn { label: claimed_label(&peer, &claimed), files: 0, bytes: 0, bar: None };
                         if verbose {
                             println!("peer {} connected from {addr}", c.label);
                         }
                         conns.insert(peer, c);
                     }
-                    ServerEvent::PeerRefused { peer, reason } => println!("refused {} ({peer}): {reason}", label(&peer)),
+                    ServerEvent::PeerRefused { peer, claimed, reason } => println!("refused {} ({peer}): {reason}", claimed_label(&peer, &claimed)),
                     ServerEvent::Offer { peer, files, bytes, held } => {
                         let c = conns.entry(peer).or_insert_with(|| Conn { label: label(&peer), files: 0, bytes: 0, bar: None });
                         if files == 0 {

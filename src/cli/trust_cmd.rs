@@ -248,6 +248,7 @@ pub fn run(ctx: &Ctx, cmd: TrustCmd) -> Result<()> {
                             "id": e.key.to_id(),
                             "fingerprint": e.key.fingerprint(),
                             "address": e.addr,
+                            "name": e.name,
                             "last_refused": when(e.last),
                             "times": e.count,
                             "trusted": store.get(&e.key).is_some_and(|p| !p.allow.is_empty()),
@@ -259,13 +260,19 @@ pub fn run(ctx: &Ctx, cmd: TrustCmd) -> Result<()> {
                 eprintln!("(no sender was refused lately)");
             } else {
                 println!(
-                    "{:<19}  {:<21}  {:<24}  {:>5}  ID",
-                    "FINGERPRINT", "LAST REFUSED", "ADDRESS", "TIMES"
+                    "{:<19}  {:<16}  {:<21}  {:<24}  {:>5}  ID",
+                    "FINGERPRINT", "CALLS ITSELF", "LAST REFUSED", "ADDRESS", "TIMES"
                 );
                 for e in &seen {
+                    let name = if e.name.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        text::escape(&e.name)
+                    };
                     println!(
-                        "{:<19}  {:<21}  {:<24}  {:>5}  {}",
+                        "{:<19}  {:<16}  {:<21}  {:<24}  {:>5}  {}",
                         e.key.fingerprint(),
+                        name,
                         when(e.last),
                         text::escape(&e.addr),
                         e.count,

@@ -286,12 +286,20 @@ impl Drop for EntriesGuard {
 /// Asks the local user whether to accept an offer (blocking; runs on the
 /// prompt thread only).
 pub trait Asker: Send + Sync {
-    /// Returns true to accept.
-    fn ask(&self, peer: &PublicKey, files: &[FileOffer], totals: &OfferTotals) -> bool;
+    /// Returns true to accept. `claimed` is the name the peer gives itself
+    /// (`Hello`): a valid node name, unproven.
+    fn ask(
+        &self,
+        peer: &PublicKey,
+        claimed: &str,
+        files: &[FileOffer],
+        totals: &OfferTotals,
+    ) -> bool;
 }
 
 struct Question {
     peer: PublicKey,
+    claimed: String,
     files: Vec<FileOffer>,
     totals: OfferTotals,
     answer: oneshot::Sender<bool>,
@@ -315,7 +323,7 @@ impl PromptQueue {
                     if q.answer.is_closed() {
                         continue;
                     }
-                    let yes = asker.ask(&q.peer, &q.files, &q.totals);
+                    let yes = asker.ask(&q.peer, &q.claimed, &q.files, &q.totals);
                     let _ = q.answer.send(yes);
                 }
             })?;
@@ -326,6 +334,7 @@ impl PromptQueue {
     pub fn ask(
         &self,
         peer: PublicKey,
+        claimed: String,
         files: Vec<FileOffer>,
         totals: OfferTotals,
     ) -> Option<oneshot::Receiver<bool>> {
@@ -333,6 +342,7 @@ impl PromptQueue {
         self.tx
             .try_send(Question {
                 peer,
+                claimed,
                 files,
                 totals,
                 answer,
@@ -441,7 +451,7 @@ mod tests {
     // The receiver is only touched on the prompt thread.
     struct SlowAsker(Mutex<Slow>);
     impl Asker for SlowAsker {
-        fn ask(&self, _: &PublicKey, _: &[FileOffer], _: &OfferTotals) -> bool {
+        fn ask(&self, _: &PublicKey, _: &str, _: &[FileOffer], _: &OfferTotals) -> bool {
             let g = self.0.lock().unwrap();
             g.0.recv().is_ok()
         }
@@ -459,12 +469,16 @@ mod tests {
         )
         .unwrap();
         let t = OfferTotals::default();
-        let first = q.ask(PublicKey([1; 32]), vec![], t).unwrap();
+        let first = q.ask(PublicKey([1; 32]), String::new(), vec![], t).unwrap();
         // Give the thread time to take the first question off the queue.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let _second = q.ask(PublicKey([2; 32]), vec![], t).unwrap();
-        let _third = q.ask(PublicKey([3; 32]), vec![], t).unwrap();
-        assert!(q.ask(PublicKey([4; 32]), vec![], t).is_none(), "queue full");
+        let _second = q.ask(PublicKey([2; 32]), String::new(), vec![], t).unwrap();
+        let _third = q.ask(PublicKey([3; 32]), String::new(), vec![], t).unwrap();
+        assert!(
+            q.ask(PublicKey([4; 32]), String::new(), vec![], t)
+                .is_none(),
+            "queue full"
+        );
         go.send(()).unwrap();
         assert!(first.await.unwrap());
     }

@@ -39,6 +39,7 @@ use crate::{
     },
     store::{
         format::{Kind, Metadata},
+        home::Identity,
         partial::{open_key, seal_key_to, StagingKey},
         sent::{entry_tag, SentLog},
         vault::Vault,
@@ -459,8 +460,15 @@ impl Authenticated {
         refused(code, message)
     }
 
-    /// Waits for the peer's `Welcome` (its name, a valid node name).
-    pub async fn welcome(&mut self) -> Result<String, NetError> {
+    /// Says who this node is (`Hello`, with `name`, this node's name) and
+    /// waits for the peer's `Welcome` (its name, a valid node name).
+    pub async fn welcome(&mut self, name: &str) -> Result<String, NetError> {
+        self.link
+            .send_msg(&Msg::Hello {
+                version: env!("CARGO_PKG_VERSION").into(),
+                name: name.into(),
+            })
+            .await?;
         match self
             .link
             .next_msg(Duration::from_secs(60), "waiting for the peer's welcome")
@@ -594,14 +602,14 @@ const PLAN_WAIT: Duration = Duration::from_secs(330);
 const DECIDING_NOTICE: Duration = Duration::from_millis(1500);
 
 async fn open_session(
-    identity: &Keypair,
+    identity: &Identity,
     target: &Target,
     events: &EventTx,
 ) -> Result<(Authenticated, String), NetError> {
     let (a, name) = while_busy(
         || async {
-            let mut a = connect(identity, target).await?;
-            let name = a.welcome().await?;
+            let mut a = connect(&identity.keypair, target).await?;
+            let name = a.welcome(&identity.name).await?;
             Ok((a, name))
         },
         |reason| {
@@ -660,14 +668,15 @@ fn ui_reporter(events: &EventTx, start: u64) -> Reporter {
 
 /// Sends `items` to `target` (a push: this node is the source).
 pub async fn send(
-    identity: &Keypair,
+    me: &Identity,
     home: &Path,
     target: &Target,
     items: Vec<Item>,
     opts: &SendOptions,
     events: EventTx,
 ) -> Result<Summary, NetError> {
-    let (mut a, peer_name) = open_session(identity, target, &events).await?;
+    let (mut a, peer_name) = open_session(me, target, &events).await?;
+    let identity = &me.keypair;
     let peer = a.link.peer();
     if peer == identity.public() {
         a.close().await;
@@ -1016,12 +1025,8 @@ pub struct Listing {
 pub const MAX_LISTING: usize = 1_000_000;
 
 /// Lists what `target` lets this node fetch.
-pub async fn list(
-    identity: &Keypair,
-    target: &Target,
-    events: EventTx,
-) -> Result<Listing, NetError> {
-    let (mut a, peer_name) = open_session(identity, target, &events).await?;
+pub async fn list(me: &Identity, target: &Target, events: EventTx) -> Result<Listing, NetError> {
+    let (mut a, peer_name) = open_session(me, target, &events).await?;
     a.link.send_msg(&Msg::List).await?;
     let mut header = None;
     let mut files = Vec::new();
@@ -1108,7 +1113,7 @@ pub struct Pulled {
 
 /// Pulls `ids` from `target` (this node is the sink).
 pub async fn get(
-    identity: &Keypair,
+    me: &Identity,
     target: &Target,
     ids: Vec<FileId>,
     streams: usize,
@@ -1116,7 +1121,8 @@ pub async fn get(
     to: PullTo,
     events: EventTx,
 ) -> Result<Pulled, NetError> {
-    let (mut a, peer_name) = open_session(identity, target, &events).await?;
+    let (mut a, peer_name) = open_session(me, target, &events).await?;
+    let identity = &me.keypair;
     let peer = a.link.peer();
     a.link
         .send_msg(&Msg::Fetch {

@@ -1,4 +1,4 @@
-//! QUIC endpoints: rustls (ring provider, TLS 1.3 only, ALPN `p2pfs/3`) with
+//! QUIC endpoints: rustls (ring provider, TLS 1.3 only, ALPN `p2pfs/4`) with
 //! a throwaway self-signed certificate on the server, and a client that
 //! accepts any certificate but checks the handshake signature — the node
 //! identity is proved by Noise, not by TLS (`docs/PROTOCOL.md`).

@@ -105,11 +105,15 @@ pub enum ServerEvent {
         peer: PublicKey,
         /// Its address.
         addr: String,
+        /// The name it gives itself (`Hello`; unproven, display only).
+        claimed: String,
     },
     /// A peer was refused.
     PeerRefused {
         /// Its node id.
         peer: PublicKey,
+        /// The name it gives itself (`Hello`; unproven, display only).
+        claimed: String,
         /// Why.
         reason: String,
     },

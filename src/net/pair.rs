@@ -402,11 +402,9 @@ impl Exchange {
                     Role::Host => Msg::Done,
                 },
             }),
-            (_, _, Msg::Welcome { .. }) => Err(PairError::Protocol(
-                "that address is a `p2pfs serve`, not a `p2pfs pair`: give the address \
-                 `p2pfs pair` prints (its port is 47475 by default)"
-                    .into(),
-            )),
+            (_, _, Msg::Welcome { .. }) => {
+                Err(PairError::Protocol(super::server::NOT_A_PAIR_HOST.into()))
+            }
             (_, _, Msg::Refused { message, .. }) => Err(PairError::Protocol(format!(
                 "the other node refused: {}",
                 text::from_peer(&message)

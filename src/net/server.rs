@@ -266,6 +266,8 @@ async fn handle(
         session,
     };
     tracing::Span::current().record("peer", tracing::field::display(peer.fingerprint()));
+    // What the peer calls itself: display only, never a reason to trust.
+    let claimed = hello(&mut link).await?;
     let trust = TrustStore::load(ctx.home.root())?;
     let trusted_send = trust.allows(&peer, Capability::Send);
     let rights = Rights {
@@ -287,6 +289,7 @@ async fn handle(
         let _ = link.refuse(RefuseCode::Untrusted, message).await;
         let _ = ctx.events.send(ServerEvent::PeerRefused {
             peer,
+            claimed: claimed.clone(),
             reason: format!(
                 "not trusted (listed by `p2pfs trust pending`; let it in with `p2pfs trust add {}`)",
                 peer.fingerprint()
@@ -296,9 +299,12 @@ async fn handle(
         let _ = tokio::task::spawn_blocking(move || {
             log(&c, peer, LogAction::Refused, "connection", "not trusted");
             // For `p2pfs trust pending` and `trust add FINGERPRINT`.
-            if let Err(e) =
-                crate::store::pending::note_refused(c.home.root(), &peer, &addr.to_string())
-            {
+            if let Err(e) = crate::store::pending::note_refused(
+                c.home.root(),
+                &peer,
+                &addr.to_string(),
+                &claimed,
+            ) {
                 warn!("cannot note the refused sender: {e}");
             }
         })
@@ -322,6 +328,7 @@ async fn handle(
     let _ = ctx.events.send(ServerEvent::PeerConnected {
         peer,
         addr: addr.to_string(),
+        claimed: claimed.clone(),
     });
     // Only now may it open data streams and fill a full window.
     endpoint::authorise(&link.conn, rights.trusted);
@@ -330,7 +337,7 @@ async fn handle(
         name: ctx.name(),
     })
     .await?;
-    let result = request(&ctx, &mut link, rights, transfer).await;
+    let result = request(&ctx, &mut link, rights, transfer, &claimed).await;
     match &result {
         Ok(()) => {}
         Err(NetError::Tampered(m)) => {
@@ -364,6 +371,7 @@ async fn handle(
         Err(NetError::Refused { message, .. }) => {
             let _ = ctx.events.send(ServerEvent::PeerRefused {
                 peer,
+                claimed: claimed.clone(),
                 reason: message.clone(),
             });
         }
@@ -423,12 +431,46 @@ fn owner_allowed(trust: &TrustStore, peer: &PublicKey) -> bool {
     trust.allows(peer, Capability::Owner)
 }
 
+/// What a pairing joiner that reached `serve` is told.
+pub const NOT_A_PAIR_HOST: &str = "that address is a `p2pfs serve`, not a `p2pfs pair`: give the address `p2pfs pair` prints (its port is 47475 by default)";
+
+/// Reads the connecting node's `Hello`, the first message after the key
+/// confirmation, and returns the name it gives itself (a valid node name:
+/// `Msg::check` ran on it).
+async fn hello(link: &mut Link) -> Result<String, NetError> {
+    match tokio::time::timeout(AUTH_TIMEOUT, link.recv.read_msg())
+        .await
+        .map_err(|_| NetError::Timeout("waiting for the peer's hello"))??
+    {
+        Some(Msg::Hello { name, .. }) => Ok(name),
+        // `p2pfs pair --join` given this node's address: say where it went.
+        Some(Msg::PairStart { .. }) => {
+            let _ = link
+                .refuse(RefuseCode::BadOffer, NOT_A_PAIR_HOST.into())
+                .await;
+            close_with(&link.conn, close::PROTOCOL, "not a pairing host");
+            Err(NetError::Protocol(
+                "a pairing joiner connected to serve".into(),
+            ))
+        }
+        Some(other) => {
+            let e = NetError::Protocol(format!("expected a hello, got {}", other.kind()));
+            close_with(&link.conn, close::PROTOCOL, "expected a hello");
+            Err(e)
+        }
+        None => Err(NetError::ConnectionLost(
+            "the peer closed the connection before saying who it is".into(),
+        )),
+    }
+}
+
 /// Reads the peer's one request and carries it out within its rights.
 async fn request(
     ctx: &Arc<ServerCtx>,
     link: &mut Link,
     rights: Rights,
     transfer: TransferGuard,
+    claimed: &str,
 ) -> Result<(), NetError> {
     let peer = link.peer();
     let first = match tokio::time::timeout(Duration::from_secs(60), link.recv.read_msg())
@@ -464,9 +506,8 @@ async fn request(
                 link,
                 rights.send && rights.trusted,
                 transfer,
-                chunk_size,
-                again,
-                files,
+                (chunk_size, again, files),
+                claimed,
             )
             .await
         }
@@ -922,9 +963,8 @@ async fn receive(
     link: &mut Link,
     trusted: bool,
     transfer: TransferGuard,
-    chunk_size: u32,
-    again: bool,
-    files: Vec<FileOffer>,
+    (chunk_size, again, files): (u32, bool, Vec<FileOffer>),
+    claimed: &str,
 ) -> Result<(), NetError> {
     let peer = link.peer();
     let totals = match wire::validate_offer(chunk_size, &files) {
@@ -935,7 +975,10 @@ async fn receive(
                 .await)
         }
     };
-    if ctx.policy == AcceptPolicy::Ask && !trusted && !ask_user(ctx, peer, &files, totals).await {
+    if ctx.policy == AcceptPolicy::Ask
+        && !trusted
+        && !ask_user(ctx, peer, claimed, &files, totals).await
+    {
         let e = link
             .refuse(
                 RefuseCode::Declined,
@@ -973,11 +1016,12 @@ async fn receive(
 async fn ask_user(
     ctx: &ServerCtx,
     peer: PublicKey,
+    claimed: &str,
     files: &[FileOffer],
     totals: OfferTotals,
 ) -> bool {
     let Some(q) = &ctx.prompts else { return false };
-    let Some(answer) = q.ask(peer, files.to_vec(), totals) else {
+    let Some(answer) = q.ask(peer, claimed.into(), files.to_vec(), totals) else {
         return false;
     };
     matches!(

@@ -262,6 +262,16 @@ pub enum Msg {
         /// Capabilities granted to the peer (bit 0 send, 1 get, 2 owner).
         granted: u8,
     },
+    /// Client → server, the first message after the key confirmation
+    /// (since `p2pfs/4`): who the connecting node says it is. The name is
+    /// what the node calls itself, for prompts and logs only: it grants
+    /// nothing and is shown as claimed, next to the proven fingerprint.
+    Hello {
+        /// Software version.
+        version: String,
+        /// The connecting node's name (a valid node name).
+        name: String,
+    },
 }
 
 /// One entry of a deposit: what the storing node may know of it.
@@ -380,6 +390,7 @@ impl Msg {
             Msg::PairStart { .. } => "PairStart",
             Msg::PairProof { .. } => "PairProof",
             Msg::Paired { .. } => "Paired",
+            Msg::Hello { .. } => "Hello",
         }
     }
 
@@ -390,7 +401,7 @@ impl Msg {
     /// Offers are checked against the budgets by [`validate_offer`].
     pub fn check(&self) -> Result<(), NetError> {
         match self {
-            Msg::Welcome { version, name } => {
+            Msg::Welcome { version, name } | Msg::Hello { version, name } => {
                 if version.len() > MAX_VERSION
                     || version.chars().any(crate::text::is_forbidden_in_name)
                 {
@@ -919,6 +930,18 @@ mod tests {
                 file: 0,
                 wrapped_key: vec![0; 47],
                 fresh: false,
+            },
+            Msg::Hello {
+                version: "4".into(),
+                name: "laptop\u{1b}]0;owned\u{7}".into(),
+            },
+            Msg::Hello {
+                version: "4".into(),
+                name: "n".repeat(4096),
+            },
+            Msg::Hello {
+                version: "v".repeat(MAX_VERSION + 1),
+                name: "ok".into(),
             },
         ];
         for m in &bad {

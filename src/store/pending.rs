@@ -20,7 +20,7 @@ use std::{
 
 use super::{
     error::Result,
-    format::{begin, checked, with_checksum},
+    format::{begin_v, checked, checked_v, validate_node_name, with_checksum, MAX_NODE_NAME},
     fsutil,
 };
 use crate::{
@@ -29,6 +29,9 @@ use crate::{
 };
 
 const MAGIC: &[u8; 8] = b"P2PFSPD\0";
+/// Version 2 adds the name each sender gave itself; version 1 (no names)
+/// is still read.
+const RECORD_VERSION: u16 = 2;
 /// Most entries kept; the least recently refused go first.
 pub const MAX_ENTRIES: usize = 64;
 /// Entries not refused again for this long are dropped (7 days).
@@ -46,6 +49,9 @@ pub struct Seen {
     pub key: PublicKey,
     /// Where it came from last (`ip:port`).
     pub addr: String,
+    /// The name it gave itself last (`Hello`: unproven; empty when not
+    /// known), a valid node name.
+    pub name: String,
     /// When it was last refused (Unix seconds).
     pub last: i64,
     /// How often it was refused while in the record.
@@ -61,7 +67,10 @@ pub struct Pending {
 }
 
 fn decode(bytes: &[u8]) -> Result<Vec<Seen>, super::format::FormatError> {
-    let body = checked(bytes, MAGIC)?;
+    let (body, named) = match checked_v(bytes, MAGIC, RECORD_VERSION) {
+        Ok(b) => (b, true),
+        Err(_) => (checked(bytes, MAGIC)?, false),
+    };
     let mut r = Reader::new(&body[10..]);
     let n = usize::from(r.u16("entry count")?);
     if n > MAX_ENTRIES {
@@ -79,9 +88,21 @@ fn decode(bytes: &[u8]) -> Result<Vec<Seen>, super::format::FormatError> {
         let addr = std::str::from_utf8(r.bytes(len, "address")?)
             .map_err(|_| DecodeError::Invalid("address"))?
             .to_owned();
+        let name = if named {
+            let len = usize::from(r.u8("name length")?);
+            let name = std::str::from_utf8(r.bytes(len, "name")?)
+                .map_err(|_| DecodeError::Invalid("name"))?;
+            if !name.is_empty() && validate_node_name(name).is_err() {
+                return Err(DecodeError::Invalid("name").into());
+            }
+            name.to_owned()
+        } else {
+            String::new()
+        };
         out.push(Seen {
             key,
             addr,
+            name,
             last,
             count,
         });
@@ -117,7 +138,7 @@ impl Pending {
     pub fn open(home: &Path) -> Result<Self> {
         let lock = fsutil::lock_exclusive(&home.join("pending.lock"))?;
         let path = home.join("pending");
-        let limit = (MAX_ENTRIES * (32 + 8 + 4 + 1 + MAX_ADDR) + 64) as u64;
+        let limit = (MAX_ENTRIES * (32 + 8 + 4 + 1 + MAX_ADDR + 1 + MAX_NODE_NAME) + 64) as u64;
         let mut entries = fsutil::read_cache(
             &path,
             limit,
@@ -138,17 +159,23 @@ impl Pending {
         &self.entries
     }
 
-    /// Notes that `key` was refused, coming from `addr`, now.
-    pub fn record(&mut self, key: &PublicKey, addr: &str) {
+    /// Notes that `key`, calling itself `name`, was refused, coming from
+    /// `addr`, now. A name that is not a valid node name is kept empty.
+    pub fn record(&mut self, key: &PublicKey, addr: &str, name: &str) {
         let count = match self.entries.iter().position(|e| e.key == *key) {
             Some(i) => self.entries.remove(i).count.saturating_add(1),
             None => 1,
         };
         // `bounded` may add `…` (3 bytes) to what it cut.
         let addr = crate::text::bounded(addr, MAX_ADDR - 3);
+        let name = match validate_node_name(name) {
+            Ok(()) => name.to_owned(),
+            Err(_) => String::new(),
+        };
         self.entries.push(Seen {
             key: *key,
             addr,
+            name,
             last: now_secs(),
             count,
         });
@@ -176,24 +203,27 @@ impl Pending {
 
     /// Writes the record atomically.
     pub fn save(&self) -> Result<()> {
-        let mut w = begin(MAGIC);
+        let mut w = begin_v(MAGIC, RECORD_VERSION);
         w.u16(self.entries.len() as u16);
         for e in &self.entries {
             let addr = e.addr.as_bytes();
+            let name = e.name.as_bytes();
             w.bytes(e.key.as_bytes())
                 .i64(e.last)
                 .u32(e.count)
                 .u8(addr.len() as u8)
-                .bytes(addr);
+                .bytes(addr)
+                .u8(name.len() as u8)
+                .bytes(name);
         }
         fsutil::write_atomic(&self.path, &with_checksum(w))
     }
 }
 
 /// Notes a refused sender (best effort: the caller logs a failure).
-pub fn note_refused(home: &Path, key: &PublicKey, addr: &str) -> Result<()> {
+pub fn note_refused(home: &Path, key: &PublicKey, addr: &str, name: &str) -> Result<()> {
     let mut p = Pending::open(home)?;
-    p.record(key, addr);
+    p.record(key, addr, name);
     p.save()
 }
 
@@ -209,17 +239,17 @@ mod tests {
     fn refused_senders_are_kept_bounded_and_named_only_by_fingerprint_or_a_long_prefix() {
         let dir = tempfile::tempdir().unwrap();
         for i in 0..(MAX_ENTRIES as u8 + 10) {
-            note_refused(dir.path(), &key(i), &format!("10.0.0.{i}:5000")).unwrap();
+            note_refused(dir.path(), &key(i), &format!("10.0.0.{i}:5000"), "box").unwrap();
         }
-        note_refused(dir.path(), &key(70), "10.0.0.99:1").unwrap();
+        note_refused(dir.path(), &key(70), "10.0.0.99:1", "laptop").unwrap();
         let p = Pending::open(dir.path()).unwrap();
         assert_eq!(p.entries().len(), MAX_ENTRIES);
         // The oldest went first; a repeat moves to the end and counts.
         assert!(p.named(&key(0).fingerprint()).is_empty());
         let last = p.entries().last().unwrap();
         assert_eq!(
-            (last.key, last.count, last.addr.as_str()),
-            (key(70), 2, "10.0.0.99:1")
+            (last.key, last.count, last.addr.as_str(), last.name.as_str()),
+            (key(70), 2, "10.0.0.99:1", "laptop")
         );
         // By fingerprint, dashes and case as typed.
         let fp = key(40).fingerprint();
@@ -238,18 +268,39 @@ mod tests {
         std::fs::write(dir.path().join("pending"), b"garbage").unwrap();
         assert!(Pending::open(dir.path()).unwrap().entries().is_empty());
         let mut p = Pending::open(dir.path()).unwrap();
-        p.record(&key(1), "a");
+        p.record(&key(1), "a", "x");
         p.entries[0].last -= MAX_AGE_SECS + 1;
-        p.record(&key(2), "b");
+        p.record(&key(2), "b", "bad\u{1b}[2J");
         p.save().unwrap();
         drop(p);
         let p = Pending::open(dir.path()).unwrap();
         assert_eq!(p.entries().len(), 1);
         assert_eq!(p.entries()[0].key, key(2));
+        // A name that is not a valid node name is not kept.
+        assert_eq!(p.entries()[0].name, "");
         let mode = std::fs::metadata(dir.path().join("pending"))
             .unwrap()
             .permissions();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_version_1_record_without_names_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = crate::store::format::begin(MAGIC);
+        w.u16(1)
+            .bytes(key(9).as_bytes())
+            .i64(now_secs())
+            .u32(3)
+            .u8(4)
+            .bytes(b"a:11");
+        std::fs::write(dir.path().join("pending"), with_checksum(w)).unwrap();
+        let p = Pending::open(dir.path()).unwrap();
+        let e = &p.entries()[0];
+        assert_eq!(
+            (e.key, e.count, e.addr.as_str(), e.name.as_str()),
+            (key(9), 3, "a:11", "")
+        );
     }
 }

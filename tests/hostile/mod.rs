@@ -108,6 +108,10 @@ async fn serve(conn: quinn::Connection, identity: &Keypair, script: &Script) -> 
     handshake::respond(&mut recv, &mut send, identity, &prologue)
         .await
         .ok()?;
+    // The sender speaks first (protocol 4): its Hello.
+    let Ok(Some(Msg::Hello { .. })) = wire::read_msg(&mut recv).await else {
+        return None;
+    };
     // As a real receiver does once it accepts the sender.
     p2pfs::net::endpoint::authorise(&conn, true);
     let welcome = Msg::Welcome {
