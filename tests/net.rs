@@ -917,6 +917,8 @@ fn ask_policy_prompts_on_the_terminal() {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let (a, b) = nodes();
+    let carol = Node::new();
+    carol.init("carol");
     write_random(&a.path("asked.txt"), 1234);
     let port = free_udp_port();
     let bin = env!("CARGO_BIN_EXE_p2pfs");
@@ -982,8 +984,35 @@ fn ask_policy_prompts_on_the_terminal() {
             "{}",
             sender.stderr_now()
         );
+        // A line the receiver prints while the prompt waits is held until
+        // the answer: it never cuts into the question (issue 10, item 7).
+        let carol_id = carol.id().id;
+        if answer == "n" {
+            carol
+                .run(["remote", "list", &format!("{}@{addr}", b.id().id)])
+                .code_is(11);
+            std::thread::sleep(Duration::from_millis(500));
+            let shown = out.lock().unwrap().clone();
+            assert!(
+                !shown.contains(&carol_id),
+                "printed during the prompt:\n{shown}"
+            );
+        }
         writeln!(stdin, "{answer}").unwrap();
         stdin.flush().unwrap();
+        if answer == "n" {
+            assert!(
+                wait_until(Duration::from_secs(10), || seen(&carol_id)),
+                "the held line never came:\n{}",
+                out.lock().unwrap()
+            );
+            let shown = out.lock().unwrap().clone();
+            let (q, held) = (
+                shown.rfind("accept?").unwrap(),
+                shown.find(&carol_id).unwrap(),
+            );
+            assert!(held > q, "{shown}");
+        }
         let r = sender.finish();
         assert!(r.stderr.contains("(up to 330 s)"), "{r}");
         if expect_ok {

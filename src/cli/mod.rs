@@ -2,6 +2,7 @@
 //! calls; progress bars (indicatif) and exit codes. No protocol or crypto
 //! logic lives here.
 
+mod console;
 mod get_cmd;
 mod pair_cmd;
 mod passphrase;
@@ -468,7 +469,8 @@ pub fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("P2PFS_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
-        .with_writer(std::io::stderr)
+        // Through the console: a log line never cuts into a prompt.
+        .with_writer(console::LogWriter)
         .try_init();
     let cli = {
         use clap::FromArgMatches;

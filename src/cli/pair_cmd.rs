@@ -106,7 +106,7 @@ fn rights_text(caps: &[Capability]) -> String {
 /// What both sides record once the proofs check: the peer's key pinned,
 /// the rights given to it, its name, and its name as an alias when free.
 fn record(home: &Path, peer: &PublicKey, name: &str, grant: &[Capability]) -> Result<String> {
-    let mut t = TrustStore::load(home)?;
+    let mut t = TrustStore::load_for_change(home)?;
     t.pin_key(peer)?;
     t.trust(peer, grant)?;
     t.set_peer_name(peer, name);

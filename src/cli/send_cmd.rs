@@ -219,7 +219,7 @@ fn not_self(identity: &Keypair, c: &Contact) -> Result<()> {
 }
 
 fn pin_first_contact(home: &Path, c: &Contact) -> Result<()> {
-    let mut trust = TrustStore::load(home)?;
+    let mut trust = TrustStore::load_for_change(home)?;
     trust.pin_key(&c.key)?;
     if let Some(a) = c.pin_addr {
         trust.pin_address(&c.key, a)?;
@@ -796,7 +796,7 @@ pub(crate) fn ui_task(
 /// transfer's outcome stands.
 pub(crate) fn pin_proven(home: &Path, t: &Target, peer_name: Option<&str>) {
     let pinned = (|| -> Result<bool> {
-        let mut trust = TrustStore::load(home)?;
+        let mut trust = TrustStore::load_for_change(home)?;
         let new = trust.get(&t.expected).is_none();
         trust.pin_address(&t.expected, &t.label)?;
         if let Some(n) = peer_name {

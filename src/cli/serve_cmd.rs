@@ -25,6 +25,7 @@ use p2pfs::{
     text,
 };
 
+use super::console::{self, errln, outln};
 use super::{passphrase, progress, Ctx};
 
 /// Asks on the terminal; "always" also trusts the sender with `send` in
@@ -57,7 +58,7 @@ impl TerminalAsker {
     /// cannot be recorded (the user said yes to it), with a warning.
     fn always(&self, peer: &PublicKey) {
         let saved = (|| -> anyhow::Result<()> {
-            let mut t = TrustStore::load(&self.home)?;
+            let mut t = TrustStore::load_for_change(&self.home)?;
             t.trust(peer, &[Capability::Send])?;
             t.save()?;
             Ok(())
@@ -84,6 +85,20 @@ const PROMPT_NAME: usize = 100;
 
 impl Asker for TerminalAsker {
     fn ask(
+        &self,
+        peer: &PublicKey,
+        claimed: &str,
+        files: &[FileOffer],
+        totals: &OfferTotals,
+    ) -> bool {
+        // Every other line waits until the user has answered.
+        console::prompt(|| self.ask_now(peer, claimed, files, totals))
+    }
+}
+
+impl TerminalAsker {
+    /// Writes the question and reads the answer (the console is held).
+    fn ask_now(
         &self,
         peer: &PublicKey,
         claimed: &str,
@@ -178,8 +193,8 @@ struct Conn {
 impl Conn {
     fn println(&self, line: &str) {
         match &self.bar {
-            Some(b) => b.suspend(|| println!("{line}")),
-            None => println!("{line}"),
+            Some(b) => console::out_via(line, |l| b.suspend(|| println!("{l}"))),
+            None => console::out(line),
         }
     }
 }
@@ -303,7 +318,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
             &pass,
             KdfParams::DEFAULT,
         )?;
-        println!(
+        outln!(
             "created node {} in {}",
             ident.name,
             ctx.home.root().display()
@@ -321,17 +336,17 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     vault.check_pin()?;
     match vault.remove_orphan_partials() {
         Ok(Some(n)) if n > 0 => {
-            eprintln!("p2pfs: removed {n} interrupted reception(s) that ended before their first checkpoint (nothing of them could resume)")
+            errln!("p2pfs: removed {n} interrupted reception(s) that ended before their first checkpoint (nothing of them could resume)")
         }
         Ok(_) => {}
-        Err(e) => eprintln!("p2pfs: warning: cannot clean the staging area: {e}"),
+        Err(e) => errln!("p2pfs: warning: cannot clean the staging area: {e}"),
     }
     match vault.drop_legacy_partials() {
         Ok(0) => {}
-        Ok(n) => eprintln!(
+        Ok(n) => errln!(
             "p2pfs: removed {n} interrupted transfer(s) kept in the old partial format, which stored file names in clear; they will be sent again in full"
         ),
-        Err(e) => eprintln!("p2pfs: warning: cannot remove old-format partials: {e}"),
+        Err(e) => errln!("p2pfs: warning: cannot remove old-format partials: {e}"),
     }
     let rt = super::runtime(true)?;
     let quiet = ctx.quiet;
@@ -352,11 +367,11 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
             })
             .unwrap_or(0);
         let local = ep.local_addr().context("cannot read the listening address")?;
-        println!("p2pfs node {}", identity.name);
-        println!("  id:          {}", identity.id());
-        println!("  fingerprint: {}", identity.id().fingerprint());
-        println!("  listening:   {local} (UDP)");
-        println!(
+        outln!("p2pfs node {}", identity.name);
+        outln!("  id:          {}", identity.id());
+        outln!("  fingerprint: {}", identity.id().fingerprint());
+        outln!("  listening:   {local} (UDP)");
+        outln!(
             "  accepting:   {}",
             match accept {
                 // The hint only while no peer may send here yet.
@@ -366,7 +381,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
                 AcceptPolicy::Any => "ANY peer (open drop box)",
             }
         );
-        println!("  vault key:   {} (files are stored sealed; reading them needs the passphrase)", vault.public_key().fingerprint());
+        outln!("  vault key:   {} (files are stored sealed; reading them needs the passphrase)", vault.public_key().fingerprint());
         let node_name = identity.name.clone();
         let local_id = identity.id();
         // Advertise only once the endpoint is bound, on the port it got.
@@ -375,18 +390,18 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
                 Ok(mut a) => {
                     // Say "advertised" once it is true: after mDNS probing.
                     if !a.announced(std::time::Duration::from_secs(5)).await {
-                        eprintln!("p2pfs: warning: the mDNS announcement is not confirmed yet; discovery may take a few seconds");
+                        errln!("p2pfs: warning: the mDNS announcement is not confirmed yet; discovery may take a few seconds");
                     }
-                    println!("  discovery:   advertised on the LAN as {:?} (mDNS {})", a.instance(), discovery::SERVICE_TYPE);
+                    outln!("  discovery:   advertised on the LAN as {:?} (mDNS {})", a.instance(), discovery::SERVICE_TYPE);
                     Some(a)
                 }
                 Err(e) => {
-                    eprintln!("p2pfs: warning: not advertised on the LAN: {e}");
+                    errln!("p2pfs: warning: not advertised on the LAN: {e}");
                     None
                 }
             }
         } else {
-            println!("  discovery:   off (--no-mdns): peers must give this node's address");
+            outln!("  discovery:   off (--no-mdns): peers must give this node's address");
             None
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -419,12 +434,12 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
                 while hup.recv().await.is_some() {
                     match home.load_identity() {
                         Ok(id) if id.name != sctx.name() => {
-                            println!("renamed to {}: peers see the new name from their next connection", text::escape(&id.name));
+                            outln!("renamed to {}: peers see the new name from their next connection", text::escape(&id.name));
                             sctx.set_name(id.name.clone());
                             let _ = name_tx.send(id.name);
                         }
                         Ok(_) => {}
-                        Err(e) => eprintln!("p2pfs: warning: cannot reload the node name: {e}"),
+                        Err(e) => errln!("p2pfs: warning: cannot reload the node name: {e}"),
                     }
                 }
             });
@@ -440,9 +455,9 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
                     let name = name_rx.borrow().clone();
                     tokio::select! {
                         ev = async { match advert.as_mut() { Some(a) => a.next_event().await, None => std::future::pending().await } } => match ev {
-                            Some(AdvertEvent::Renamed { instance }) => println!("another node on the LAN already advertises {name:?}: advertised as {instance:?} instead (senders by name get both nodes listed and choose by id)"),
-                            Some(AdvertEvent::AddressAdded(ip)) => println!("new address {ip}: announced on the LAN"),
-                            Some(AdvertEvent::AddressRemoved(ip)) => println!("address {ip} is gone"),
+                            Some(AdvertEvent::Renamed { instance }) => outln!("another node on the LAN already advertises {name:?}: advertised as {instance:?} instead (senders by name get both nodes listed and choose by id)"),
+                            Some(AdvertEvent::AddressAdded(ip)) => outln!("new address {ip}: announced on the LAN"),
+                            Some(AdvertEvent::AddressRemoved(ip)) => outln!("address {ip} is gone"),
                             None => {
                                 (&mut stopped).await;
                                 break;
@@ -459,13 +474,13 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
                             match discovery::advertise(&name, &local_id, local) {
                                 Ok(mut a) => {
                                     if a.announced(std::time::Duration::from_secs(5)).await {
-                                        println!("advertised on the LAN as {:?}", a.instance());
+                                        outln!("advertised on the LAN as {:?}", a.instance());
                                     } else {
-                                        eprintln!("p2pfs: warning: the mDNS announcement of {:?} is not confirmed yet", a.instance());
+                                        errln!("p2pfs: warning: the mDNS announcement of {:?} is not confirmed yet", a.instance());
                                     }
                                     advert = Some(a);
                                 }
-                                Err(e) => eprintln!("p2pfs: warning: not advertised on the LAN: {e}"),
+                                Err(e) => errln!("p2pfs: warning: not advertised on the LAN: {e}"),
                             }
                         }
                         _ = &mut stopped => break,
@@ -497,21 +512,21 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
                     ServerEvent::PeerConnected { peer, addr, claimed } => {
                         let c = Conn { label: claimed_label(&peer, &claimed), files: 0, bytes: 0, bar: None };
                         if verbose {
-                            println!("peer {} connected from {addr}", c.label);
+                            outln!("peer {} connected from {addr}", c.label);
                         }
                         conns.insert(peer, c);
                     }
-                    ServerEvent::PeerRefused { peer, claimed, reason } => println!("refused {} ({peer}): {reason}", claimed_label(&peer, &claimed)),
+                    ServerEvent::PeerRefused { peer, claimed, reason } => outln!("refused {} ({peer}): {reason}", claimed_label(&peer, &claimed)),
                     ServerEvent::Offer { peer, files, bytes, held } => {
                         let c = conns.entry(peer).or_insert_with(|| Conn { label: label(&peer), files: 0, bytes: 0, bar: None });
                         if files == 0 {
-                            println!("nothing new from {}: everything offered is already stored here, unchanged", c.label);
+                            outln!("nothing new from {}: everything offered is already stored here, unchanged", c.label);
                             continue;
                         }
                         if held > 0 {
-                            println!("receiving {files} item(s), {} from {} (resuming, {} already here)", human(bytes), c.label, human(held));
+                            outln!("receiving {files} item(s), {} from {} (resuming, {} already here)", human(bytes), c.label, human(held));
                         } else {
-                            println!("receiving {files} item(s), {} from {}", human(bytes), c.label);
+                            outln!("receiving {files} item(s), {} from {}", human(bytes), c.label);
                         }
                         let b = progress::bytes(bytes, quiet, &peer.fingerprint());
                         b.set_position(held);
@@ -533,24 +548,24 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
                     }
                     ServerEvent::Failed { peer, message } => {
                         let who = peer.map(|p| conns.get(&p).map_or_else(|| label(&p), |c| c.label.clone())).unwrap_or_else(|| "?".into());
-                        eprintln!("p2pfs: {who}: {}", text::escape(&message));
+                        errln!("p2pfs: {who}: {}", text::escape(&message));
                     }
                     ServerEvent::Serving { peer, files, bytes, held } => {
                         let c = conns.entry(peer).or_insert_with(|| Conn { label: label(&peer), files: 0, bytes: 0, bar: None });
-                        println!("serving {files} item(s), {} to {}{}", human(bytes), c.label, if held > 0 { format!(" (resuming, {} already there)", human(held)) } else { String::new() });
+                        outln!("serving {files} item(s), {} to {}{}", human(bytes), c.label, if held > 0 { format!(" (resuming, {} already there)", human(held)) } else { String::new() });
                         let b = progress::bytes(bytes, quiet, &peer.fingerprint());
                         b.set_position(held);
                         c.bar = Some(b);
                     }
                     ServerEvent::Listed { peer, files } => {
                         let who = conns.get(&peer).map_or_else(|| label(&peer), |c| c.label.clone());
-                        println!("listed {files} fetchable item(s) for {who}");
+                        outln!("listed {files} fetchable item(s) for {who}");
                     }
                     ServerEvent::Served { peer, files, bytes } => {
                         let who = conns.get(&peer).map_or_else(|| label(&peer), |c| c.label.clone());
-                        println!("served {files} item(s), {} on the wire, to {who} (verified there)", human(bytes));
+                        outln!("served {files} item(s), {} on the wire, to {who} (verified there)", human(bytes));
                     }
-                    ServerEvent::PartialsExpired { count, after } => println!(
+                    ServerEvent::PartialsExpired { count, after } => outln!(
                         "removed {count} interrupted transfer(s) nothing continued for {} (--expire-partials); their senders start them over",
                         humantime::format_duration(after)
                     ),
@@ -560,7 +575,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
                                 b.finish_and_clear();
                             }
                             if c.files > 0 {
-                                println!("stored {} file(s), {} from {} (committed and verified)", c.files, human(c.bytes), c.label);
+                                outln!("stored {} file(s), {} from {} (committed and verified)", c.files, human(c.bytes), c.label);
                             }
                         }
                     }
@@ -572,7 +587,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(3), t).await;
         }
         ui.abort();
-        println!("stopped; interrupted transfers are kept and resume when sent again");
+        outln!("stopped; interrupted transfers are kept and resume when sent again");
         Ok::<_, anyhow::Error>(())
     });
     // Nothing left may hold the process up: a pending prompt, a blocked

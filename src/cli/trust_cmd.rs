@@ -141,7 +141,7 @@ fn key_for_add(store: &TrustStore, pending: &Pending, word: &str) -> Result<Publ
 
 pub fn run(ctx: &Ctx, cmd: TrustCmd) -> Result<()> {
     ctx.home.load_identity()?;
-    let mut store = TrustStore::load(ctx.home.root())?;
+    let mut store = TrustStore::load_for_change(ctx.home.root())?;
     match cmd {
         TrustCmd::Add {
             id,
@@ -280,7 +280,7 @@ pub fn run(ctx: &Ctx, cmd: TrustCmd) -> Result<()> {
                     );
                 }
                 println!(
-                    "(senders do not say their name before they are trusted: compare the fingerprint with `p2pfs id` on that node, then `p2pfs trust add FINGERPRINT`)"
+                    "(CALLS ITSELF is what each sender says, unproven: compare the fingerprint with `p2pfs id` on that node, then `p2pfs trust add FINGERPRINT`)"
                 );
             }
         }

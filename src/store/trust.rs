@@ -293,18 +293,36 @@ pub struct TrustStore {
     /// The file as loaded: [`TrustStore::save`] of the same content writes
     /// nothing (every contact pins its address again).
     loaded: Option<Vec<u8>>,
+    /// Held by [`TrustStore::load_for_change`] until the store is dropped.
+    _lock: Option<std::fs::File>,
 }
 
 impl TrustStore {
     /// Loads `HOME/peers.json` (empty when absent). A version-1 file still
     /// loads (and is written back as version 2 at the next change).
     pub fn load(home: &Path) -> Result<Self> {
+        Self::load_locked(home, None)
+    }
+
+    /// Loads the store to change it: an exclusive lock on
+    /// `HOME/peers.json.lock` is held from before the read until the store
+    /// is dropped, so two changes at once (`serve --accept ask` answered
+    /// "always" while `trust add` runs, a `send` pinning a key) cannot
+    /// lose one another. Readers ([`TrustStore::load`]) never wait: the
+    /// file is replaced atomically.
+    pub fn load_for_change(home: &Path) -> Result<Self> {
+        let lock = fsutil::lock_exclusive(&home.join("peers.json.lock"))?;
+        Self::load_locked(home, Some(lock))
+    }
+
+    fn load_locked(home: &Path, lock: Option<std::fs::File>) -> Result<Self> {
         let path = home.join("peers.json");
         if !path.exists() {
             return Ok(Self {
                 path,
                 peers: Vec::new(),
                 loaded: None,
+                _lock: lock,
             });
         }
         let what = path.display().to_string();
@@ -353,6 +371,7 @@ impl TrustStore {
             path,
             peers,
             loaded: Some(bytes),
+            _lock: lock,
         })
     }
 
@@ -626,6 +645,33 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = TrustStore::load(d.path()).unwrap();
         (d, s)
+    }
+
+    #[test]
+    fn two_changes_at_once_keep_both() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (key(), key());
+        let mut first = TrustStore::load_for_change(d.path()).unwrap();
+        first.trust(&a, &[Capability::Send]).unwrap();
+        let home = d.path().to_path_buf();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let second = std::thread::spawn(move || {
+            started_tx.send(()).unwrap();
+            // Waits for the first change, then loads what it saved.
+            let mut t = TrustStore::load_for_change(&home).unwrap();
+            t.trust(&b, &[Capability::Get]).unwrap();
+            t.save().unwrap();
+        });
+        started.recv().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // Readers never wait for a change in progress.
+        assert!(TrustStore::load(d.path()).unwrap().get(&a).is_none());
+        first.save().unwrap();
+        drop(first);
+        second.join().unwrap();
+        let t = TrustStore::load(d.path()).unwrap();
+        assert!(t.allows(&a, Capability::Send), "the first change was lost");
+        assert!(t.allows(&b, Capability::Get));
     }
 
     #[test]
