@@ -772,7 +772,7 @@ fn zeroconf_sees_the_node_and_p2pfs_skips_foreign_and_malformed_records() {
         .iter()
         .find(|s| s["name"] == "vault-b._p2pfs._udp.local.")
         .unwrap_or_else(|| panic!("zeroconf did not see vault-b: {out}"));
-    assert_eq!(vb["txt"]["v"], "3", "{out}");
+    assert_eq!(vb["txt"]["v"], "4", "{out}");
     assert_eq!(vb["txt"]["id"], b_id.as_str(), "{out}");
     assert_eq!(vb["txt"]["name"], "vault-b", "{out}");
     assert_eq!(vb["port"], 47474);
