@@ -110,17 +110,21 @@ pub fn blake3_hex(data: &[u8]) -> String {
 
 /// BLAKE3 of a file's content, lower-case hex.
 pub fn blake3_file(path: &Path) -> String {
+    try_blake3_file(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+fn try_blake3_file(path: &Path) -> std::io::Result<String> {
     let mut h = blake3::Hasher::new();
-    let mut f = fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut f = fs::File::open(path)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).unwrap();
+        let n = f.read(&mut buf)?;
         if n == 0 {
             break;
         }
         h.update(&buf[..n]);
     }
-    h.finalize().to_hex().to_string()
+    Ok(h.finalize().to_hex().to_string())
 }
 
 /// Every regular file under `dir`, recursively, sorted.
@@ -135,14 +139,21 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Walks `dir` depth-first. A live node may rename or remove a file while we
+/// look (a checkpoint's temporary file), so an entry that vanishes between
+/// listing and `stat` is skipped rather than failing the walk.
 fn walk(dir: &Path, f: &mut dyn FnMut(&Path, &fs::Metadata)) {
     let Ok(rd) = fs::read_dir(dir) else {
         return;
     };
     for e in rd {
-        let e = e.unwrap();
+        let Ok(e) = e else { continue };
         let p = e.path();
-        let m = fs::symlink_metadata(&p).unwrap();
+        let m = match fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("stat {}: {e}", p.display()),
+        };
         f(&p, &m);
         if m.is_dir() {
             walk(&p, f);
@@ -158,7 +169,12 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, String> {
         let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
         let mode = m.permissions().mode() & 0o7777;
         let v = if m.is_file() {
-            format!("file {mode:o} {} {}", m.len(), blake3_file(p))
+            match try_blake3_file(p) {
+                Ok(h) => format!("file {mode:o} {} {h}", m.len()),
+                // Vanished while we looked: the tree is still changing.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => "gone".to_string(),
+                Err(e) => panic!("read {}: {e}", p.display()),
+            }
         } else if m.is_dir() {
             format!("dir {mode:o}")
         } else {

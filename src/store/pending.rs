@@ -69,7 +69,9 @@ pub struct Pending {
 fn decode(bytes: &[u8]) -> Result<Vec<Seen>, super::format::FormatError> {
     let (body, named) = match checked_v(bytes, MAGIC, RECORD_VERSION) {
         Ok(b) => (b, true),
-        Err(_) => (checked(bytes, MAGIC)?, false),
+        // Only a version-1 record falls back; any other error is reported as it is.
+        Err(super::format::FormatError::Version(1)) => (checked(bytes, MAGIC)?, false),
+        Err(e) => return Err(e),
     };
     let mut r = Reader::new(&body[10..]);
     let n = usize::from(r.u16("entry count")?);
@@ -302,5 +304,18 @@ mod tests {
             (e.key, e.count, e.addr.as_str(), e.name.as_str()),
             (key(9), 3, "a:11", "")
         );
+    }
+
+    #[test]
+    fn a_damaged_version_2_record_is_reported_as_damaged_not_as_version_1() {
+        let dir = tempfile::tempdir().unwrap();
+        note_refused(dir.path(), &key(5), "a:1", "box").unwrap();
+        let mut bytes = std::fs::read(dir.path().join("pending")).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        assert!(matches!(
+            decode(&bytes),
+            Err(crate::store::format::FormatError::Checksum)
+        ));
     }
 }
