@@ -1227,3 +1227,75 @@ fn a_spoofed_pairing_record_pairs_nobody() {
     p.signal(libc::SIGTERM);
     let _ = p.wait_timeout(Duration::from_secs(10));
 }
+
+/// Prints "add NAME" and "remove NAME" for `_p2pfs-pair._udp.local.`
+/// instances as another mDNS implementation sees them, for argv[1] seconds.
+const ZEROCONF_WATCH_PAIR: &str = r#"
+import sys, time
+from zeroconf import IPVersion, ServiceBrowser, ServiceListener, Zeroconf
+class L(ServiceListener):
+    def add_service(self, zc, t, name): print("add", name, flush=True)
+    def update_service(self, zc, t, name): pass
+    def remove_service(self, zc, t, name): print("remove", name, flush=True)
+zc = Zeroconf(ip_version=IPVersion.V4Only)
+ServiceBrowser(zc, "_p2pfs-pair._udp.local.", L())
+time.sleep(float(sys.argv[1]))
+zc.close()
+"#;
+
+/// The pairing advert is withdrawn with an mDNS goodbye on every way out
+/// (PROTOCOL.md, *Finding the host*): another responder that cached the
+/// nameplate drops it within seconds when the host pairs and when it is
+/// stopped by SIGTERM, not at the record's TTL (minutes).
+#[test]
+fn the_pairing_nameplate_is_withdrawn_when_the_host_ends() {
+    let test = "the_pairing_nameplate_is_withdrawn_when_the_host_ends";
+    if !have_zeroconf(test) {
+        return;
+    }
+    let Some(lan) = Netns::lan(test) else {
+        return;
+    };
+    let (a, b) = (Node::new(), Node::new());
+    a.init("joiner");
+    b.init("shower");
+    let watch = Python::spawn(lan.a(), ZEROCONF_WATCH_PAIR, &["180"]);
+    let lines = |what: &str| {
+        watch
+            .stdout()
+            .lines()
+            .filter(|l| l.starts_with(what))
+            .count()
+    };
+    // The host ends in both ways; each time the watcher must first see the
+    // nameplate, then its removal soon after the process exits.
+    for (round, by_pairing) in [(1, true), (2, false)] {
+        let (mut p, shown) = pair_host(&b, lan.b(), &[]);
+        assert_eq!(shown["announced"], true, "{shown}");
+        assert!(
+            wait_until(Duration::from_secs(60), || lines("add ") >= round),
+            "zeroconf never saw the nameplate:\n{}",
+            watch.describe()
+        );
+        if by_pairing {
+            let code = shown["code"].as_str().unwrap().to_owned();
+            cmd_in(&a, Some(lan.a()), ["pair", &code])
+                .run()
+                .ok()
+                .says("paired with \"shower\"");
+        } else {
+            p.signal(libc::SIGTERM);
+        }
+        assert!(
+            p.wait_timeout(Duration::from_secs(10)).is_some(),
+            "host did not end"
+        );
+        let ended = Instant::now();
+        assert!(
+            wait_until(Duration::from_secs(4), || lines("remove ") >= round),
+            "round {round}: the nameplate was not withdrawn {:?} after the host ended:\n{}",
+            ended.elapsed(),
+            watch.describe()
+        );
+    }
+}

@@ -167,8 +167,8 @@ async fn host(ctx: &Ctx, identity: &Identity, args: &PairArgs, grant: &[Capabili
         .context("cannot read the listening address")?;
     let code = Code::generate();
     let lifetime = Duration::from_secs(args.timeout).min(CODE_LIFETIME);
-    // Only the nameplate is announced; dropping the advertisement (on
-    // every way out) withdraws it.
+    // Only the nameplate is announced; it is withdrawn below on every
+    // way out.
     let advert = if args.no_mdns {
         None
     } else {
@@ -210,12 +210,36 @@ async fn host(ctx: &Ctx, identity: &Identity, args: &PairArgs, grant: &[Capabili
         );
     }
     let deadline = tokio::time::Instant::now() + lifetime;
+    let outcome = answer_joiners(ctx, identity, &ep, &code, deadline, grant, args.json).await;
+    // Every way out (paired, expired, too many wrong codes, Ctrl-C or
+    // SIGTERM) withdraws the nameplate with an mDNS goodbye, so browsers
+    // that cached it drop it now rather than at the record's TTL.
+    if let Some(a) = advert {
+        a.shutdown().await;
+    }
+    outcome
+}
+
+/// The host's accept loop: answers joiners until one pairs, the session
+/// ends on failed guesses, the code expires, or the user stops it.
+async fn answer_joiners(
+    ctx: &Ctx,
+    identity: &Identity,
+    ep: &quinn::Endpoint,
+    code: &Code,
+    deadline: tokio::time::Instant,
+    grant: &[Capability],
+    json: bool,
+) -> Result<()> {
     let mut session = Session::default();
     let me = identity.id();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot catch SIGTERM")?;
     loop {
         let incoming = tokio::select! {
             _ = tokio::time::sleep_until(deadline) => return Err(PairError::Expired.into()),
             _ = tokio::signal::ctrl_c() => return Err(NetError::Interrupted.into()),
+            _ = term.recv() => return Err(NetError::Interrupted.into()),
             i = ep.accept() => match i {
                 Some(i) => i,
                 None => bail!("the listening endpoint closed"),
@@ -256,7 +280,7 @@ async fn host(ctx: &Ctx, identity: &Identity, args: &PairArgs, grant: &[Capabili
         );
         match host_attempt(ctx, &mut link, &mut ex, grant).await {
             Ok((name, to_us, alias)) => {
-                report(args.json, &link.peer(), &name, grant, &to_us, &alias);
+                report(json, &link.peer(), &name, grant, &to_us, &alias);
                 return Ok(());
             }
             Err(e) if ex.guessed() => {
