@@ -8,8 +8,15 @@
 
 mod util;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use p2pfs::{
+    crypto::keys::Keypair,
+    net::{
+        client::{self, Target},
+        KeyHint,
+    },
+};
 use util::*;
 
 /// `src/cli/mod.rs`, `exit::PAIRING_FAILED`.
@@ -145,4 +152,57 @@ fn a_serve_node_is_not_a_pairing_node() {
         .iter()
         .all(|p| p["allow"] != serde_json::json!(["send"])));
     assert!(trusted(&b).is_empty(), "{:?}", trusted(&b));
+}
+
+/// `src/cli/mod.rs`, `exit::INTERRUPTED`.
+const INTERRUPTED: i32 = 130;
+
+/// A stop signal ends the session at once, through the host's own way out
+/// (exit 130 and the mDNS goodbye, tested in `discovery.rs`), never by
+/// default disposition: sent the moment the code is shown, and sent while
+/// an authenticated joiner sits silent in the middle of an attempt (the
+/// host would otherwise wait out its 30 s step timeout).
+#[test]
+fn a_stop_signal_ends_the_session_at_once_even_mid_attempt() {
+    let a = node("alpha");
+    let (mut p, _, _) = host(&a, &[]);
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_timeout(Duration::from_secs(10)).is_some());
+    p.finish()
+        .code_is(INTERRUPTED)
+        .says("stopped: the pairing session ended and nothing was pinned");
+
+    let (mut p, _, port) = host(&a, &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _joiner = rt.block_on(async {
+        let me = Keypair::generate().unwrap();
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let expected = client::probe(&me, addr, |_| {}).await.unwrap();
+        let target = Target {
+            addr,
+            label: addr.to_string(),
+            expected,
+            hint: KeyHint::Given,
+        };
+        client::connect(&me, &target).await.unwrap()
+    });
+    // The host has authenticated us and now waits for our first pairing
+    // message, which never comes.
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = Instant::now();
+    p.signal(libc::SIGTERM);
+    assert!(
+        p.wait_timeout(Duration::from_secs(10)).is_some(),
+        "the host did not end"
+    );
+    assert!(
+        sent.elapsed() < Duration::from_secs(3),
+        "the host took {:?} to end",
+        sent.elapsed()
+    );
+    p.finish().code_is(INTERRUPTED);
+    assert!(trusted(&a).is_empty());
 }

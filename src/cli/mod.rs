@@ -417,11 +417,11 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                 _ => exit::FAILURE,
             };
         }
-        if cause
-            .downcast_ref::<p2pfs::net::pair::PairError>()
-            .is_some()
-        {
-            return exit::PAIRING_FAILED;
+        if let Some(e) = cause.downcast_ref::<p2pfs::net::pair::PairError>() {
+            return match e {
+                p2pfs::net::pair::PairError::Stopped => exit::INTERRUPTED,
+                _ => exit::PAIRING_FAILED,
+            };
         }
         if cause.downcast_ref::<walk::Partial>().is_some() {
             return exit::PARTIAL;

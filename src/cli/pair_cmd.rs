@@ -19,12 +19,15 @@ use p2pfs::{
         discovery, endpoint,
         engine::Link,
         pair::{Binding, Code, Exchange, PairError, Role, Session, Step, CODE_LIFETIME},
-        server, wire, KeyHint, NetError,
+        server,
+        wire::{self, Msg},
+        KeyHint, NetError,
     },
     store::{home::Identity, trust::Capability, trust::TrustStore},
     text,
 };
 use serde_json::json;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::{send_cmd, trust_cmd, Ctx};
 
@@ -161,6 +164,10 @@ pub fn run(ctx: &Ctx, args: PairArgs) -> Result<()> {
 /// pairs, [`p2pfs::net::pair::MAX_FAILURES`] guesses fail, or the code
 /// expires.
 async fn host(ctx: &Ctx, identity: &Identity, args: &PairArgs, grant: &[Capability]) -> Result<()> {
+    // Both stop signals are caught before anything is announced or
+    // printed: a SIGTERM or Ctrl-C from then on ends the session through
+    // the goodbye below, never by default disposition.
+    let stop = Stop::catch()?;
     let ep = endpoint::server(args.listen)?;
     let local = ep
         .local_addr()
@@ -210,7 +217,21 @@ async fn host(ctx: &Ctx, identity: &Identity, args: &PairArgs, grant: &[Capabili
         );
     }
     let deadline = tokio::time::Instant::now() + lifetime;
-    let outcome = answer_joiners(ctx, identity, &ep, &code, deadline, grant, args.json).await;
+    let hosting = Hosting {
+        ep: &ep,
+        code: &code,
+        deadline,
+        grant,
+        json: args.json,
+        stop,
+    };
+    let outcome = answer_joiners(ctx, identity, hosting).await;
+    // A joiner cut short hears why (the goodbye below gives the close
+    // frame time to leave).
+    ep.close(
+        quinn::VarInt::from_u32(p2pfs::net::close::SHUTDOWN),
+        b"pairing session ended",
+    );
     // Every way out (paired, expired, too many wrong codes, Ctrl-C or
     // SIGTERM) withdraws the nameplate with an mDNS goodbye, so browsers
     // that cached it drop it now rather than at the record's TTL.
@@ -220,70 +241,70 @@ async fn host(ctx: &Ctx, identity: &Identity, args: &PairArgs, grant: &[Capabili
     outcome
 }
 
+/// SIGINT and SIGTERM, caught for the life of a pairing session.
+struct Stop {
+    int: Signal,
+    term: Signal,
+}
+
+impl Stop {
+    fn catch() -> Result<Stop> {
+        Ok(Stop {
+            int: signal(SignalKind::interrupt()).context("cannot catch Ctrl-C")?,
+            term: signal(SignalKind::terminate()).context("cannot catch SIGTERM")?,
+        })
+    }
+
+    /// Resolves when either signal arrives.
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
+/// One hosted session: where it listens, the code, until when, what a
+/// joiner is given, how results are printed, and its stop signals.
+struct Hosting<'a> {
+    ep: &'a quinn::Endpoint,
+    code: &'a Code,
+    deadline: tokio::time::Instant,
+    grant: &'a [Capability],
+    json: bool,
+    stop: Stop,
+}
+
 /// The host's accept loop: answers joiners until one pairs, the session
 /// ends on failed guesses, the code expires, or the user stops it.
-async fn answer_joiners(
-    ctx: &Ctx,
-    identity: &Identity,
-    ep: &quinn::Endpoint,
-    code: &Code,
-    deadline: tokio::time::Instant,
-    grant: &[Capability],
-    json: bool,
-) -> Result<()> {
+async fn answer_joiners(ctx: &Ctx, identity: &Identity, mut h: Hosting<'_>) -> Result<()> {
     let mut session = Session::default();
-    let me = identity.id();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot catch SIGTERM")?;
     loop {
         let incoming = tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => return Err(PairError::Expired.into()),
-            _ = tokio::signal::ctrl_c() => return Err(NetError::Interrupted.into()),
-            _ = term.recv() => return Err(NetError::Interrupted.into()),
-            i = ep.accept() => match i {
+            _ = tokio::time::sleep_until(h.deadline) => return Err(PairError::Expired.into()),
+            _ = h.stop.wait() => return Err(PairError::Stopped.into()),
+            i = h.ep.accept() => match i {
                 Some(i) => i,
                 None => bail!("the listening endpoint closed"),
             },
         };
         let addr = incoming.remote_address();
-        let auth = tokio::time::timeout(
-            server::AUTH_TIMEOUT,
-            server::authenticate(&identity.keypair, incoming),
-        )
-        .await;
-        // Probes (first contact learns our key) and failed handshakes end
-        // here: no guess was made.
-        let Ok(Ok((conn, send, recv, session_keys))) = auth else {
-            continue;
+        // A stop signal or the deadline also cut a joiner short: a silent
+        // one holds the host in the handshake (AUTH_TIMEOUT) or between
+        // steps (STEP_WAIT).
+        let joined = tokio::select! {
+            j = one_joiner(identity, incoming, h.code, h.grant) => j,
+            _ = tokio::time::sleep_until(h.deadline) => return Err(PairError::Expired.into()),
+            _ = h.stop.wait() => return Err(PairError::Stopped.into()),
         };
-        if session_keys.peer == me {
-            conn.close(quinn::VarInt::from_u32(p2pfs::net::close::REFUSED), b"self");
-            continue;
-        }
-        let mut link = Link {
-            conn,
-            send,
-            recv: wire::ControlRecv::new(recv),
-            session: session_keys,
-        };
-        let binding = Binding {
-            host: me,
-            joiner: link.peer(),
-            transcript: link.session.transcript_hash,
-        };
-        let (mut ex, _) = Exchange::new(
-            Role::Host,
-            code.clone(),
-            binding,
-            identity.name.clone(),
-            bits(grant),
-        );
-        match host_attempt(ctx, &mut link, &mut ex, grant).await {
-            Ok((name, to_us, alias)) => {
-                report(json, &link.peer(), &name, grant, &to_us, &alias);
+        match joined {
+            Joined::Agreed(agreed) => {
+                let (link, agreed) = *agreed;
+                let (peer, name, to_us, alias) = commit(ctx, link, agreed, h.grant).await?;
+                report(h.json, &peer, &name, h.grant, &to_us, &alias);
                 return Ok(());
             }
-            Err(e) if ex.guessed() => {
+            Joined::Failed(e) => {
                 let from = server::canonical(addr);
                 let what = match e.downcast_ref::<PairError>() {
                     Some(PairError::WrongCode) => format!("a wrong code was tried from {from}"),
@@ -292,17 +313,73 @@ async fn answer_joiners(
                 let left = session.failed()?;
                 eprintln!("p2pfs: {what}: {left} more failed attempt(s) end the session");
             }
-            Err(e) => tracing::debug!("pairing connection from {addr} ended: {e}"),
+            Joined::NoGuess(e) => tracing::debug!("pairing connection from {addr} ended: {e}"),
         }
     }
 }
 
-async fn host_attempt(
-    ctx: &Ctx,
-    link: &mut Link,
-    ex: &mut Exchange,
+/// How one connection to the host ended.
+enum Joined {
+    /// The joiner knew the code; nothing is recorded yet.
+    Agreed(Box<(Link, Agreed)>),
+    /// A guess was made and failed: it counts against the session.
+    Failed(anyhow::Error),
+    /// It ended before any guess (a probe, a failed handshake, ourselves).
+    NoGuess(anyhow::Error),
+}
+
+/// Authenticates one joiner and runs the exchange with it.
+async fn one_joiner(
+    identity: &Identity,
+    incoming: quinn::Incoming,
+    code: &Code,
     grant: &[Capability],
-) -> Result<(String, Vec<Capability>, String)> {
+) -> Joined {
+    let me = identity.id();
+    let auth = tokio::time::timeout(
+        server::AUTH_TIMEOUT,
+        server::authenticate(&identity.keypair, incoming),
+    )
+    .await;
+    // Probes (first contact learns our key) and failed handshakes end
+    // here: no guess was made.
+    let (conn, send, recv, session_keys) = match auth {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => return Joined::NoGuess(e.into()),
+        Err(_) => return Joined::NoGuess(anyhow::anyhow!("handshake timed out")),
+    };
+    if session_keys.peer == me {
+        conn.close(quinn::VarInt::from_u32(p2pfs::net::close::REFUSED), b"self");
+        return Joined::NoGuess(anyhow::anyhow!("our own key"));
+    }
+    let mut link = Link {
+        conn,
+        send,
+        recv: wire::ControlRecv::new(recv),
+        session: session_keys,
+    };
+    let binding = Binding {
+        host: me,
+        joiner: link.peer(),
+        transcript: link.session.transcript_hash,
+    };
+    let (mut ex, _) = Exchange::new(
+        Role::Host,
+        code.clone(),
+        binding,
+        identity.name.clone(),
+        bits(grant),
+    );
+    match host_attempt(&mut link, &mut ex).await {
+        Ok(agreed) => Joined::Agreed(Box::new((link, agreed))),
+        Err(e) if ex.guessed() => Joined::Failed(e),
+        Err(e) => Joined::NoGuess(e),
+    }
+}
+
+/// Runs the exchange with an authenticated joiner up to the point where
+/// both proofs checked; nothing is recorded here, so this may be cut short.
+async fn host_attempt(link: &mut Link, ex: &mut Exchange) -> Result<Agreed> {
     loop {
         let m = link
             .next_msg(STEP_WAIT, "waiting for the pairing peer")
@@ -323,14 +400,38 @@ async fn host_attempt(
                 granted_to_us,
                 then,
             } => {
-                let alias = record(ctx.home.root(), &link.peer(), &name, grant)?;
-                link.send_msg(&then).await?;
-                let _ = link.send.finish();
-                let _ = tokio::time::timeout(Duration::from_secs(5), link.conn.closed()).await;
-                return Ok((name, caps_of(granted_to_us), alias));
+                return Ok(Agreed {
+                    name,
+                    granted_to_us,
+                    then,
+                })
             }
         }
     }
+}
+
+/// What a joiner who knew the code agreed to, not yet recorded.
+struct Agreed {
+    name: String,
+    granted_to_us: u8,
+    then: Msg,
+}
+
+/// Records an agreed pairing and sends the joiner the last message. This
+/// runs to the end once begun: a stop signal must not report "nothing
+/// was pinned" after the trust store was written.
+async fn commit(
+    ctx: &Ctx,
+    mut link: Link,
+    agreed: Agreed,
+    grant: &[Capability],
+) -> Result<(PublicKey, String, Vec<Capability>, String)> {
+    let peer = link.peer();
+    let alias = record(ctx.home.root(), &peer, &agreed.name, grant)?;
+    link.send_msg(&agreed.then).await?;
+    let _ = link.send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(5), link.conn.closed()).await;
+    Ok((peer, agreed.name, caps_of(agreed.granted_to_us), alias))
 }
 
 /// Where the node showing the code is.

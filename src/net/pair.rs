@@ -89,9 +89,12 @@ pub enum PairError {
     /// The code expired.
     #[error("the code expired unused: nothing was pinned. Run `p2pfs pair` again for a new code")]
     Expired,
-    /// The peer broke the pairing protocol.
+    /// The pairing peer broke the protocol.
     #[error("pairing protocol error: {0}")]
     Protocol(String),
+    /// The host was stopped (Ctrl-C or SIGTERM) before anyone paired.
+    #[error("stopped: the pairing session ended and nothing was pinned. Run `p2pfs pair` again for a new code")]
+    Stopped,
 }
 
 /// A pairing code, normalised (`N-word-word`, lower case). It is the
