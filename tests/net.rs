@@ -910,66 +910,124 @@ fn large_datagrams_on_loopback_up_to_the_ceiling_with_little_loss() {
     assert_eq!(b.entry("f").blake3, hash);
 }
 
+/// `serve --accept ask` on a real terminal: a pty from `script(1)`, its
+/// output (stdout and stderr of serve, as a user sees them) collected.
+struct PtyServe {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    port: u16,
+}
+
+impl PtyServe {
+    fn start(b: &Node) -> PtyServe {
+        use std::process::{Command, Stdio};
+        let port = free_udp_port();
+        let bin = env!("CARGO_BIN_EXE_p2pfs");
+        let cmdline = format!("{bin} serve --listen 127.0.0.1:{port} --accept ask --no-mdns");
+        let mut child = Command::new("script")
+            .args(["-q", "-e", "-c", &cmdline, "/dev/null"])
+            .env("P2PFS_HOME", &b.home)
+            .env("P2PFS_PASSPHRASE", b.passphrase.as_deref().unwrap())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("script(1) from util-linux");
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let reader = {
+            let out = out.clone();
+            let mut so = child.stdout.take().unwrap();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = std::io::Read::read(&mut so, &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    out.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            })
+        };
+        let stdin = child.stdin.take();
+        let s = PtyServe {
+            child,
+            stdin,
+            out,
+            reader: Some(reader),
+            port,
+        };
+        assert!(
+            wait_until(Duration::from_secs(20), || s.seen("(UDP)")),
+            "{}",
+            s.text()
+        );
+        s
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn text(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    fn seen(&self, s: &str) -> bool {
+        self.out.lock().unwrap().contains(s)
+    }
+
+    fn count(&self, s: &str) -> usize {
+        self.out.lock().unwrap().matches(s).count()
+    }
+
+    fn answer(&mut self, a: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{a}").unwrap();
+        stdin.flush().unwrap();
+    }
+}
+
+impl Drop for PtyServe {
+    fn drop(&mut self) {
+        // Stop serve itself (script(1) does not forward signals).
+        let _ = std::process::Command::new("pkill")
+            .args([
+                "-TERM",
+                "-f",
+                &format!("listen 127.0.0.1:{} --accept ask", self.port),
+            ])
+            .status();
+        let _ = self.child.wait();
+        drop(self.stdin.take());
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
 /// `serve --accept ask` on a real terminal (a pty from `script`): the user
 /// sees the sender's fingerprint and the file list, and decides.
 #[test]
 fn ask_policy_prompts_on_the_terminal() {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
     let (a, b) = nodes();
     let carol = Node::new();
     carol.init("carol");
     write_random(&a.path("asked.txt"), 1234);
-    let port = free_udp_port();
-    let bin = env!("CARGO_BIN_EXE_p2pfs");
-    let cmdline = format!("{bin} serve --listen 127.0.0.1:{port} --accept ask --no-mdns");
-    let mut child = Command::new("script")
-        .args(["-q", "-e", "-c", &cmdline, "/dev/null"])
-        .env("P2PFS_HOME", &b.home)
-        .env("P2PFS_PASSPHRASE", b.passphrase.as_deref().unwrap())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("script(1) from util-linux");
-    let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let reader = {
-        let out = out.clone();
-        let mut so = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = std::io::Read::read(&mut so, &mut buf) {
-                if n == 0 {
-                    break;
-                }
-                out.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        })
-    };
-    let seen = |s: &str| out.lock().unwrap().contains(s);
-    assert!(
-        wait_until(Duration::from_secs(20), || seen("(UDP)")),
-        "{}",
-        out.lock().unwrap()
-    );
-    let addr = format!("127.0.0.1:{port}");
-    let mut stdin = child.stdin.take().unwrap();
+    let mut pty = PtyServe::start(&b);
+    let addr = pty.addr();
     for (answer, expect_ok) in [("n", false), ("y", true), ("always", true)] {
-        let before = out.lock().unwrap().matches("accept?").count();
+        let before = pty.count("accept?");
         let sender = a.spawn(["send", "--trust-new", "asked.txt", &addr]);
         assert!(
-            wait_until(Duration::from_secs(20), || out
-                .lock()
-                .unwrap()
-                .matches("accept?")
-                .count()
-                > before),
+            wait_until(Duration::from_secs(20), || pty.count("accept?") > before),
             "no prompt:\n{}",
-            out.lock().unwrap()
+            pty.text()
         );
-        let shown = out.lock().unwrap().clone();
+        let shown = pty.text();
         assert!(shown.contains(&a.id().fingerprint), "{shown}");
         assert!(shown.contains("asked.txt"), "{shown}");
         // The sender's own name, marked as its claim (issue 10, item 7).
@@ -992,21 +1050,20 @@ fn ask_policy_prompts_on_the_terminal() {
                 .run(["remote", "list", &format!("{}@{addr}", b.id().id)])
                 .code_is(11);
             std::thread::sleep(Duration::from_millis(500));
-            let shown = out.lock().unwrap().clone();
+            let shown = pty.text();
             assert!(
                 !shown.contains(&carol_id),
                 "printed during the prompt:\n{shown}"
             );
         }
-        writeln!(stdin, "{answer}").unwrap();
-        stdin.flush().unwrap();
+        pty.answer(answer);
         if answer == "n" {
             assert!(
-                wait_until(Duration::from_secs(10), || seen(&carol_id)),
+                wait_until(Duration::from_secs(10), || pty.seen(&carol_id)),
                 "the held line never came:\n{}",
-                out.lock().unwrap()
+                pty.text()
             );
-            let shown = out.lock().unwrap().clone();
+            let shown = pty.text();
             let (q, held) = (
                 shown.rfind("accept?").unwrap(),
                 shown.find(&carol_id).unwrap(),
@@ -1023,13 +1080,12 @@ fn ask_policy_prompts_on_the_terminal() {
             assert!(b.list().is_empty());
             // The receiver reports the decline once (issue 10, item 20).
             assert!(
-                wait_until(Duration::from_secs(5), || seen("declined")),
+                wait_until(Duration::from_secs(5), || pty.seen("declined")),
                 "{}",
-                out.lock().unwrap()
+                pty.text()
             );
             std::thread::sleep(Duration::from_millis(300));
-            let shown = out.lock().unwrap().clone();
-            assert_eq!(shown.matches("declined").count(), 1, "{shown}");
+            assert_eq!(pty.count("declined"), 1, "{}", pty.text());
         }
     }
     assert_eq!(b.list().len(), 1);
@@ -1039,24 +1095,70 @@ fn ask_policy_prompts_on_the_terminal() {
     assert_eq!(t.len(), 1, "{t:?}");
     assert_eq!(t[0]["id"], a.id().id);
     assert_eq!(t[0]["allow"], serde_json::json!(["send"]));
-    let prompts = out.lock().unwrap().matches("accept?").count();
+    let prompts = pty.count("accept?");
     write_random(&a.path("trusted.txt"), 999);
     a.run(["send", "trusted.txt", &addr])
         .ok()
         .never_says("to accept");
     assert_eq!(b.list().len(), 2);
-    assert_eq!(out.lock().unwrap().matches("accept?").count(), prompts);
-    // Stop serve itself (script(1) does not forward signals).
-    let _ = Command::new("pkill")
-        .args([
-            "-TERM",
-            "-f",
-            &format!("listen 127.0.0.1:{port} --accept ask"),
-        ])
-        .status();
-    let _ = child.wait();
-    drop(stdin);
-    let _ = reader.join();
+    assert_eq!(pty.count("accept?"), prompts);
+}
+
+/// While the prompt is open, the progress bar of another peer's transfer
+/// that is still running draws nothing over it; it draws again after the
+/// answer (issue 10, item 7).
+#[test]
+fn the_ask_prompt_is_not_drawn_over_by_other_transfers_bars() {
+    let (a, b) = nodes();
+    let dave = Node::new();
+    dave.init("dave");
+    b.run(["trust", "add", &dave.id().id, "--allow", "send"])
+        .ok();
+    // Big enough to be still running while we watch (sparse: cheap to make).
+    let big = std::fs::File::create(dave.path("big.bin")).unwrap();
+    big.set_len(6 << 30).unwrap();
+    drop(big);
+    write_random(&a.path("asked.txt"), 1234);
+    let mut pty = PtyServe::start(&b);
+    let addr = pty.addr();
+    let mut long = dave.spawn(["send", "--trust-new", "big.bin", &addr]);
+    // The bar draws (its template shows the rate and "eta").
+    assert!(
+        wait_until(Duration::from_secs(30), || pty.seen("eta ")),
+        "no bar:\n{}",
+        pty.text()
+    );
+    let asker = a.spawn(["send", "--trust-new", "asked.txt", &addr]);
+    assert!(
+        wait_until(Duration::from_secs(20), || pty.seen("accept?")),
+        "no prompt:\n{}",
+        pty.text()
+    );
+    // Whatever the prompt itself writes is out within this pause.
+    std::thread::sleep(Duration::from_millis(300));
+    let at = pty.text().len();
+    std::thread::sleep(Duration::from_millis(1500));
+    let during = pty.text()[at..].to_owned();
+    assert!(
+        long.try_wait().is_none(),
+        "the long transfer ended before the watch did; nothing was shown"
+    );
+    assert!(
+        during.is_empty(),
+        "drawn while the prompt was open: {during:?}"
+    );
+    pty.answer("n");
+    asker.finish().code_is(11);
+    // Once answered, the bar of the running transfer draws again.
+    let at = pty.text().len();
+    assert!(
+        wait_until(Duration::from_secs(10), || pty.text()[at..]
+            .contains("eta ")),
+        "the bar never came back:\n{}",
+        &pty.text()[at..]
+    );
+    long.finish().ok();
+    assert_eq!(b.list().len(), 1);
 }
 
 /// Free bytes on the file system holding `p`.

@@ -1,15 +1,20 @@
-//! The terminal a running `serve` shares between its event lines, its log
-//! and the `--accept ask` prompt.
+//! The terminal a running `serve` shares between its event lines, its log,
+//! its transfers' progress bars and the `--accept ask` prompt.
 //!
 //! Every line goes through [`out`] or [`err`] (the tracing subscriber writes
-//! through [`LogWriter`]). While a prompt is open ([`prompt`]) the lines are
-//! held, not printed, and come out after the answer, so nothing cuts into
-//! the question or the user's typing. What is held is bounded: past
+//! through [`LogWriter`]); every bar is one of [`track`]'s. While a prompt is
+//! open ([`prompt`]) the lines are held, not printed, and come out after the
+//! answer, and the bars are cleared and drawn nowhere until then, so
+//! nothing cuts into the question or the user's typing. What is held is bounded: past
 //! [`HELD_LINES`] lines, only a count of the dropped ones is kept, so a
 //! stream of hostile connections cannot grow memory while nobody answers.
 
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
+
+use super::progress;
 
 /// Lines kept while a prompt is open; later ones are counted, not kept.
 pub const HELD_LINES: usize = 1000;
@@ -37,8 +42,33 @@ fn state() -> std::sync::MutexGuard<'static, State> {
     STATE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The bars of this process's transfers, drawn together on standard error
+/// (when it is a terminal) so that lines print above them, not through them.
+static BARS: OnceLock<MultiProgress> = OnceLock::new();
+
+fn bars() -> &'static MultiProgress {
+    BARS.get_or_init(|| MultiProgress::with_draw_target(progress::target(false)))
+}
+
+/// Draws `bar` with the console's other bars (hidden with them while a
+/// prompt is open); a quiet bar stays hidden.
+pub fn track(bar: ProgressBar, quiet: bool) -> ProgressBar {
+    if quiet {
+        bar
+    } else {
+        bars().add(bar)
+    }
+}
+
 fn write(stream: Stream, line: &str) {
     let line = line.strip_suffix('\n').unwrap_or(line);
+    match BARS.get() {
+        Some(b) => b.suspend(|| write_now(stream, line)),
+        None => write_now(stream, line),
+    }
+}
+
+fn write_now(stream: Stream, line: &str) {
     match stream {
         Stream::Out => {
             let mut o = std::io::stdout().lock();
@@ -70,13 +100,6 @@ pub fn out(line: &str) {
     emit(Stream::Out, line, |l| write(Stream::Out, l));
 }
 
-/// Prints a line through `direct` (a progress bar's `println`, which draws
-/// the line above the bar), or holds it for standard output while a prompt
-/// is open.
-pub fn out_via(line: &str, direct: impl FnOnce(&str)) {
-    emit(Stream::Out, line, direct);
-}
-
 /// Prints a line on standard error, or holds it while a prompt is open.
 pub fn err(line: &str) {
     emit(Stream::Err, line, |l| write(Stream::Err, l));
@@ -86,10 +109,19 @@ pub fn err(line: &str) {
 /// every other line held; prints the held lines once it returns.
 pub fn prompt<R>(ask: impl FnOnce() -> R) -> R {
     state().prompting = true;
+    // Under the same order as lines: held first, then the bars wiped and
+    // pointed nowhere; they keep counting and draw again after.
+    if let Some(b) = BARS.get() {
+        let _ = b.clear();
+        b.set_draw_target(ProgressDrawTarget::hidden());
+    }
     // Reopens the terminal even if `ask` panics.
     struct Reopen;
     impl Drop for Reopen {
         fn drop(&mut self) {
+            if let Some(b) = BARS.get() {
+                b.set_draw_target(progress::target(false));
+            }
             let mut s = state();
             s.prompting = false;
             for (stream, line) in std::mem::take(&mut s.held) {

@@ -31,7 +31,8 @@ pub fn count(total: u64, quiet: bool, msg: &str) -> ProgressBar {
     pb
 }
 
-fn target(quiet: bool) -> ProgressDrawTarget {
+/// Where a bar draws: standard error when it is a terminal, else nowhere.
+pub fn target(quiet: bool) -> ProgressDrawTarget {
     if quiet || !std::io::stderr().is_terminal() {
         ProgressDrawTarget::hidden()
     } else {

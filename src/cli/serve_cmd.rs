@@ -190,15 +190,6 @@ struct Conn {
     bar: Option<indicatif::ProgressBar>,
 }
 
-impl Conn {
-    fn println(&self, line: &str) {
-        match &self.bar {
-            Some(b) => console::out_via(line, |l| b.suspend(|| println!("{l}"))),
-            None => console::out(line),
-        }
-    }
-}
-
 /// Takes `HOME/serve.lock` (0600, an exclusive `flock`, with this
 /// process's id in it), or says which process holds it.
 fn lock_serving(home: &std::path::Path) -> Result<std::fs::File> {
@@ -528,7 +519,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
                         } else {
                             outln!("receiving {files} item(s), {} from {}", human(bytes), c.label);
                         }
-                        let b = progress::bytes(bytes, quiet, &peer.fingerprint());
+                        let b = console::track(progress::bytes(bytes, quiet, &peer.fingerprint()), quiet);
                         b.set_position(held);
                         c.bar = Some(b);
                     }
@@ -542,7 +533,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
                             c.files += 1;
                             c.bytes = c.bytes.saturating_add(size);
                             if verbose {
-                                c.println(&format!("stored {} ({}) from {}", text::escape(&name), human(size), c.label));
+                                outln!("stored {} ({}) from {}", text::escape(&name), human(size), c.label);
                             }
                         }
                     }
@@ -553,7 +544,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
                     ServerEvent::Serving { peer, files, bytes, held } => {
                         let c = conns.entry(peer).or_insert_with(|| Conn { label: label(&peer), files: 0, bytes: 0, bar: None });
                         outln!("serving {files} item(s), {} to {}{}", human(bytes), c.label, if held > 0 { format!(" (resuming, {} already there)", human(held)) } else { String::new() });
-                        let b = progress::bytes(bytes, quiet, &peer.fingerprint());
+                        let b = console::track(progress::bytes(bytes, quiet, &peer.fingerprint()), quiet);
                         b.set_position(held);
                         c.bar = Some(b);
                     }
