@@ -173,22 +173,7 @@ fn a_stop_signal_ends_the_session_at_once_even_mid_attempt() {
         .says("stopped: the pairing session ended and nothing was pinned");
 
     let (mut p, _, port) = host(&a, &[]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let _joiner = rt.block_on(async {
-        let me = Keypair::generate().unwrap();
-        let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        let expected = client::probe(&me, addr, |_| {}).await.unwrap();
-        let target = Target {
-            addr,
-            label: addr.to_string(),
-            expected,
-            hint: KeyHint::Given,
-        };
-        client::connect(&me, &target).await.unwrap()
-    });
+    let (_rt, _joiner) = silent_joiner(port);
     // The host has authenticated us and now waits for our first pairing
     // message, which never comes.
     std::thread::sleep(Duration::from_millis(300));
@@ -205,4 +190,59 @@ fn a_stop_signal_ends_the_session_at_once_even_mid_attempt() {
     );
     p.finish().code_is(INTERRUPTED);
     assert!(trusted(&a).is_empty());
+}
+
+/// Connects to the pairing host on `port` and authenticates with a fresh
+/// key, then says nothing: the host waits for a guess that never comes.
+/// Keep both values alive as long as the connection should stay open.
+fn silent_joiner(port: u16) -> (tokio::runtime::Runtime, client::Authenticated) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let joiner = rt.block_on(async {
+        let me = Keypair::generate().unwrap();
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let expected = client::probe(&me, addr, |_| {}).await.unwrap();
+        let target = Target {
+            addr,
+            label: addr.to_string(),
+            expected,
+            hint: KeyHint::Given,
+        };
+        client::connect(&me, &target).await.unwrap()
+    });
+    (rt, joiner)
+}
+
+/// Joiners are answered side by side: two silent ones, connected and
+/// authenticated, never guessing, do not hold up the real joiner, who pairs
+/// at once (the host used to answer one connection at a time, each able to
+/// hold it for 40 s).
+#[test]
+fn silent_joiners_hold_up_nobody() {
+    let (a, b) = (node("alpha"), node("beta"));
+    let (mut p, code, port) = host(&a, &[]);
+    let _quiet = [silent_joiner(port), silent_joiner(port)];
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    b.run(["pair", &code, &format!("127.0.0.1:{port}")])
+        .ok()
+        .says("paired with \"alpha\"");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "pairing took {:?} beside silent joiners",
+        started.elapsed()
+    );
+    assert!(p.wait_timeout(Duration::from_secs(10)).is_some());
+    let shown: serde_json::Value = p
+        .finish()
+        .ok()
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|v: &serde_json::Value| v["event"] == "paired")
+        .expect("a paired event");
+    assert_eq!(shown["name"], "beta", "{shown}");
+    assert_eq!(trusted(&b).len(), 1);
 }

@@ -5,6 +5,7 @@
 //! trust store update both sides make when the proofs check.
 
 use std::{
+    cell::RefCell,
     io::{BufRead, IsTerminal},
     net::SocketAddr,
     path::Path,
@@ -12,6 +13,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use p2pfs::{
     crypto::keys::PublicKey,
     net::{
@@ -275,28 +277,37 @@ struct Hosting<'a> {
     stop: Stop,
 }
 
-/// The host's accept loop: answers joiners until one pairs, the session
-/// ends on failed guesses, the code expires, or the user stops it.
+/// Joiners answered at once; more connections are refused until one ends.
+const MAX_JOINERS: usize = 8;
+
+/// The host's accept loop: answers joiners, side by side (a silent one
+/// holds up nobody), until one pairs, the session ends on failed guesses,
+/// the code expires, or the user stops it.
 async fn answer_joiners(ctx: &Ctx, identity: &Identity, mut h: Hosting<'_>) -> Result<()> {
-    let mut session = Session::default();
+    let budget = RefCell::new(Session::default());
+    let session = &budget;
+    let (code, grant) = (h.code, h.grant);
+    let mut joiners = FuturesUnordered::new();
     loop {
-        let incoming = tokio::select! {
-            _ = tokio::time::sleep_until(h.deadline) => return Err(PairError::Expired.into()),
-            _ = h.stop.wait() => return Err(PairError::Stopped.into()),
-            i = h.ep.accept() => match i {
-                Some(i) => i,
-                None => bail!("the listening endpoint closed"),
-            },
-        };
-        let addr = incoming.remote_address();
-        // A stop signal or the deadline also cut a joiner short: a silent
-        // one holds the host in the handshake (AUTH_TIMEOUT) or between
-        // steps (STEP_WAIT).
+        // The deadline and a stop signal cut every joiner short, too.
         let joined = tokio::select! {
-            j = one_joiner(identity, incoming, h.code, h.grant) => j,
             _ = tokio::time::sleep_until(h.deadline) => return Err(PairError::Expired.into()),
             _ = h.stop.wait() => return Err(PairError::Stopped.into()),
+            i = h.ep.accept() => {
+                let Some(incoming) = i else { bail!("the listening endpoint closed") };
+                if joiners.len() >= MAX_JOINERS {
+                    incoming.refuse();
+                } else {
+                    let addr = incoming.remote_address();
+                    joiners.push(async move {
+                        (addr, one_joiner(identity, incoming, code, grant, session).await)
+                    });
+                }
+                continue;
+            }
+            Some(j) = joiners.next() => j,
         };
+        let (addr, joined) = joined;
         match joined {
             Joined::Agreed(agreed) => {
                 let (link, agreed) = *agreed;
@@ -310,7 +321,7 @@ async fn answer_joiners(ctx: &Ctx, identity: &Identity, mut h: Hosting<'_>) -> R
                     Some(PairError::WrongCode) => format!("a wrong code was tried from {from}"),
                     _ => format!("a pairing attempt from {from} failed ({e})"),
                 };
-                let left = session.failed()?;
+                let left = session.borrow_mut().failed()?;
                 eprintln!("p2pfs: {what}: {left} more failed attempt(s) end the session");
             }
             Joined::NoGuess(e) => tracing::debug!("pairing connection from {addr} ended: {e}"),
@@ -334,6 +345,7 @@ async fn one_joiner(
     incoming: quinn::Incoming,
     code: &Code,
     grant: &[Capability],
+    session: &RefCell<Session>,
 ) -> Joined {
     let me = identity.id();
     let auth = tokio::time::timeout(
@@ -370,7 +382,7 @@ async fn one_joiner(
         identity.name.clone(),
         bits(grant),
     );
-    match host_attempt(&mut link, &mut ex).await {
+    match host_attempt(&mut link, &mut ex, session).await {
         Ok(agreed) => Joined::Agreed(Box::new((link, agreed))),
         Err(e) if ex.guessed() => Joined::Failed(e),
         Err(e) => Joined::NoGuess(e),
@@ -379,11 +391,27 @@ async fn one_joiner(
 
 /// Runs the exchange with an authenticated joiner up to the point where
 /// both proofs checked; nothing is recorded here, so this may be cut short.
-async fn host_attempt(link: &mut Link, ex: &mut Exchange) -> Result<Agreed> {
+async fn host_attempt(
+    link: &mut Link,
+    ex: &mut Exchange,
+    session: &RefCell<Session>,
+) -> Result<Agreed> {
     loop {
         let m = link
             .next_msg(STEP_WAIT, "waiting for the pairing peer")
             .await?;
+        // The joiner's first message is its guess: taken only while the
+        // session's budget has room for it beside the guesses under way.
+        // (The borrow ends before any await.)
+        let room = ex.guessed() || session.borrow_mut().begin_guess();
+        if !room {
+            link.refuse(
+                wire::RefuseCode::Busy,
+                "busy with other pairing attempts; try again in a moment".into(),
+            )
+            .await;
+            bail!("no room for another guess beside those under way");
+        }
         match ex.on_msg(m)? {
             Step::Reply(msgs) => {
                 for m in &msgs {

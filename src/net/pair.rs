@@ -92,6 +92,10 @@ pub enum PairError {
     /// The pairing peer broke the protocol.
     #[error("pairing protocol error: {0}")]
     Protocol(String),
+    /// The host is deciding as many guesses as it has left; this joiner's
+    /// was not taken (no guess was made).
+    #[error("the node showing the code is busy with other pairing attempts (someone else may be guessing): nothing was pinned. Try again in a moment; if this repeats, run `p2pfs pair` there again for a new code")]
+    HostBusy,
     /// The host was stopped (Ctrl-C or SIGTERM) before anyone paired.
     #[error("stopped: the pairing session ended and nothing was pinned. Run `p2pfs pair` again for a new code")]
     Stopped,
@@ -408,6 +412,14 @@ impl Exchange {
             (_, _, Msg::Welcome { .. }) => {
                 Err(PairError::Protocol(super::server::NOT_A_PAIR_HOST.into()))
             }
+            (
+                Role::Joiner,
+                _,
+                Msg::Refused {
+                    code: RefuseCode::Busy,
+                    ..
+                },
+            ) => Err(PairError::HostBusy),
             (_, _, Msg::Refused { message, .. }) => Err(PairError::Protocol(format!(
                 "the other node refused: {}",
                 text::from_peer(&message)
@@ -419,15 +431,35 @@ impl Exchange {
 
 /// The hosting side's session: one code, at most [`MAX_FAILURES`] wrong
 /// guesses, then over.
+///
+/// Joiners are answered side by side, so a silent one (connected, never
+/// guessing) holds up nobody. Guesses under way count against the budget
+/// before they are decided: a guess starts only while failures plus
+/// guesses under way are below [`MAX_FAILURES`], so however many joiners
+/// guess at once, no more than [`MAX_FAILURES`] wrong guesses are ever
+/// checked.
 #[derive(Debug, Default)]
 pub struct Session {
     failures: u32,
+    guessing: u32,
 }
 
 impl Session {
-    /// Counts an attempt that got as far as a guess and did not pair; the
-    /// session is over once there were [`MAX_FAILURES`].
+    /// Starts a guess (a joiner's SPAKE2 message arrived) if the budget
+    /// allows one more; false when the guesses under way could use it up
+    /// (the joiner is told the host is busy, and no guess is made).
+    pub fn begin_guess(&mut self) -> bool {
+        if self.failures + self.guessing >= MAX_FAILURES {
+            return false;
+        }
+        self.guessing += 1;
+        true
+    }
+
+    /// Ends a started guess that did not pair; the session is over once
+    /// there were [`MAX_FAILURES`]. Returns the failures still allowed.
     pub fn failed(&mut self) -> Result<u32, PairError> {
+        self.guessing = self.guessing.saturating_sub(1);
         self.failures += 1;
         if self.failures >= MAX_FAILURES {
             Err(PairError::TooManyFailures)
@@ -586,6 +618,21 @@ mod tests {
         );
     }
 
+    /// Guesses under way hold their share of the budget: with joiners
+    /// guessing side by side, never more than MAX_FAILURES are checked.
+    #[test]
+    fn guesses_at_once_never_exceed_the_budget() {
+        let mut s = Session::default();
+        assert!(s.begin_guess() && s.begin_guess() && s.begin_guess());
+        assert!(!s.begin_guess(), "a fourth guess while three are under way");
+        assert_eq!(s.failed(), Ok(2));
+        assert!(!s.begin_guess(), "two under way and one failure use it up");
+        assert_eq!(s.failed(), Ok(1));
+        assert!(!s.begin_guess());
+        assert_eq!(s.failed(), Err(PairError::TooManyFailures));
+        assert!(!s.begin_guess());
+    }
+
     #[test]
     fn codes_parse_strictly_and_sessions_end_after_three_failures() {
         for bad in [
@@ -606,9 +653,10 @@ mod tests {
         assert!((1..=99).contains(&c.nameplate()));
         assert_eq!(format!("{c:?}"), "Code(..)");
         let mut s = Session::default();
-        assert_eq!(s.failed(), Ok(2));
-        assert_eq!(s.failed(), Ok(1));
-        assert_eq!(s.failed(), Err(PairError::TooManyFailures));
+        for left in [Ok(2), Ok(1), Err(PairError::TooManyFailures)] {
+            assert!(s.begin_guess());
+            assert_eq!(s.failed(), left);
+        }
         let mut w = WORDS.to_vec();
         w.sort();
         w.dedup();
