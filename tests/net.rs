@@ -227,6 +227,10 @@ fn nothing_to_send_is_said_before_connecting() {
     let r = a.run(["send", "link", &format!("127.0.0.1:{port}")]);
     assert_eq!(r.code(), Some(1), "{r}");
     assert!(r.stderr.contains("nothing to send"), "{r}");
+    // Only a PEER is bad usage (README exit 2), said before connecting.
+    a.run(["send", &format!("127.0.0.1:{port}")])
+        .code_is(2)
+        .says("nothing to send, only a PEER: usage: p2pfs send PATH... PEER");
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //! [`HELD_LINES`] lines, only a count of the dropped ones is kept, so a
 //! stream of hostile connections cannot grow memory while nobody answers.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::{Mutex, OnceLock};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
@@ -51,9 +51,11 @@ fn bars() -> &'static MultiProgress {
 }
 
 /// Draws `bar` with the console's other bars (hidden with them while a
-/// prompt is open); a quiet bar stays hidden.
+/// prompt is open). A quiet bar, or any bar when standard error is not a
+/// terminal (a daemon's log), stays on its own hidden target: a hidden
+/// `MultiProgress` never reaps finished bars, and serve runs for months.
 pub fn track(bar: ProgressBar, quiet: bool) -> ProgressBar {
-    if quiet {
+    if quiet || !std::io::stderr().is_terminal() {
         bar
     } else {
         bars().add(bar)

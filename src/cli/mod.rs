@@ -36,6 +36,8 @@ use p2pfs::{
 pub mod exit {
     /// Any other failure.
     pub const FAILURE: u8 = 1;
+    /// Bad command-line usage (clap's own code for the errors it finds).
+    pub const USAGE: u8 = 2;
     /// Wrong passphrase.
     pub const WRONG_PASSPHRASE: u8 = 3;
     /// Corrupt or damaged data (verify failures, tampered objects).

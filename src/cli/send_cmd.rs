@@ -490,11 +490,17 @@ pub fn run(ctx: &Ctx, args: Vec<String>, flags: Flags) -> Result<()> {
         name,
     } = flags;
     let streams = usize::from(streams);
+    let usage = |what: &str| {
+        super::vault_cmd::Failed(
+            super::exit::USAGE,
+            format!("{what}usage: p2pfs send PATH... PEER"),
+        )
+    };
     let Some((peer, paths)) = args.split_last() else {
-        bail!("usage: p2pfs send PATH... PEER");
+        bail!(usage(""));
     };
     if paths.is_empty() {
-        bail!("nothing to send: usage: p2pfs send PATH... PEER");
+        bail!(usage("nothing to send, only a PEER: "));
     }
     let peer = classify(peer)?;
     let identity = ctx.home.load_identity()?;

@@ -33,7 +33,7 @@ use p2pfs::{
 
 use super::{exit, passphrase, progress, walk, Ctx, PassphraseArg, QuietArg};
 
-/// A failure whose message was already printed, with its exit code.
+/// A failure with its own exit code (`exit::*`) and its message.
 #[derive(Debug, thiserror::Error)]
 #[error("{1}")]
 pub struct Failed(pub u8, pub String);
