@@ -620,7 +620,34 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The default node name: the host name, made valid.
+/// SIGINT and SIGTERM, caught for as long as this lives (serve, the
+/// pairing host): from its creation on, neither ends the process by
+/// default disposition.
+pub struct Stop {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    /// Catches both, from now on.
+    pub fn catch() -> Result<Stop> {
+        Ok(Stop {
+            int: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .context("cannot catch Ctrl-C")?,
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("cannot catch SIGTERM")?,
+        })
+    }
+
+    /// Resolves when either signal arrives.
+    pub async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
 /// The async runtime of a command: a transfer or a daemon works on
 /// every core (`multi_thread`); a command with one request and one reply
 /// runs on one thread, without cross-thread wake-ups.
@@ -635,6 +662,7 @@ pub fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// The default node name: the host name, made valid.
 pub fn host_name() -> String {
     let h = gethostname::gethostname().to_string_lossy().into_owned();
     let mut s: String = h.chars().filter(|c| !c.is_control()).collect();

@@ -29,9 +29,8 @@ use p2pfs::{
     text,
 };
 use serde_json::json;
-use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use super::{send_cmd, trust_cmd, Ctx};
+use super::{send_cmd, trust_cmd, Ctx, Stop};
 
 /// How long either side waits for the next pairing message.
 const STEP_WAIT: Duration = Duration::from_secs(30);
@@ -243,29 +242,6 @@ async fn host(ctx: &Ctx, identity: &Identity, args: &PairArgs, grant: &[Capabili
     outcome
 }
 
-/// SIGINT and SIGTERM, caught for the life of a pairing session.
-struct Stop {
-    int: Signal,
-    term: Signal,
-}
-
-impl Stop {
-    fn catch() -> Result<Stop> {
-        Ok(Stop {
-            int: signal(SignalKind::interrupt()).context("cannot catch Ctrl-C")?,
-            term: signal(SignalKind::terminate()).context("cannot catch SIGTERM")?,
-        })
-    }
-
-    /// Resolves when either signal arrives.
-    async fn wait(&mut self) {
-        tokio::select! {
-            _ = self.int.recv() => {}
-            _ = self.term.recv() => {}
-        }
-    }
-}
-
 /// One hosted session: where it listens, the code, until when, what a
 /// joiner is given, how results are printed, and its stop signals.
 struct Hosting<'a> {
@@ -311,8 +287,8 @@ async fn answer_joiners(ctx: &Ctx, identity: &Identity, mut h: Hosting<'_>) -> R
         match joined {
             Joined::Agreed(agreed) => {
                 let (link, agreed) = *agreed;
-                let (peer, name, to_us, alias) = commit(ctx, link, agreed, h.grant).await?;
-                report(h.json, &peer, &name, h.grant, &to_us, &alias);
+                let (peer, name, to_us, alias) = commit(ctx, link, agreed, grant).await?;
+                report(h.json, &peer, &name, grant, &to_us, &alias);
                 return Ok(());
             }
             Joined::Failed(e) => {

@@ -345,9 +345,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         // Stop signals are caught from before anything is printed: a
         // SIGTERM right after the banner stops the node cleanly, never by
         // the default disposition.
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+        let mut stop = super::Stop::catch()?;
         let ep = endpoint::server(listen)?;
         let may_send = p2pfs::store::trust::TrustStore::load(ctx.home.root())
             .map(|t| {
@@ -484,10 +482,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
             })
         });
         tokio::spawn(async move {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
+            stop.wait().await;
             let _ = stop_tx.send(true);
         });
         let home = ctx.home.root().to_path_buf();
