@@ -80,6 +80,78 @@ fn the_service_unit_is_hardened_and_its_command_line_parses() {
     Cmd::new(None, parse).run().ok().says("--listen");
 }
 
+/// The unit as systemd itself reads it: `systemd-analyze verify` (every key
+/// known, the command executable, the targets it names present) in a root
+/// holding this build at the unit's path, and `systemd-analyze security`
+/// (the hardening scored offline) at an exposure of 2.0 or below (threshold 20: systemd counts tenths), "OK" on
+/// systemd's scale. `.ci/run` installs systemd for this; elsewhere the test
+/// says it skipped.
+#[test]
+fn systemd_accepts_the_service_unit_and_scores_it_hardened() {
+    use std::process::Command;
+    let units = ["/usr/lib/systemd/system", "/lib/systemd/system"]
+        .into_iter()
+        .map(std::path::Path::new)
+        .find(|d| d.join("sysinit.target").exists());
+    let analyze = Command::new("systemd-analyze").arg("--version").output();
+    let (Some(units), Ok(out)) = (units, analyze) else {
+        eprintln!("skipped: systemd-analyze and systemd's own units are not installed");
+        return;
+    };
+    assert!(out.status.success());
+    let root = tempdir();
+    let r = root.path();
+    let copy_dir = |from: &std::path::Path, to: &std::path::Path| {
+        std::fs::create_dir_all(to).unwrap();
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", from.display()))
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    copy_dir(units, &r.join("usr/lib/systemd/system"));
+    std::fs::create_dir_all(r.join("usr/local/bin")).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_p2pfs"), r.join("usr/local/bin/p2pfs")).unwrap();
+    std::fs::create_dir_all(r.join("etc/systemd/system")).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/p2pfs.service"),
+        r.join("etc/systemd/system/p2pfs.service"),
+    )
+    .unwrap();
+    let unit = r.join("etc/systemd/system/p2pfs.service");
+
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(format!("--root={}", r.display()))
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verify.stderr);
+    // An unknown or misspelt key is only a warning to systemd (exit 0), so
+    // silence is the test, not just the exit status.
+    assert!(
+        verify.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {:?}\n{said}",
+        verify.status
+    );
+
+    let security = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--threshold=20"])
+        .arg(format!("--root={}", r.display()))
+        .arg("/etc/systemd/system/p2pfs.service")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&security.stdout);
+    assert!(
+        security.status.success(),
+        "exposure above 2.0 (threshold 20):\n{report}\n{}",
+        String::from_utf8_lossy(&security.stderr)
+    );
+    assert!(report.contains("Overall exposure level"), "{report}");
+}
+
 #[test]
 fn a_second_serve_on_one_home_is_refused_at_once() {
     let n = Node::new();
