@@ -696,13 +696,9 @@ fn summary_line(s: &p2pfs::net::client::Summary, what: &str) -> String {
     if s.files == 0 && s.folders == 0 && s.unchanged > 0 {
         return format!("nothing to send to {peer}: {unchanged}");
     }
-    let folders = match s.folders {
-        0 => String::new(),
-        n => format!(" and {n} empty folder(s)"),
-    };
     let mut line = format!(
-        "sent {} file(s){folders} to {peer}: {} on the wire",
-        s.files,
+        "sent {} to {peer}: {} on the wire",
+        super::files_and_folders(s.files as u64, s.folders as u64),
         human(s.bytes_sent)
     );
     if s.bytes_skipped > 0 {

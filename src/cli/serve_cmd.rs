@@ -186,6 +186,7 @@ pub struct ServeArgs {
 struct Conn {
     label: String,
     files: u64,
+    folders: u64,
     bytes: u64,
     bar: Option<indicatif::ProgressBar>,
 }
@@ -496,7 +497,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
             while let Some(ev) = rx.recv().await {
                 match ev {
                     ServerEvent::PeerConnected { peer, addr, claimed } => {
-                        let c = Conn { label: claimed_label(&peer, &claimed), files: 0, bytes: 0, bar: None };
+                        let c = Conn { label: claimed_label(&peer, &claimed), files: 0, folders: 0, bytes: 0, bar: None };
                         if verbose {
                             outln!("peer {} connected from {addr}", c.label);
                         }
@@ -504,7 +505,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
                     }
                     ServerEvent::PeerRefused { peer, claimed, reason } => outln!("refused {} ({peer}): {reason}", claimed_label(&peer, &claimed)),
                     ServerEvent::Offer { peer, files, bytes, held } => {
-                        let c = conns.entry(peer).or_insert_with(|| Conn { label: label(&peer), files: 0, bytes: 0, bar: None });
+                        let c = conns.entry(peer).or_insert_with(|| Conn { label: label(&peer), files: 0, folders: 0, bytes: 0, bar: None });
                         if files == 0 {
                             outln!("nothing new from {}: everything offered is already stored here, unchanged", c.label);
                             continue;
@@ -523,11 +524,17 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
                             b.inc(bytes);
                         }
                     }
-                    ServerEvent::Stored { peer, name, size } => {
+                    ServerEvent::Stored { peer, name, size, folder } => {
                         if let Some(c) = conns.get_mut(&peer) {
-                            c.files += 1;
+                            if folder {
+                                c.folders += 1;
+                            } else {
+                                c.files += 1;
+                            }
                             c.bytes = c.bytes.saturating_add(size);
-                            if verbose {
+                            if verbose && folder {
+                                outln!("stored empty folder {} from {}", text::escape(&name), c.label);
+                            } else if verbose {
                                 outln!("stored {} ({}) from {}", text::escape(&name), human(size), c.label);
                             }
                         }
@@ -537,7 +544,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
                         errln!("p2pfs: {who}: {}", text::escape(&message));
                     }
                     ServerEvent::Serving { peer, files, bytes, held } => {
-                        let c = conns.entry(peer).or_insert_with(|| Conn { label: label(&peer), files: 0, bytes: 0, bar: None });
+                        let c = conns.entry(peer).or_insert_with(|| Conn { label: label(&peer), files: 0, folders: 0, bytes: 0, bar: None });
                         outln!("serving {files} item(s), {} to {}{}", human(bytes), c.label, if held > 0 { format!(" (resuming, {} already there)", human(held)) } else { String::new() });
                         let b = console::track(progress::bytes(bytes, quiet, &peer.fingerprint()), quiet);
                         b.set_position(held);
@@ -560,8 +567,8 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
                             if let Some(b) = &c.bar {
                                 b.finish_and_clear();
                             }
-                            if c.files > 0 {
-                                outln!("stored {} file(s), {} from {} (committed and verified)", c.files, human(c.bytes), c.label);
+                            if c.files + c.folders > 0 {
+                                outln!("stored {}, {} from {} (committed and verified)", super::files_and_folders(c.files, c.folders), human(c.bytes), c.label);
                             }
                         }
                     }

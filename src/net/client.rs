@@ -652,7 +652,9 @@ fn ui_reporter(events: &EventTx, start: u64) -> Reporter {
             Note::Bytes(b) => Event::Progress {
                 done: done.fetch_add(b, Ordering::Relaxed) + b,
             },
-            Note::FileDone { name, size, blake3 } => Event::FileDone {
+            Note::FileDone {
+                name, size, blake3, ..
+            } => Event::FileDone {
                 name,
                 size,
                 blake3: blake3.map(|b| to_hex(&b)).unwrap_or_default(),

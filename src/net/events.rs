@@ -143,6 +143,8 @@ pub enum ServerEvent {
         name: String,
         /// Its size.
         size: u64,
+        /// An empty folder, not a file.
+        folder: bool,
     },
     /// A file or connection failed.
     Failed {

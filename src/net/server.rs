@@ -833,7 +833,14 @@ fn server_reporter(ctx: &ServerCtx, peer: PublicKey, source: bool) -> Reporter {
             },
             Note::Bytes(b) => ServerEvent::Received { peer, bytes: b },
             Note::FileDone { .. } if source => return,
-            Note::FileDone { name, size, .. } => ServerEvent::Stored { peer, name, size },
+            Note::FileDone {
+                name, size, folder, ..
+            } => ServerEvent::Stored {
+                peer,
+                name,
+                size,
+                folder,
+            },
             Note::FileFailed { name, message } if name.is_empty() => ServerEvent::Failed {
                 peer: Some(peer),
                 message,

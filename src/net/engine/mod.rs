@@ -213,6 +213,8 @@ pub enum Note {
         name: String,
         /// Its size.
         size: u64,
+        /// An empty folder, not a file.
+        folder: bool,
         /// BLAKE3 of the plaintext, when known here.
         blake3: Option<[u8; 32]>,
     },

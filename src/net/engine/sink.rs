@@ -1538,6 +1538,7 @@ fn result(
             (ctx.report)(Note::FileDone {
                 name: e.name.clone(),
                 size: e.size,
+                folder: e.kind == EntryKind::Dir,
                 blake3,
             });
             Msg::FileResult {

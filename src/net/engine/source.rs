@@ -89,6 +89,12 @@ impl From {
             From::Stored(s) => s.size,
         }
     }
+
+    /// An empty folder (only a local entry can be one: a vault object
+    /// sent as stored is a file).
+    fn is_folder(&self) -> bool {
+        matches!(self, From::Local(i) if i.offer.kind == EntryKind::Dir)
+    }
 }
 
 /// How one file goes, after the plan.
@@ -242,9 +248,9 @@ pub async fn run(
         .collect::<Result<_, _>>()?;
     let hashes = Arc::new(std::sync::Mutex::new(vec![None::<[u8; 32]>; n]));
     let reader_hashes = hashes.clone();
-    let labels: Vec<(String, u64)> = files
+    let labels: Vec<(String, u64, bool)> = files
         .iter()
-        .map(|(f, _)| (f.label().to_string(), f.size()))
+        .map(|(f, _)| (f.label().to_string(), f.size(), f.is_folder()))
         .collect();
     let rep = report.clone();
     let reader = tokio::task::spawn_blocking(move || -> Result<(), NetError> {
@@ -330,11 +336,11 @@ pub async fn run(
                 match m {
                     Ok(Some(Msg::FileResult { file, ok, code, message })) => {
                         let i = machine.on_result(file)?;
-                        let (name, size) = &labels[i];
+                        let (name, size, folder) = &labels[i];
                         if ok {
                             outcomes[i] = Outcome::Ok;
                             let b3 = hashes.lock().ok().and_then(|h| h.get(i).copied().flatten());
-                            report(Note::FileDone { name: name.clone(), size: *size, blake3: b3 });
+                            report(Note::FileDone { name: name.clone(), size: *size, folder: *folder, blake3: b3 });
                         } else {
                             let message = text::from_peer(&message);
                             // The code says why; the peer's words add nothing.
