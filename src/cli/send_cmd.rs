@@ -508,7 +508,9 @@ pub fn run(ctx: &Ctx, args: Vec<String>, flags: Flags) -> Result<()> {
         (vec![stdin_item(paths, name)?], 0)
     } else {
         if name.is_some() {
-            bail!("--name names standard input: give - as the only PATH");
+            bail!(usage(
+                "--name names standard input (give - as the only PATH); "
+            ));
         }
         let paths: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
         let walk::Collected {
@@ -572,18 +574,24 @@ pub fn run(ctx: &Ctx, args: Vec<String>, flags: Flags) -> Result<()> {
 /// receiver checks it.
 fn stdin_item(paths: &[String], name: Option<String>) -> Result<sender::Item> {
     use std::io::IsTerminal;
+    // Each of these is a command line to correct: bad usage (exit 2).
+    let usage = |what: String| super::vault_cmd::Failed(super::exit::USAGE, what);
     if paths.len() != 1 {
-        bail!("- (standard input) is sent alone: give it as the only PATH");
+        bail!(usage(
+            "- (standard input) is sent alone: give it as the only PATH".into()
+        ));
     }
     let Some(name) = name else {
-        bail!("- (standard input) needs a name to be stored under: add --name NAME");
+        bail!(usage(
+            "- (standard input) needs a name to be stored under: add --name NAME".into()
+        ));
     };
     if let Err(why) = p2pfs::store::format::validate_name(&name) {
-        bail!("--name {}: {why}", text::escape(&name));
+        bail!(usage(format!("--name {}: {why}", text::escape(&name))));
     }
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
-        bail!("standard input is a terminal: pipe or redirect the data to send (`cmd | p2pfs send - --name NAME PEER`)");
+        bail!(usage("standard input is a terminal: pipe or redirect the data to send (`cmd | p2pfs send - --name NAME PEER`)".into()));
     }
     Ok(p2pfs::net::client::stdin_item(
         name,
