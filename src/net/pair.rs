@@ -618,6 +618,58 @@ mod tests {
         );
     }
 
+    /// A joiner whose guess found no room (the host's budget is held by
+    /// guesses under way) is told so: `HostBusy`, "try again", not a wrong
+    /// code, and nothing to commit. Before its guess or after it alike.
+    #[test]
+    fn a_busy_host_is_reported_as_busy_not_as_a_wrong_code() {
+        let busy = || Msg::Refused {
+            code: RefuseCode::Busy,
+            message: "busy with other pairing attempts".into(),
+        };
+        let joiner = || {
+            let (j, first) = Exchange::new(
+                Role::Joiner,
+                Code::parse("7-orbit-velvet").unwrap(),
+                binding(9),
+                "j".into(),
+                1,
+            );
+            assert!(matches!(first, Some(Msg::PairStart { .. })));
+            j
+        };
+        // Refused in answer to its guess.
+        assert_eq!(joiner().on_msg(busy()), Err(PairError::HostBusy));
+        // Refused once the guess was answered (proofs under way).
+        let mut j = joiner();
+        let (mut host, _) = Exchange::new(
+            Role::Host,
+            Code::parse("7-orbit-velvet").unwrap(),
+            binding(9),
+            "h".into(),
+            1,
+        );
+        let (_, first) = Exchange::new(
+            Role::Joiner,
+            Code::parse("7-orbit-velvet").unwrap(),
+            binding(9),
+            "j".into(),
+            1,
+        );
+        let Step::Reply(r) = host.on_msg(first.unwrap()).unwrap() else {
+            panic!()
+        };
+        assert!(matches!(j.on_msg(r[0].clone()), Ok(Step::Reply(_))));
+        assert_eq!(j.on_msg(busy()), Err(PairError::HostBusy));
+        // The message says what to do, and is not the wrong-code one.
+        let said = PairError::HostBusy.to_string();
+        assert!(
+            said.contains("Try again") && said.contains("nothing was pinned"),
+            "{said}"
+        );
+        assert_ne!(said, PairError::WrongCode.to_string());
+    }
+
     /// Guesses under way hold their share of the budget: with joiners
     /// guessing side by side, never more than MAX_FAILURES are checked.
     #[test]
