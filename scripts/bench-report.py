@@ -310,7 +310,10 @@ def workload_table(wl, kind, fl):
             cpu_s = "–" if f.cpu_s is None else None
             rss_s = "–" if f.rss_s is None else f"{f.rss_s:.1f}"
         if kind == "latency":
-            cells = [name, f"{f.wall * 1000:.1f}", num(f.rate, 1), f"{f.cpu_c * 1000:.1f}",
+            # GNU time gives a process's CPU in 10 ms steps (truncated): a
+            # client that takes less shows 0, which is not a measurement.
+            cpu_c = f"{f.cpu_c * 1000:.1f}" if f.cpu_c >= 0.010 else "< 10 (GNU time's step)"
+            cells = [name, f"{f.wall * 1000:.1f}", num(f.rate, 1), cpu_c,
                      cpu_s if cpu_s is not None else f"{f.cpu_s * 1000:.1f}", f"{f.rss_c:.1f}", rss_s, rs]
         else:
             cells = [name, f"{f.wall:.2f}", num(f.rate, 1), f"{f.cpu_c:.2f}",
