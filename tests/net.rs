@@ -1373,3 +1373,36 @@ fn partials_are_listed_removed_and_expire() {
         .code_is(2)
         .says("at least 1s");
 }
+
+/// A source cut short while it is being sent is caught: the chunks read
+/// after the cut come up short (or the file no longer matches what was
+/// offered), the send fails saying the file changed, and the receiver
+/// keeps nothing of it as a file (what it verified may wait as a partial).
+#[test]
+fn a_file_truncated_while_it_is_sent_is_refused_and_not_stored() {
+    let (a, b) = nodes();
+    let srv = Server::start(&b, &["--accept", "any"]);
+    let path = a.path("growing.bin");
+    write_random(&path, 512 * 1024 * 1024);
+    let mut send = a.spawn([
+        "send",
+        "--trust-new",
+        "--streams",
+        "1",
+        "growing.bin",
+        &srv.addr(),
+    ]);
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(64 * 1024 * 1024)
+        .unwrap();
+    assert!(send.wait_timeout(Duration::from_secs(60)).is_some());
+    let r = send.finish();
+    assert_ne!(r.code(), Some(0), "{r}");
+    assert!(r.stderr.contains("changed while it was being read"), "{r}");
+    assert!(b.list().is_empty(), "nothing may be stored: {:?}", b.list());
+    srv.stop().ok();
+}

@@ -559,20 +559,21 @@ fn read_local(
         let mut frame = if held {
             std::mem::take(&mut scratch)
         } else {
-            Vec::new()
+            Vec::with_capacity(h + len + CHUNK_OVERHEAD)
         };
-        frame.resize(h + len + CHUNK_OVERHEAD, 0);
+        // Header and nonce first, then the body read straight in after
+        // them (never zeroed first: that cost the sender 5% of its time).
+        frame.clear();
+        frame.resize(h + 12, 0);
         if let Some(fh) = f.as_mut() {
-            let body = &mut frame[h + 12..h + 12 + len];
-            read_full(fh, body).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    changed()
-                } else {
-                    NetError::Store(StoreError::io("cannot read", &item.path, e))
-                }
-            })?;
-            hasher.update(body);
+            let got = append_up_to(fh, len, &mut frame)
+                .map_err(|e| NetError::Store(StoreError::io("cannot read", &item.path, e)))?;
+            if got != len {
+                return Err(changed());
+            }
+            hasher.update(&frame[h + 12..]);
         }
+        frame.resize(h + len + CHUNK_OVERHEAD, 0);
         if held {
             if let Some(it) = held_leaves.as_mut() {
                 let leaf = it.next().ok_or_else(|| {
@@ -642,23 +643,44 @@ fn read_stored(
             continue;
         }
         let len = chunk_plain_len(st.size, st.chunk_size, i);
-        let mut frame = vec![0u8; h + len + CHUNK_OVERHEAD];
-        f.read_exact_at(&mut frame[h..], hdr.chunk_offset(i))
-            .map_err(|e| StoreError::io("cannot read", &st.path, e))?;
+        let mut frame = Vec::with_capacity(h + len + CHUNK_OVERHEAD);
+        frame.resize(h, 0);
+        let io = |e| NetError::Store(StoreError::io("cannot read", &st.path, e));
+        let mut at = &f;
+        std::io::Seek::seek(&mut at, std::io::SeekFrom::Start(hdr.chunk_offset(i))).map_err(io)?;
+        if append_up_to(&mut at, len + CHUNK_OVERHEAD, &mut frame).map_err(io)?
+            != len + CHUNK_OVERHEAD
+        {
+            return Err(damaged("data file truncated"));
+        }
         queue(&mut frame, file, &st.id, i, len, mac, data_tx)?;
     }
     Ok(())
 }
 
-fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<()> {
-    let mut off = 0;
-    while off < buf.len() {
-        match f.read(&mut buf[off..]) {
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => off += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+/// Appends up to `len` bytes of `r` to `buf` (fewer only at its end),
+/// reading into the spare capacity as it is: the bytes are never zeroed
+/// first. Returns how many were appended.
+fn append_up_to(r: &mut impl Read, len: usize, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    buf.reserve_exact(len);
+    r.take(len as u64).read_to_end(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::append_up_to;
+
+    #[test]
+    fn reads_append_after_what_is_there_and_stop_at_the_end() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        let mut buf = vec![7u8; 3];
+        let mut r = &data[..];
+        assert_eq!(append_up_to(&mut r, 4096, &mut buf).unwrap(), 4096);
+        assert_eq!(&buf[..3], &[7, 7, 7]);
+        assert_eq!(&buf[3..], &data[..4096]);
+        // Fewer only at the end: a short count tells the caller it was cut.
+        assert_eq!(append_up_to(&mut r, 8192, &mut buf).unwrap(), 10_000 - 4096);
+        assert_eq!(&buf[3..], &data[..]);
+        assert_eq!(append_up_to(&mut r, 1, &mut buf).unwrap(), 0);
     }
-    Ok(())
 }
