@@ -340,8 +340,6 @@ pub fn claimed_label(store: Option<&TrustStore>, key: &PublicKey, claimed: &str)
     }
 }
 
-/// Asks `question [y/N]` on the terminal (prompt on stderr, answer from
-/// stdin): true only for a yes.
 /// "3 file(s)", or "3 file(s) and 1 empty folder(s)": how both ends of a
 /// transfer count what it moved (an empty folder is no file).
 pub(crate) fn files_and_folders(files: u64, folders: u64) -> String {
@@ -351,6 +349,8 @@ pub(crate) fn files_and_folders(files: u64, folders: u64) -> String {
     }
 }
 
+/// Asks `question [y/N]` on the terminal (prompt on stderr, answer from
+/// stdin): true only for a yes.
 pub(crate) fn confirm(question: &str) -> bool {
     use std::io::{BufRead, Write};
     eprint!("{question} [y/N] ");

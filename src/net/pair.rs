@@ -636,12 +636,12 @@ mod tests {
                 1,
             );
             assert!(matches!(first, Some(Msg::PairStart { .. })));
-            j
+            (j, first.unwrap())
         };
         // Refused in answer to its guess.
-        assert_eq!(joiner().on_msg(busy()), Err(PairError::HostBusy));
+        assert_eq!(joiner().0.on_msg(busy()), Err(PairError::HostBusy));
         // Refused once the guess was answered (proofs under way).
-        let mut j = joiner();
+        let (mut j, first) = joiner();
         let (mut host, _) = Exchange::new(
             Role::Host,
             Code::parse("7-orbit-velvet").unwrap(),
@@ -649,14 +649,7 @@ mod tests {
             "h".into(),
             1,
         );
-        let (_, first) = Exchange::new(
-            Role::Joiner,
-            Code::parse("7-orbit-velvet").unwrap(),
-            binding(9),
-            "j".into(),
-            1,
-        );
-        let Step::Reply(r) = host.on_msg(first.unwrap()).unwrap() else {
+        let Step::Reply(r) = host.on_msg(first).unwrap() else {
             panic!()
         };
         assert!(matches!(j.on_msg(r[0].clone()), Ok(Step::Reply(_))));
