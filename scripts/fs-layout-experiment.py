@@ -4,10 +4,13 @@ in one vault layout, to see what a layout change would buy (docs/PERFORMANCE.md,
 *Vault layout*). Not a benchmark of p2pfs: no crypto, only the creates,
 writes, renames and syncs, on two threads as the import does them.
 
-    python3 scripts/fs-layout-experiment.py flat|shard|shard_gstage DIR
+    python3 scripts/fs-layout-experiment.py flat|single|shard|shard_gstage DIR
 
-flat: objects/ as today; shard: 256 subdirectories of objects/; shard_gstage:
-those, plus one staging folder per group of 256. DIR is removed first.
+flat: two files per object (`<id>.obj`, `<id>.env`) in one objects/;
+single: one file per object (`<id>.one`, what objects of one chunk are
+since vault format 2); shard: two files, in 256 subdirectories of
+objects/; shard_gstage: those, plus one staging folder per group of 256.
+DIR is removed first.
 """
 import os, sys, threading, queue, time, shutil
 mode = sys.argv[1]; root = sys.argv[2]; N = 10000
@@ -24,7 +27,7 @@ def stager():
         batch=[]
         for i in range(g*256, min(N,(g+1)*256)):
             h = os.urandom(16).hex()
-            for ext,d in (("obj",data),("env",data[:200])):
+            for ext,d in ((("obj",data),("env",data[:200])) if mode!="single" else (("sob",data+data[:200]),)):
                 fd = os.open(f"{sd}/{h}.{ext}.tmp", os.O_CREAT|os.O_WRONLY|os.O_EXCL, 0o600)
                 os.write(fd,d); os.close(fd)
             batch.append((sd,h))
@@ -36,8 +39,8 @@ def committer():
         if b is None: break
         for sd,h in b:
             dst = f"{root}/objects/{h[:2]}" if mode!="flat" else f"{root}/objects"
-            os.rename(f"{sd}/{h}.obj.tmp", f"{dst}/{h}.obj")
-            os.rename(f"{sd}/{h}.env.tmp", f"{dst}/{h}.env")
+            for ext in (("obj","env") if mode!="single" else ("sob",)):
+                os.rename(f"{sd}/{h}.{ext}.tmp", f"{dst}/{h}.{ext}")
         if mode=="shard_gstage": os.rmdir(b[0][0])
         fd=os.open(root, os.O_RDONLY); os.syncfs(fd) if hasattr(os,'syncfs') else os.sync(); os.close(fd)
 t0=time.time()

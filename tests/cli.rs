@@ -359,10 +359,10 @@ fn no_plaintext_name_passphrase_or_key_reaches_the_disk() {
     ];
     // The file keys, from the envelopes; the first chunk of the big file
     // must open with its key (so the keys checked below are the real ones).
-    let envs = n.object_files()["env"].clone();
+    let envs = n.object_ids();
     assert_eq!(envs.len(), 2);
     for id in &envs {
-        let env = EnvelopeFile::decode(&fs::read(n.env(id)).unwrap()).unwrap();
+        let env = EnvelopeFile::decode(&n.envelope_of(id)).unwrap();
         assert_eq!(env.recipient, kp.public());
         // Format 2 (docs/VAULT.md, *Envelope*): the wrap key is bound to
         // the object id, so a group commit shares one ephemeral key.
@@ -376,7 +376,7 @@ fn no_plaintext_name_passphrase_or_key_reaches_the_disk() {
         let body = EnvelopeBody::decode(&body).unwrap();
         if body.meta.size == data.len() as u64 {
             let key = FileKey::from_secret(body.file_key.clone());
-            let obj = fs::read(n.obj(id)).unwrap();
+            let obj = n.object_parts(id).1;
             let mut c0 = obj[40..40 + CHUNK as usize + OVERHEAD as usize].to_vec();
             let pt = key.open_chunk_in_place(&env.id, 0, false, &mut c0).unwrap();
             assert_eq!(pt, &data[..CHUNK as usize]);
@@ -406,10 +406,10 @@ fn format_1_envelopes_still_open_and_a_group_shares_one_ephemeral_key() {
     }
     n.run(["vault", "import", "src"]).ok();
     let (_, kp) = open_header(&n);
-    let envs = n.object_files()["env"].clone();
+    let envs = n.object_ids();
     let decoded: Vec<EnvelopeFile> = envs
         .iter()
-        .map(|id| EnvelopeFile::decode(&fs::read(n.env(id)).unwrap()).unwrap())
+        .map(|id| EnvelopeFile::decode(&n.envelope_of(id)).unwrap())
         .collect();
     let ephemerals: BTreeSet<[u8; 32]> = decoded.iter().map(|e| *e.ephemeral.as_bytes()).collect();
     assert_eq!(
@@ -439,7 +439,7 @@ fn format_1_envelopes_still_open_and_a_group_shares_one_ephemeral_key() {
         old.sealed_body = key.seal(WRAP_NONCE, &ad, &body).unwrap();
         let bytes = old.encode();
         assert_eq!(u16::from_be_bytes([bytes[8], bytes[9]]), 1);
-        fs::write(n.env(id), bytes).unwrap();
+        n.put_envelope(id, &bytes);
     }
     n.run(["vault", "verify", "--full"]).ok();
     let listed = n.list();
@@ -505,7 +505,9 @@ fn damaged_object_data_is_named_and_never_exported() {
     n.run(["vault", "verify"]).ok().says("3 object(s)");
 
     // One byte inside chunk 1 of f1 (past the 40-byte header).
-    flip_byte(&n.obj(&id1), chunk_offset(1) + 500, 0x01);
+    let (obj1, _) = n.data_file(&id1);
+    let (obj3, len3) = n.data_file(&id3);
+    flip_byte(&obj1, chunk_offset(1) + 500, 0x01);
     n.run(["vault", "verify"])
         .code_is(exit::CORRUPT)
         .says(&id1)
@@ -532,8 +534,7 @@ fn damaged_object_data_is_named_and_never_exported() {
     assert!(same_content(&p, &n.path("src/f2.bin")));
 
     // The tag of f3's only chunk (its last byte).
-    let len3 = fs::metadata(n.obj(&id3)).unwrap().len();
-    flip_byte(&n.obj(&id3), len3 - 1, 0x80);
+    flip_byte(&obj3, len3 - 1, 0x80);
     n.run(["vault", "verify"])
         .code_is(exit::CORRUPT)
         .says(&id1)
@@ -544,12 +545,12 @@ fn damaged_object_data_is_named_and_never_exported() {
     assert!(!n.path("out/f3.bin").exists());
 
     // The object header's id (a data file swapped in from another object).
-    flip_byte(&n.obj(&id3), 20, 0x01);
+    flip_byte(&obj3, 20, 0x01);
     n.run(["vault", "verify"]).code_is(exit::CORRUPT).says(&id3);
     // Repaired, the object verifies again.
-    flip_byte(&n.obj(&id3), 20, 0x01);
-    flip_byte(&n.obj(&id3), len3 - 1, 0x80);
-    flip_byte(&n.obj(&id1), chunk_offset(1) + 500, 0x01);
+    flip_byte(&obj3, 20, 0x01);
+    flip_byte(&obj3, len3 - 1, 0x80);
+    flip_byte(&obj1, chunk_offset(1) + 500, 0x01);
     n.run(["vault", "verify", "--full"]).ok();
 }
 
@@ -561,9 +562,8 @@ fn damaged_envelope_is_named_and_never_exported() {
     write_random(&n.path("src/f2.bin"), 4000);
     n.import(&["src/f1.bin", "src/f2.bin"]);
     let (id1, id2) = (n.entry("f1.bin").id, n.entry("f2.bin").id);
-    let env = n.env(&id1);
-    let mid = fs::metadata(&env).unwrap().len() / 2;
-    flip_byte(&env, mid, 0x04);
+    let (env, start, len) = n.envelope_file(&id1);
+    flip_byte(&env, start + len / 2, 0x04);
 
     n.run(["vault", "verify"])
         .code_is(exit::CORRUPT)
@@ -675,8 +675,8 @@ fn unknown_format_version_asks_for_an_upgrade() {
 
 // ---------------------------------------------------------------- passwd, rekey, rm
 
-fn recipient_of(env: &Path) -> [u8; 32] {
-    fs::read(env).unwrap()[26..58].try_into().unwrap()
+fn recipient_of(n: &Node, id: &str) -> [u8; 32] {
+    n.envelope_of(id)[26..58].try_into().unwrap()
 }
 
 #[test]
@@ -689,10 +689,7 @@ fn passwd_then_rekey_keep_every_file() {
     }
     n.import(&["src/a.bin", "src/b.bin", "src/c.bin"]);
     let listed = n.list();
-    let envs_before: Vec<Vec<u8>> = listed
-        .iter()
-        .map(|e| fs::read(n.env(&e.id)).unwrap())
-        .collect();
+    let envs_before: Vec<Vec<u8>> = listed.iter().map(|e| n.envelope_of(&e.id)).collect();
     let check_exports = |n: &Node, tag: &str| {
         for (name, _) in srcs {
             let p = n.export(name, &format!("{tag}-{name}"));
@@ -709,7 +706,7 @@ fn passwd_then_rekey_keep_every_file() {
         .says("passphrase changed");
     // The envelopes need no rewrap for a new passphrase.
     for (e, before) in listed.iter().zip(&envs_before) {
-        assert_eq!(&fs::read(n.env(&e.id)).unwrap(), before);
+        assert_eq!(&n.envelope_of(&e.id), before);
     }
     n.run(["vault", "list"]).code_is(exit::WRONG_PASSPHRASE);
     n.passphrase = Some(pass2.clone());
@@ -730,12 +727,7 @@ fn passwd_then_rekey_keep_every_file() {
     assert_ne!(old_vault_key, new_vault_key);
     let new_pk = PublicKey::parse_id(&new_vault_key).unwrap();
     for e in &listed {
-        assert_eq!(
-            &recipient_of(&n.env(&e.id)),
-            new_pk.as_bytes(),
-            "{}",
-            e.name
-        );
+        assert_eq!(&recipient_of(&n, &e.id), new_pk.as_bytes(), "{}", e.name);
     }
     assert!(!n.vault().join("header.next").exists());
     for old in [&pass1, &pass2] {
@@ -751,9 +743,130 @@ fn passwd_then_rekey_keep_every_file() {
     write_random(&n.path("src/d.bin"), 1234);
     n.import(&["src/d.bin"]);
     let d = n.entry("d.bin");
-    assert_eq!(&recipient_of(&n.env(&d.id)), new_pk.as_bytes());
+    assert_eq!(&recipient_of(&n, &d.id), new_pk.as_bytes());
     let p = n.export("d.bin", "d.out");
     assert!(same_content(&p, &n.path("src/d.bin")));
+}
+
+/// docs/VAULT.md, *One-file object*: an object of one chunk (a small
+/// file, an empty file, an empty folder) is one file `<id>.one`, an object
+/// of several chunks two; both read, verify, rekey and remove alike, and a
+/// one-file object damaged anywhere (data, envelope, trailer) is named,
+/// never exported, never a panic.
+#[test]
+fn small_objects_are_one_file_and_behave_as_two_file_objects() {
+    let n = Node::new();
+    n.init("n");
+    let sizes = [
+        ("small.bin", 4096),
+        ("empty.bin", 0),
+        ("full.bin", CHUNK),
+        ("big.bin", CHUNK + 1),
+    ];
+    for (name, len) in sizes {
+        write_random(&n.path(&format!("src/{name}")), len);
+    }
+    fs::create_dir_all(n.path("src/hollow")).unwrap();
+    n.run(["vault", "import", "src"]).ok();
+    let id = |name: &str| n.entry(&format!("src/{name}")).id;
+    let ones: BTreeSet<String> = ["small.bin", "empty.bin", "full.bin", "hollow"]
+        .iter()
+        .map(|f| id(f))
+        .collect();
+    let big = id("big.bin");
+    let objs = n.object_files();
+    assert_eq!(
+        objs["one"].iter().cloned().collect::<BTreeSet<_>>(),
+        ones,
+        "{objs:?}"
+    );
+    assert_eq!(
+        (objs["obj"].clone(), objs["env"].clone()),
+        (vec![big.clone()], vec![big.clone()])
+    );
+    // A one-file object is a data file, then its envelope, then the trailer.
+    for one in &ones {
+        let (env, data) = n.object_parts(one);
+        assert_eq!(&data[..8], b"P2PFSOB\0");
+        assert_eq!(
+            EnvelopeFile::decode(&env).unwrap().id,
+            p2pfs::crypto::from_hex(one).unwrap()
+        );
+    }
+    n.run(["vault", "verify"]).ok().says("5 object(s)");
+    n.run(["vault", "verify", "--full"]).ok().says("all intact");
+    let exported = n.path("out1");
+    n.run(["vault", "export", "src", exported.to_str().unwrap()])
+        .ok();
+    for (name, _) in sizes {
+        assert!(
+            same_content(&exported.join(name), &n.path(&format!("src/{name}"))),
+            "{name}"
+        );
+    }
+    assert!(exported.join("hollow").is_dir());
+
+    // A rekey rewrites each one-file object whole: the same data, a new
+    // envelope sealed to the new key.
+    let before: BTreeMap<String, (Vec<u8>, Vec<u8>)> = ones
+        .iter()
+        .map(|i| (i.clone(), n.object_parts(i)))
+        .collect();
+    n.run(["vault", "rekey"]).ok().says("5 file key");
+    let new_pk = PublicKey::parse_id(&n.id().vault_key).unwrap();
+    for (one, (env, data)) in &before {
+        let (env2, data2) = n.object_parts(one);
+        assert_eq!(&data2, data, "data rewritten differently");
+        assert_ne!(&env2, env);
+        assert_eq!(&recipient_of(&n, one), new_pk.as_bytes());
+    }
+    assert!(
+        n.object_files().keys().all(|k| k != "tmp"),
+        "{:?}",
+        n.object_files()
+    );
+    n.run(["vault", "verify", "--full"]).ok().says("all intact");
+
+    // Damage, each repaired after: the data part, the envelope part, the
+    // trailer's magic and length, and a truncation.
+    let small = id("small.bin");
+    let (file, start, len) = n.envelope_file(&small);
+    assert_eq!(file, n.one(&small));
+    let good = fs::read(&file).unwrap();
+    let total = good.len() as u64;
+    let damages: [(&str, u64, u8); 5] = [
+        ("chunk data", 40 + 100, 0x01),
+        ("object header id", 20, 0x01),
+        ("envelope", start + len / 2, 0x04),
+        ("trailer magic", total - 1, 0x01),
+        ("trailer length", total - 12, 0x01),
+    ];
+    for (what, off, mask) in damages {
+        flip_byte(&file, off, mask);
+        n.run(["vault", "verify"])
+            .code_is(exit::CORRUPT)
+            .says(&small);
+        let r = n.run(["vault", "export", "src/small.bin", "small.out"]);
+        assert_eq!(r.code(), Some(exit::CORRUPT), "{what}: {r}");
+        assert!(!n.path("small.out").exists(), "{what}");
+        fs::write(&file, &good).unwrap();
+    }
+    for cut in [total - 1, total - 12, 39, 0] {
+        fs::write(&file, &good[..cut as usize]).unwrap();
+        let r = n.run(["vault", "verify"]);
+        assert_eq!(r.code(), Some(exit::CORRUPT), "cut to {cut}: {r}");
+        assert!(r.all().contains(&small), "cut to {cut}: {r}");
+        let r = n.run(["vault", "list"]).ok();
+        assert!(r.stderr.contains(&small), "cut to {cut}: {r}");
+    }
+    fs::write(&file, &good).unwrap();
+    n.run(["vault", "verify", "--full"]).ok().says("all intact");
+
+    // rm removes the one file, and only it.
+    n.run(["vault", "rm", "src/small.bin"]).ok().says("removed");
+    assert!(!n.one(&small).exists());
+    assert_eq!(n.object_ids().len(), 4);
+    n.run(["vault", "verify", "--full"]).ok().says("all intact");
 }
 
 #[test]
@@ -820,7 +933,7 @@ fn assert_consistent(n: &Node, sources: &BTreeMap<String, (u64, String)>) -> Vec
     assert!(n.staging_files().is_empty(), "{:?}", n.staging_files());
     let objs = n.object_files();
     assert_eq!(objs.get("obj"), objs.get("env"), "{objs:?}");
-    assert_eq!(objs.get("env").map_or(0, Vec::len), listed.len());
+    assert_eq!(n.object_ids().len(), listed.len());
     listed
 }
 
@@ -949,7 +1062,7 @@ fn kill_9_during_rekey_is_resumed_by_the_next_unlock() {
         let pk = PublicKey::parse_id(&n.id().vault_key).unwrap();
         for e in &listed {
             assert_eq!(
-                &recipient_of(&n.env(&e.id)),
+                &recipient_of(&n, &e.id),
                 pk.as_bytes(),
                 "{} not sealed to the current vault key",
                 e.name
@@ -1878,7 +1991,7 @@ fn shares_are_sealed_to_the_peer_listed_logged_and_withdrawn() {
         let body = p2pfs::store::shares::open_share(&bkp, &apk, &r.id, &r.blob).unwrap();
         assert_eq!((body.meta.size, body.meta.kind), (r.size, r.kind));
         let key = FileKey::from_secret(body.file_key.clone());
-        let obj = fs::read(a.obj(&p2pfs::crypto::to_hex(&r.id))).unwrap();
+        let obj = a.object_parts(&p2pfs::crypto::to_hex(&r.id)).1;
         let mut c0 = obj[40..].to_vec();
         let pt = key.open_chunk_in_place(&r.id, 0, true, &mut c0).unwrap();
         assert_eq!(pt.len() as u64, r.size);

@@ -368,7 +368,7 @@ fn folders_are_listed_by_prefix_and_removed_whole_once_confirmed() {
     assert_eq!(code, Some(0), "{shown}");
     let left: Vec<String> = n.list_all().into_iter().map(|e| e.name).collect();
     assert_eq!(left, ["taxi.txt"]);
-    assert_eq!(n.object_files().get("obj").map_or(0, Vec::len), 1);
+    assert_eq!(n.object_ids().len(), 1);
     n.run(["vault", "verify", "--full"]).ok();
 
     // --yes for scripts.
@@ -387,7 +387,7 @@ fn folders_are_listed_by_prefix_and_removed_whole_once_confirmed() {
     );
     assert_eq!(v["mode"], "ciphertext");
     let id = n.entry("taxi.txt").id;
-    flip_byte(&n.obj(&id), 100, 0x01);
+    flip_byte(&n.data_file(&id).0, 100, 0x01);
     let r = n.run(["vault", "verify", "--json"]).code_is(exit::CORRUPT);
     let v: serde_json::Value = r.json();
     assert_eq!(v["intact"], false);

@@ -123,7 +123,7 @@ fn sound(n: &Node, rule: &str) -> Vec<Listed> {
         objs.get("env"),
         "[{rule}] half an object: {objs:?}"
     );
-    let envs = objs.get("env").cloned().unwrap_or_default();
+    let envs = n.object_ids();
     for e in &listed {
         assert!(envs.contains(&e.id), "[{rule}] listed without files: {e:?}");
     }

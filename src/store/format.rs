@@ -335,6 +335,45 @@ impl ObjectHeader {
     }
 }
 
+// ---------------------------------------------------------------- one-file object
+
+/// The last bytes of a one-file object `objects/<id>.one`.
+pub const MAGIC_ONE: &[u8; 8] = b"P2PFSO1\0";
+
+/// A one-file object's trailer: the envelope's length (u32) and [`MAGIC_ONE`].
+pub const ONE_TRAILER_LEN: u64 = 12;
+
+/// The largest envelope a one-file object may carry (as for `<id>.env`).
+pub const MAX_ENVELOPE_FILE: u64 = 64 * 1024;
+
+/// The trailer that follows an envelope of `env_len` bytes.
+pub fn one_trailer(env_len: usize) -> [u8; ONE_TRAILER_LEN as usize] {
+    let mut t = [0u8; ONE_TRAILER_LEN as usize];
+    t[..4].copy_from_slice(&(env_len as u32).to_be_bytes());
+    t[4..].copy_from_slice(MAGIC_ONE);
+    t
+}
+
+/// Splits a one-file object of `file_len` bytes ending in `trailer` into
+/// (data length, envelope length): the data file's bytes come first, the
+/// envelope's next, then the trailer. Any length that does not fit is
+/// refused.
+pub fn split_one(file_len: u64, trailer: &[u8]) -> Result<(u64, u64), FormatError> {
+    if trailer.len() as u64 != ONE_TRAILER_LEN || &trailer[4..] != MAGIC_ONE {
+        return Err(FormatError::BadMagic);
+    }
+    let mut n = [0u8; 4];
+    n.copy_from_slice(&trailer[..4]);
+    let env_len = u64::from(u32::from_be_bytes(n));
+    if env_len == 0 || env_len > MAX_ENVELOPE_FILE {
+        return Err(DecodeError::Invalid("envelope length").into());
+    }
+    match file_len.checked_sub(env_len + ONE_TRAILER_LEN) {
+        Some(data) if data >= ObjectHeader::LEN => Ok((data, env_len)),
+        _ => Err(DecodeError::Invalid("one-file object length").into()),
+    }
+}
+
 // ---------------------------------------------------------------- metadata
 
 /// What an object is.
@@ -918,5 +957,47 @@ mod tests {
         }
         assert!(validate_name(&"a".repeat(256)).is_err());
         assert!(validate_name(&["a"; 3000].join("/")).is_err());
+    }
+
+    #[test]
+    fn a_one_file_trailer_splits_exactly_and_refuses_what_does_not_fit() {
+        let t = one_trailer(200);
+        assert_eq!(split_one(40 + 4124 + 200 + 12, &t).unwrap(), (4164, 200));
+        // The smallest data part is the bare header.
+        assert_eq!(split_one(40 + 200 + 12, &t).unwrap(), (40, 200));
+        assert!(
+            split_one(39 + 200 + 12, &t).is_err(),
+            "data shorter than a header"
+        );
+        assert!(split_one(100, &t).is_err(), "envelope longer than the file");
+        assert!(
+            split_one(u64::MAX, &t).is_ok(),
+            "no overflow on a huge length"
+        );
+        let mut bad = t;
+        bad[11] ^= 1;
+        assert!(matches!(
+            split_one(10_000, &bad),
+            Err(FormatError::BadMagic)
+        ));
+        assert!(split_one(10_000, &t[..11]).is_err(), "short trailer");
+        for n in [0u32, MAX_ENVELOPE_FILE as u32 + 1, u32::MAX] {
+            let mut t = one_trailer(0);
+            t[..4].copy_from_slice(&n.to_be_bytes());
+            assert!(split_one(u64::MAX, &t).is_err(), "envelope length {n}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn split_one_never_panics_and_stays_within_the_file(len in any::<u64>(), n in any::<u32>()) {
+            let mut t = one_trailer(0);
+            t[..4].copy_from_slice(&n.to_be_bytes());
+            if let Ok((d, e)) = split_one(len, &t) {
+                prop_assert_eq!(e, u64::from(n));
+                prop_assert_eq!(d + e + ONE_TRAILER_LEN, len);
+                prop_assert!(d >= ObjectHeader::LEN && (1..=MAX_ENVELOPE_FILE).contains(&e));
+            }
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! header for the owner's devices — and how a fetching owner's device opens
 //! them with the passphrase typed there (`docs/VAULT.md`, *Retrieval*).
 
-use std::{fs::File, os::unix::fs::FileExt, path::PathBuf};
+use std::{os::unix::fs::FileExt, path::PathBuf};
 
 use super::{
     error::Result,
@@ -18,9 +18,6 @@ use crate::crypto::{
     kdf::derive_kek,
     keys::Keypair,
 };
-
-/// Largest envelope read.
-const MAX_ENVELOPE: u64 = 64 * 1024;
 
 /// A stored object as it is served: its clear facts and its sealed parts.
 #[derive(Debug, Clone)]
@@ -48,18 +45,13 @@ impl Vault {
     /// of whole chunks. The plaintext size follows from that length.
     pub fn stored_object(&self, id: &FileId) -> Result<StoredObject> {
         let damaged = |what: &str| StoreError::corrupt(format!("object {}", id_hex(id)), what);
-        let ep = self.env_path(id);
-        let envelope = fsutil::read_limited(&ep, MAX_ENVELOPE)?;
-        let env = EnvelopeFile::decode(&envelope).map_err(|e| format_error(&ep, e))?;
+        let envelope = self.read_envelope(id)?;
+        let env =
+            EnvelopeFile::decode(&envelope).map_err(|e| format_error(&self.env_path(id), e))?;
         if &env.id != id {
             return Err(damaged("envelope belongs to another object"));
         }
-        let data = self.obj_path(id);
-        let f = File::open(&data).map_err(|e| StoreError::io("cannot open", &data, e))?;
-        let len = f
-            .metadata()
-            .map_err(|e| StoreError::io("cannot read", &data, e))?
-            .len();
+        let (f, data, len) = self.open_data(id)?;
         let mut hb = [0u8; ObjectHeader::LEN as usize];
         f.read_exact_at(&mut hb, 0)
             .map_err(|_| damaged("data file truncated"))?;
@@ -87,9 +79,15 @@ impl Vault {
         })
     }
 
-    /// The data file of object `id`.
+    /// The data file of object `id` (`<id>.one` or `<id>.obj`; the
+    /// chunks are at the same offsets in both).
     pub fn data_path(&self, id: &FileId) -> PathBuf {
-        self.obj_path(id)
+        let one = self.one_path(id);
+        if one.is_file() {
+            one
+        } else {
+            self.obj_path(id)
+        }
     }
 
     /// The vault header as stored (for the owner's devices: it holds the

@@ -26,9 +26,9 @@ use super::{
     error::{Result, StoreError},
     fileops,
     format::{
-        decode_records, encode_records, EnvelopeBody, EnvelopeFile, HeaderFile, IndexFile,
-        IndexRecord, Kind, Metadata, ObjectHeader, RecordState, ENVELOPE_VERSION,
-        MAX_ENVELOPE_BODY, MAX_INDEX_BODY,
+        decode_records, encode_records, one_trailer, split_one, EnvelopeBody, EnvelopeFile,
+        HeaderFile, IndexFile, IndexRecord, Kind, Metadata, ObjectHeader, RecordState,
+        ENVELOPE_VERSION, MAX_ENVELOPE_BODY, MAX_ENVELOPE_FILE, MAX_INDEX_BODY, ONE_TRAILER_LEN,
     },
     fsutil,
     home::format_error,
@@ -358,11 +358,22 @@ pub(crate) fn check_ciphertext(
     expected: &[u8; 32],
     shape: Option<(u64, u32)>,
 ) -> Result<(), String> {
-    let mut f = File::open(path).map_err(|e| format!("data file unreadable: {e}"))?;
+    let f = File::open(path).map_err(|e| format!("data file unreadable: {e}"))?;
     let len = f
         .metadata()
         .map_err(|e| format!("data file unreadable: {e}"))?
         .len();
+    check_ciphertext_of(f, len, id, expected, shape)
+}
+
+/// [`check_ciphertext`] of the first `len` bytes of an open data file.
+pub(crate) fn check_ciphertext_of(
+    mut f: File,
+    len: u64,
+    id: &FileId,
+    expected: &[u8; 32],
+    shape: Option<(u64, u32)>,
+) -> Result<(), String> {
     let mut hb = [0u8; ObjectHeader::LEN as usize];
     f.read_exact(&mut hb)
         .map_err(|_| "data file truncated".to_string())?;
@@ -402,10 +413,26 @@ pub(crate) fn check_ciphertext(
     Ok(())
 }
 
-/// Parses `<32 hex>.obj` / `<32 hex>.env` file names.
+/// (data length, envelope length) of the one-file object `f` at `path`,
+/// from its trailer.
+fn one_split(f: &File, path: &Path) -> Result<(u64, u64)> {
+    let len = f
+        .metadata()
+        .map_err(|e| StoreError::io("cannot read", path, e))?
+        .len();
+    let mut t = [0u8; ONE_TRAILER_LEN as usize];
+    if len < ONE_TRAILER_LEN {
+        return Err(StoreError::corrupt(path.display().to_string(), "truncated"));
+    }
+    f.read_exact_at(&mut t, len - ONE_TRAILER_LEN)
+        .map_err(|e| StoreError::io("cannot read", path, e))?;
+    split_one(len, &t).map_err(|e| format_error(path, e))
+}
+
+/// Parses `<32 hex>.obj` / `.env` / `.one` file names.
 fn parse_object_name(name: &str) -> Option<(FileId, &str)> {
     let (stem, ext) = name.split_once('.')?;
-    if stem.len() != 32 || !(ext == "obj" || ext == "env") {
+    if stem.len() != 32 || !(ext == "obj" || ext == "env" || ext == "one") {
         return None;
     }
     Some((crate::crypto::from_hex(stem)?, ext))
@@ -616,10 +643,77 @@ impl Vault {
         self.objects().join(format!("{}.env", id_hex(id)))
     }
 
+    /// `objects/<id>.one`: data and envelope of an object of one chunk.
+    pub(crate) fn one_path(&self, id: &FileId) -> PathBuf {
+        self.objects().join(format!("{}.one", id_hex(id)))
+    }
+
+    /// Every file that can hold part of object `id`.
+    pub(crate) fn object_paths(&self, id: &FileId) -> [PathBuf; 3] {
+        [self.env_path(id), self.one_path(id), self.obj_path(id)]
+    }
+
     /// True when object `id` is stored: its envelope and its data file are
     /// there (`vault rm` removes the envelope first).
     pub fn has_object(&self, id: &FileId) -> bool {
-        self.env_path(id).is_file() && self.obj_path(id).is_file()
+        self.one_path(id).is_file() || (self.env_path(id).is_file() && self.obj_path(id).is_file())
+    }
+
+    /// The bytes of object `id`'s envelope: `<id>.env`, or the envelope in
+    /// `<id>.one`. At most [`MAX_ENVELOPE_FILE`] bytes.
+    pub(crate) fn read_envelope(&self, id: &FileId) -> Result<Vec<u8>> {
+        let one = self.one_path(id);
+        match File::open(&one) {
+            Ok(f) => {
+                let (data_len, env_len) = one_split(&f, &one)?;
+                let mut b = vec![0u8; env_len as usize];
+                f.read_exact_at(&mut b, data_len)
+                    .map_err(|e| StoreError::io("cannot read", &one, e))?;
+                Ok(b)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fsutil::read_limited(&self.env_path(id), MAX_ENVELOPE_FILE)
+            }
+            Err(e) => Err(StoreError::io("cannot open", &one, e)),
+        }
+    }
+
+    /// Replaces object `id`'s envelope by `env`, atomically: `<id>.env`
+    /// rewritten, or `<id>.one` rewritten whole (its data is one chunk).
+    pub(crate) fn replace_envelope(&self, id: &FileId, env: &[u8]) -> Result<()> {
+        let (f, path, data_len) = self.open_data(id)?;
+        if path != self.one_path(id) {
+            return fsutil::write_atomic(&self.env_path(id), env);
+        }
+        let mut b = vec![0u8; data_len as usize];
+        f.read_exact_at(&mut b, 0)
+            .map_err(|e| StoreError::io("cannot read", &path, e))?;
+        b.extend_from_slice(env);
+        b.extend_from_slice(&one_trailer(env.len()));
+        fsutil::write_atomic(&path, &b)
+    }
+
+    /// Object `id`'s data file, opened, with its path and the length of
+    /// its data (all of `<id>.obj`, the part of `<id>.one` before the
+    /// envelope).
+    pub(crate) fn open_data(&self, id: &FileId) -> Result<(File, PathBuf, u64)> {
+        let one = self.one_path(id);
+        match File::open(&one) {
+            Ok(f) => {
+                let (data_len, _) = one_split(&f, &one)?;
+                Ok((f, one, data_len))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let p = self.obj_path(id);
+                let f = File::open(&p).map_err(|e| StoreError::io("cannot open", &p, e))?;
+                let len = f
+                    .metadata()
+                    .map_err(|e| StoreError::io("cannot read", &p, e))?
+                    .len();
+                Ok((f, p, len))
+            }
+            Err(e) => Err(StoreError::io("cannot open", &one, e)),
+        }
     }
 
     /// The record of what this vault received, by slot
@@ -684,9 +778,10 @@ impl Vault {
             let e = e.map_err(|e| StoreError::io("cannot list", &dir, e))?;
             let name = e.file_name();
             if let Some((id, ext)) = name.to_str().and_then(parse_object_name) {
-                if ext == "env" {
+                if ext != "obj" {
                     s.env.insert(id, ());
-                } else {
+                }
+                if ext != "env" {
                     s.obj.insert(id, ());
                 }
             }
@@ -860,7 +955,8 @@ impl Vault {
             progress(n, total);
             report.checked += 1;
             let p = self.env_path(id);
-            let env = match fsutil::read_limited(&p, 64 * 1024)
+            let env = match self
+                .read_envelope(id)
                 .and_then(|b| EnvelopeFile::decode(&b).map_err(|e| format_error(&p, e)))
             {
                 Ok(e) => e,
@@ -881,7 +977,11 @@ impl Vault {
                 });
                 continue;
             }
-            if let Err(what) = check_ciphertext(&self.obj_path(id), id, &env.ct_digest, None) {
+            let checked = self
+                .open_data(id)
+                .map_err(|e| format!("data file unreadable: {e}"))
+                .and_then(|(f, _, len)| check_ciphertext_of(f, len, id, &env.ct_digest, None));
+            if let Err(what) = checked {
                 report.problems.push(Problem {
                     id: *id,
                     name: None,
@@ -1328,6 +1428,24 @@ impl<'v> ObjectWriter<'v> {
             .unwrap_or_else(|| Err(StoreError::Invalid("nothing to publish".into())))
     }
 
+    /// Length of the data file: header and every sealed chunk.
+    fn data_len(&self) -> u64 {
+        ObjectHeader::LEN + self.size + self.header.chunk_count * CHUNK_OVERHEAD as u64
+    }
+
+    /// Appends `env` and the trailer of a one-file object after the data
+    /// (`docs/VAULT.md`, *One-file object*); the file is cut to exactly
+    /// that, so a commit retried after a failed one leaves no stale tail.
+    fn append_envelope(&mut self, env: &[u8]) -> Result<()> {
+        let at = self.data_len();
+        let mut tail = Vec::with_capacity(env.len() + ONE_TRAILER_LEN as usize);
+        tail.extend_from_slice(env);
+        tail.extend_from_slice(&one_trailer(env.len()));
+        fileops::write_all_at(&self.file, &tail, at, &self.tmp)
+            .and_then(|()| fileops::set_len(&self.file, at + tail.len() as u64, &self.tmp))
+            .map_err(|e| StoreError::io("cannot write", &self.tmp, e))
+    }
+
     /// Marks the staging file as moved (nothing for a drop to remove).
     pub(crate) fn mark_committed(&mut self) {
         self.committed = true;
@@ -1580,19 +1698,25 @@ pub(crate) fn publish_group(
         env_path: PathBuf,
         env_tmp: PathBuf,
         env_file: Option<File>,
+        /// A one-file object (`<id>.one`): the envelope is appended to the
+        /// data file, whose rename is the commit.
+        one: bool,
         moved: bool,
         env_in_place: bool,
         err: Option<StoreError>,
     }
+    let one_ok = items.first().is_some_and(|(w, _)| w.vault.objects() == dir);
     let mut steps: Vec<Step> = items
         .iter()
         .map(|(w, _)| {
             let name = id_hex(&w.header.id);
+            let one = one_ok && w.header.chunk_count <= 1;
             Step {
-                obj: dir.join(format!("{name}.obj")),
+                obj: dir.join(format!("{name}.{}", if one { "one" } else { "obj" })),
                 env_path: dir.join(format!("{name}.env")),
                 env_tmp: w.tmp.with_extension("env"),
                 env_file: None,
+                one,
                 moved: false,
                 env_in_place: false,
                 err: None,
@@ -1610,6 +1734,16 @@ pub(crate) fn publish_group(
     for ((w, env), st) in items.iter_mut().zip(&mut steps) {
         if !batch {
             fsutil::start_writeback(&w.file);
+        }
+        if st.one {
+            match w.append_envelope(env) {
+                Ok(()) => st.env_file = w.file_handle().ok(),
+                Err(e) => st.err = Some(e),
+            }
+            if st.env_file.is_none() && st.err.is_none() {
+                st.err = Some(StoreError::Invalid("cannot reopen the staging file".into()));
+            }
+            continue;
         }
         let written = fsutil::create_private(&st.env_tmp).and_then(|f| {
             fileops::write_all(&f, env, &st.env_tmp)
@@ -1647,6 +1781,17 @@ pub(crate) fn publish_group(
             }
             .map_err(|e| StoreError::io("cannot sync", p, e))
         };
+        if st.one {
+            // Data and envelope in one file: its rename is the commit.
+            match sync(&w.file, &w.tmp).and_then(|_| fsutil::rename(&w.tmp, &st.obj)) {
+                Ok(()) => {
+                    st.moved = true;
+                    st.env_in_place = true;
+                }
+                Err(e) => st.err = Some(e),
+            }
+            continue;
+        }
         let staged = sync(&w.file, &w.tmp)
             .and_then(|_| sync(&env_file, &st.env_tmp))
             .and_then(|_| fsutil::rename(&w.tmp, &st.obj));
@@ -1656,15 +1801,16 @@ pub(crate) fn publish_group(
         }
     }
     // One fsync for every data file moved: each object's data is in `dir`
-    // before any envelope names it.
-    if steps.iter().any(live) {
+    // before any envelope names it (not needed when every object is a
+    // one-file object, whose data and envelope arrive together).
+    if steps.iter().any(|st| live(st) && !st.one) {
         if let Err(e) = fsutil::fsync_dir(dir) {
             for st in steps.iter_mut().filter(|s| live(s)) {
                 st.err = Some(StoreError::io("cannot sync directory", dir, io_of(&e)));
             }
         }
     }
-    for st in steps.iter_mut().filter(|s| live(s)) {
+    for st in steps.iter_mut().filter(|s| live(s) && !s.one) {
         match fsutil::rename(&st.env_tmp, &st.env_path) {
             Ok(()) => st.env_in_place = true,
             Err(e) => st.err = Some(e),
@@ -1679,6 +1825,15 @@ pub(crate) fn publish_group(
     }
     let mut undone = false;
     for st in steps.iter().filter(|s| !live(s)) {
+        if st.one {
+            // A one-file object is undone by its removal: moved, it is
+            // `<id>.one`; not moved, the staging file stays the writer's.
+            if st.moved {
+                let _ = fileops::remove_file(&st.obj);
+            }
+            undone = true;
+            continue;
+        }
         if st.env_in_place {
             let _ = fileops::remove_file(&st.env_path);
         }
@@ -1823,7 +1978,7 @@ impl Unlocked<'_> {
         for rec in &self.records {
             match &rec.state {
                 RecordState::Deleted if self.exclusive => {
-                    for p in [v.env_path(&rec.id), v.obj_path(&rec.id)] {
+                    for p in v.object_paths(&rec.id) {
                         if p.exists() {
                             fsutil::remove_if_exists(&p)?;
                             removed = true;
@@ -1843,8 +1998,7 @@ impl Unlocked<'_> {
                         ));
                         continue;
                     }
-                    let p = v.env_path(&rec.id);
-                    match fsutil::read_limited(&p, 64 * 1024) {
+                    match v.read_envelope(&rec.id) {
                         Ok(b) if &crate::crypto::blake3(&b) == env_digest => {}
                         Ok(_) => probs.push((
                             rec.id,
@@ -1870,7 +2024,7 @@ impl Unlocked<'_> {
                 continue;
             }
             let p = v.env_path(id);
-            let opened = fsutil::read_limited(&p, 64 * 1024).and_then(|b| {
+            let opened = v.read_envelope(id).and_then(|b| {
                 let env = EnvelopeFile::decode(&b).map_err(|e| format_error(&p, e))?;
                 Ok((crate::crypto::blake3(&b), env))
             });
@@ -2209,8 +2363,9 @@ impl Unlocked<'_> {
     fn open_indexed(&self, id: &FileId) -> Result<(EnvelopeBody, &Metadata)> {
         let (env_digest, ct, meta) = self.live(id)?;
         let name = meta.name.as_str();
-        let ep = self.vault.env_path(id);
-        let bytes = fsutil::read_limited(&ep, 64 * 1024)
+        let bytes = self
+            .vault
+            .read_envelope(id)
             .map_err(|e| self.damaged(id, name, format!("envelope: {e}")))?;
         if &crate::crypto::blake3(&bytes) != env_digest {
             return Err(self.damaged(id, name, "envelope altered, swapped or rolled back"));
@@ -2241,12 +2396,10 @@ impl Unlocked<'_> {
         let (body, meta) = self.open_indexed(id)?;
         let name = meta.name.as_str();
         let key = FileKey::from_secret(body.file_key.clone());
-        let op = self.vault.obj_path(id);
-        let f = File::open(&op).map_err(|e| self.damaged(id, name, format!("data file: {e}")))?;
-        let len = f
-            .metadata()
-            .map_err(|e| self.damaged(id, name, format!("data file: {e}")))?
-            .len();
+        let (f, _, len) = self
+            .vault
+            .open_data(id)
+            .map_err(|e| self.damaged(id, name, format!("data file: {e}")))?;
         let mut hb = [0u8; ObjectHeader::LEN as usize];
         f.read_exact_at(&mut hb, 0)
             .map_err(|_| self.damaged(id, name, "data file truncated"))?;
@@ -2385,7 +2538,7 @@ impl Unlocked<'_> {
         self.save_index()?;
         let mut removed = true;
         for (id, name) in &names {
-            let files = [self.vault.env_path(id), self.vault.obj_path(id)];
+            let files = self.vault.object_paths(id);
             if let Err(e) = files.iter().try_for_each(|p| fsutil::remove_if_exists(p)) {
                 removed = false;
                 tracing::warn!(
@@ -2471,7 +2624,10 @@ impl Unlocked<'_> {
                 continue;
             }
             let res = self.live(&e.id).and_then(|(_, ct, _)| {
-                check_ciphertext(&self.vault.obj_path(&e.id), &e.id, ct, None)
+                self.vault
+                    .open_data(&e.id)
+                    .map_err(|err| format!("data file unreadable: {err}"))
+                    .and_then(|(f, _, len)| check_ciphertext_of(f, len, &e.id, ct, None))
                     .map_err(|w| self.damaged(&e.id, &e.meta.name, w))
             });
             let res = res.and_then(|_| self.decrypt_to(&e.id, &mut std::io::sink(), &mut |_| {}));
@@ -2557,8 +2713,7 @@ impl Unlocked<'_> {
         let sealer = EnvelopeSealer::new(&new.public())?;
         let (mut seen_new, mut seen_old) = (Agreements::default(), Agreements::default());
         for id in scan.env.keys() {
-            let p = v.env_path(id);
-            let bytes = fsutil::read_limited(&p, 64 * 1024)?;
+            let bytes = v.read_envelope(id)?;
             let Ok(env) = EnvelopeFile::decode(&bytes) else {
                 continue; // reported by reconcile
             };
@@ -2600,7 +2755,7 @@ impl Unlocked<'_> {
                 continue;
             };
             let fresh = sealer.seal(*id, env.ct_digest, &body.file_key, &body.meta)?;
-            fsutil::write_atomic(&p, &fresh)?;
+            v.replace_envelope(id, &fresh)?;
             if let Some(IndexRecord {
                 state: RecordState::Live { env_digest, .. },
                 ..
