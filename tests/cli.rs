@@ -821,7 +821,7 @@ fn small_objects_are_one_file_and_behave_as_two_file_objects() {
         assert_eq!(&recipient_of(&n, one), new_pk.as_bytes());
     }
     assert!(
-        n.object_files().keys().all(|k| k != "tmp"),
+        n.object_files().keys().all(|k| !k.ends_with("tmp")),
         "{:?}",
         n.object_files()
     );
@@ -867,6 +867,65 @@ fn small_objects_are_one_file_and_behave_as_two_file_objects() {
     assert!(!n.one(&small).exists());
     assert_eq!(n.object_ids().len(), 4);
     n.run(["vault", "verify", "--full"]).ok().says("all intact");
+}
+
+/// A damaged one-file object never stops a rekey (which every unlock
+/// resumes, so one bad file would lock the owner out of all the others),
+/// and one whose data part claims more than one chunk is refused before
+/// anything is allocated for it (review of 47da8d7).
+#[test]
+fn a_damaged_or_oversized_one_file_object_never_stops_a_rekey() {
+    let n = Node::new();
+    n.init("n");
+    for name in ["a.bin", "b.bin", "c.bin"] {
+        write_random(&n.path(&format!("src/{name}")), 5000);
+    }
+    n.run(["vault", "import", "src"]).ok();
+    let (a, b, c) = (
+        n.entry("src/a.bin").id,
+        n.entry("src/b.bin").id,
+        n.entry("src/c.bin").id,
+    );
+    // a: its trailer cut by one byte. b: a 1 TiB hole between its data and
+    // its envelope, the envelope (and so its index digest) unchanged.
+    let fa = n.one(&a);
+    let ga = fs::read(&fa).unwrap();
+    fs::write(&fa, &ga[..ga.len() - 1]).unwrap();
+    let (env_b, data_b) = n.object_parts(&b);
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(n.one(&b))
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&data_b, 0).unwrap();
+    let at = data_b.len() as u64 + (1 << 40);
+    let mut tail = env_b.clone();
+    tail.extend_from_slice(&(env_b.len() as u32).to_be_bytes());
+    tail.extend_from_slice(b"P2PFSO1\0");
+    f.write_all_at(&tail, at).unwrap();
+    drop(f);
+    n.run(["vault", "verify"])
+        .code_is(exit::CORRUPT)
+        .says(&a)
+        .says(&b)
+        .never_says(&c);
+    n.run(["vault", "rekey"]).ok();
+    assert!(
+        !n.vault().join("header.next").exists(),
+        "rekey left unfinished"
+    );
+    let r = n.run(["vault", "list"]).ok();
+    assert!(r.all().contains(&a) && r.all().contains(&b), "{r}");
+    let p = n.export("src/c.bin", "c.out");
+    assert!(same_content(&p, &n.path("src/c.bin")));
+    assert_eq!(
+        &recipient_of(&n, &c),
+        PublicKey::parse_id(&n.id().vault_key).unwrap().as_bytes()
+    );
+    n.run(["vault", "export", "src/b.bin", "b.out"])
+        .code_is(exit::CORRUPT);
+    assert!(!n.path("b.out").exists());
 }
 
 #[test]

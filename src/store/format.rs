@@ -346,6 +346,8 @@ pub const ONE_TRAILER_LEN: u64 = 12;
 /// The largest envelope a one-file object may carry (as for `<id>.env`).
 pub const MAX_ENVELOPE_FILE: u64 = 64 * 1024;
 
+const CHUNK_OVERHEAD_U64: u64 = crate::crypto::chunk::CHUNK_OVERHEAD as u64;
+
 /// The trailer that follows an envelope of `env_len` bytes.
 pub fn one_trailer(env_len: usize) -> [u8; ONE_TRAILER_LEN as usize] {
     let mut t = [0u8; ONE_TRAILER_LEN as usize];
@@ -357,7 +359,9 @@ pub fn one_trailer(env_len: usize) -> [u8; ONE_TRAILER_LEN as usize] {
 /// Splits a one-file object of `file_len` bytes ending in `trailer` into
 /// (data length, envelope length): the data file's bytes come first, the
 /// envelope's next, then the trailer. Any length that does not fit is
-/// refused.
+/// refused, and so is a data part longer than one chunk of the largest
+/// chunk size (a one-file object holds one chunk): no reader allocates
+/// more than that for it.
 pub fn split_one(file_len: u64, trailer: &[u8]) -> Result<(u64, u64), FormatError> {
     if trailer.len() as u64 != ONE_TRAILER_LEN || &trailer[4..] != MAGIC_ONE {
         return Err(FormatError::BadMagic);
@@ -368,8 +372,9 @@ pub fn split_one(file_len: u64, trailer: &[u8]) -> Result<(u64, u64), FormatErro
     if env_len == 0 || env_len > MAX_ENVELOPE_FILE {
         return Err(DecodeError::Invalid("envelope length").into());
     }
+    let most = ObjectHeader::LEN + u64::from(MAX_CHUNK_SIZE) + CHUNK_OVERHEAD_U64;
     match file_len.checked_sub(env_len + ONE_TRAILER_LEN) {
-        Some(data) if data >= ObjectHeader::LEN => Ok((data, env_len)),
+        Some(data) if (ObjectHeader::LEN..=most).contains(&data) => Ok((data, env_len)),
         _ => Err(DecodeError::Invalid("one-file object length").into()),
     }
 }
@@ -971,8 +976,14 @@ mod tests {
         );
         assert!(split_one(100, &t).is_err(), "envelope longer than the file");
         assert!(
-            split_one(u64::MAX, &t).is_ok(),
+            split_one(u64::MAX, &t).is_err(),
             "no overflow on a huge length"
+        );
+        let most = 40 + u64::from(MAX_CHUNK_SIZE) + 28;
+        assert_eq!(split_one(most + 212, &t).unwrap(), (most, 200));
+        assert!(
+            split_one(most + 213, &t).is_err(),
+            "data longer than one chunk"
         );
         let mut bad = t;
         bad[11] ^= 1;
@@ -984,7 +995,7 @@ mod tests {
         for n in [0u32, MAX_ENVELOPE_FILE as u32 + 1, u32::MAX] {
             let mut t = one_trailer(0);
             t[..4].copy_from_slice(&n.to_be_bytes());
-            assert!(split_one(u64::MAX, &t).is_err(), "envelope length {n}");
+            assert!(split_one(100_000, &t).is_err(), "envelope length {n}");
         }
     }
 
@@ -997,6 +1008,7 @@ mod tests {
                 prop_assert_eq!(e, u64::from(n));
                 prop_assert_eq!(d + e + ONE_TRAILER_LEN, len);
                 prop_assert!(d >= ObjectHeader::LEN && (1..=MAX_ENVELOPE_FILE).contains(&e));
+                prop_assert!(d <= 40 + u64::from(MAX_CHUNK_SIZE) + 28);
             }
         }
     }

@@ -440,7 +440,7 @@ impl Verified<'_> {
 }
 
 /// Commits verified files of one vault together ([`vault::publish_group`]:
-/// two directory fsyncs for the whole group) and removes their partial
+/// one or two directory fsyncs for the whole group) and removes their partial
 /// states. One result per file, in order; a file that failed is undone
 /// and its partial stays for the caller to keep or remove.
 pub fn commit_group(mut files: Vec<Verified<'_>>) -> Vec<Result<()>> {

@@ -46,8 +46,8 @@ impl Vault {
     pub fn stored_object(&self, id: &FileId) -> Result<StoredObject> {
         let damaged = |what: &str| StoreError::corrupt(format!("object {}", id_hex(id)), what);
         let envelope = self.read_envelope(id)?;
-        let env =
-            EnvelopeFile::decode(&envelope).map_err(|e| format_error(&self.env_path(id), e))?;
+        let env = EnvelopeFile::decode(&envelope)
+            .map_err(|e| format_error(&self.envelope_path_shown(id), e))?;
         if &env.id != id {
             return Err(damaged("envelope belongs to another object"));
         }

@@ -648,6 +648,16 @@ impl Vault {
         self.objects().join(format!("{}.one", id_hex(id)))
     }
 
+    /// The file holding object `id`'s envelope, to name in a message.
+    pub(crate) fn envelope_path_shown(&self, id: &FileId) -> PathBuf {
+        let one = self.one_path(id);
+        if one.is_file() {
+            one
+        } else {
+            self.env_path(id)
+        }
+    }
+
     /// Every file that can hold part of object `id`.
     pub(crate) fn object_paths(&self, id: &FileId) -> [PathBuf; 3] {
         [self.env_path(id), self.one_path(id), self.obj_path(id)]
@@ -954,7 +964,7 @@ impl Vault {
         for (n, id) in scan.env.keys().enumerate() {
             progress(n, total);
             report.checked += 1;
-            let p = self.env_path(id);
+            let p = self.envelope_path_shown(id);
             let env = match self
                 .read_envelope(id)
                 .and_then(|b| EnvelopeFile::decode(&b).map_err(|e| format_error(&p, e)))
@@ -1421,7 +1431,8 @@ impl<'v> ObjectWriter<'v> {
     }
 
     /// Moves the data file and `env` into `dir` as `<id>.obj` and
-    /// `<id>.env`: [`publish_group`] of this one object.
+    /// `<id>.env`, or as one `<id>.one`: [`publish_group`] of this one
+    /// object.
     pub(crate) fn publish(&mut self, env: &[u8], dir: &Path) -> Result<()> {
         publish_group(&mut [(self, env)], dir)
             .pop()
@@ -1680,8 +1691,10 @@ const SYNCFS_GROUP: usize = 4;
 
 /// Moves several objects' data files and envelopes from staging into
 /// `dir`, together (`docs/VAULT.md`, *Commit of a new object*, *Group
-/// commit*): for each, fsync the data and write and fsync its envelope in
-/// staging; rename every data file into `dir`; fsync `dir` once; rename
+/// commit*; an object of one chunk in `objects/` becomes one file
+/// `<id>.one` instead, its envelope appended to its data, its rename the
+/// commit, with no envelope steps): for each, fsync the data and write and
+/// fsync its envelope in staging; rename every data file into `dir`; fsync `dir` once; rename
 /// every envelope (each rename commits its object); fsync `dir` once. So a
 /// group of N small files costs two directory fsyncs, not 2N. A failure of
 /// one object's own step fails that object only; a failed directory fsync
@@ -2023,7 +2036,7 @@ impl Unlocked<'_> {
             if known.contains_key(id) {
                 continue;
             }
-            let p = v.env_path(id);
+            let p = v.envelope_path_shown(id);
             let opened = v.read_envelope(id).and_then(|b| {
                 let env = EnvelopeFile::decode(&b).map_err(|e| format_error(&p, e))?;
                 Ok((crate::crypto::blake3(&b), env))
@@ -2713,7 +2726,14 @@ impl Unlocked<'_> {
         let sealer = EnvelopeSealer::new(&new.public())?;
         let (mut seen_new, mut seen_old) = (Agreements::default(), Agreements::default());
         for id in scan.env.keys() {
-            let bytes = v.read_envelope(id)?;
+            // A damaged envelope (or one-file object) is left as it is, for
+            // reconcile to report: one bad object must not stop the rekey,
+            // which every unlock resumes. Only an I/O error stops it.
+            let bytes = match v.read_envelope(id) {
+                Ok(b) => b,
+                Err(e @ (StoreError::Io { .. } | StoreError::DiskFull { .. })) => return Err(e),
+                Err(_) => continue,
+            };
             let Ok(env) = EnvelopeFile::decode(&bytes) else {
                 continue; // reported by reconcile
             };
