@@ -82,12 +82,7 @@ impl Vault {
     /// The data file of object `id` (`<id>.one` or `<id>.obj`; the
     /// chunks are at the same offsets in both).
     pub fn data_path(&self, id: &FileId) -> PathBuf {
-        let one = self.one_path(id);
-        if one.is_file() {
-            one
-        } else {
-            self.obj_path(id)
-        }
+        self.one_or(id, self.obj_path(id))
     }
 
     /// The vault header as stored (for the owner's devices: it holds the

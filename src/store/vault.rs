@@ -648,14 +648,19 @@ impl Vault {
         self.objects().join(format!("{}.one", id_hex(id)))
     }
 
-    /// The file holding object `id`'s envelope, to name in a message.
-    pub(crate) fn envelope_path_shown(&self, id: &FileId) -> PathBuf {
+    /// `<id>.one` when object `id` is a one-file object, else `two`.
+    pub(crate) fn one_or(&self, id: &FileId, two: PathBuf) -> PathBuf {
         let one = self.one_path(id);
         if one.is_file() {
             one
         } else {
-            self.env_path(id)
+            two
         }
+    }
+
+    /// The file holding object `id`'s envelope, to name in a message.
+    pub(crate) fn envelope_path_shown(&self, id: &FileId) -> PathBuf {
+        self.one_or(id, self.env_path(id))
     }
 
     /// Every file that can hold part of object `id`.
@@ -669,61 +674,60 @@ impl Vault {
         self.one_path(id).is_file() || (self.env_path(id).is_file() && self.obj_path(id).is_file())
     }
 
-    /// The bytes of object `id`'s envelope: `<id>.env`, or the envelope in
-    /// `<id>.one`. At most [`MAX_ENVELOPE_FILE`] bytes.
-    pub(crate) fn read_envelope(&self, id: &FileId) -> Result<Vec<u8>> {
+    /// Object `id`'s one-file object, opened, with its data and envelope
+    /// lengths from its trailer; `None` when it has none (two files).
+    fn open_one(&self, id: &FileId) -> Result<Option<(File, PathBuf, u64, u64)>> {
         let one = self.one_path(id);
         match File::open(&one) {
             Ok(f) => {
                 let (data_len, env_len) = one_split(&f, &one)?;
-                let mut b = vec![0u8; env_len as usize];
-                f.read_exact_at(&mut b, data_len)
-                    .map_err(|e| StoreError::io("cannot read", &one, e))?;
-                Ok(b)
+                Ok(Some((f, one, data_len, env_len)))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fsutil::read_limited(&self.env_path(id), MAX_ENVELOPE_FILE)
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::io("cannot open", &one, e)),
         }
+    }
+
+    /// The bytes of object `id`'s envelope: `<id>.env`, or the envelope in
+    /// `<id>.one`. At most [`MAX_ENVELOPE_FILE`] bytes.
+    pub(crate) fn read_envelope(&self, id: &FileId) -> Result<Vec<u8>> {
+        let Some((f, one, data_len, env_len)) = self.open_one(id)? else {
+            return fsutil::read_limited(&self.env_path(id), MAX_ENVELOPE_FILE);
+        };
+        let mut b = vec![0u8; env_len as usize];
+        f.read_exact_at(&mut b, data_len)
+            .map_err(|e| StoreError::io("cannot read", &one, e))?;
+        Ok(b)
     }
 
     /// Replaces object `id`'s envelope by `env`, atomically: `<id>.env`
     /// rewritten, or `<id>.one` rewritten whole (its data is one chunk).
     pub(crate) fn replace_envelope(&self, id: &FileId, env: &[u8]) -> Result<()> {
-        let (f, path, data_len) = self.open_data(id)?;
-        if path != self.one_path(id) {
+        let Some((f, one, data_len, _)) = self.open_one(id)? else {
             return fsutil::write_atomic(&self.env_path(id), env);
-        }
+        };
         let mut b = vec![0u8; data_len as usize];
         f.read_exact_at(&mut b, 0)
-            .map_err(|e| StoreError::io("cannot read", &path, e))?;
+            .map_err(|e| StoreError::io("cannot read", &one, e))?;
         b.extend_from_slice(env);
         b.extend_from_slice(&one_trailer(env.len()));
-        fsutil::write_atomic(&path, &b)
+        fsutil::write_atomic(&one, &b)
     }
 
     /// Object `id`'s data file, opened, with its path and the length of
     /// its data (all of `<id>.obj`, the part of `<id>.one` before the
     /// envelope).
     pub(crate) fn open_data(&self, id: &FileId) -> Result<(File, PathBuf, u64)> {
-        let one = self.one_path(id);
-        match File::open(&one) {
-            Ok(f) => {
-                let (data_len, _) = one_split(&f, &one)?;
-                Ok((f, one, data_len))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let p = self.obj_path(id);
-                let f = File::open(&p).map_err(|e| StoreError::io("cannot open", &p, e))?;
-                let len = f
-                    .metadata()
-                    .map_err(|e| StoreError::io("cannot read", &p, e))?
-                    .len();
-                Ok((f, p, len))
-            }
-            Err(e) => Err(StoreError::io("cannot open", &one, e)),
+        if let Some((f, one, data_len, _)) = self.open_one(id)? {
+            return Ok((f, one, data_len));
         }
+        let p = self.obj_path(id);
+        let f = File::open(&p).map_err(|e| StoreError::io("cannot open", &p, e))?;
+        let len = f
+            .metadata()
+            .map_err(|e| StoreError::io("cannot read", &p, e))?
+            .len();
+        Ok((f, p, len))
     }
 
     /// The record of what this vault received, by slot
@@ -1694,8 +1698,9 @@ const SYNCFS_GROUP: usize = 4;
 /// commit*; an object of one chunk in `objects/` becomes one file
 /// `<id>.one` instead, its envelope appended to its data, its rename the
 /// commit, with no envelope steps): for each, fsync the data and write and
-/// fsync its envelope in staging; rename every data file into `dir`; fsync `dir` once; rename
-/// every envelope (each rename commits its object); fsync `dir` once. So a
+/// fsync its envelope in staging; rename every data file into `dir`; fsync
+/// `dir` once; rename every envelope (each rename commits its object);
+/// fsync `dir` once. So a
 /// group of N small files costs two directory fsyncs, not 2N. A failure of
 /// one object's own step fails that object only; a failed directory fsync
 /// fails every object it covered. A failed object is undone, never half:
@@ -1749,12 +1754,8 @@ pub(crate) fn publish_group(
             fsutil::start_writeback(&w.file);
         }
         if st.one {
-            match w.append_envelope(env) {
-                Ok(()) => st.env_file = w.file_handle().ok(),
-                Err(e) => st.err = Some(e),
-            }
-            if st.env_file.is_none() && st.err.is_none() {
-                st.err = Some(StoreError::Invalid("cannot reopen the staging file".into()));
+            if let Err(e) = w.append_envelope(env) {
+                st.err = Some(e);
             }
             continue;
         }
@@ -1783,9 +1784,9 @@ pub(crate) fn publish_group(
         }
     }
     for ((w, _), st) in items.iter_mut().zip(&mut steps) {
-        let Some(env_file) = st.env_file.take().filter(|_| st.err.is_none()) else {
+        if st.err.is_some() {
             continue;
-        };
+        }
         let sync = |f: &File, p: &Path| {
             if batch {
                 fileops::wait_written(f, p)
@@ -1805,6 +1806,9 @@ pub(crate) fn publish_group(
             }
             continue;
         }
+        let Some(env_file) = st.env_file.take() else {
+            continue;
+        };
         let staged = sync(&w.file, &w.tmp)
             .and_then(|_| sync(&env_file, &st.env_tmp))
             .and_then(|_| fsutil::rename(&w.tmp, &st.obj));
