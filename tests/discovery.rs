@@ -642,7 +642,7 @@ fn a_spoofed_record_for_the_same_instance_makes_the_name_ambiguous() {
     let _evil = serve_any(&attacker, lan.b(), "recv", true, false);
     let (rid, xid) = (real.id(), attacker.id());
     let spoof = serde_json::json!([{"instance": "recv", "addresses": ["10.213.0.2"], "port": 47475,
-        "txt": {"v": "4", "id": xid.id, "name": "recv"}}]);
+        "txt": {"v": "5", "id": xid.id, "name": "recv"}}]);
     let py = Python::spawn(lan.b(), ZEROCONF_ADVERTISE, &[&spoof.to_string(), "120"]);
     assert!(
         wait_until(Duration::from_secs(60), || py.stdout().contains("ready")),
@@ -772,7 +772,7 @@ fn zeroconf_sees_the_node_and_p2pfs_skips_foreign_and_malformed_records() {
         .iter()
         .find(|s| s["name"] == "vault-b._p2pfs._udp.local.")
         .unwrap_or_else(|| panic!("zeroconf did not see vault-b: {out}"));
-    assert_eq!(vb["txt"]["v"], "4", "{out}");
+    assert_eq!(vb["txt"]["v"], "5", "{out}");
     assert_eq!(vb["txt"]["id"], b_id.as_str(), "{out}");
     assert_eq!(vb["txt"]["name"], "vault-b", "{out}");
     assert_eq!(vb["port"], 47474);
@@ -792,13 +792,13 @@ fn zeroconf_sees_the_node_and_p2pfs_skips_foreign_and_malformed_records() {
             "py-node",
             &at,
             40000,
-            serde_json::json!({"v": "4", "id": good, "name": "py-node"}),
+            serde_json::json!({"v": "5", "id": good, "name": "py-node"}),
         ),
         rec(
             "multi",
             &["10.213.0.1", "10.213.0.2"],
             47474,
-            serde_json::json!({"v": "4", "id": b_id}),
+            serde_json::json!({"v": "5", "id": b_id}),
         ),
         rec("no-txt", &at, 40001, serde_json::json!({})),
         rec(
@@ -812,56 +812,56 @@ fn zeroconf_sees_the_node_and_p2pfs_skips_foreign_and_malformed_records() {
             "bad-id",
             &at,
             40004,
-            serde_json::json!({"v": "4", "id": "not-a-node-id"}),
+            serde_json::json!({"v": "5", "id": "not-a-node-id"}),
         ),
         rec(
             "short-id",
             &at,
             40005,
-            serde_json::json!({"v": "4", "id": &good[..20]}),
+            serde_json::json!({"v": "5", "id": &good[..20]}),
         ),
         rec(
             "binary-id",
             &at,
             40006,
-            serde_json::json!({"v": "4", "id": "hex:fffe0001"}),
+            serde_json::json!({"v": "5", "id": "hex:fffe0001"}),
         ),
         rec(
             "evil-name",
             &at,
             40007,
-            serde_json::json!({"v": "4", "id": good, "name": "evil\u{1b}[2J"}),
+            serde_json::json!({"v": "5", "id": good, "name": "evil\u{1b}[2J"}),
         ),
         rec(
             "long-name",
             &at,
             40008,
-            serde_json::json!({"v": "4", "id": good, "name": "n".repeat(200)}),
+            serde_json::json!({"v": "5", "id": good, "name": "n".repeat(200)}),
         ),
         rec(
             "bidi-name",
             &at,
             40009,
-            serde_json::json!({"v": "4", "id": good, "name": "txt\u{202e}exe.pdf"}),
+            serde_json::json!({"v": "5", "id": good, "name": "txt\u{202e}exe.pdf"}),
         ),
         rec(
             "rtl\u{202e}label",
             &at,
             40010,
-            serde_json::json!({"v": "4", "id": good, "name": "fine"}),
+            serde_json::json!({"v": "5", "id": good, "name": "fine"}),
         ),
         rec(
             "zero-port",
             &at,
             0,
-            serde_json::json!({"v": "4", "id": good, "name": "zero-port"}),
+            serde_json::json!({"v": "5", "id": good, "name": "zero-port"}),
         ),
     ];
     let mut web = rec(
         "web",
         &at,
         80,
-        serde_json::json!({"v": "4", "id": good, "name": "web"}),
+        serde_json::json!({"v": "5", "id": good, "name": "web"}),
     );
     web["type"] = "_http._tcp.local.".into();
     records.push(web);
@@ -1169,7 +1169,7 @@ fn a_spoofed_pairing_record_pairs_nobody() {
     let spoof = |plate: &str, port: u64| {
         let recs = serde_json::json!([{"type": "_p2pfs-pair._udp.local.", "instance": "shower",
             "addresses": ["10.213.0.2"], "port": port,
-            "txt": {"v": "4", "id": xid.id, "name": "shower", "plate": plate}}]);
+            "txt": {"v": "5", "id": xid.id, "name": "shower", "plate": plate}}]);
         let py = Python::spawn(lan.b(), ZEROCONF_ADVERTISE, &[&recs.to_string(), "120"]);
         assert!(
             wait_until(Duration::from_secs(60), || py.stdout().contains("ready")),

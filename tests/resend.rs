@@ -233,16 +233,56 @@ fn a_killed_folder_send_run_again_stores_every_file_once() {
 /// the sender says how to resume, and the rerun resumes.
 #[test]
 fn ctrl_c_on_the_sender_ends_both_sides_at_once_and_the_rerun_resumes() {
+    interrupt_a_send(false);
+}
+
+/// A Ctrl-C reaches a receiver that stalled past QUIC's closing period.
+/// The receiver is stopped (SIGSTOP) mid-transfer and its socket buffer
+/// filled, so it drops what comes next; the sender is interrupted and the
+/// receiver resumed 1 s later, well after the sender's closing period
+/// (three probe timeouts, about 80 ms). A bare CONNECTION_CLOSE is lost
+/// that way: before the stop notice this receiver reported nothing for
+/// 5 s, then "the peer is gone" (in CI, a loaded receiver whose buffer
+/// overflowed with chunks met a stateless reset, "reset by peer"). The
+/// stop notice is a stream reset, retransmitted until it arrives, so the
+/// receiver still reports the Ctrl-C and the rerun resumes.
+#[test]
+fn a_ctrl_c_reaches_a_receiver_that_stalled_past_the_closing_period() {
+    interrupt_a_send(true);
+}
+
+/// Interrupts a send of 256 MiB at a fifth (the receiver stalled for 1 s
+/// around the Ctrl-C if `stall`), checks what both sides say, and that the
+/// rerun resumes.
+fn interrupt_a_send(stall: bool) {
     const MIB: u64 = 1 << 20;
     let (a, b) = nodes();
     let mut srv = Serving::start(&b, &["--accept", "any"]);
     let total = 256 * MIB;
     let h = write_random(&a.path("big.bin"), total);
     let mut p = send_until(&a, "big.bin", &srv.addr(), total, 0.2);
+    let receiver = srv.pid() as libc::pid_t;
+    if stall {
+        // SAFETY: kill(2) on the serving child this test started and owns.
+        assert_eq!(unsafe { libc::kill(receiver, libc::SIGSTOP) }, 0);
+        // Fill its socket buffer for certain (24 MB of junk datagrams,
+        // which it drops unread once resumed): the next datagrams are lost.
+        let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to: std::net::SocketAddr = srv.addr().parse().unwrap();
+        for _ in 0..20_000 {
+            let _ = junk.send_to(&[0u8; 1200], to);
+        }
+    }
     let t0 = std::time::Instant::now();
     p.signal(libc::SIGINT);
+    if stall {
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(receiver, libc::SIGCONT) }, 0);
+    }
     assert!(
-        p.wait_timeout(std::time::Duration::from_secs(2)).is_some(),
+        p.wait_timeout(std::time::Duration::from_secs(if stall { 4 } else { 2 }))
+            .is_some(),
         "the sender did not stop at once"
     );
     let r = p.finish();
@@ -251,9 +291,11 @@ fn ctrl_c_on_the_sender_ends_both_sides_at_once_and_the_rerun_resumes() {
         .says("run the same command again to resume");
     let line = "transfer interrupted: the peer stopped it (Ctrl-C)";
     assert!(
-        srv.proc_mut()
-            .wait_for_output(line, std::time::Duration::from_secs(1)),
-        "the receiver did not report it within a second of the sender's exit ({:?} after Ctrl-C):\n{}",
+        srv.proc_mut().wait_for_output(
+            line,
+            std::time::Duration::from_secs(if stall { 3 } else { 1 })
+        ),
+        "the receiver did not report it in time ({:?} after Ctrl-C):\n{}",
         t0.elapsed(),
         srv.proc().stderr_now()
     );

@@ -389,6 +389,42 @@ fn an_interrupted_get_resumes_after_kill_9_of_the_client_or_the_server() {
     s.stop();
 }
 
+/// Ctrl-C on `get` ends both sides at once: the client sends its stop
+/// notice, the serving node (the source here) answers by closing and logs
+/// the Ctrl-C, and the rerun resumes from what the client verified.
+#[test]
+fn ctrl_c_on_get_ends_both_sides_at_once_and_the_rerun_resumes() {
+    let (a, b, mut s) = pair_serving("get");
+    let total = 256u64 << 20;
+    let h = write_random(&a.path("big.bin"), total);
+    a.import(&["big.bin"]);
+    a.run(["vault", "share", "big.bin", "bee"]).ok();
+    let peer = at(&a, &s);
+    let mut p = get_until(&b, &peer, "big.bin", "big.out", total, 0.3);
+    p.signal(libc::SIGINT);
+    assert!(
+        p.wait_timeout(Duration::from_secs(2)).is_some(),
+        "the client did not stop at once"
+    );
+    p.finish()
+        .code_is(exit::INTERRUPTED)
+        .says("run the same command again to resume");
+    let line = "the peer stopped it (Ctrl-C)";
+    assert!(
+        s.proc_mut().wait_for_output(line, Duration::from_secs(1)),
+        "the server did not report it:\n{}",
+        s.proc().stderr_now()
+    );
+    assert!(!b.path("big.out").exists());
+    let r = b.run(["get", &peer, "big.bin", "big.out", "--json"]).ok();
+    let skipped = event(&events(&r.all()), "start").unwrap()["bytes_skipped"]
+        .as_u64()
+        .unwrap();
+    assert!(skipped > 0, "resumed from {skipped}");
+    assert_eq!(blake3_file(&b.path("big.out")), h);
+    s.stop();
+}
+
 #[derive(Deserialize, Debug)]
 struct Stored {
     id: String,

@@ -501,7 +501,10 @@ pub fn get(ctx: &Ctx, c: Common, a: GetArgs) -> Result<()> {
     };
     let res = rt.block_on(async {
         let target = &targets[0];
-        client::get(&identity, target, ids, a.streams, &mut pull, to, tx).await
+        send_cmd::until_ctrl_c(client::get(
+            &identity, target, ids, a.streams, &mut pull, to, tx,
+        ))
+        .await
     });
     rt.block_on(async {
         let _ = ui.await;

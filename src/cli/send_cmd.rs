@@ -878,6 +878,33 @@ fn targets_of(r: &Resolved, word: &str, given: bool) -> Vec<Target> {
     out
 }
 
+/// Runs a transfer to its end, unless the user presses Ctrl-C first: then
+/// every connection is ended with a reason (the peer ends its side at
+/// once, keeping what it verified; `client::interrupt_all`) instead of the
+/// process dying mid-transfer, and the transfer winds down as after any
+/// loss (a fetch checkpoints its partials, a send records what was
+/// committed) before [`NetError::Interrupted`] is returned.
+///
+/// Every transfer of a command runs under this: once a process has caught
+/// Ctrl-C (tokio keeps its handler), a transfer outside it would ignore
+/// the key (`get` once did, after its listing).
+pub(crate) async fn until_ctrl_c<T>(
+    op: impl std::future::Future<Output = Result<T, NetError>>,
+) -> Result<T, NetError> {
+    tokio::pin!(op);
+    let interrupt = tokio::signal::ctrl_c();
+    tokio::pin!(interrupt);
+    tokio::select! {
+        biased;
+        r = &mut op => r,
+        _ = &mut interrupt => {
+            p2pfs::net::client::interrupt_all().await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut op).await;
+            Err(NetError::Interrupted)
+        }
+    }
+}
+
 /// The target whose key the handshake proved, and the name it welcomed us
 /// with.
 pub(crate) struct Proven {
@@ -900,7 +927,7 @@ where
     let mut key_changed = None;
     for (i, target) in targets.iter().enumerate() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let send = op(target.clone(), tx);
+        let send = until_ctrl_c(op(target.clone(), tx));
         tokio::pin!(send);
         let mut welcomed = None;
         let mut forward = |ev: Event| {
@@ -909,24 +936,11 @@ where
             }
             let _ = ui.send(ev);
         };
-        // Ctrl-C closes the connection with a reason (the peer ends its
-        // side at once, keeping what it verified) instead of killing the
-        // process mid-transfer.
-        let interrupt = tokio::signal::ctrl_c();
-        tokio::pin!(interrupt);
         let res = loop {
             tokio::select! {
                 biased;
                 Some(ev) = rx.recv() => forward(ev),
                 r = &mut send => break r,
-                _ = &mut interrupt => {
-                    p2pfs::net::client::interrupt_all().await;
-                    // The transfer fails on the closed connection and winds
-                    // down as after any loss: a fetch checkpoints its
-                    // partials, a send records what was committed.
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut send).await;
-                    break Err(NetError::Interrupted);
-                }
             }
         };
         while let Ok(ev) = rx.try_recv() {

@@ -293,22 +293,47 @@ impl Drop for Live {
     }
 }
 
-/// Closes every authenticated connection of this process with
-/// [`close::INTERRUPTED`] (the user pressed Ctrl-C) and waits until each
-/// close has gone out (at most 200 ms each), so the peer ends its side at
-/// once: a receiver keeps what it verified as resumable partials. The
-/// transfers using them fail; the caller says how to resume.
+/// Ends every authenticated connection of this process because the user
+/// pressed Ctrl-C, so the peer ends its side at once: a receiver keeps
+/// what it verified as resumable partials. The transfers using them fail;
+/// the caller says how to resume.
+///
+/// Each connection first gets a stop notice (a stream of its own, reset
+/// with [`wire::STOP_CODE`]), and the peer answers by closing with
+/// [`close::INTERRUPTED`] ([`STOP_ANSWER`] at most). Only then, or if no
+/// answer came, does this side close with that code itself. A close alone
+/// is one datagram: a peer whose socket buffer was full of chunks lost it,
+/// and once the closing period (three probe timeouts, about 80 ms here)
+/// had passed its next packet met a stateless reset and it reported
+/// "reset by peer" instead of the Ctrl-C, or, once this process had
+/// exited, "the peer is gone" 5 s later. A stream reset is retransmitted
+/// until it arrives.
 pub async fn interrupt_all() {
     let conns: Vec<quinn::Connection> = match LIVE.lock() {
         Ok(l) => l.iter().map(|(_, c)| c.clone()).collect(),
         Err(_) => Vec::new(),
     };
-    for conn in &conns {
-        let sent = conn.stats().udp_tx.datagrams;
-        conn.close(quinn::VarInt::from_u32(close::INTERRUPTED), b"Ctrl-C");
-        close_sent(conn, sent).await;
-    }
+    let stops = conns.into_iter().map(|conn| async move {
+        let notice = async {
+            let mut s = conn.open_uni().await.ok()?;
+            s.reset(quinn::VarInt::from_u32(wire::STOP_CODE)).ok()
+        };
+        if let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(100), notice).await {
+            let _ = tokio::time::timeout(STOP_ANSWER, conn.closed()).await;
+        }
+        if conn.close_reason().is_none() {
+            let sent = conn.stats().udp_tx.datagrams;
+            conn.close(quinn::VarInt::from_u32(close::INTERRUPTED), b"Ctrl-C");
+            close_sent(&conn, sent).await;
+        }
+    });
+    futures_util::future::join_all(stops).await;
 }
+
+/// How long a node that sent a stop notice waits for the peer to close.
+/// The answer takes a round trip when the peer is well; one stalled for
+/// longer than this gets the close alone, as before the notice existed.
+pub const STOP_ANSWER: Duration = Duration::from_secs(2);
 
 /// A QUIC connection and its control stream, before authentication.
 async fn open(

@@ -31,8 +31,8 @@ pub const SERVICE_TYPE: &str = "_p2pfs._udp.local.";
 pub const PAIR_SERVICE_TYPE: &str = "_p2pfs-pair._udp.local.";
 /// Largest pairing nameplate (`net::pair`).
 const MAX_PLATE: u16 = 99;
-/// The protocol version a node advertises in TXT `v` (ALPN `p2pfs/4`).
-pub const PROTOCOL_VERSION: &str = "4";
+/// The protocol version a node advertises in TXT `v` (ALPN `p2pfs/5`).
+pub const PROTOCOL_VERSION: &str = "5";
 /// Longest instance label we advertise, in bytes. DNS labels end at 63
 /// bytes, and a name conflict makes mdns-sd append " (N)".
 const MAX_INSTANCE: usize = 56;

@@ -1,4 +1,4 @@
-//! QUIC endpoints: rustls (ring provider, TLS 1.3 only, ALPN `p2pfs/4`) with
+//! QUIC endpoints: rustls (ring provider, TLS 1.3 only, ALPN `p2pfs/5`) with
 //! a throwaway self-signed certificate on the server, and a client that
 //! accepts any certificate but checks the handshake signature — the node
 //! identity is proved by Noise, not by TLS (`docs/PROTOCOL.md`).
@@ -84,7 +84,9 @@ pub fn authorise(conn: &quinn::Connection, trusted: bool) {
         UNTRUSTED_RECEIVE_WINDOW
     };
     conn.set_receive_window(quinn::VarInt::from_u32(window));
-    conn.set_max_concurrent_uni_streams(quinn::VarInt::from_u32(super::wire::MAX_STREAMS as u32));
+    conn.set_max_concurrent_uni_streams(quinn::VarInt::from_u32(
+        super::wire::MAX_UNI_STREAMS as u32,
+    ));
 }
 
 /// Silence after which a connection is given up.
@@ -100,7 +102,7 @@ fn transport_config() -> quinn::TransportConfig {
         quinn::IdleTimeout::try_from(IDLE).unwrap_or(quinn::VarInt::from_u32(5_000).into()),
     ));
     t.keep_alive_interval(Some(Duration::from_secs(1)));
-    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(super::wire::MAX_STREAMS as u32));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(super::wire::MAX_UNI_STREAMS as u32));
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4));
     t.stream_receive_window(quinn::VarInt::from_u32(4 << 20));
     t.receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW));

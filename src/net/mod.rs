@@ -23,7 +23,7 @@ use thiserror::Error;
 use crate::{crypto::keys::PublicKey, store::StoreError};
 
 /// The ALPN protocol id (the protocol version).
-pub const ALPN: &[u8] = b"p2pfs/4";
+pub const ALPN: &[u8] = b"p2pfs/5";
 /// The default UDP port.
 pub const DEFAULT_PORT: u16 = 47474;
 

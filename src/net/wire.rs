@@ -29,10 +29,23 @@ pub const WRAPPED_KEY_LEN: usize = 48;
 pub const MAX_VERSION: usize = 64;
 /// Magic at the start of every data stream.
 pub const DATA_MAGIC: &[u8; 4] = b"P2D2";
+/// The stop notice: a one-way stream that a node whose user pressed
+/// Ctrl-C opens and at once resets with this code (`close::INTERRUPTED`),
+/// before any byte. A RESET_STREAM is retransmitted until it arrives,
+/// unlike a CONNECTION_CLOSE datagram, which a busy peer may miss, and it
+/// needs no flow-control credit, which a stalled peer's full window leaves
+/// none of. The peer answers by closing with `close::INTERRUPTED`.
+pub const STOP_CODE: u32 = super::close::INTERRUPTED;
+/// What a node reports when its peer sent a stop notice or closed with
+/// `close::INTERRUPTED`.
+pub const PEER_STOPPED: &str = "the peer stopped it (Ctrl-C)";
 /// Length of a chunk frame header.
 pub const CHUNK_HEADER_LEN: usize = 4 + 8 + 4 + 32;
 /// Largest number of data streams.
 pub const MAX_STREAMS: usize = 16;
+/// Largest number of one-way streams a peer may open: the data streams
+/// and a stop notice ([`STOP_MAGIC`]).
+pub const MAX_UNI_STREAMS: usize = MAX_STREAMS + 1;
 
 /// What an offered entry is.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]

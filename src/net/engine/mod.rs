@@ -163,6 +163,14 @@ pub fn closed_error(e: &quinn::ConnectionError) -> NetError {
     }
 }
 
+/// True if a stream's first read failed as a stop notice does: reset
+/// with [`wire::STOP_CODE`] before any byte (`docs/PROTOCOL.md`, *Stop
+/// notice*).
+pub fn is_stop_notice(e: &quinn::ReadExactError) -> bool {
+    matches!(e, quinn::ReadExactError::ReadError(quinn::ReadError::Reset(c))
+        if c.into_inner() == u64::from(wire::STOP_CODE))
+}
+
 /// Maps a failed stream write to an error: a closed connection to why it
 /// closed ([`closed_error`]).
 pub fn write_error(e: &quinn::WriteError) -> NetError {

@@ -36,7 +36,7 @@ use crate::{
         close,
         wire::{
             self, result_code, ChunkHeader, EntryKind, FilePlan, Msg, RefuseCode, CHUNK_HEADER_LEN,
-            DATA_MAGIC,
+            DATA_MAGIC, PEER_STOPPED,
         },
         NetError,
     },
@@ -284,6 +284,8 @@ pub async fn run(
         (ctx.report)(Note::Unchanged { name: name.clone() });
     }
     let infos = planned.infos;
+    // Set by the peer's stop notice (`wire::STOP_CODE`).
+    let stop = Arc::new(tokio::sync::Notify::new());
     let data = {
         let conn = link.conn.clone();
         let d = Arc::new(DataCtx {
@@ -293,7 +295,8 @@ pub async fn run(
             budget: ctx.budget.clone(),
         });
         let report = ctx.report.clone();
-        tokio::spawn(async move { accept_data(conn, d, report).await })
+        let stop = stop.clone();
+        tokio::spawn(async move { accept_data(conn, d, report, stop).await })
     };
 
     let outcome: Result<(), NetError> = async {
@@ -361,6 +364,10 @@ pub async fn run(
                 }
                 d = link.conn.closed() => {
                     return Err(closed_error(&d));
+                }
+                _ = stop.notified() => {
+                    link.close(close::INTERRUPTED, "Ctrl-C");
+                    return Err(NetError::ConnectionLost(PEER_STOPPED.into()));
                 }
             }
         }
@@ -1640,6 +1647,7 @@ async fn accept_data(
     conn: quinn::Connection,
     data: Arc<DataCtx>,
     report: Reporter,
+    stop: Arc<tokio::sync::Notify>,
 ) -> Result<(), NetError> {
     let mut streams = JoinSet::new();
     let mut count = 0usize;
@@ -1648,13 +1656,19 @@ async fn accept_data(
             s = conn.accept_uni() => {
                 let s = s.map_err(|e| NetError::lost(&e))?;
                 count += 1;
-                if count > wire::MAX_STREAMS {
+                if count > wire::MAX_UNI_STREAMS {
                     super::close_with(&conn, close::PROTOCOL, "too many data streams");
                     return Err(NetError::Protocol("too many data streams".into()));
                 }
                 let (data, conn2, report) = (data.clone(), conn.clone(), report.clone());
+                let stop = stop.clone();
                 streams.spawn(async move {
                     if let Err(e) = data_stream(s, &data).await {
+                        if matches!(e, NetError::Interrupted) {
+                            // The peer's stop notice: the transfer answers it.
+                            stop.notify_one();
+                            return;
+                        }
                         let (code, why) = match &e {
                             NetError::Tampered(m) => (close::TAMPERED, m.clone()),
                             NetError::Protocol(m) => (close::PROTOCOL, m.clone()),
@@ -1682,7 +1696,10 @@ async fn data_stream(mut s: quinn::RecvStream, d: &DataCtx) -> Result<(), NetErr
     let mut magic = [0u8; 4];
     s.read_exact(&mut magic)
         .await
-        .map_err(|e| NetError::lost(&e))?;
+        .map_err(|e| match super::is_stop_notice(&e) {
+            true => NetError::Interrupted,
+            false => NetError::lost(&e),
+        })?;
     if &magic != DATA_MAGIC {
         return Err(NetError::Protocol("bad data stream magic".into()));
     }

@@ -316,6 +316,8 @@ pub async fn run(
     }
     let mut reader = reader;
     let mut reader_done = false;
+    // A sink sends no streams but its stop notice (`wire::STOP_MAGIC`).
+    let mut notice = std::pin::pin!(stop_notice(link.conn.clone()));
     while !machine.finished() {
         let wait = if reader_done {
             RESULT_WAIT
@@ -362,6 +364,14 @@ pub async fn run(
                     Err(e) => return Err(e),
                 }
             }
+            e = &mut notice => {
+                if matches!(e, NetError::Interrupted) {
+                    link.close(close::INTERRUPTED, "Ctrl-C");
+                    return Err(NetError::ConnectionLost(wire::PEER_STOPPED.into()));
+                }
+                link.close(close::PROTOCOL, &e.to_string());
+                return Err(e);
+            }
             r = &mut reader, if !reader_done => {
                 reader_done = true;
                 match r {
@@ -406,6 +416,22 @@ pub async fn run(
         blake3,
         bytes_sent: sent.load(Ordering::Relaxed),
     })
+}
+
+/// Waits for a stream from the sink, which may only be its stop notice
+/// (`wire::STOP_CODE`): [`NetError::Interrupted`] for one, a protocol
+/// error for anything else. A closed connection never ends this (the
+/// transfer sees the close on its control stream and reports it).
+async fn stop_notice(conn: quinn::Connection) -> NetError {
+    let Ok(mut s) = conn.accept_uni().await else {
+        return std::future::pending().await;
+    };
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut byte)).await {
+        Ok(Err(e)) if super::is_stop_notice(&e) => NetError::Interrupted,
+        Ok(Err(_)) if conn.close_reason().is_some() => std::future::pending().await,
+        _ => NetError::Protocol("unexpected stream from the receiver".into()),
+    }
 }
 
 fn key_nonce(file: u32) -> [u8; 12] {
