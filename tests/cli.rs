@@ -748,6 +748,38 @@ fn passwd_then_rekey_keep_every_file() {
     assert!(same_content(&p, &n.path("src/d.bin")));
 }
 
+/// docs/VAULT.md, *Reconcile*: a two-file `<id>.obj` or `<id>.env` beside
+/// a `<id>.one` of the same id is never read (the `.one` is the object)
+/// and the next unlocked command removes it; a plain `vault verify` does
+/// not touch it. The object still verifies and exports identical, and the
+/// two-file object the strays were copied from is untouched.
+#[test]
+fn a_two_file_leftover_beside_a_one_file_object_is_removed() {
+    let n = Node::new();
+    n.init("n");
+    write_random(&n.path("src/small.bin"), 4096);
+    write_random(&n.path("src/big.bin"), CHUNK + 1);
+    n.run(["vault", "import", "src"]).ok();
+    let (small, big) = (n.entry("src/small.bin").id, n.entry("src/big.bin").id);
+    assert!(n.one(&small).is_file());
+    fs::copy(n.obj(&big), n.obj(&small)).unwrap();
+    fs::copy(n.env(&big), n.env(&small)).unwrap();
+    n.run(["vault", "verify"]).ok();
+    assert!(
+        n.obj(&small).exists() && n.env(&small).exists(),
+        "verify removes nothing"
+    );
+    n.run(["vault", "list"]).ok();
+    assert!(!n.obj(&small).exists(), "the stray data file stays");
+    assert!(!n.env(&small).exists(), "the stray envelope stays");
+    assert!(n.one(&small).is_file() && n.obj(&big).is_file() && n.env(&big).is_file());
+    n.run(["vault", "verify", "--full"]).ok().says("all intact");
+    let p = n.export("src/small.bin", "small.out");
+    assert!(same_content(&p, &n.path("src/small.bin")));
+    let p = n.export("src/big.bin", "big.out");
+    assert!(same_content(&p, &n.path("src/big.bin")));
+}
+
 /// docs/VAULT.md, *One-file object*: an object of one chunk (a small
 /// file, an empty file, an empty folder) is one file `<id>.one`, an object
 /// of several chunks two; both read, verify, rekey and remove alike, and a

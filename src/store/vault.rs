@@ -442,6 +442,11 @@ fn parse_object_name(name: &str) -> Option<(FileId, &str)> {
 pub(crate) struct Scan {
     pub(crate) env: BTreeMap<FileId, ()>,
     pub(crate) obj: BTreeMap<FileId, ()>,
+    /// `<id>.obj` and `<id>.env` files beside a `<id>.one` of the same id:
+    /// never read (every reader takes the `.one`), removed by reconcile.
+    /// (A build from before one-file objects that fetched an object a
+    /// newer build then stored again would leave them.)
+    pub(crate) stray: Vec<PathBuf>,
 }
 
 impl Vault {
@@ -788,6 +793,7 @@ impl Vault {
     pub(crate) fn scan(&self) -> Result<Scan> {
         let dir = self.objects();
         let mut s = Scan::default();
+        let (mut one, mut two) = (BTreeMap::new(), Vec::new());
         for e in fs::read_dir(&dir).map_err(|e| StoreError::io("cannot list", &dir, e))? {
             let e = e.map_err(|e| StoreError::io("cannot list", &dir, e))?;
             let name = e.file_name();
@@ -798,8 +804,18 @@ impl Vault {
                 if ext != "env" {
                     s.obj.insert(id, ());
                 }
+                if ext == "one" {
+                    one.insert(id, ());
+                } else {
+                    two.push((id, e.path()));
+                }
             }
         }
+        s.stray = two
+            .into_iter()
+            .filter(|(id, _)| one.contains_key(id))
+            .map(|(_, p)| p)
+            .collect();
         Ok(s)
     }
 
@@ -2072,6 +2088,12 @@ impl Unlocked<'_> {
                     changed = true;
                 }
                 Err(what) => self.problem(*id, None, what),
+            }
+        }
+        if self.exclusive {
+            for p in &scan.stray {
+                fsutil::remove_if_exists(p)?;
+                removed = true;
             }
         }
         for id in scan.obj.keys() {
