@@ -260,7 +260,10 @@ fn interrupt_a_send(stall: bool) {
     let mut srv = Serving::start(&b, &["--accept", "any"]);
     let total = 256 * MIB;
     let h = write_random(&a.path("big.bin"), total);
-    let mut p = send_until(&a, "big.bin", &srv.addr(), total, 0.2);
+    let send = a
+        .cmd(["send", "--trust-new", "--json", "big.bin", &srv.addr()])
+        .env("P2PFS_LOG", "p2pfs=info");
+    let mut p = until_progress(send.spawn(), total, 0.2);
     let receiver = srv.pid() as libc::pid_t;
     if stall {
         // SAFETY: kill(2) on the serving child this test started and owns.
@@ -286,9 +289,12 @@ fn interrupt_a_send(stall: bool) {
         "the sender did not stop at once"
     );
     let r = p.finish();
+    // The peer closed in answer to the notice (the fallback close after
+    // 2 s would bring the same report on the receiver).
     r.code_is(exit::INTERRUPTED)
         .says("interrupted")
-        .says("run the same command again to resume");
+        .says("run the same command again to resume")
+        .says("the peer answered the stop notice");
     let line = "transfer interrupted: the peer stopped it (Ctrl-C)";
     assert!(
         srv.proc_mut().wait_for_output(

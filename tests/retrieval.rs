@@ -335,17 +335,11 @@ fn staged(n: &Node) -> usize {
 }
 
 fn get_until(b: &Node, peer: &str, what: &str, dest: &str, total: u64, fraction: f64) -> Proc {
-    let mut p = b.spawn(["get", peer, what, dest, "--json"]);
-    let want = (total as f64 * fraction) as u64;
-    let ok = wait_until(Duration::from_secs(60), || {
-        events(&p.stdout_now())
-            .iter()
-            .filter_map(|e| e["bytes_done"].as_u64())
-            .any(|d| d >= want)
-    });
-    assert!(ok, "no progress: {}\n{}", p.stdout_now(), p.stderr_now());
-    let _ = p.try_wait();
-    p
+    until_progress(
+        b.spawn(["get", peer, what, dest, "--json"]),
+        total,
+        fraction,
+    )
 }
 
 #[test]
@@ -400,7 +394,10 @@ fn ctrl_c_on_get_ends_both_sides_at_once_and_the_rerun_resumes() {
     a.import(&["big.bin"]);
     a.run(["vault", "share", "big.bin", "bee"]).ok();
     let peer = at(&a, &s);
-    let mut p = get_until(&b, &peer, "big.bin", "big.out", total, 0.3);
+    let get = b
+        .cmd(["get", &peer, "big.bin", "big.out", "--json"])
+        .env("P2PFS_LOG", "p2pfs=info");
+    let mut p = until_progress(get.spawn(), total, 0.3);
     p.signal(libc::SIGINT);
     assert!(
         p.wait_timeout(Duration::from_secs(2)).is_some(),
@@ -408,7 +405,8 @@ fn ctrl_c_on_get_ends_both_sides_at_once_and_the_rerun_resumes() {
     );
     p.finish()
         .code_is(exit::INTERRUPTED)
-        .says("run the same command again to resume");
+        .says("run the same command again to resume")
+        .says("the peer answered the stop notice");
     let line = "the peer stopped it (Ctrl-C)";
     assert!(
         s.proc_mut().wait_for_output(line, Duration::from_secs(1)),

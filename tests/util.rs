@@ -1159,7 +1159,16 @@ pub fn event<'a>(evs: &'a [serde_json::Value], kind: &str) -> Option<&'a serde_j
 
 /// Starts `send --json` and waits until it reports `fraction` of `total` sent.
 pub fn send_until(a: &Node, what: &str, addr: &str, total: u64, fraction: f64) -> Proc {
-    let mut p = a.spawn(["send", "--trust-new", "--json", what, addr]);
+    until_progress(
+        a.spawn(["send", "--trust-new", "--json", what, addr]),
+        total,
+        fraction,
+    )
+}
+
+/// Waits until a transfer started with `--json` (`send`, `get`) reports
+/// `fraction` of `total` done, and checks it still runs.
+pub fn until_progress(mut p: Proc, total: u64, fraction: f64) -> Proc {
     let target = (total as f64 * fraction) as u64;
     let reached = wait_until(Duration::from_secs(120), || {
         events(&p.stdout_now())
@@ -1168,13 +1177,13 @@ pub fn send_until(a: &Node, what: &str, addr: &str, total: u64, fraction: f64) -
     });
     assert!(
         reached,
-        "send never reached {target} bytes:\n{}\n{}",
+        "the transfer never reached {target} bytes:\n{}\n{}",
         p.stdout_now(),
         p.stderr_now()
     );
     assert!(
         p.try_wait().is_none(),
-        "send ended too early:\n{}",
+        "the transfer ended too early:\n{}",
         p.stdout_now()
     );
     p

@@ -885,6 +885,9 @@ fn targets_of(r: &Resolved, word: &str, given: bool) -> Vec<Target> {
 /// loss (a fetch checkpoints its partials, a send records what was
 /// committed) before [`NetError::Interrupted`] is returned.
 ///
+/// The transfer keeps running while the peer is told (its results and
+/// commits still count). A second Ctrl-C ends the wait at once.
+///
 /// Every transfer of a command runs under this: once a process has caught
 /// Ctrl-C (tokio keeps its handler), a transfer outside it would ignore
 /// the key (`get` once did, after its listing).
@@ -892,17 +895,32 @@ pub(crate) async fn until_ctrl_c<T>(
     op: impl std::future::Future<Output = Result<T, NetError>>,
 ) -> Result<T, NetError> {
     tokio::pin!(op);
-    let interrupt = tokio::signal::ctrl_c();
-    tokio::pin!(interrupt);
     tokio::select! {
         biased;
-        r = &mut op => r,
-        _ = &mut interrupt => {
-            p2pfs::net::client::interrupt_all().await;
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut op).await;
-            Err(NetError::Interrupted)
-        }
+        r = &mut op => return r,
+        _ = tokio::signal::ctrl_c() => {}
     }
+    let wind_down = async {
+        let stop = p2pfs::net::client::interrupt_all();
+        tokio::pin!(stop);
+        let mut ended = false;
+        while !ended {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = &mut op => ended = true,
+            }
+        }
+        if ended {
+            stop.await;
+        } else {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut op).await;
+        }
+    };
+    tokio::select! {
+        _ = wind_down => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Err(NetError::Interrupted)
 }
 
 /// The target whose key the handshake proved, and the name it welcomed us

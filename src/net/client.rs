@@ -271,6 +271,12 @@ pub struct Authenticated {
 /// closes implicitly as quinn closes unreferenced connections.
 static LIVE: std::sync::Mutex<Vec<(u64, quinn::Connection)>> = std::sync::Mutex::new(Vec::new());
 
+/// Set (under [`LIVE`]'s lock) once [`interrupt_all`] ran: a connection
+/// authenticated after it, whose handshake was under way at the Ctrl-C,
+/// is closed with [`close::INTERRUPTED`] as it registers, so no transfer
+/// starts on it and the peer learns why.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// An entry of [`LIVE`], removed on drop.
 struct Live(u64);
 
@@ -279,6 +285,9 @@ impl Live {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut l) = LIVE.lock() {
+            if STOPPING.load(Ordering::Relaxed) {
+                conn.close(quinn::VarInt::from_u32(close::INTERRUPTED), b"Ctrl-C");
+            }
             l.push((id, conn.clone()));
         }
         Live(id)
@@ -307,10 +316,15 @@ impl Drop for Live {
 /// had passed its next packet met a stateless reset and it reported
 /// "reset by peer" instead of the Ctrl-C, or, once this process had
 /// exited, "the peer is gone" 5 s later. A stream reset is retransmitted
-/// until it arrives.
+/// until it arrives. The peer reads the notice while chunks flow (from the
+/// plan to the last result); a Ctrl-C in another phase (planning, a
+/// listing) waits out [`STOP_ANSWER`] before the close.
 pub async fn interrupt_all() {
     let conns: Vec<quinn::Connection> = match LIVE.lock() {
-        Ok(l) => l.iter().map(|(_, c)| c.clone()).collect(),
+        Ok(l) => {
+            STOPPING.store(true, Ordering::Relaxed);
+            l.iter().map(|(_, c)| c.clone()).collect()
+        }
         Err(_) => Vec::new(),
     };
     let stops = conns.into_iter().map(|conn| async move {
@@ -319,7 +333,14 @@ pub async fn interrupt_all() {
             s.reset(quinn::VarInt::from_u32(wire::STOP_CODE)).ok()
         };
         if let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(100), notice).await {
-            let _ = tokio::time::timeout(STOP_ANSWER, conn.closed()).await;
+            match tokio::time::timeout(STOP_ANSWER, conn.closed()).await {
+                Ok(quinn::ConnectionError::ApplicationClosed(c))
+                    if c.error_code.into_inner() == u64::from(close::INTERRUPTED) =>
+                {
+                    tracing::info!("the peer answered the stop notice");
+                }
+                _ => tracing::info!("no answer to the stop notice: closing"),
+            }
         }
         if conn.close_reason().is_none() {
             let sent = conn.stats().udp_tx.datagrams;

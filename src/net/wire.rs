@@ -44,7 +44,7 @@ pub const CHUNK_HEADER_LEN: usize = 4 + 8 + 4 + 32;
 /// Largest number of data streams.
 pub const MAX_STREAMS: usize = 16;
 /// Largest number of one-way streams a peer may open: the data streams
-/// and a stop notice ([`STOP_MAGIC`]).
+/// and a stop notice ([`STOP_CODE`]).
 pub const MAX_UNI_STREAMS: usize = MAX_STREAMS + 1;
 
 /// What an offered entry is.

@@ -366,6 +366,7 @@ pub async fn run(
                     return Err(closed_error(&d));
                 }
                 _ = stop.notified() => {
+                    tracing::info!("the peer sent a stop notice (Ctrl-C)");
                     link.close(close::INTERRUPTED, "Ctrl-C");
                     return Err(NetError::ConnectionLost(PEER_STOPPED.into()));
                 }

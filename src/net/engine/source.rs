@@ -316,7 +316,7 @@ pub async fn run(
     }
     let mut reader = reader;
     let mut reader_done = false;
-    // A sink sends no streams but its stop notice (`wire::STOP_MAGIC`).
+    // A sink sends no streams but its stop notice (`wire::STOP_CODE`).
     let mut notice = std::pin::pin!(stop_notice(link.conn.clone()));
     while !machine.finished() {
         let wait = if reader_done {
@@ -366,6 +366,7 @@ pub async fn run(
             }
             e = &mut notice => {
                 if matches!(e, NetError::Interrupted) {
+                    tracing::info!("the peer sent a stop notice (Ctrl-C)");
                     link.close(close::INTERRUPTED, "Ctrl-C");
                     return Err(NetError::ConnectionLost(wire::PEER_STOPPED.into()));
                 }
