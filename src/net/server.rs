@@ -514,7 +514,7 @@ async fn request(
         (Request::Deposit, Msg::Deposit { chunk_size, files }) => {
             receive_deposit(ctx, link, transfer, chunk_size, files).await
         }
-        (Request::List, _) => list(ctx, link, rights).await,
+        (Request::List, _) => list(ctx, link, rights, transfer).await,
         (Request::Fetch(ids, streams), _) => {
             serve_fetch(ctx, link, rights, transfer, ids, streams).await
         }
@@ -590,7 +590,16 @@ fn fetchable(
 /// Answers a `List`: pages of what the peer may fetch. A peer that may
 /// fetch nothing was refused before (`proto::decide`); an empty list is
 /// the answer of a vault that shares nothing with it.
-async fn list(ctx: &Arc<ServerCtx>, link: &mut Link, rights: Rights) -> Result<(), NetError> {
+/// The transfer place is given back once the listing is sent, before the
+/// access log is written: under load that write (an fsync) took long
+/// enough that a client listing in a row found its four places taken
+/// and was told the receiver was busy.
+async fn list(
+    ctx: &Arc<ServerCtx>,
+    link: &mut Link,
+    rights: Rights,
+    transfer: TransferGuard,
+) -> Result<(), NetError> {
     let peer = link.peer();
     let c = ctx.clone();
     let (header, files) = tokio::task::spawn_blocking(move || fetchable(&c, rights, peer))
@@ -615,6 +624,7 @@ async fn list(ctx: &Arc<ServerCtx>, link: &mut Link, rights: Rights) -> Result<(
         })
         .await?;
     }
+    drop(transfer);
     let _ = ctx.events.send(ServerEvent::Listed { peer, files: n });
     let c = ctx.clone();
     let _ = tokio::task::spawn_blocking(move || {
