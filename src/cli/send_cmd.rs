@@ -903,17 +903,11 @@ pub(crate) async fn until_ctrl_c<T>(
     let wind_down = async {
         let stop = p2pfs::net::client::interrupt_all();
         tokio::pin!(stop);
-        let mut ended = false;
-        while !ended {
-            tokio::select! {
-                _ = &mut stop => break,
-                _ = &mut op => ended = true,
+        tokio::select! {
+            _ = &mut stop => {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut op).await;
             }
-        }
-        if ended {
-            stop.await;
-        } else {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut op).await;
+            _ = &mut op => stop.await,
         }
     };
     tokio::select! {

@@ -36,8 +36,9 @@ pub const DATA_MAGIC: &[u8; 4] = b"P2D2";
 /// needs no flow-control credit, which a stalled peer's full window leaves
 /// none of. The peer answers by closing with `close::INTERRUPTED`.
 pub const STOP_CODE: u32 = super::close::INTERRUPTED;
-/// What a node reports when its peer sent a stop notice or closed with
-/// `close::INTERRUPTED`.
+/// What a node reports when its peer sent a stop notice (a close with
+/// `close::INTERRUPTED` reads the same, with the peer's reason:
+/// `engine::closed_error`).
 pub const PEER_STOPPED: &str = "the peer stopped it (Ctrl-C)";
 /// Length of a chunk frame header.
 pub const CHUNK_HEADER_LEN: usize = 4 + 8 + 4 + 32;

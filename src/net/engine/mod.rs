@@ -80,6 +80,14 @@ impl Link {
     pub fn close(&self, code: u32, why: &str) {
         close_with(&self.conn, code, why);
     }
+
+    /// Answers the peer's stop notice (`docs/PROTOCOL.md`, *Stop notice*):
+    /// closes with `close::INTERRUPTED` and returns what this side reports.
+    pub fn answer_stop(&self) -> NetError {
+        tracing::info!("the peer sent a stop notice (Ctrl-C)");
+        self.close(close::INTERRUPTED, "Ctrl-C");
+        NetError::ConnectionLost(wire::PEER_STOPPED.into())
+    }
 }
 
 /// How long a write to the peer may wait for its flow-control credit.

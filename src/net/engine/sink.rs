@@ -36,7 +36,7 @@ use crate::{
         close,
         wire::{
             self, result_code, ChunkHeader, EntryKind, FilePlan, Msg, RefuseCode, CHUNK_HEADER_LEN,
-            DATA_MAGIC, PEER_STOPPED,
+            DATA_MAGIC,
         },
         NetError,
     },
@@ -365,11 +365,7 @@ pub async fn run(
                 d = link.conn.closed() => {
                     return Err(closed_error(&d));
                 }
-                _ = stop.notified() => {
-                    tracing::info!("the peer sent a stop notice (Ctrl-C)");
-                    link.close(close::INTERRUPTED, "Ctrl-C");
-                    return Err(NetError::ConnectionLost(PEER_STOPPED.into()));
-                }
+                _ = stop.notified() => return Err(link.answer_stop()),
             }
         }
         if ctx.initiator {
@@ -1695,12 +1691,13 @@ async fn accept_data(
 /// checks its MAC, and only then hands it to the disk actor.
 async fn data_stream(mut s: quinn::RecvStream, d: &DataCtx) -> Result<(), NetError> {
     let mut magic = [0u8; 4];
-    s.read_exact(&mut magic)
-        .await
-        .map_err(|e| match super::is_stop_notice(&e) {
-            true => NetError::Interrupted,
-            false => NetError::lost(&e),
-        })?;
+    s.read_exact(&mut magic).await.map_err(|e| {
+        if super::is_stop_notice(&e) {
+            NetError::Interrupted
+        } else {
+            NetError::lost(&e)
+        }
+    })?;
     if &magic != DATA_MAGIC {
         return Err(NetError::Protocol("bad data stream magic".into()));
     }

@@ -366,9 +366,7 @@ pub async fn run(
             }
             e = &mut notice => {
                 if matches!(e, NetError::Interrupted) {
-                    tracing::info!("the peer sent a stop notice (Ctrl-C)");
-                    link.close(close::INTERRUPTED, "Ctrl-C");
-                    return Err(NetError::ConnectionLost(wire::PEER_STOPPED.into()));
+                    return Err(link.answer_stop());
                 }
                 link.close(close::PROTOCOL, &e.to_string());
                 return Err(e);
