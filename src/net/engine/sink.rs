@@ -1175,6 +1175,10 @@ impl Drop for Claims {
 struct Syncer {
     tx: Option<std::sync::mpsc::Sender<SyncJob>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Jobs queued so far (only the disk actor queues).
+    queued: std::cell::Cell<u64>,
+    /// Jobs the thread has finished (run, or failed and logged).
+    ran: Arc<AtomicU64>,
 }
 
 enum SyncJob {
@@ -1185,40 +1189,66 @@ enum SyncJob {
 impl Syncer {
     fn start() -> Self {
         let (tx, rx) = std::sync::mpsc::channel::<SyncJob>();
-        let thread = std::thread::spawn(move || {
-            for job in rx {
-                match job {
-                    SyncJob::Run(j) => {
-                        if let Err(e) = j.run() {
-                            warn!("checkpoint failed: {e}");
+        let ran = Arc::new(AtomicU64::new(0));
+        let done = ran.clone();
+        let thread = std::thread::Builder::new()
+            .name("p2pfs-sync".into())
+            .spawn(move || {
+                for job in rx {
+                    match job {
+                        SyncJob::Run(j) => {
+                            run_logged(j);
+                            // After the job's writes: a barrier that sees
+                            // this count needs no round trip.
+                            done.fetch_add(1, Ordering::Release);
+                        }
+                        SyncJob::Barrier(done) => {
+                            let _ = done.send(());
                         }
                     }
-                    SyncJob::Barrier(done) => {
-                        let _ = done.send(());
-                    }
                 }
-            }
-        });
+            })
+            .ok();
         Self {
-            tx: Some(tx),
-            thread: Some(thread),
+            tx: thread.is_some().then_some(tx),
+            thread,
+            queued: std::cell::Cell::new(0),
+            ran,
         }
     }
 
+    /// Queues `job`; without a thread (it could not be started, or it
+    /// ended) runs it here.
     fn run(&self, job: CheckpointJob) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(SyncJob::Run(job));
+        let Some(tx) = &self.tx else {
+            return run_logged(job);
+        };
+        self.queued.set(self.queued.get() + 1);
+        if let Err(std::sync::mpsc::SendError(SyncJob::Run(job))) = tx.send(SyncJob::Run(job)) {
+            self.queued.set(self.queued.get() - 1);
+            run_logged(job);
         }
     }
 
-    /// Waits until every job queued so far has run.
+    /// Waits until every job queued so far has run. With none outstanding
+    /// (a small file's usual case: its only chunk queued no checkpoint) it
+    /// returns at once, without waking the thread.
     fn barrier(&self) {
+        if self.ran.load(Ordering::Acquire) >= self.queued.get() {
+            return;
+        }
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         if let Some(tx) = &self.tx {
             if tx.send(SyncJob::Barrier(done_tx)).is_ok() {
                 let _ = done_rx.recv();
             }
         }
+    }
+}
+
+fn run_logged(job: CheckpointJob) {
+    if let Err(e) = job.run() {
+        warn!("checkpoint failed: {e}");
     }
 }
 
