@@ -268,9 +268,14 @@ fn the_server_refuses_a_fetch_of_an_unshared_id() {
     s.stop();
 }
 
-/// Sends a `Fetch` for `id` as `b` through the library and returns the
-/// refusal's text.
-fn hostile_fetch(b: &Node, a: &Node, s: &Serving, id: &str) -> String {
+/// Connects to `s` as `b` through the library (a hostile fetcher: it
+/// follows the protocol only as far as the test says) and asks for `id`.
+async fn fetch_as(
+    b: &Node,
+    a: &Node,
+    s: &Serving,
+    id: &str,
+) -> (p2pfs::net::client::Authenticated, [u8; 16]) {
     use p2pfs::{
         crypto::{from_hex, keys::Keypair},
         net::{
@@ -281,28 +286,33 @@ fn hostile_fetch(b: &Node, a: &Node, s: &Serving, id: &str) -> String {
         store::home::Home,
     };
     let me: Keypair = Home::new(&b.home).load_identity().unwrap().keypair;
-    let a_id = p2pfs::crypto::keys::PublicKey::parse_id(&a.id().id).unwrap();
-    let addr = s.addr().parse().unwrap();
+    let t = Target {
+        addr: s.addr().parse().unwrap(),
+        label: s.addr(),
+        expected: p2pfs::crypto::keys::PublicKey::parse_id(&a.id().id).unwrap(),
+        hint: KeyHint::Given,
+    };
+    let mut c = client::connect(&me, &t).await.unwrap();
+    c.welcome("hostile").await.unwrap();
+    let id: [u8; 16] = from_hex(id).unwrap();
+    c.link
+        .send_msg(&Msg::Fetch {
+            ids: vec![id],
+            streams: 4,
+        })
+        .await
+        .unwrap();
+    (c, id)
+}
+
+/// Sends a `Fetch` for `id` as `b` through the library and returns the
+/// refusal's text.
+fn hostile_fetch(b: &Node, a: &Node, s: &Serving, id: &str) -> String {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let t = Target {
-            addr,
-            label: s.addr(),
-            expected: a_id,
-            hint: KeyHint::Given,
-        };
-        let mut c = client::connect(&me, &t).await.unwrap();
-        c.welcome("hostile").await.unwrap();
-        let id: [u8; 16] = from_hex(id).unwrap();
-        c.link
-            .send_msg(&Msg::Fetch {
-                ids: vec![id],
-                streams: 4,
-            })
-            .await
-            .unwrap();
+        let (mut c, _) = fetch_as(b, a, s, id).await;
         match c.link.next_msg(Duration::from_secs(10), "answer").await {
-            Ok(Msg::Refused { message, .. }) => message,
+            Ok(p2pfs::net::wire::Msg::Refused { message, .. }) => message,
             other => panic!("expected a refusal, got {other:?}"),
         }
     })
@@ -646,4 +656,121 @@ fn a_file_goes_to_standard_output_only_once_verified() {
         "only chunks that passed went out"
     );
     s.stop();
+}
+
+/// What a hostile fetcher puts on the one-way stream it opens.
+enum Stray {
+    /// Bytes, then the stream's end.
+    Bytes,
+    /// A reset with another code than the stop notice's.
+    Reset(u32),
+}
+
+/// Fetches `id` from `s` as `b` through the library, plans it like a real
+/// fetcher, and once the first data stream has come, opens a one-way
+/// stream of its own as `stray` says. Returns the code the source closed
+/// the connection with, or None when its close was lost and the
+/// connection ended in a stateless reset (the source forgot it).
+fn stray_stream_during_fetch(
+    b: &Node,
+    a: &Node,
+    s: &Serving,
+    id: &str,
+    stray: Stray,
+) -> Result<Option<u64>, String> {
+    use p2pfs::net::wire::{FilePlan, Msg};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (mut c, id) = fetch_as(b, a, s, id).await;
+        match c.link.next_msg(Duration::from_secs(10), "serving").await {
+            Ok(Msg::Serving { .. }) => {}
+            other => panic!("expected the served files, got {other:?}"),
+        }
+        c.link
+            .send_msg(&Msg::Plan {
+                files: vec![FilePlan::New { file_id: id }],
+            })
+            .await
+            .unwrap();
+        // Chunks flow: the source is in its transfer loop.
+        let conn = c.link.conn.clone();
+        let mut data = tokio::time::timeout(Duration::from_secs(10), conn.accept_uni())
+            .await
+            .expect("no data stream came")
+            .unwrap();
+        let mut first = [0u8; 4];
+        data.read_exact(&mut first).await.unwrap();
+        // Read on like a fetcher (a full window unread would leave the
+        // source's close in a queue behind it).
+        let drain = conn.clone();
+        tokio::spawn(async move {
+            let mut streams = vec![data];
+            loop {
+                for s in &mut streams {
+                    let _ = s.read_to_end(usize::MAX).await;
+                }
+                match drain.accept_uni().await {
+                    Ok(s) => streams = vec![s],
+                    Err(_) => break,
+                }
+            }
+        });
+        let mut own = conn.open_uni().await.unwrap();
+        match stray {
+            Stray::Bytes => {
+                own.write_all(b"not a stop notice").await.unwrap();
+                own.finish().unwrap();
+            }
+            Stray::Reset(code) => {
+                own.reset(quinn::VarInt::from_u32(code)).unwrap();
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(10), conn.closed()).await {
+            Ok(quinn::ConnectionError::ApplicationClosed(ac)) => {
+                Ok(Some(ac.error_code.into_inner()))
+            }
+            Ok(quinn::ConnectionError::Reset) => Ok(None),
+            other => Err(format!(
+                "expected the source to close the connection, got {other:?}"
+            )),
+        }
+    })
+}
+
+/// PROTOCOL.md *Stop notice*: the only one-way stream a fetcher may open
+/// is the stop notice (reset with code 7 before any byte). A stream of
+/// data, or a reset with another code, is a protocol error: the source
+/// closes with code 2, not as a Ctrl-C, and keeps serving others. (Its
+/// CONNECTION_CLOSE is one datagram and is lost now and then on loopback
+/// while chunks are in flight; the connection then ends in a stateless
+/// reset, so the serve's log is what shows the reason each time.)
+#[test]
+fn a_fetcher_that_opens_any_other_stream_gets_a_protocol_close() {
+    use p2pfs::net::close;
+    let (a, b, s) = pair_serving("get");
+    let h = write_random(&a.path("big.bin"), 64 << 20);
+    a.import(&["big.bin"]);
+    a.run(["vault", "share", "big.bin", "bee"]).ok();
+    let id = a.entry("big.bin").id;
+    for stray in [Stray::Bytes, Stray::Reset(close::INTERRUPTED + 1)] {
+        match stray_stream_during_fetch(&b, &a, &s, &id, stray) {
+            Ok(Some(code)) => assert_eq!(code, u64::from(close::PROTOCOL)),
+            // The close datagram was lost (see the note in the test's
+            // doc); the serve's log below says why it ended.
+            Ok(None) => {}
+            Err(e) => panic!("{e}; serve said:\n{}", s.stop().stderr),
+        }
+    }
+    // The serve goes on serving: a real get of the same file completes.
+    b.run(["get", &at(&a, &s), "big.bin", "big.out"]).ok();
+    assert_eq!(blake3_file(&b.path("big.out")), h);
+    let out = s.stop();
+    assert!(
+        out.stderr
+            .matches("protocol error: unexpected stream from the receiver")
+            .count()
+            == 2,
+        "{}",
+        out.stderr
+    );
 }
