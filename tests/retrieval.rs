@@ -700,19 +700,14 @@ fn stray_stream_during_fetch(
             .unwrap();
         let mut first = [0u8; 4];
         data.read_exact(&mut first).await.unwrap();
-        // Read on like a fetcher (a full window unread would leave the
-        // source's close in a queue behind it).
+        // Read every data stream on, like a fetcher, so chunks keep
+        // flowing while the stray stream arrives (unread, the window
+        // would fill and the source would stall).
         let drain = conn.clone();
         tokio::spawn(async move {
-            let mut streams = vec![data];
-            loop {
-                for s in &mut streams {
-                    let _ = s.read_to_end(usize::MAX).await;
-                }
-                match drain.accept_uni().await {
-                    Ok(s) => streams = vec![s],
-                    Err(_) => break,
-                }
+            tokio::spawn(async move { data.read_to_end(usize::MAX).await });
+            while let Ok(mut s) = drain.accept_uni().await {
+                tokio::spawn(async move { s.read_to_end(usize::MAX).await });
             }
         });
         let mut own = conn.open_uni().await.unwrap();

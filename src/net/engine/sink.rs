@@ -1256,7 +1256,9 @@ impl Drop for Syncer {
     fn drop(&mut self) {
         self.tx.take();
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            if t.join().is_err() {
+                warn!("the checkpoint thread failed; partials resume from their last checkpoint");
+            }
         }
     }
 }
